@@ -1,0 +1,62 @@
+//! The library's one error type.
+use std::path::PathBuf;
+
+/// Everything that can go wrong in `langevin`, with enough structure to name the culprit.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A data file with a bad cell; `row` and `col` are 1-based as a person counts them.
+    #[error("{file}: row {row}, column {col}: {msg}")]
+    DataCell {
+        file: PathBuf,
+        row: usize,
+        col: usize,
+        msg: String,
+    },
+
+    #[error("{file}: {msg}")]
+    DataFile { file: PathBuf, msg: String },
+
+    /// A bad parameter or configuration field.
+    #[error("{field}: {msg}")]
+    Config { field: String, msg: String },
+
+    #[error("{path}: invalid JSON: {source}")]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    #[error("{path}: {msg}")]
+    Checkpoint { path: PathBuf, msg: String },
+
+    #[error("plot: {0}")]
+    Plot(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub fn config(field: impl Into<String>, msg: impl Into<String>) -> Self {
+        Error::Config {
+            field: field.into(),
+            msg: msg.into(),
+        }
+    }
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
