@@ -1,5 +1,6 @@
 //! langevin: diffusion models in Rust.
 pub mod error;
+pub mod io;
 pub mod rng;
 pub mod schedule;
 
