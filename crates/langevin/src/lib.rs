@@ -1,7 +1,11 @@
 //! langevin: diffusion models in Rust.
+pub mod denoiser;
 pub mod error;
+pub mod forward;
 pub mod io;
+pub mod nn;
 pub mod rng;
+pub mod sampler;
 pub mod schedule;
 
 pub use error::{Error, Result};

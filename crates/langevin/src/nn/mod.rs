@@ -1,0 +1,21 @@
+//! Networks. Each takes the preconditioned input c_in·x and the noise input c_noise.
+pub mod embedding;
+pub mod mlp;
+
+use candle_core::Tensor;
+
+use crate::denoiser::Cond;
+use crate::Result;
+
+/// A noise-conditional network F(x, c_noise, cond).
+pub trait Network {
+    /// # Shapes
+    /// `x`: [B, ...]; `c_noise`: [B]; returns the shape of `x`.
+    fn forward(&self, x: &Tensor, c_noise: &Tensor, cond: &Cond) -> Result<Tensor>;
+}
+
+impl<N: Network + ?Sized> Network for &N {
+    fn forward(&self, x: &Tensor, c_noise: &Tensor, cond: &Cond) -> Result<Tensor> {
+        (**self).forward(x, c_noise, cond)
+    }
+}

@@ -1,0 +1,272 @@
+//! Samplers: one function each, one shared signature ([`SamplerFn`]).
+//!
+//! Every sampler walks a decreasing σ sequence that ends in 0 (see [`crate::schedule::sigmas`]),
+//! calls only [`Ctx::denoise`], draws noise only from the per-sample [`NoiseSource`], and reports
+//! each step through [`Ctx::step_done`] (progress bars, previews, inpainting projections).
+mod ddim;
+mod ddpm;
+mod dpmpp;
+mod euler;
+mod heun;
+mod langevin;
+mod pc;
+
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+
+pub use ddim::ddim;
+pub use ddpm::ddpm;
+pub use dpmpp::{dpmpp_2m, euler_ancestral};
+pub use euler::euler;
+pub use heun::heun;
+pub use langevin::annealed_langevin;
+pub use pc::predictor_corrector;
+
+use crate::denoiser::{Cond, Denoiser};
+use crate::rng::NoiseSource;
+use crate::{Error, Result};
+
+/// Knobs of all samplers; each sampler reads the ones its paper defines.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SamplerOptions {
+    /// DDIM's η (0 = deterministic, 1 = DDPM-like).
+    pub eta: f64,
+    /// EDM churn S_churn, S_tmin, S_tmax, S_noise (Karras et al. 2022, Algorithm 2).
+    pub s_churn: f64,
+    pub s_tmin: f64,
+    pub s_tmax: f64,
+    pub s_noise: f64,
+    /// Annealed Langevin: steps per noise level and NCSN's ε in α_i = ε·σ_i²/σ_min²;
+    /// `None` takes ε = σ_min², i.e. α_i = σ_i² (the largest step that stays stable when σ_i
+    /// dominates the data's spread).
+    pub langevin_steps: usize,
+    pub langevin_eps: Option<f64>,
+    /// Finish annealed Langevin with one denoising step x ← D(x, σ_min) (Jolicoeur-Martineau et al.).
+    pub denoise_final: bool,
+    /// Predictor–corrector: Langevin corrector steps per level and target signal-to-noise ratio.
+    pub corrector_steps: usize,
+    pub snr: f64,
+}
+
+impl Default for SamplerOptions {
+    fn default() -> Self {
+        Self {
+            eta: 0.0,
+            s_churn: 0.0,
+            s_tmin: 0.0,
+            s_tmax: f64::INFINITY,
+            s_noise: 1.0,
+            langevin_steps: 10,
+            langevin_eps: None,
+            denoise_final: true,
+            corrector_steps: 1,
+            snr: 0.16,
+        }
+    }
+}
+
+/// What every step reports.
+pub struct StepInfo<'a> {
+    pub i: usize,
+    pub sigma: f64,
+    pub sigma_next: f64,
+    pub x: &'a Tensor,
+    pub denoised: &'a Tensor,
+}
+
+/// A step hook: sees each step and may replace x (e.g. to project a known region).
+pub type Callback<'a> = dyn FnMut(&StepInfo) -> Result<Option<Tensor>> + 'a;
+
+/// Everything a sampler may use besides x and σ.
+pub struct Ctx<'a> {
+    pub model: &'a dyn Denoiser,
+    pub cond: &'a Cond,
+    pub noise: &'a mut NoiseSource,
+    pub opts: &'a SamplerOptions,
+    pub callback: Option<&'a mut Callback<'a>>,
+    /// Network evaluations so far.
+    pub nfe: usize,
+}
+
+impl<'a> Ctx<'a> {
+    pub fn new(
+        model: &'a dyn Denoiser,
+        cond: &'a Cond,
+        noise: &'a mut NoiseSource,
+        opts: &'a SamplerOptions,
+    ) -> Self {
+        Self {
+            model,
+            cond,
+            noise,
+            opts,
+            callback: None,
+            nfe: 0,
+        }
+    }
+
+    pub fn denoise(&mut self, x: &Tensor, sigma: f64) -> Result<Tensor> {
+        self.nfe += 1;
+        self.model.denoise(x, sigma, self.cond)
+    }
+
+    pub fn randn_like(&mut self, x: &Tensor) -> Result<Tensor> {
+        self.noise.randn_like(x)
+    }
+
+    /// Report step `i`; returns x, replaced if the callback says so.
+    pub fn step_done(
+        &mut self,
+        i: usize,
+        sigmas: &[f64],
+        x: Tensor,
+        denoised: &Tensor,
+    ) -> Result<Tensor> {
+        if let Some(cb) = self.callback.as_mut() {
+            let info = StepInfo {
+                i,
+                sigma: sigmas[i],
+                sigma_next: sigmas[i + 1],
+                x: &x,
+                denoised,
+            };
+            if let Some(nx) = cb(&info)? {
+                return Ok(nx);
+            }
+        }
+        Ok(x)
+    }
+}
+
+/// The shared sampler signature: start from x at σ = sigmas[0], return the sample at 0.
+pub type SamplerFn = fn(&mut Ctx, Tensor, &[f64]) -> Result<Tensor>;
+
+/// d = (x - D(x))/σ, the probability-flow ODE's dx/dσ.
+pub fn to_d(x: &Tensor, sigma: f64, denoised: &Tensor) -> Result<Tensor> {
+    Ok(((x - denoised)? / sigma)?)
+}
+
+/// σ_down, σ_up of an ancestral step from σ to σ_next with noise fraction η
+/// (k-diffusion's `get_ancestral_step`).
+pub fn ancestral_step(sigma: f64, sigma_next: f64, eta: f64) -> (f64, f64) {
+    if sigma_next == 0.0 || eta == 0.0 {
+        return (sigma_next, 0.0);
+    }
+    let up = (eta
+        * (sigma_next.powi(2) * (sigma.powi(2) - sigma_next.powi(2)) / sigma.powi(2)).sqrt())
+    .min(sigma_next);
+    ((sigma_next.powi(2) - up.powi(2)).sqrt(), up)
+}
+
+/// The samplers by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SamplerKind {
+    Ddpm,
+    Ddim,
+    Langevin,
+    Pc,
+    Euler,
+    EulerA,
+    Heun,
+    Dpmpp2m,
+}
+
+impl SamplerKind {
+    pub const ALL: [SamplerKind; 8] = [
+        SamplerKind::Ddpm,
+        SamplerKind::Ddim,
+        SamplerKind::Langevin,
+        SamplerKind::Pc,
+        SamplerKind::Euler,
+        SamplerKind::EulerA,
+        SamplerKind::Heun,
+        SamplerKind::Dpmpp2m,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SamplerKind::Ddpm => "ddpm",
+            SamplerKind::Ddim => "ddim",
+            SamplerKind::Langevin => "langevin",
+            SamplerKind::Pc => "pc",
+            SamplerKind::Euler => "euler",
+            SamplerKind::EulerA => "euler-a",
+            SamplerKind::Heun => "heun",
+            SamplerKind::Dpmpp2m => "dpmpp-2m",
+        }
+    }
+
+    pub fn function(self) -> SamplerFn {
+        match self {
+            SamplerKind::Ddpm => ddpm,
+            SamplerKind::Ddim => ddim,
+            SamplerKind::Langevin => annealed_langevin,
+            SamplerKind::Pc => predictor_corrector,
+            SamplerKind::Euler => euler,
+            SamplerKind::EulerA => euler_ancestral,
+            SamplerKind::Heun => heun,
+            SamplerKind::Dpmpp2m => dpmpp_2m,
+        }
+    }
+
+    /// Number of σ levels (before the trailing 0) that spends about `nfe` network evaluations.
+    pub fn levels_for_nfe(self, nfe: usize, opts: &SamplerOptions) -> usize {
+        let n = match self {
+            // Heun: 2 evaluations per step but one for the last.
+            SamplerKind::Heun => (nfe + 1) / 2,
+            SamplerKind::Langevin => nfe / opts.langevin_steps.max(1),
+            SamplerKind::Pc => nfe / (opts.corrector_steps + 1),
+            _ => nfe,
+        };
+        n.max(1)
+    }
+}
+
+impl std::fmt::Display for SamplerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for SamplerKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let alias = match s {
+            "euler_a" | "euler-ancestral" | "k_euler_a" => "euler-a",
+            "dpm++2m" | "dpmpp_2m" | "dpm++-2m" => "dpmpp-2m",
+            "ald" | "annealed-langevin" => "langevin",
+            "predictor-corrector" => "pc",
+            other => other,
+        };
+        SamplerKind::ALL
+            .into_iter()
+            .find(|k| k.name() == alias)
+            .ok_or_else(|| {
+                let names: Vec<_> = SamplerKind::ALL.iter().map(|k| k.name()).collect();
+                Error::config(
+                    "sampler",
+                    format!(
+                        "unknown sampler '{s}'; expected one of {}",
+                        names.join(", ")
+                    ),
+                )
+            })
+    }
+}
+
+/// Draw the starting point x_T ~ N(0, (σ_0² + σ_data²)·I) (the variance-preserving prior when
+/// σ_data = 1; with σ_data = 0 the variance-exploding N(0, σ_0²)).
+pub fn initial_noise(
+    noise: &mut NoiseSource,
+    shape: &[usize],
+    sigma0: f64,
+    sigma_data: f64,
+    dev: &candle_core::Device,
+) -> Result<Tensor> {
+    let z = noise.randn(shape, dev)?;
+    Ok((z * (sigma0 * sigma0 + sigma_data * sigma_data).sqrt())?)
+}
+
+#[cfg(test)]
+mod tests;
