@@ -40,6 +40,9 @@ pub enum Error {
     #[error("{path}: {msg}")]
     Checkpoint { path: PathBuf, msg: String },
 
+    #[error("{path}: safetensors: {msg}")]
+    Safetensors { path: PathBuf, msg: String },
+
     #[error("plot: {0}")]
     Plot(String),
 }

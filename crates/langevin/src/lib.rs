@@ -3,9 +3,11 @@ pub mod denoiser;
 pub mod error;
 pub mod forward;
 pub mod io;
+pub mod model;
 pub mod nn;
 pub mod rng;
 pub mod sampler;
 pub mod schedule;
+pub mod train;
 
 pub use error::{Error, Result};

@@ -1,5 +1,6 @@
 //! Networks. Each takes the preconditioned input c_in·x and the noise input c_noise.
 pub mod embedding;
+pub mod init;
 pub mod mlp;
 
 use candle_core::Tensor;

@@ -1,0 +1,153 @@
+//! The diffusion process a model is trained for: prediction target and noise distribution.
+use rand::Rng;
+use rand_distr::{Distribution, StandardNormal};
+use serde::{Deserialize, Serialize};
+
+use crate::denoiser::{NoiseCond, Prediction};
+use crate::schedule::sigmas::{self, VeSde, VpSde};
+use crate::schedule::{BetaSchedule, Schedule};
+use crate::{Error, Result};
+
+/// Where training draws its noise levels from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum NoiseDist {
+    /// A discrete β schedule of `num_train_timesteps` steps; t ~ U{0..T-1}, c_noise = t.
+    Discrete {
+        beta: BetaSchedule,
+        num_train_timesteps: usize,
+    },
+    /// EDM's log-normal ln σ ~ N(p_mean, p_std²), c_noise = ¼ ln σ (Karras et al. 2022).
+    EdmLogNormal {
+        p_mean: f64,
+        p_std: f64,
+        sigma_min: f64,
+        sigma_max: f64,
+    },
+    /// Variance-exploding SDE, t ~ U(0, 1).
+    VeSde(VeSde),
+    /// Variance-preserving SDE, t ~ U(eps, 1).
+    VpSde { sde: VpSde, eps: f64 },
+}
+
+impl Default for NoiseDist {
+    fn default() -> Self {
+        NoiseDist::Discrete {
+            beta: BetaSchedule::default(),
+            num_train_timesteps: 1000,
+        }
+    }
+}
+
+/// Prediction target + noise distribution.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Diffusion {
+    pub prediction: Prediction,
+    pub noise: NoiseDist,
+}
+
+/// How a sampler's σ levels are spaced between the model's σ_max and σ_min.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum Spacing {
+    /// The model's own: the training timesteps for a discrete schedule, Karras for EDM,
+    /// geometric for the VE SDE, score_sde's grid for the VP SDE.
+    #[default]
+    Model,
+    Karras {
+        rho: f64,
+    },
+    Exponential,
+}
+
+impl std::str::FromStr for Spacing {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "model" | "default" => Ok(Spacing::Model),
+            "karras" => Ok(Spacing::Karras { rho: 7.0 }),
+            "exponential" => Ok(Spacing::Exponential),
+            _ => Err(Error::config(
+                "schedule",
+                format!("unknown spacing '{s}'; expected model, karras or exponential"),
+            )),
+        }
+    }
+}
+
+impl Diffusion {
+    /// The discrete training schedule, when there is one.
+    pub fn discrete(&self) -> Result<Option<Schedule>> {
+        match &self.noise {
+            NoiseDist::Discrete {
+                beta,
+                num_train_timesteps,
+            } => Ok(Some(beta.build(*num_train_timesteps)?)),
+            _ => Ok(None),
+        }
+    }
+
+    pub fn noise_cond(&self) -> Result<NoiseCond> {
+        Ok(match self.discrete()? {
+            Some(s) => NoiseCond::Timestep(s),
+            None => NoiseCond::LogSigma,
+        })
+    }
+
+    /// (σ_min, σ_max) the model was trained on.
+    pub fn sigma_range(&self) -> Result<(f64, f64)> {
+        Ok(match &self.noise {
+            NoiseDist::Discrete { .. } => {
+                let s = self.discrete()?.unwrap();
+                (s.sigma_min(), s.sigma_max())
+            }
+            NoiseDist::EdmLogNormal {
+                sigma_min,
+                sigma_max,
+                ..
+            } => (*sigma_min, *sigma_max),
+            NoiseDist::VeSde(v) => (v.sigma_min, v.sigma_max),
+            NoiseDist::VpSde { sde, eps } => (sde.sigma(*eps), sde.sigma(1.0)),
+        })
+    }
+
+    /// `n` sampling levels plus the trailing 0.
+    pub fn sigmas(&self, n: usize, spacing: Spacing) -> Result<Vec<f64>> {
+        if n == 0 {
+            return Err(Error::config("steps", "must be at least 1"));
+        }
+        let (lo, hi) = self.sigma_range()?;
+        match spacing {
+            Spacing::Karras { rho } => sigmas::karras(n, lo, hi, rho),
+            Spacing::Exponential => sigmas::exponential(n, lo, hi),
+            Spacing::Model => match &self.noise {
+                NoiseDist::Discrete { .. } => Ok(sigmas::discrete(&self.discrete()?.unwrap(), n)),
+                NoiseDist::EdmLogNormal { .. } => sigmas::karras(n, lo, hi, 7.0),
+                NoiseDist::VeSde(v) => v.sigmas(n),
+                NoiseDist::VpSde { sde, eps } => sde.sigmas(n, *eps),
+            },
+        }
+    }
+
+    /// Draw `b` training noise levels.
+    pub fn sample_sigmas(
+        &self,
+        b: usize,
+        schedule: Option<&Schedule>,
+        rng: &mut impl Rng,
+    ) -> Vec<f64> {
+        (0..b)
+            .map(|_| match &self.noise {
+                NoiseDist::Discrete { .. } => {
+                    let s = schedule.expect("discrete schedule");
+                    s.sigmas[rng.random_range(0..s.len())]
+                }
+                NoiseDist::EdmLogNormal { p_mean, p_std, .. } => {
+                    let z: f64 = StandardNormal.sample(rng);
+                    (p_mean + p_std * z).exp()
+                }
+                NoiseDist::VeSde(v) => v.sigma(rng.random::<f64>()),
+                NoiseDist::VpSde { sde, eps } => sde.sigma(eps + (1.0 - eps) * rng.random::<f64>()),
+            })
+            .collect()
+    }
+}

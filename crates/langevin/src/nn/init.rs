@@ -1,0 +1,50 @@
+//! Seeded initialisation. candle's CPU initialisers draw from an unseedable thread RNG, so after
+//! a network is built we redraw every randomly initialised parameter from a seeded generator
+//! (PyTorch's default U(-1/√fan_in, 1/√fan_in) for weights and their biases). Parameters that
+//! were initialised to a constant (zero output layers, norm scales) keep it.
+use std::collections::HashMap;
+
+use candle_core::{DType, Tensor, Var};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::Result;
+
+fn is_constant(t: &Tensor) -> Result<bool> {
+    let f = t.flatten_all()?.to_dtype(DType::F32)?;
+    let lo = f.min(0)?.to_scalar::<f32>()?;
+    let hi = f.max(0)?.to_scalar::<f32>()?;
+    Ok(lo == hi)
+}
+
+/// Redraw the non-constant parameters of `vars` (sorted by name) from `rng`.
+pub fn reinit_seeded(vars: &[(String, Var)], rng: &mut ChaCha8Rng) -> Result<()> {
+    let fan_in: HashMap<&str, usize> = vars
+        .iter()
+        .filter(|(_, v)| v.rank() >= 2)
+        .map(|(n, v)| {
+            (
+                n.trim_end_matches(".weight"),
+                v.dims()[1..].iter().product(),
+            )
+        })
+        .collect();
+    for (name, var) in vars {
+        if is_constant(var.as_tensor())? {
+            continue;
+        }
+        let fi = if var.rank() >= 2 {
+            var.dims()[1..].iter().product()
+        } else {
+            *fan_in
+                .get(name.trim_end_matches(".bias"))
+                .unwrap_or(&var.elem_count())
+        };
+        let bound = 1.0 / (fi as f64).sqrt();
+        let v: Vec<f32> = (0..var.elem_count())
+            .map(|_| rng.random_range(-bound..bound) as f32)
+            .collect();
+        var.set(&Tensor::from_vec(v, var.dims(), var.device())?.to_dtype(var.dtype())?)?;
+    }
+    Ok(())
+}

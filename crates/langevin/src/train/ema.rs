@@ -1,0 +1,30 @@
+//! Exponential moving average of weights (Polyak averaging), with the usual warm-up
+//! decay min(decay, (1+n)/(10+n)) so early averages are not dominated by the initialisation.
+use candle_core::{Tensor, Var};
+
+use crate::Result;
+
+pub struct Ema {
+    pub decay: f64,
+    /// (name, averaged value), in the optimiser's name order.
+    pub weights: Vec<(String, Tensor)>,
+}
+
+impl Ema {
+    pub fn new(vars: &[(String, Var)], decay: f64) -> Result<Self> {
+        let weights = vars
+            .iter()
+            .map(|(n, v)| Ok((n.clone(), v.as_tensor().detach().copy()?)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { decay, weights })
+    }
+
+    /// Fold in the current weights after optimiser step `step` (1-based).
+    pub fn update(&mut self, vars: &[(String, Var)], step: u64) -> Result<()> {
+        let d = self.decay.min((1.0 + step as f64) / (10.0 + step as f64));
+        for ((_, e), (_, v)) in self.weights.iter_mut().zip(vars) {
+            *e = ((&*e * d)? + (v.as_tensor().detach() * (1.0 - d))?)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,302 @@
+//! Training: denoising score matching on any prediction target, AdamW with warmup + cosine
+//! learning rate, gradient clipping, EMA, atomic checkpoints and bit-identical resume.
+pub mod adamw;
+pub mod ema;
+pub mod loss;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::denoiser::{Cond, Precond};
+use crate::model::run::{load_tensors, save_tensors, TRAIN_STATE, WEIGHTS};
+use crate::model::{NetworkConfig, RunConfig};
+use crate::nn::mlp::Mlp;
+use crate::schedule::Schedule;
+use crate::{Error, Result};
+use adamw::{AdamW, AdamWConfig};
+use ema::Ema;
+
+/// Optimisation settings (saved with the checkpoint).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub steps: u64,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub warmup_steps: u64,
+    /// Final learning rate as a fraction of `lr` at the end of the cosine decay.
+    pub min_lr_ratio: f64,
+    pub weight_decay: f64,
+    /// Clip the global gradient norm to this (0 = off).
+    pub grad_clip: f64,
+    pub ema_decay: f64,
+    pub seed: u64,
+    /// Write a checkpoint every this many steps (0 = only at the end).
+    pub checkpoint_every: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            steps: 10_000,
+            batch_size: 512,
+            lr: 2e-3,
+            warmup_steps: 200,
+            min_lr_ratio: 0.05,
+            weight_decay: 0.0,
+            grad_clip: 1.0,
+            ema_decay: 0.999,
+            seed: 0,
+            checkpoint_every: 0,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Linear warmup, then cosine decay to `min_lr_ratio·lr`.
+    pub fn lr_at(&self, step: u64) -> f64 {
+        if step < self.warmup_steps {
+            return self.lr * (step + 1) as f64 / self.warmup_steps as f64;
+        }
+        let span = self.steps.saturating_sub(self.warmup_steps).max(1) as f64;
+        let p = ((step - self.warmup_steps) as f64 / span).min(1.0);
+        let cos = 0.5 * (1.0 + (std::f64::consts::PI * p).cos());
+        self.lr * (self.min_lr_ratio + (1.0 - self.min_lr_ratio) * cos)
+    }
+}
+
+/// What a training step reports.
+pub struct StepReport {
+    pub step: u64,
+    pub loss: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+}
+
+pub struct Trainer {
+    pub run: RunConfig,
+    pub cfg: TrainConfig,
+    pub model: Precond<Mlp>,
+    vars: Vec<(String, Var)>,
+    opt: AdamW,
+    ema: Ema,
+    rng: ChaCha8Rng,
+    schedule: Option<Schedule>,
+    /// (step, loss) history.
+    pub losses: Vec<(u64, f64)>,
+    dev: Device,
+}
+
+fn sorted_vars(varmap: &VarMap) -> Vec<(String, Var)> {
+    let mut v: Vec<(String, Var)> = varmap
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+impl Trainer {
+    /// A fresh model initialised from `cfg.seed`.
+    pub fn new(run: RunConfig, cfg: TrainConfig, dev: &Device) -> Result<Self> {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, dev);
+        let NetworkConfig::Mlp(mc) = &run.network;
+        let net = Mlp::new(mc.clone(), vb)?;
+        let vars = sorted_vars(&varmap);
+        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+        crate::nn::init::reinit_seeded(&vars, &mut rng)?;
+        let opt = AdamW::new(
+            vars.clone(),
+            AdamWConfig {
+                weight_decay: cfg.weight_decay,
+                ..Default::default()
+            },
+        )?;
+        let ema = Ema::new(&vars, cfg.ema_decay)?;
+        let model = Precond {
+            net,
+            prediction: run.diffusion.prediction,
+            noise_cond: run.diffusion.noise_cond()?,
+        };
+        let schedule = run.diffusion.discrete()?;
+        Ok(Self {
+            rng,
+            run,
+            cfg,
+            model,
+            vars,
+            opt,
+            ema,
+            schedule,
+            losses: vec![],
+            dev: dev.clone(),
+        })
+    }
+
+    pub fn step(&self) -> u64 {
+        self.opt.t
+    }
+
+    /// One optimisation step on a minibatch drawn from `data` ([N, ...], standardised).
+    pub fn train_step(&mut self, data: &Tensor) -> Result<StepReport> {
+        let n = data.dim(0)?;
+        let b = self.cfg.batch_size;
+        let idx: Vec<u32> = (0..b).map(|_| self.rng.random_range(0..n as u32)).collect();
+        let x0 = data.index_select(&Tensor::new(idx.as_slice(), &self.dev)?, 0)?;
+        let sigmas = self
+            .run
+            .diffusion
+            .sample_sigmas(b, self.schedule.as_ref(), &mut self.rng);
+        let eps = loss::randn(&mut self.rng, x0.dims(), &self.dev)?;
+        let loss = loss::denoising_loss(&self.model, &x0, &sigmas, &eps, &Cond::default())?;
+        let grads = loss.backward()?;
+        let grad_norm = self.opt.grad_norm(&grads)?;
+        let scale = if self.cfg.grad_clip > 0.0 && grad_norm > self.cfg.grad_clip {
+            self.cfg.grad_clip / grad_norm
+        } else {
+            1.0
+        };
+        let step = self.opt.t;
+        let lr = self.cfg.lr_at(step);
+        self.opt.step(&grads, lr, scale)?;
+        self.ema.update(&self.vars, self.opt.t)?;
+        let loss = loss.to_scalar::<f32>()? as f64;
+        if !loss.is_finite() {
+            return Err(Error::config(
+                "training",
+                format!("loss became {loss} at step {}; lower --lr", step + 1),
+            ));
+        }
+        self.losses.push((step + 1, loss));
+        Ok(StepReport {
+            step: step + 1,
+            loss,
+            lr,
+            grad_norm,
+        })
+    }
+
+    /// Write config.json, the EMA weights and the resumable train state into `dir`.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let ema: HashMap<String, Tensor> = self.ema.weights.iter().cloned().collect();
+        save_tensors(&dir.join(WEIGHTS), &ema, None)?;
+        let mut state: HashMap<String, Tensor> = HashMap::new();
+        for (name, var, m, v) in &self.opt.params {
+            state.insert(format!("param.{name}"), var.as_tensor().clone());
+            state.insert(format!("adam_m.{name}"), m.clone());
+            state.insert(format!("adam_v.{name}"), v.clone());
+        }
+        let losses: Vec<f64> = self
+            .losses
+            .iter()
+            .flat_map(|(s, l)| [*s as f64, *l])
+            .collect();
+        state.insert(
+            "losses".into(),
+            Tensor::from_vec(losses, (self.losses.len(), 2), &Device::Cpu)?,
+        );
+        let mut meta = HashMap::new();
+        meta.insert("step".into(), self.opt.t.to_string());
+        meta.insert(
+            "rng_seed".into(),
+            self.rng
+                .get_seed()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+        );
+        meta.insert("rng_stream".into(), self.rng.get_stream().to_string());
+        meta.insert("rng_word_pos".into(), self.rng.get_word_pos().to_string());
+        meta.insert(
+            "train_config".into(),
+            serde_json::to_string(&self.cfg).unwrap(),
+        );
+        save_tensors(&dir.join(TRAIN_STATE), &state, Some(meta))?;
+        // config.json last: its presence marks a complete checkpoint.
+        self.run.save(dir)
+    }
+
+    /// Continue from the checkpoint in `dir`; `cfg.steps` may extend the run.
+    pub fn resume(dir: &Path, steps: Option<u64>, dev: &Device) -> Result<Self> {
+        let path = dir.join(TRAIN_STATE);
+        let bad = |msg: String| Error::Checkpoint {
+            path: path.clone(),
+            msg,
+        };
+        let run = RunConfig::load(dir)?;
+        let (state, meta) = load_tensors(&path, dev)?;
+        let get = |k: &str| {
+            meta.get(k)
+                .ok_or_else(|| bad(format!("metadata field '{k}' missing")))
+        };
+        let mut cfg: TrainConfig =
+            serde_json::from_str(get("train_config")?).map_err(|e| bad(e.to_string()))?;
+        if let Some(s) = steps {
+            cfg.steps = s;
+        }
+        let mut t = Self::new(run, cfg, dev)?;
+        let (ema, _) = load_tensors(&dir.join(WEIGHTS), dev)?;
+        let take = |map: &HashMap<String, Tensor>, k: &str| {
+            map.get(k)
+                .cloned()
+                .ok_or_else(|| bad(format!("tensor '{k}' missing")))
+        };
+        for (i, (name, var, m, v)) in t.opt.params.iter_mut().enumerate() {
+            var.set(&take(&state, &format!("param.{name}"))?)?;
+            *m = take(&state, &format!("adam_m.{name}"))?;
+            *v = take(&state, &format!("adam_v.{name}"))?;
+            t.ema.weights[i].1 = take(&ema, name)?;
+        }
+        t.opt.t = get("step")?.parse().map_err(|_| bad("bad step".into()))?;
+        let seed_hex = get("rng_seed")?;
+        let mut seed = [0u8; 32];
+        for (i, b) in seed.iter_mut().enumerate() {
+            *b = u8::from_str_radix(
+                seed_hex
+                    .get(2 * i..2 * i + 2)
+                    .ok_or_else(|| bad("bad rng_seed".into()))?,
+                16,
+            )
+            .map_err(|_| bad("bad rng_seed".into()))?;
+        }
+        t.rng = ChaCha8Rng::from_seed(seed);
+        t.rng.set_stream(
+            get("rng_stream")?
+                .parse()
+                .map_err(|_| bad("bad rng_stream".into()))?,
+        );
+        t.rng.set_word_pos(
+            get("rng_word_pos")?
+                .parse()
+                .map_err(|_| bad("bad rng_word_pos".into()))?,
+        );
+        let l: Vec<Vec<f64>> = take(&state, "losses")?.to_vec2()?;
+        t.losses = l.iter().map(|r| (r[0] as u64, r[1])).collect();
+        Ok(t)
+    }
+
+    /// The EMA weights as a denoiser (what gets sampled).
+    pub fn ema_denoiser(&self) -> Result<Precond<Mlp>> {
+        let map: HashMap<String, Tensor> = self.ema.weights.iter().cloned().collect();
+        let vb = VarBuilder::from_tensors(map, DType::F32, &self.dev);
+        let NetworkConfig::Mlp(mc) = &self.run.network;
+        Ok(Precond {
+            net: Mlp::new(mc.clone(), vb)?,
+            prediction: self.model.prediction,
+            noise_cond: self.model.noise_cond.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,151 @@
+use super::*;
+use crate::model::{DataInfo, Diffusion};
+use crate::nn::mlp::MlpConfig;
+use crate::rng::NoiseSource;
+
+fn run_config() -> RunConfig {
+    RunConfig {
+        network: NetworkConfig::Mlp(MlpConfig {
+            in_dim: 2,
+            hidden: 32,
+            blocks: 2,
+            temb_dim: 16,
+        }),
+        diffusion: Diffusion::default(),
+        data: DataInfo::default(),
+        langevin_version: String::new(),
+    }
+}
+
+fn data() -> Tensor {
+    let mut n = NoiseSource::consecutive(7, 256);
+    n.randn(&[256, 2], &Device::Cpu).unwrap()
+}
+
+fn tmpdir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("langevin-train-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+#[test]
+fn lr_schedule_warms_up_then_decays() {
+    let c = TrainConfig {
+        steps: 1000,
+        warmup_steps: 100,
+        lr: 1.0,
+        min_lr_ratio: 0.1,
+        ..Default::default()
+    };
+    assert!((c.lr_at(0) - 0.01).abs() < 1e-12);
+    assert!((c.lr_at(99) - 1.0).abs() < 1e-12);
+    assert!((c.lr_at(550) - 0.55).abs() < 1e-12);
+    assert!((c.lr_at(1000) - 0.1).abs() < 1e-12);
+}
+
+#[test]
+fn loss_decreases_on_gaussian_data() {
+    let cfg = TrainConfig {
+        steps: 300,
+        batch_size: 128,
+        lr: 3e-3,
+        warmup_steps: 10,
+        ..Default::default()
+    };
+    let mut t = Trainer::new(run_config(), cfg, &Device::Cpu).unwrap();
+    let d = data();
+    for _ in 0..300 {
+        t.train_step(&d).unwrap();
+    }
+    let first: f64 = t.losses[..30].iter().map(|l| l.1).sum::<f64>() / 30.0;
+    let last: f64 = t.losses[270..].iter().map(|l| l.1).sum::<f64>() / 30.0;
+    // The output layer starts at 0, so the first loss is E‖ε‖²/d = 1.
+    assert!(
+        (t.losses[0].1 - 1.0).abs() < 0.3,
+        "first loss {}",
+        t.losses[0].1
+    );
+    assert!(last < 0.8 * first, "loss {first} -> {last}");
+}
+
+#[test]
+fn resume_is_bit_identical() {
+    let cfg = TrainConfig {
+        steps: 20,
+        batch_size: 64,
+        warmup_steps: 5,
+        ..Default::default()
+    };
+    let d = data();
+    let mut straight = Trainer::new(run_config(), cfg.clone(), &Device::Cpu).unwrap();
+    for _ in 0..20 {
+        straight.train_step(&d).unwrap();
+    }
+    let dir = tmpdir("resume");
+    let mut first = Trainer::new(run_config(), cfg, &Device::Cpu).unwrap();
+    for _ in 0..10 {
+        first.train_step(&d).unwrap();
+    }
+    first.save(&dir).unwrap();
+    let mut resumed = Trainer::resume(&dir, None, &Device::Cpu).unwrap();
+    assert_eq!(resumed.step(), 10);
+    for _ in 0..10 {
+        resumed.train_step(&d).unwrap();
+    }
+    assert_eq!(straight.losses, resumed.losses);
+    for ((n, a), (_, b)) in straight.ema.weights.iter().zip(&resumed.ema.weights) {
+        let diff = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(diff, 0.0, "{n}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn saved_run_loads_and_denoises_like_the_trainer() {
+    let cfg = TrainConfig {
+        steps: 5,
+        batch_size: 32,
+        ..Default::default()
+    };
+    let mut t = Trainer::new(run_config(), cfg, &Device::Cpu).unwrap();
+    let d = data();
+    for _ in 0..5 {
+        t.train_step(&d).unwrap();
+    }
+    let dir = tmpdir("load");
+    t.save(&dir).unwrap();
+    let run = crate::model::Run::load(&dir, &Device::Cpu).unwrap();
+    use crate::denoiser::Denoiser;
+    let x = d.narrow(0, 0, 8).unwrap();
+    let a = run.denoiser.denoise(&x, 2.0, &Cond::default()).unwrap();
+    let b = t
+        .ema_denoiser()
+        .unwrap()
+        .denoise(&x, 2.0, &Cond::default())
+        .unwrap();
+    assert_eq!(
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap(),
+        0.0
+    );
+    let sched: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("scheduler_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(sched["_class_name"], "DDPMScheduler");
+    assert_eq!(sched["beta_schedule"], "linear");
+    assert_eq!(sched["num_train_timesteps"], 1000);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
