@@ -231,3 +231,31 @@ fn callback_sees_every_step_and_can_replace_x() {
         0.0
     );
 }
+
+#[test]
+fn generate_is_independent_of_batch_size() {
+    let den = GaussianDenoiser {
+        mean: MEAN.to_vec(),
+        var: VAR.to_vec(),
+    };
+    let sig = karras(6);
+    let opts = SamplerOptions {
+        s_churn: 5.0,
+        ..Default::default()
+    };
+    let job = |bs| Job {
+        kind: SamplerKind::Heun,
+        opts: &opts,
+        sigmas: &sig,
+        n: 7,
+        seed: 42,
+        batch_size: bs,
+        sample_shape: vec![2],
+        sigma_data: 1.0,
+        init_noise: None,
+    };
+    let (a, nfe) = generate(&den, &Cond::default(), &job(7), &mut |_| {}).unwrap();
+    let (b, _) = generate(&den, &Cond::default(), &job(3), &mut |_| {}).unwrap();
+    assert_eq!(nfe, 11);
+    assert_eq!(a.to_vec2::<f32>().unwrap(), b.to_vec2::<f32>().unwrap());
+}
