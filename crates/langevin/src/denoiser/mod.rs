@@ -23,6 +23,24 @@ pub trait Denoiser {
     /// # Shapes
     /// `x`: [B, ...]; returns the same shape.
     fn denoise(&self, x: &Tensor, sigma: f64, cond: &Cond) -> Result<Tensor>;
+
+    /// D with one σ per row (adaptive solvers give each sample its own step). The default
+    /// evaluates row by row; networks override it with one batched call.
+    fn denoise_rows(&self, x: &Tensor, sigmas: &[f64], cond: &Cond) -> Result<Tensor> {
+        let rows = (0..sigmas.len())
+            .map(|i| {
+                let c = Cond {
+                    labels: cond
+                        .labels
+                        .as_ref()
+                        .map(|l| l.narrow(0, i, 1))
+                        .transpose()?,
+                };
+                self.denoise(&x.narrow(0, i, 1)?, sigmas[i], &c)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::cat(&rows, 0)?)
+    }
 }
 
 /// The score ∇ log p_σ(x) = (D(x, σ) - x)/σ² from a denoised estimate.

@@ -120,13 +120,6 @@ impl<N: Network> Precond<N> {
             .forward(&x.broadcast_mul(&sc.c_in)?, &sc.c_noise, cond)
     }
 
-    /// D(x, σ_row) with one σ per row.
-    pub fn denoise_rows(&self, x: &Tensor, sigmas: &[f64], cond: &Cond) -> Result<Tensor> {
-        let sc = self.row_scalings(sigmas, x)?;
-        let f = self.raw(x, &sc, cond)?;
-        Ok((x.broadcast_mul(&sc.c_skip)? + f.broadcast_mul(&sc.c_out)?)?)
-    }
-
     /// The training target F* = (x0 - c_skip·x)/c_out.
     pub fn target(x0: &Tensor, x: &Tensor, sc: &RowScalings) -> Result<Tensor> {
         Ok((x0 - x.broadcast_mul(&sc.c_skip)?)?.broadcast_div(&sc.c_out)?)
@@ -136,6 +129,13 @@ impl<N: Network> Precond<N> {
 impl<N: Network> Denoiser for Precond<N> {
     fn denoise(&self, x: &Tensor, sigma: f64, cond: &Cond) -> Result<Tensor> {
         self.denoise_rows(x, &vec![sigma; x.dim(0)?], cond)
+    }
+
+    /// D(x, σ_row) = c_skip·x + c_out·F(c_in·x, c_noise) with one σ per row, in one call.
+    fn denoise_rows(&self, x: &Tensor, sigmas: &[f64], cond: &Cond) -> Result<Tensor> {
+        let sc = self.row_scalings(sigmas, x)?;
+        let f = self.raw(x, &sc, cond)?;
+        Ok((x.broadcast_mul(&sc.c_skip)? + f.broadcast_mul(&sc.c_out)?)?)
     }
 }
 

@@ -5,24 +5,34 @@
 //! each step through [`Ctx::step_done`] (progress bars, previews, inpainting projections).
 mod ddim;
 mod ddpm;
+mod dpm2;
 mod dpmpp;
 mod euler;
+mod euler_a;
 mod generate;
 mod heun;
 mod langevin;
+mod lms;
 mod pc;
+mod rk45;
+mod unipc;
 
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 pub use ddim::ddim;
 pub use ddpm::ddpm;
-pub use dpmpp::{dpmpp_2m, euler_ancestral};
+pub use dpm2::{dpm_2, dpm_2_ancestral};
+pub use dpmpp::{dpmpp_2m, dpmpp_2m_sde, dpmpp_2s_ancestral, dpmpp_3m_sde};
 pub use euler::euler;
+pub use euler_a::euler_ancestral;
 pub use generate::{generate, Job};
 pub use heun::heun;
 pub use langevin::annealed_langevin;
+pub use lms::{lms, lms_coefficient};
 pub use pc::predictor_corrector;
+pub use rk45::rk45;
+pub use unipc::{unipc, unipc_bh1, unipc_bh2, UniPcVariant};
 
 use crate::denoiser::{Cond, Denoiser};
 use crate::rng::NoiseSource;
@@ -48,6 +58,13 @@ pub struct SamplerOptions {
     /// Predictor–corrector: Langevin corrector steps per level and target signal-to-noise ratio.
     pub corrector_steps: usize,
     pub snr: f64,
+    /// Multistep order of UniPC (1–3).
+    pub solver_order: usize,
+    /// Order of the linear multistep method.
+    pub lms_order: usize,
+    /// Relative and absolute tolerances of the adaptive RK45 ODE solver.
+    pub rtol: f64,
+    pub atol: f64,
 }
 
 impl Default for SamplerOptions {
@@ -63,6 +80,10 @@ impl Default for SamplerOptions {
             denoise_final: true,
             corrector_steps: 1,
             snr: 0.16,
+            solver_order: 2,
+            lms_order: 4,
+            rtol: 1e-5,
+            atol: 1e-5,
         }
     }
 }
@@ -171,11 +192,20 @@ pub enum SamplerKind {
     Euler,
     EulerA,
     Heun,
+    Lms,
+    Dpm2,
+    Dpm2A,
     Dpmpp2m,
+    Dpmpp2sA,
+    Dpmpp2mSde,
+    Dpmpp3mSde,
+    UnipcBh1,
+    UnipcBh2,
+    Rk45,
 }
 
 impl SamplerKind {
-    pub const ALL: [SamplerKind; 8] = [
+    pub const ALL: [SamplerKind; 17] = [
         SamplerKind::Ddpm,
         SamplerKind::Ddim,
         SamplerKind::Langevin,
@@ -183,7 +213,16 @@ impl SamplerKind {
         SamplerKind::Euler,
         SamplerKind::EulerA,
         SamplerKind::Heun,
+        SamplerKind::Lms,
+        SamplerKind::Dpm2,
+        SamplerKind::Dpm2A,
         SamplerKind::Dpmpp2m,
+        SamplerKind::Dpmpp2sA,
+        SamplerKind::Dpmpp2mSde,
+        SamplerKind::Dpmpp3mSde,
+        SamplerKind::UnipcBh1,
+        SamplerKind::UnipcBh2,
+        SamplerKind::Rk45,
     ];
 
     pub fn name(self) -> &'static str {
@@ -195,7 +234,16 @@ impl SamplerKind {
             SamplerKind::Euler => "euler",
             SamplerKind::EulerA => "euler-a",
             SamplerKind::Heun => "heun",
+            SamplerKind::Lms => "lms",
+            SamplerKind::Dpm2 => "dpm2",
+            SamplerKind::Dpm2A => "dpm2-a",
             SamplerKind::Dpmpp2m => "dpmpp-2m",
+            SamplerKind::Dpmpp2sA => "dpmpp-2s-a",
+            SamplerKind::Dpmpp2mSde => "dpmpp-2m-sde",
+            SamplerKind::Dpmpp3mSde => "dpmpp-3m-sde",
+            SamplerKind::UnipcBh1 => "unipc-bh1",
+            SamplerKind::UnipcBh2 => "unipc-bh2",
+            SamplerKind::Rk45 => "rk45",
         }
     }
 
@@ -208,15 +256,25 @@ impl SamplerKind {
             SamplerKind::Euler => euler,
             SamplerKind::EulerA => euler_ancestral,
             SamplerKind::Heun => heun,
+            SamplerKind::Lms => lms,
+            SamplerKind::Dpm2 => dpm_2,
+            SamplerKind::Dpm2A => dpm_2_ancestral,
             SamplerKind::Dpmpp2m => dpmpp_2m,
+            SamplerKind::Dpmpp2sA => dpmpp_2s_ancestral,
+            SamplerKind::Dpmpp2mSde => dpmpp_2m_sde,
+            SamplerKind::Dpmpp3mSde => dpmpp_3m_sde,
+            SamplerKind::UnipcBh1 => unipc_bh1,
+            SamplerKind::UnipcBh2 => unipc_bh2,
+            SamplerKind::Rk45 => rk45,
         }
     }
 
     /// Number of σ levels (before the trailing 0) that spends about `nfe` network evaluations.
     pub fn levels_for_nfe(self, nfe: usize, opts: &SamplerOptions) -> usize {
         let n = match self {
-            // Heun: 2 evaluations per step but one for the last.
-            SamplerKind::Heun => (nfe + 1) / 2,
+            // Heun, DPM-2: 2 evaluations per step but one for the last.
+            SamplerKind::Heun | SamplerKind::Dpm2 => (nfe + 1) / 2,
+            SamplerKind::Dpm2A | SamplerKind::Dpmpp2sA => (nfe + 1) / 2,
             SamplerKind::Langevin => nfe / opts.langevin_steps.max(1),
             SamplerKind::Pc => nfe / (opts.corrector_steps + 1),
             _ => nfe,
@@ -236,7 +294,14 @@ impl std::str::FromStr for SamplerKind {
     fn from_str(s: &str) -> Result<Self> {
         let alias = match s {
             "euler_a" | "euler-ancestral" | "k_euler_a" => "euler-a",
-            "dpm++2m" | "dpmpp_2m" | "dpm++-2m" => "dpmpp-2m",
+            "dpm++2m" | "dpmpp_2m" | "dpm++-2m" | "dpm-solver++" => "dpmpp-2m",
+            "dpmpp_2s_ancestral" | "dpm++-2s-a" => "dpmpp-2s-a",
+            "dpmpp_2m_sde" | "dpm++-2m-sde" => "dpmpp-2m-sde",
+            "dpmpp_3m_sde" | "dpm++-3m-sde" => "dpmpp-3m-sde",
+            "dpm_2" => "dpm2",
+            "dpm_2_ancestral" | "dpm2-ancestral" => "dpm2-a",
+            "unipc" => "unipc-bh2",
+            "ode" | "pf-ode" | "probability-flow" => "rk45",
             "ald" | "annealed-langevin" => "langevin",
             "predictor-corrector" => "pc",
             other => other,

@@ -259,3 +259,159 @@ fn generate_is_independent_of_batch_size() {
     assert_eq!(nfe, 11);
     assert_eq!(a.to_vec2::<f32>().unwrap(), b.to_vec2::<f32>().unwrap());
 }
+
+#[test]
+fn second_and_higher_order_solvers_converge() {
+    let k = |n| karras(n);
+    check(SamplerKind::Lms, SamplerOptions::default(), &k(100), 0.07);
+    check(SamplerKind::Dpm2, SamplerOptions::default(), &k(50), 0.07);
+    check(
+        SamplerKind::UnipcBh1,
+        SamplerOptions::default(),
+        &k(50),
+        0.07,
+    );
+    check(
+        SamplerKind::UnipcBh2,
+        SamplerOptions::default(),
+        &k(50),
+        0.07,
+    );
+    let o3 = SamplerOptions {
+        solver_order: 3,
+        ..Default::default()
+    };
+    check(SamplerKind::UnipcBh2, o3, &k(50), 0.07);
+}
+
+#[test]
+fn ancestral_and_sde_solvers_converge() {
+    check(
+        SamplerKind::Dpm2A,
+        SamplerOptions::default(),
+        &karras(500),
+        0.07,
+    );
+    check(
+        SamplerKind::Dpmpp2sA,
+        SamplerOptions::default(),
+        &karras(200),
+        0.07,
+    );
+    check(
+        SamplerKind::Dpmpp2mSde,
+        SamplerOptions::default(),
+        &karras(100),
+        0.07,
+    );
+    check(
+        SamplerKind::Dpmpp3mSde,
+        SamplerOptions::default(),
+        &karras(100),
+        0.07,
+    );
+}
+
+#[test]
+fn rk45_solves_the_ode_to_tolerance() {
+    check(
+        SamplerKind::Rk45,
+        SamplerOptions {
+            rtol: 1e-4,
+            atol: 1e-4,
+            ..Default::default()
+        },
+        &karras(2),
+        0.07,
+    );
+}
+
+/// Deterministic solvers of the probability-flow ODE converge to the same map from noise to
+/// data; with the exact Gaussian denoiser the limit is affine, x0 = μ + √v/√(v+σ_max²)·(x_T - 0)
+/// up to the σ_min endpoint, so high-accuracy runs must agree sample by sample.
+#[test]
+fn ode_solvers_agree_per_sample() {
+    let seeds: Vec<u64> = (0..64).collect();
+    let reference = run(
+        SamplerKind::Rk45,
+        SamplerOptions {
+            rtol: 1e-7,
+            atol: 1e-7,
+            ..Default::default()
+        },
+        &karras(2),
+        seeds.clone(),
+    );
+    for (kind, n) in [
+        (SamplerKind::Heun, 200),
+        (SamplerKind::Dpmpp2m, 200),
+        (SamplerKind::UnipcBh2, 200),
+    ] {
+        let x = run(kind, SamplerOptions::default(), &karras(n), seeds.clone());
+        let d = (x - &reference)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d < 2e-3, "{kind}: max deviation {d} from RK45");
+    }
+}
+
+/// Halving the step of a p-th order solver divides its error by about 2^p: measured against a
+/// tight RK45 solution on Karras levels, the ratio must exceed 2^p·0.7 (1.4 for Euler, 2.8 for
+/// second-order methods, 5.6 for UniPC-3).
+#[test]
+fn solvers_have_their_convergence_order() {
+    let seeds: Vec<u64> = (0..64).collect();
+    let reference = run(
+        SamplerKind::Rk45,
+        SamplerOptions {
+            rtol: 1e-8,
+            atol: 1e-8,
+            ..Default::default()
+        },
+        &sigmas::karras(2, 0.05, 80.0, 7.0).unwrap(),
+        seeds.clone(),
+    );
+    let err = |kind: SamplerKind, o: &SamplerOptions, n: usize| {
+        let x = run(
+            kind,
+            o.clone(),
+            &sigmas::karras(n, 0.05, 80.0, 7.0).unwrap(),
+            seeds.clone(),
+        );
+        (x - &reference)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap() as f64
+    };
+    let o3 = SamplerOptions {
+        solver_order: 3,
+        ..Default::default()
+    };
+    let cases = [
+        (SamplerKind::Euler, SamplerOptions::default(), 1),
+        (SamplerKind::Heun, SamplerOptions::default(), 2),
+        (SamplerKind::Dpm2, SamplerOptions::default(), 2),
+        (SamplerKind::Dpmpp2m, SamplerOptions::default(), 2),
+        (SamplerKind::UnipcBh2, SamplerOptions::default(), 2),
+        (SamplerKind::UnipcBh1, SamplerOptions::default(), 2),
+        (SamplerKind::UnipcBh2, o3, 3),
+    ];
+    for (kind, o, p) in cases {
+        let (e1, e2) = (err(kind, &o, 12), err(kind, &o, 24));
+        let ratio = e1 / e2;
+        eprintln!("{kind} order {p}: {e1:.2e} -> {e2:.2e} (ratio {ratio:.2})");
+        assert!(
+            ratio > 0.7 * 2f64.powi(p),
+            "{kind}: error {e1:.2e} -> {e2:.2e}, ratio {ratio:.2}"
+        );
+    }
+}
