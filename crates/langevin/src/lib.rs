@@ -1,4 +1,5 @@
 //! langevin: diffusion models in Rust.
+pub mod data;
 pub mod denoiser;
 pub mod error;
 pub mod forward;
