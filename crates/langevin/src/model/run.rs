@@ -10,6 +10,7 @@ use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 use super::Diffusion;
+use crate::data::Standardizer;
 use crate::denoiser::Precond;
 use crate::io::write_atomic_bytes;
 use crate::nn::mlp::{Mlp, MlpConfig};
@@ -29,12 +30,26 @@ pub enum NetworkConfig {
 }
 
 /// How training data was standardised, so samples can be mapped back.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DataInfo {
     pub source: String,
     pub columns: Vec<String>,
-    pub mean: Vec<f64>,
-    pub std: Vec<f64>,
+    /// Per-column mean and std of the training data.
+    #[serde(flatten)]
+    pub stats: Standardizer,
+}
+
+impl Default for DataInfo {
+    fn default() -> Self {
+        Self {
+            source: String::new(),
+            columns: vec![],
+            stats: Standardizer {
+                mean: vec![],
+                std: vec![],
+            },
+        }
+    }
 }
 
 /// config.json.
