@@ -98,6 +98,18 @@ FIXTURES = {
         ),
         2, 8, [40.0, 600.0], [2, 5], {},
     ),
+    # (f) learned time embedding table (integer timesteps), relu.
+    "learned_relu": (
+        dict(
+            time_embedding_type="learned",
+            num_train_timesteps=50,
+            act_fn="relu",
+            down_block_types=("DownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "UpBlock2D"),
+            add_attention=False,
+        ),
+        2, 8, [0.0, 49.0], None, {},
+    ),
 }
 
 
@@ -137,11 +149,12 @@ def make(out_dir, name, spec, seed):
         inner = ref.class_embedding.forward
         ref.class_embedding.forward = lambda s, condition=None: inner(s.double(), condition)
     x = torch.randn(batch, cfg["in_channels"], size, size, generator=gen)
-    t = torch.tensor(timesteps, dtype=torch.float32)
+    learned = cfg.get("time_embedding_type") == "learned"
+    t = torch.tensor(timesteps, dtype=torch.int64 if learned else torch.float32)
     lab = None if labels is None else torch.tensor(labels, dtype=torch.int64)
     with torch.no_grad():
-        out = ref(x.double(), t.double(), class_labels=lab).sample.float()
-    io = {"x": x.contiguous(), "timesteps": t, "out": out.contiguous()}
+        out = ref(x.double(), t if learned else t.double(), class_labels=lab).sample.float()
+    io = {"x": x.contiguous(), "timesteps": t.float(), "out": out.contiguous()}
     if lab is not None:
         io["labels"] = lab
     save_file(io, os.path.join(folder, "io.safetensors"))

@@ -9,12 +9,13 @@ use langevin::nn::unet::{
 };
 use langevin::Error;
 
-const FIXTURES: [&str; 5] = [
+const FIXTURES: [&str; 6] = [
     "plain",
     "attn_sharded",
     "fourier_scale_shift",
     "class_fp16",
     "class_timestep_mish",
+    "learned_relu",
 ];
 
 fn fixture(name: &str) -> PathBuf {
