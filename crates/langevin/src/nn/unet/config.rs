@@ -376,24 +376,45 @@ impl UNet2DConfig {
             return Err(Error::config("norm_num_groups", "must be positive"));
         }
         for (i, &c) in self.block_out_channels.iter().enumerate() {
-            if c == 0 || c % g != 0 {
+            if c == 0 || !c.is_multiple_of(g) {
                 return Err(Error::config(
                     format!("block_out_channels[{i}]"),
                     format!("{c} is not a positive multiple of norm_num_groups = {g}"),
                 ));
             }
-            if let Some(d) = self.attention_head_dim {
-                if d == 0 || c % d != 0 {
+        }
+        // Widths that carry attention: attention down/up blocks and the mid block.
+        let rev = |i: usize| self.block_out_channels[n - 1 - i];
+        let attn_widths = self
+            .down_block_types
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| **t == DownBlockType::AttnDownBlock2D)
+            .map(|(i, _)| self.block_out_channels[i])
+            .chain(
+                self.up_block_types
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, t)| **t == UpBlockType::AttnUpBlock2D)
+                    .map(|(i, _)| rev(i)),
+            )
+            .chain(
+                (self.mid_block_type.is_some() && self.add_attention)
+                    .then_some(self.block_out_channels[n - 1]),
+            );
+        if let Some(d) = self.attention_head_dim {
+            for c in attn_widths {
+                if d == 0 || !c.is_multiple_of(d) {
                     return Err(Error::config(
                         "attention_head_dim",
-                        format!("{d} does not divide block_out_channels[{i}] = {c}"),
+                        format!("{d} does not divide the attention width {c}"),
                     ));
                 }
             }
         }
         if let Some(ag) = self.attn_norm_num_groups {
             let c = self.block_out_channels[n - 1];
-            if ag == 0 || c % ag != 0 {
+            if ag == 0 || !c.is_multiple_of(ag) {
                 return Err(Error::config(
                     "attn_norm_num_groups",
                     format!("{ag} does not divide the mid-block width {c}"),
@@ -440,6 +461,17 @@ mod tests {
         assert_eq!(c.attention_head_dim, None);
         assert_eq!(c.act_fn, Activation::Silu);
         assert_eq!(c.sample_size, Some(SampleSize::Rect([8, 16])));
+        // attention_head_dim only constrains widths that carry attention.
+        let plain = r#"{"block_out_channels": [4, 12], "norm_num_groups": 4,
+            "down_block_types": ["DownBlock2D", "DownBlock2D"],
+            "up_block_types": ["UpBlock2D", "UpBlock2D"]}"#;
+        let e = parse(plain).unwrap_err().to_string();
+        assert!(e.contains("attention width 12"), "{e}");
+        let plain = plain.replace(
+            "\"norm_num_groups\": 4,",
+            "\"norm_num_groups\": 4, \"add_attention\": false,",
+        );
+        parse(&plain).unwrap();
     }
 
     #[test]
@@ -460,9 +492,11 @@ mod tests {
 
     #[test]
     fn round_trips_through_diffusers_json() {
-        let mut c = UNet2DConfig::default();
-        c.class_embed_type = Some(ClassEmbedType::Timestep);
-        c.resnet_time_scale_shift = TimeScaleShift::ScaleShift;
+        let c = UNet2DConfig {
+            class_embed_type: Some(ClassEmbedType::Timestep),
+            resnet_time_scale_shift: TimeScaleShift::ScaleShift,
+            ..Default::default()
+        };
         let v = c.to_json();
         assert_eq!(v["_class_name"], "UNet2DModel");
         assert_eq!(v["resnet_time_scale_shift"], "scale_shift");
