@@ -2,6 +2,7 @@
 pub mod embedding;
 pub mod init;
 pub mod mlp;
+pub mod unet;
 
 use candle_core::Tensor;
 

@@ -1,0 +1,98 @@
+//! Differentiable building blocks shared by the UNet modules. Every op here has a correct
+//! backward pass in candle (no fused softmax / layer norm, no `upsample_nearest2d`).
+use candle_core::{Module, Tensor, D};
+use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
+
+use super::config::Activation;
+use crate::Result;
+
+/// Apply an activation (diffusers' `get_activation`).
+pub fn activation(x: &Tensor, act: Activation) -> Result<Tensor> {
+    Ok(match act {
+        Activation::Silu => x.silu()?,
+        Activation::Relu => x.relu()?,
+        Activation::Gelu => x.gelu_erf()?,
+        // mish(x) = x·tanh(softplus(x)), softplus(x) = max(x, 0) + ln(1 + e^{-|x|}).
+        Activation::Mish => {
+            let sp = (x.relu()? + (x.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
+            (x * sp.tanh()?)?
+        }
+    })
+}
+
+/// Softmax over the last dimension as exp(x - max)/Σ. The max is a constant shift (the
+/// softmax does not depend on it), so it is detached from the graph.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    let s = e.sum_keepdim(D::Minus1)?;
+    Ok(e.broadcast_div(&s)?)
+}
+
+/// Nearest-neighbour ×2 upsampling by reshape → broadcast → reshape, whose gradient (a sum over
+/// each 2×2 block) candle computes correctly.
+///
+/// # Shapes
+/// `x`: [B, C, H, W] → [B, C, 2H, 2W].
+pub fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
+    let (b, c, h, w) = x.dims4()?;
+    Ok(x.reshape((b, c, h, 1, w, 1))?
+        .broadcast_as((b, c, h, 2, w, 2))?
+        .reshape((b, c, 2 * h, 2 * w))?)
+}
+
+/// `nn.Conv2d(i, o, k, stride, padding)` with bias; parameters `weight` [o, i, k, k], `bias` [o].
+pub fn conv2d(
+    i: usize,
+    o: usize,
+    k: usize,
+    stride: usize,
+    padding: usize,
+    vb: VarBuilder,
+) -> Result<Conv2d> {
+    let cfg = Conv2dConfig {
+        padding,
+        stride,
+        ..Default::default()
+    };
+    Ok(candle_nn::conv2d(i, o, k, cfg, vb)?)
+}
+
+/// `nn.GroupNorm(groups, channels, eps, affine=True)`; parameters `weight`, `bias` [channels].
+/// candle's `GroupNorm` is composed of differentiable ops.
+pub fn group_norm(groups: usize, channels: usize, eps: f64, vb: VarBuilder) -> Result<GroupNorm> {
+    Ok(candle_nn::group_norm(groups, channels, eps, vb)?)
+}
+
+/// `nn.Linear(i, o)` with bias.
+pub fn linear(i: usize, o: usize, vb: VarBuilder) -> Result<Linear> {
+    Ok(candle_nn::linear(i, o, vb)?)
+}
+
+/// Apply a module and convert the error.
+pub fn fwd<M: Module>(m: &M, x: &Tensor) -> Result<Tensor> {
+    Ok(m.forward(x)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    #[test]
+    fn upsample_matches_candle_and_softmax_sums_to_one() {
+        let dev = Device::Cpu;
+        let x = Tensor::arange(0f32, 24.0, &dev)
+            .unwrap()
+            .reshape((1, 2, 3, 4))
+            .unwrap();
+        let a = upsample_nearest2x(&x).unwrap();
+        let b = x.upsample_nearest2d(6, 8).unwrap();
+        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+        assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0);
+        let s = softmax_last_dim(&x.to_dtype(DType::F64).unwrap()).unwrap();
+        let r = candle_nn::ops::softmax_last_dim(&x.to_dtype(DType::F64).unwrap()).unwrap();
+        let d = (s.clone() - r).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(d.to_scalar::<f64>().unwrap() < 1e-12);
+    }
+}
