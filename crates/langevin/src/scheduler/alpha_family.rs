@@ -126,17 +126,18 @@ pub fn ddpm_step(
         )
     })?;
     let var = (b_prev / b_t * cur_beta).max(1e-20);
-    let std =
-        match s.config.variance_type.unwrap_or(VarianceType::FixedSmall) {
-            VarianceType::FixedSmall => var.sqrt(),
-            VarianceType::FixedSmallLog => (0.5 * var.ln()).exp(),
-            VarianceType::FixedLarge => cur_beta.sqrt(),
-            other => return Err(Error::config(
+    let std = match s.config.variance_type.unwrap_or(VarianceType::FixedSmall) {
+        VarianceType::FixedSmall => var.sqrt(),
+        VarianceType::FixedSmallLog => (0.5 * var.ln()).exp(),
+        VarianceType::FixedLarge => cur_beta.sqrt(),
+        other => {
+            return Err(Error::config(
                 "variance_type",
                 format!(
                     "{other} is not supported; accepted: fixed_small, fixed_small_log, fixed_large"
                 ),
-            )),
-        };
+            ))
+        }
+    };
     Ok((prev + mul(z, std)?)?)
 }

@@ -508,9 +508,9 @@ impl SchedulerConfig {
     }
 }
 
-const POS_INF: &str = "\u{1}Infinity";
-const NEG_INF: &str = "\u{1}-Infinity";
-const NAN: &str = "\u{1}NaN";
+const POS_INF: &str = "\u{E000}Infinity";
+const NEG_INF: &str = "\u{E000}-Infinity";
+const NAN: &str = "\u{E000}NaN";
 
 fn float(x: f64) -> Value {
     if x.is_nan() {
