@@ -9,6 +9,7 @@ pub mod nn;
 pub mod rng;
 pub mod sampler;
 pub mod schedule;
+pub mod scheduler;
 pub mod train;
 
 pub use error::{Error, Result};
