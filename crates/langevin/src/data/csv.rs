@@ -1,10 +1,10 @@
 //! A small, strict CSV reader and an atomic writer for numeric tables.
 //!
-//! Format: comma-separated, one row per line (`\n` or `\r\n`), cells trimmed of surrounding
-//! whitespace and optionally wrapped in double quotes (quoted cells may hold commas; `""`
-//! inside quotes is a literal quote; newlines inside quotes are not supported). Blank lines are skipped. The first
-//! non-blank line is a header when any of its cells is not a number. Every other cell must be
-//! a finite number.
+//! Format: comma-separated, one row per line (`\n` or `\r\n`). Cells are trimmed of
+//! surrounding whitespace and may be wrapped in double quotes (a quoted cell may hold commas;
+//! `""` inside quotes is a literal quote; newlines inside quotes are not supported). Blank
+//! lines are skipped but still counted in line numbers. The first non-blank line is a header
+//! when any of its cells is not a number. Every other cell must be a finite number.
 use std::io::Write;
 use std::path::Path;
 

@@ -24,7 +24,7 @@ impl Table {
         if cols == 0 {
             return Err(Error::config("table", "a table needs at least one column"));
         }
-        if data.len() % cols != 0 {
+        if !data.len().is_multiple_of(cols) {
             return Err(Error::config(
                 "table",
                 format!("{} values do not fill rows of {cols} columns", data.len()),
