@@ -1,1 +1,53 @@
-fn main() {}
+//! The `langevin` command line: a thin layer over the library. Errors print as one line and
+//! exit with code 2.
+mod common;
+mod demo;
+mod progress;
+mod sample;
+mod schedule;
+mod train;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "langevin",
+    version,
+    about = "Diffusion models in Rust: train, sample, inspect schedules"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train on a built-in 2-D set, sample with annealed Langevin and an ODE sampler, plot, score.
+    Demo(demo::Args),
+    /// Train a model on a data set and write a run directory.
+    Train(train::Args),
+    /// Draw samples from a trained model.
+    Sample(sample::Args),
+    /// Print or plot a noise schedule (β, ᾱ, σ, log-SNR).
+    Schedule(schedule::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Demo(a) => demo::run(a),
+        Command::Train(a) => train::run(a),
+        Command::Sample(a) => sample::run(a),
+        Command::Schedule(a) => schedule::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            eprintln!("error: {}", chain.join(": "));
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! Argument groups and helpers shared by subcommands.
+use std::path::Path;
+
+use anyhow::{bail, Result};
+use clap::{Args as ClapArgs, ValueEnum};
+use langevin::data::{load_table, toy::Toy2d, Table};
+use langevin::model::NoiseDist;
+use langevin::schedule::sigmas::{VeSde, VpSde};
+use langevin::schedule::BetaSchedule;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ScheduleName {
+    Linear,
+    ScaledLinear,
+    Cosine,
+    Sigmoid,
+    Geometric,
+    /// EDM's log-normal noise levels (continuous; pair with --prediction edm).
+    Edm,
+    /// Variance-exploding SDE σ(t) = σ_min(σ_max/σ_min)^t (continuous).
+    VeSde,
+    /// Variance-preserving SDE with linear β(t) (continuous).
+    VpSde,
+}
+
+impl std::fmt::Display for ScheduleName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.to_possible_value().unwrap().get_name())
+    }
+}
+
+/// The noise schedule a model is trained with.
+#[derive(ClapArgs, Clone, Debug)]
+pub struct BetaArgs {
+    /// Noise schedule.
+    #[arg(long, value_enum, default_value_t = ScheduleName::Linear)]
+    pub schedule: ScheduleName,
+    /// Number of discrete steps T.
+    #[arg(long, default_value_t = 1000)]
+    pub timesteps: usize,
+    /// β of the geometric schedule β_t = β(1-β)^(T-1-t), in (0, 1).
+    #[arg(long, default_value_t = 0.5)]
+    pub beta: f64,
+    /// First β of linear / scaled-linear / sigmoid schedules.
+    #[arg(long, default_value_t = 1e-4)]
+    pub beta_start: f64,
+    /// Last β of linear / scaled-linear / sigmoid schedules.
+    #[arg(long, default_value_t = 0.02)]
+    pub beta_end: f64,
+}
+
+pub fn beta_schedule(a: &BetaArgs) -> Result<BetaSchedule> {
+    let (beta_start, beta_end) = (a.beta_start, a.beta_end);
+    Ok(match a.schedule {
+        ScheduleName::Linear => BetaSchedule::Linear { beta_start, beta_end },
+        ScheduleName::ScaledLinear => BetaSchedule::ScaledLinear { beta_start, beta_end },
+        ScheduleName::Cosine => BetaSchedule::Cosine,
+        ScheduleName::Sigmoid => BetaSchedule::Sigmoid { beta_start, beta_end },
+        ScheduleName::Geometric => BetaSchedule::Geometric { geometric_beta: a.beta },
+        other => bail!("--schedule {other} is continuous; it has no β_t table (use linear, scaled-linear, cosine, sigmoid or geometric)"),
+    })
+}
+
+pub fn noise_dist(a: &BetaArgs) -> Result<NoiseDist> {
+    Ok(match a.schedule {
+        ScheduleName::Edm => NoiseDist::EdmLogNormal {
+            p_mean: -1.2,
+            p_std: 1.2,
+            sigma_min: 0.002,
+            sigma_max: 80.0,
+        },
+        ScheduleName::VeSde => NoiseDist::VeSde(VeSde::default()),
+        ScheduleName::VpSde => NoiseDist::VpSde {
+            sde: VpSde::default(),
+            eps: 1e-3,
+        },
+        _ => {
+            let beta = beta_schedule(a)?;
+            // Validate now so a bad β fails before training starts.
+            beta.betas(a.timesteps)?;
+            NoiseDist::Discrete {
+                beta,
+                num_train_timesteps: a.timesteps,
+            }
+        }
+    })
+}
+
+/// `toy:NAME` (or a bare toy name) draws `n_toy` points; anything else is a .csv/.npy path.
+pub fn load_data(spec: &str, n_toy: usize, seed: u64) -> Result<(Table, String)> {
+    let name = spec.strip_prefix("toy:").unwrap_or(spec);
+    if let Ok(toy) = name.parse::<Toy2d>() {
+        let mut rng = langevin::rng::seeded(seed);
+        return Ok((toy.sample(n_toy, &mut rng), format!("toy:{toy}")));
+    }
+    if spec.starts_with("toy:") {
+        name.parse::<Toy2d>()?;
+    }
+    let t = load_table(Path::new(spec))?;
+    Ok((t, spec.to_string()))
+}
+
+/// Write a table by extension: .csv, .npy, or .png (scatter plot of the first two columns).
+pub fn write_table(path: &Path, t: &Table, title: &str) -> Result<()> {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("csv") => langevin::data::csv::save_csv(path, t)?,
+        Some("npy") => langevin::data::npy::save_npy(path, &[t.rows, t.cols], &t.to_f32())?,
+        Some("png") => {
+            if t.cols < 2 {
+                bail!(
+                    "{}: a scatter plot needs at least 2 columns, the data has {}",
+                    path.display(),
+                    t.cols
+                );
+            }
+            langevin::plot::scatter_png(
+                path,
+                title,
+                &[langevin::plot::ScatterSeries {
+                    label: title.into(),
+                    points: t,
+                    color: langevin::plot::PALETTE[1],
+                }],
+            )?
+        }
+        _ => bail!(
+            "{}: unknown output type; expected .csv, .npy or .png",
+            path.display()
+        ),
+    }
+    Ok(())
+}

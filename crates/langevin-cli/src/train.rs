@@ -1,0 +1,212 @@
+//! `langevin train`: fit a model and write a run directory.
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use candle_core::{Device, Tensor};
+use clap::Args as ClapArgs;
+use langevin::data::Standardizer;
+use langevin::denoiser::Prediction;
+use langevin::model::{DataInfo, Diffusion, NetworkConfig, RunConfig};
+use langevin::nn::mlp::MlpConfig;
+use langevin::train::{TrainConfig, Trainer};
+
+use crate::common::{load_data, noise_dist, BetaArgs};
+use crate::progress::bar;
+
+#[derive(ClapArgs)]
+pub struct Args {
+    /// Training data: toy:swiss-roll|two-moons|8-gaussians|checkerboard|rings, or a .csv / .npy file.
+    #[arg(long, required_unless_present = "resume")]
+    pub data: Option<String>,
+    /// Run directory to write (diffusers layout).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Continue the run in --out from its last checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// Points drawn from a toy set.
+    #[arg(long, default_value_t = 20_000)]
+    pub n_toy: usize,
+    #[command(flatten)]
+    pub schedule: BetaArgs,
+    #[command(flatten)]
+    pub opt: OptArgs,
+    #[command(flatten)]
+    pub net: NetArgs,
+}
+
+#[derive(ClapArgs, Clone)]
+pub struct OptArgs {
+    /// What the network predicts: eps, x0, v, score or edm.
+    #[arg(long, default_value = "eps")]
+    pub prediction: String,
+    #[arg(long, default_value_t = 4000)]
+    pub steps: u64,
+    #[arg(long, default_value_t = 512)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 2e-3)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 100)]
+    pub warmup: u64,
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f64,
+    /// Clip the global gradient norm (0 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub grad_clip: f64,
+    #[arg(long, default_value_t = 0.995)]
+    pub ema_decay: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Checkpoint every N steps (0 = only at the end).
+    #[arg(long, default_value_t = 1000)]
+    pub checkpoint_every: u64,
+}
+
+#[derive(ClapArgs, Clone)]
+pub struct NetArgs {
+    #[arg(long, default_value_t = 128)]
+    pub hidden: usize,
+    #[arg(long, default_value_t = 3)]
+    pub blocks: usize,
+    #[arg(long, default_value_t = 64)]
+    pub temb_dim: usize,
+}
+
+impl OptArgs {
+    pub fn train_config(&self) -> TrainConfig {
+        TrainConfig {
+            steps: self.steps,
+            batch_size: self.batch_size,
+            lr: self.lr,
+            warmup_steps: self.warmup,
+            weight_decay: self.weight_decay,
+            grad_clip: self.grad_clip,
+            ema_decay: self.ema_decay,
+            seed: self.seed,
+            checkpoint_every: self.checkpoint_every,
+            ..Default::default()
+        }
+    }
+}
+
+/// Build a fresh trainer for standardised `data`.
+pub fn new_trainer(
+    source: String,
+    data: &langevin::data::Table,
+    std: &Standardizer,
+    sched: &BetaArgs,
+    opt: &OptArgs,
+    net: &NetArgs,
+) -> Result<Trainer> {
+    let prediction: Prediction = opt.prediction.parse()?;
+    let run = RunConfig {
+        network: NetworkConfig::Mlp(MlpConfig {
+            in_dim: data.cols,
+            hidden: net.hidden,
+            blocks: net.blocks,
+            temb_dim: net.temb_dim,
+        }),
+        diffusion: Diffusion {
+            prediction,
+            noise: noise_dist(sched)?,
+        },
+        data: DataInfo {
+            source,
+            columns: data.columns.clone(),
+            stats: std.clone(),
+        },
+        langevin_version: String::new(),
+    };
+    if let Some(s) = run.diffusion.discrete()? {
+        if let Some(w) = s.terminal_warning() {
+            eprintln!("warning: {w}");
+        }
+    }
+    Ok(Trainer::new(run, opt.train_config(), &Device::Cpu)?)
+}
+
+/// Train to `trainer.cfg.steps`, checkpointing into `out`; writes loss.png at each checkpoint.
+pub fn train_loop(trainer: &mut Trainer, data: &Tensor, out: &Path) -> Result<f64> {
+    let total = trainer.cfg.steps;
+    let pb = bar(total, "train");
+    pb.set_position(trainer.step());
+    let start = Instant::now();
+    let every = trainer.cfg.checkpoint_every;
+    while trainer.step() < total {
+        let r = trainer.train_step(data)?;
+        if r.step % 50 == 0 || r.step == total {
+            let recent = &trainer.losses[trainer.losses.len().saturating_sub(50)..];
+            let avg = recent.iter().map(|l| l.1).sum::<f64>() / recent.len() as f64;
+            pb.set_message(format!("loss {avg:.4} lr {:.1e}", r.lr));
+        }
+        pb.inc(1);
+        if (every > 0 && r.step % every == 0) || r.step == total {
+            checkpoint(trainer, out)?;
+        }
+    }
+    pb.finish_and_clear();
+    Ok(start.elapsed().as_secs_f64())
+}
+
+fn checkpoint(trainer: &Trainer, out: &Path) -> Result<()> {
+    trainer.save(out)?;
+    let losses: Vec<(usize, f64)> = trainer
+        .losses
+        .iter()
+        .map(|(s, l)| (*s as usize, *l))
+        .collect();
+    langevin::plot::loss_png(&out.join("loss.png"), &losses)?;
+    Ok(())
+}
+
+/// The data as a standardised [N, D] tensor.
+pub fn to_tensor(t: &langevin::data::Table) -> Result<Tensor> {
+    Ok(Tensor::from_vec(
+        t.to_f32(),
+        (t.rows, t.cols),
+        &Device::Cpu,
+    )?)
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let (mut trainer, data) = if a.resume {
+        let mut t = Trainer::resume(&a.out, Some(a.opt.steps), &Device::Cpu)?;
+        let info = t.run.data.clone();
+        let spec = a.data.clone().unwrap_or(info.source.clone());
+        let (table, _) = load_data(&spec, a.n_toy, t.cfg.seed)?;
+        if table.cols != info.stats.dims() {
+            bail!(
+                "{spec}: has {} columns but the run in {} was trained on {}",
+                table.cols,
+                a.out.display(),
+                info.stats.dims()
+            );
+        }
+        let std = info.stats;
+        t.cfg.steps = a.opt.steps;
+        eprintln!(
+            "resuming {} at step {} of {}",
+            a.out.display(),
+            t.step(),
+            t.cfg.steps
+        );
+        (t, to_tensor(&std.transform(&table)?)?)
+    } else {
+        let spec = a.data.as_deref().unwrap();
+        let (table, source) = load_data(spec, a.n_toy, a.opt.seed)?;
+        let std = Standardizer::fit(&table);
+        let t = new_trainer(source, &table, &std, &a.schedule, &a.opt, &a.net)?;
+        (t, to_tensor(&std.transform(&table)?)?)
+    };
+    let secs = train_loop(&mut trainer, &data, &a.out)?;
+    let tail = &trainer.losses[trainer.losses.len().saturating_sub(100)..];
+    let avg = tail.iter().map(|l| l.1).sum::<f64>() / tail.len().max(1) as f64;
+    println!(
+        "trained {} steps in {secs:.1} s; final loss (mean of last {}) {avg:.4}; wrote {}",
+        trainer.step(),
+        tail.len(),
+        a.out.display()
+    );
+    Ok(())
+}
