@@ -2,6 +2,7 @@
 //! exit with code 2.
 mod common;
 mod demo;
+mod eval;
 mod progress;
 mod sample;
 mod schedule;
@@ -30,6 +31,8 @@ enum Command {
     Train(train::Args),
     /// Draw samples from a trained model.
     Sample(sample::Args),
+    /// Score samplers against held-out data (SWD, MMD² and their noise floor) over NFE budgets.
+    Eval(eval::Args),
     /// Print or plot a noise schedule (β, ᾱ, σ, log-SNR).
     Schedule(schedule::Args),
 }
@@ -41,6 +44,7 @@ fn main() -> ExitCode {
         Command::Train(a) => train::run(a),
         Command::Sample(a) => sample::run(a),
         Command::Schedule(a) => schedule::run(a),
+        Command::Eval(a) => eval::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -23,8 +23,9 @@ pub struct SamplerArgs {
     /// annealed Langevin --langevin-steps per level).
     #[arg(long, default_value_t = 25)]
     pub steps: usize,
-    /// Spacing of the noise levels: model (the training schedule's), karras, exponential.
-    #[arg(long, default_value = "model")]
+    /// Spacing of the noise levels: model (the training schedule's timesteps), karras,
+    /// exponential, or auto (model for ddpm/ddim, exponential otherwise).
+    #[arg(long, default_value = "auto")]
     pub schedule: String,
     /// DDIM / Euler-ancestral η.
     #[arg(long, default_value_t = 0.0)]
@@ -44,6 +45,12 @@ pub struct SamplerArgs {
     /// Predictor-corrector: corrector steps per level.
     #[arg(long, default_value_t = 1)]
     pub corrector_steps: usize,
+    /// Smallest noise level (karras / exponential spacing; default: the model's).
+    #[arg(long)]
+    pub sigma_min: Option<f64>,
+    /// Largest noise level (karras / exponential spacing; default: the model's).
+    #[arg(long)]
+    pub sigma_max: Option<f64>,
     /// Start from N(0, σ_max²) instead of the variance-preserving N(0, (σ_max² + 1)·I).
     #[arg(long)]
     pub ve_prior: bool,
@@ -100,9 +107,16 @@ pub fn draw(
 ) -> Result<(Table, usize)> {
     let kind = s.kind()?;
     let opts = s.options();
-    let spacing: Spacing = s.schedule.parse()?;
+    let spacing: Spacing = match s.schedule.as_str() {
+        "auto" if matches!(kind, SamplerKind::Ddpm | SamplerKind::Ddim) => Spacing::Model,
+        "auto" => Spacing::Exponential,
+        other => other.parse()?,
+    };
     let levels = s.steps;
-    let sigmas = run.config.diffusion.sigmas(levels, spacing)?;
+    let sigmas = run
+        .config
+        .diffusion
+        .sigmas(levels, spacing, (s.sigma_min, s.sigma_max))?;
     let d = run.config.data.stats.dims();
     let job = Job {
         kind,

@@ -111,11 +111,27 @@ impl Diffusion {
     }
 
     /// `n` sampling levels plus the trailing 0.
-    pub fn sigmas(&self, n: usize, spacing: Spacing) -> Result<Vec<f64>> {
+    /// `range` overrides (σ_min, σ_max) for the Karras and exponential spacings.
+    pub fn sigmas(
+        &self,
+        n: usize,
+        spacing: Spacing,
+        range: (Option<f64>, Option<f64>),
+    ) -> Result<Vec<f64>> {
         if n == 0 {
             return Err(Error::config("steps", "must be at least 1"));
         }
-        let (lo, hi) = self.sigma_range()?;
+        let (mut lo, mut hi) = self.sigma_range()?;
+        if range.0.is_some() || range.1.is_some() {
+            if spacing == Spacing::Model {
+                return Err(Error::config(
+                    "sigma_min/sigma_max",
+                    "apply to the karras and exponential spacings; pick one with --schedule",
+                ));
+            }
+            lo = range.0.unwrap_or(lo);
+            hi = range.1.unwrap_or(hi);
+        }
         match spacing {
             Spacing::Karras { rho } => sigmas::karras(n, lo, hi, rho),
             Spacing::Exponential => sigmas::exponential(n, lo, hi),
@@ -139,7 +155,7 @@ impl Diffusion {
             .map(|_| match &self.noise {
                 NoiseDist::Discrete { .. } => {
                     let s = schedule.expect("discrete schedule");
-                    s.sigmas[rng.random_range(0..s.len())]
+                    s.sigmas[rng.random_range(s.first_active_step()..s.len())]
                 }
                 NoiseDist::EdmLogNormal { p_mean, p_std, .. } => {
                     let z: f64 = StandardNormal.sample(rng);

@@ -155,21 +155,35 @@ pub fn cosine_betas(t: usize, max_beta: f64) -> Vec<f64> {
         .collect()
 }
 
-/// ᾱ_t = Π_{s≤t} (1 - β_s).
-pub fn alphas_cumprod(betas: &[f64]) -> Vec<f64> {
-    let mut acc = 1.0;
+/// ln ᾱ_t = Σ_{s≤t} ln(1 - β_s), accumulated with `ln_1p` so tiny β are not lost.
+pub fn log_alphas_cumprod(betas: &[f64]) -> Vec<f64> {
+    let mut acc = 0.0;
     betas
         .iter()
         .map(|b| {
-            acc *= 1.0 - b;
+            acc += (-b).ln_1p();
             acc
         })
+        .collect()
+}
+
+/// ᾱ_t = Π_{s≤t} (1 - β_s).
+pub fn alphas_cumprod(betas: &[f64]) -> Vec<f64> {
+    log_alphas_cumprod(betas)
+        .into_iter()
+        .map(f64::exp)
         .collect()
 }
 
 /// σ = √((1-ᾱ)/ᾱ) for each ᾱ.
 pub fn sigmas_from_alphas_cumprod(ac: &[f64]) -> Vec<f64> {
     ac.iter().map(|a| ((1.0 - a) / a).sqrt()).collect()
+}
+
+/// σ = √(-expm1(ln ᾱ)/ᾱ): exact even where ᾱ rounds to 1 (schedules whose first β are far
+/// below f64 resolution, like the geometric one).
+pub fn sigmas_from_log_alphas_cumprod(lac: &[f64]) -> Vec<f64> {
+    lac.iter().map(|l| (-l.exp_m1() / l.exp()).sqrt()).collect()
 }
 
 /// ᾱ = 1/(1+σ²), the inverse of [`sigmas_from_alphas_cumprod`].
@@ -181,6 +195,10 @@ pub fn alpha_cumprod_from_sigma(sigma: f64) -> f64 {
 pub fn snr(alpha_cumprod: f64) -> f64 {
     alpha_cumprod / (1.0 - alpha_cumprod)
 }
+
+/// Noise levels below this are invisible in f32 data of unit scale (its resolution is ~1e-7,
+/// and σ ≤ 1e-4 moves a sample by less than the data's own rounding in most formats).
+pub const SIGMA_FLOOR: f64 = 1e-4;
 
 /// Above this ᾱ_T the data is visibly not destroyed at the last step (√ᾱ_T > 3%).
 pub const TERMINAL_ALPHA_BAR_WARN: f64 = 1e-3;
@@ -199,18 +217,27 @@ impl Schedule {
         if betas.is_empty() {
             return Err(Error::config("betas", "schedule has no steps"));
         }
+        // β = 0 is allowed: a geometric ramp underflows to exactly 0 at its early steps.
         if let Some((i, b)) = betas
             .iter()
             .enumerate()
-            .find(|(_, b)| !(**b > 0.0 && **b < 1.0))
+            .find(|(_, b)| !(**b >= 0.0 && **b < 1.0))
         {
             return Err(Error::config(
                 format!("betas[{i}]"),
-                format!("must lie in (0, 1), got {b}"),
+                format!("must lie in [0, 1), got {b}"),
             ));
         }
-        let alphas_cumprod = alphas_cumprod(&betas);
-        let sigmas = sigmas_from_alphas_cumprod(&alphas_cumprod);
+        if *betas.last().unwrap() <= 0.0 {
+            return Err(Error::config(
+                "betas",
+                "the schedule adds no noise (every β is 0)",
+            ));
+        }
+        let lac = log_alphas_cumprod(&betas);
+        let alphas_cumprod = lac.iter().map(|l| l.exp()).collect();
+        let sigmas = sigmas_from_log_alphas_cumprod(&lac);
+
         Ok(Self {
             betas,
             alphas_cumprod,
@@ -226,8 +253,18 @@ impl Schedule {
         self.betas.is_empty()
     }
 
+    /// The smallest noise level worth sampling or training at: σ_0, or [`SIGMA_FLOOR`] where
+    /// the schedule starts below it.
     pub fn sigma_min(&self) -> f64 {
-        self.sigmas[0]
+        self.sigmas[0].max(SIGMA_FLOOR)
+    }
+
+    /// The first timestep whose σ reaches [`SIGMA_FLOOR`]; steps before it add noise below
+    /// what f32 data can hold and are skipped by training and sampling.
+    pub fn first_active_step(&self) -> usize {
+        self.sigmas
+            .partition_point(|s| *s < SIGMA_FLOOR)
+            .min(self.len() - 1)
     }
 
     pub fn sigma_max(&self) -> f64 {
@@ -268,18 +305,19 @@ impl Schedule {
     /// Continuous timestep for a noise level σ: piecewise-linear interpolation of t in log σ over
     /// the training table (k-diffusion's `sigma_to_t`), clamped to [0, T-1].
     pub fn sigma_to_t(&self, sigma: f64) -> f64 {
-        let ls = sigma.max(1e-30).ln();
+        let ln = |s: f64| s.max(1e-300).ln();
+        let ls = ln(sigma);
         let n = self.sigmas.len();
-        if n == 1 || ls <= self.sigmas[0].ln() {
+        if n == 1 || ls <= ln(self.sigmas[0]) {
             return 0.0;
         }
-        if ls >= self.sigmas[n - 1].ln() {
+        if ls >= ln(self.sigmas[n - 1]) {
             return (n - 1) as f64;
         }
         // sigmas increase with t.
-        let hi = self.sigmas.partition_point(|s| s.ln() < ls);
+        let hi = self.sigmas.partition_point(|s| ln(*s) < ls);
         let lo = hi - 1;
-        let (a, b) = (self.sigmas[lo].ln(), self.sigmas[hi].ln());
+        let (a, b) = (ln(self.sigmas[lo]), ln(self.sigmas[hi]));
         let w = if b > a { (ls - a) / (b - a) } else { 0.0 };
         lo as f64 + w
     }
@@ -291,7 +329,8 @@ impl Schedule {
         let lo = t.floor() as usize;
         let hi = (lo + 1).min(n - 1);
         let w = t - lo as f64;
-        ((1.0 - w) * self.sigmas[lo].ln() + w * self.sigmas[hi].ln()).exp()
+        let ln = |s: f64| s.max(1e-300).ln();
+        ((1.0 - w) * ln(self.sigmas[lo]) + w * ln(self.sigmas[hi])).exp()
     }
 }
 

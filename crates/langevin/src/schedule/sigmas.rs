@@ -50,10 +50,12 @@ pub fn exponential(n: usize, sigma_min: f64, sigma_max: f64) -> Result<Vec<f64>>
 
 /// `n` levels of a discrete training schedule at timesteps linspace(T-1, 0, n), interpolated in
 /// log σ (k-diffusion's `DiscreteSchedule.get_sigmas`).
+/// Starts at the first step above [`super::SIGMA_FLOOR`].
 pub fn discrete(schedule: &Schedule, n: usize) -> Vec<f64> {
     let t_max = (schedule.len() - 1) as f64;
+    let t_min = schedule.first_active_step() as f64;
     append_zero(
-        linspace(t_max, 0.0, n)
+        linspace(t_max, t_min, n)
             .into_iter()
             .map(|t| schedule.t_to_sigma(t))
             .collect(),

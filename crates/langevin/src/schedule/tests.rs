@@ -211,3 +211,36 @@ fn serde_uses_diffusers_names() {
         }
     );
 }
+
+#[test]
+fn geometric_with_large_beta_keeps_tiny_sigmas_exact_and_skips_them() {
+    // β = 0.9: β_t underflows to 0 for early t; σ_t stays exact where ᾱ rounds to 1.
+    let s = BetaSchedule::Geometric {
+        geometric_beta: 0.5,
+    }
+    .build(1000)
+    .unwrap();
+    // σ_t² = (1-ᾱ_t)/ᾱ_t ≈ Σ_{s≤t} β_s = 0.5^(999-t) (geometric sum) for tiny β.
+    assert!(
+        close(s.sigmas[900], (0.5f64.powi(99)).sqrt(), 1e-9),
+        "{}",
+        s.sigmas[900]
+    );
+    assert!(s.sigmas[0] > 0.0);
+    let first = s.first_active_step();
+    assert!(s.sigmas[first] >= SIGMA_FLOOR && s.sigmas[first - 1] < SIGMA_FLOOR);
+    // σ² ≈ 0.5^(999-t) ≥ 1e-8 ⇔ 999 - t ≤ 26.6 → first active step 973.
+    assert_eq!(first, 973);
+    let g = BetaSchedule::Geometric {
+        geometric_beta: 0.9,
+    }
+    .build(1000)
+    .unwrap();
+    assert_eq!(g.betas[0], 0.0);
+    assert!(g.sigma_to_t(0.5).is_finite());
+    assert!(close(
+        sigmas::discrete(&g, 5)[4],
+        g.sigmas[g.first_active_step()],
+        1e-12
+    ));
+}
