@@ -9,6 +9,7 @@ use langevin::data::{toy::Toy2d, Standardizer};
 use langevin::metrics::{mmd_rbf, sliced_wasserstein};
 use langevin::model::Run;
 use langevin::plot::{scatter_png, ScatterSeries};
+use langevin::train::TrainData;
 
 use crate::common::{BetaArgs, ScheduleName};
 use crate::sample::{draw, SamplerArgs};
@@ -64,7 +65,8 @@ pub fn run(a: Args) -> Result<()> {
     let mut trainer = new_trainer(format!("toy:{toy}"), &train, &std, &sched, &opt, &net)?;
     let run_dir = a.out.join("model");
     eprintln!("training an MLP on {toy} ({} steps)…", a.steps);
-    let secs = train_loop(&mut trainer, &to_tensor(&std.transform(&train)?)?, &run_dir)?;
+    let data = TrainData::unlabelled(to_tensor(&std.transform(&train)?)?);
+    let secs = train_loop(&mut trainer, &data, &run_dir)?;
     eprintln!("trained in {secs:.1} s");
 
     let run = Run::load(&run_dir, &Device::Cpu)?;

@@ -70,7 +70,13 @@ pub fn run(a: Args) -> Result<()> {
     let info = run.config.data.clone();
     let spec = a.data.clone().unwrap_or(info.source.clone());
     let (reference, floor_draw) = references(&spec, a.n, a.seed)?;
-    let z = |t: &Table| info.stats.transform(t);
+    let std = info.standardizer.clone().ok_or_else(|| {
+        anyhow::anyhow!(
+            "{}: eval scores tabular models; this one has no column statistics",
+            a.model.display()
+        )
+    })?;
+    let z = |t: &Table| std.transform(t);
     let (r, f) = (z(&reference)?, z(&floor_draw)?);
     let h = median_bandwidth(&r, &f);
     let floor_swd = sliced_wasserstein(&r, &f, 256, 1);

@@ -97,6 +97,53 @@ pub struct Args {
 }
 
 /// Draw `n` samples and map them back to data units.
+/// Draw `n` samples [n, ...] in the model's own units (standardised columns, or images in
+/// [-1, 1]); also returns the network evaluations per sample.
+pub fn draw_raw(
+    run: &Run,
+    s: &SamplerArgs,
+    n: usize,
+    seed: u64,
+    batch_size: usize,
+    init: Option<&Tensor>,
+    cond: &Cond,
+) -> Result<(Tensor, usize)> {
+    let kind = s.kind()?;
+    let opts = s.options();
+    let spacing: Spacing = match s.schedule.as_str() {
+        "auto" if matches!(kind, SamplerKind::Ddpm | SamplerKind::Ddim) => Spacing::Model,
+        "auto" => Spacing::Exponential,
+        other => other.parse()?,
+    };
+    let sigmas = run
+        .config
+        .diffusion
+        .sigmas(s.steps, spacing, (s.sigma_min, s.sigma_max))?;
+    let job = Job {
+        kind,
+        opts: &opts,
+        sigmas: &sigmas,
+        n,
+        seed,
+        batch_size,
+        sample_shape: run.config.sample_shape()?,
+        sigma_data: if s.ve_prior { 0.0 } else { 1.0 },
+        init_noise: init,
+    };
+    let pb = bar(n as u64, kind.name());
+    let den: &dyn Denoiser = &run.denoiser;
+    let (x, nfe) = generate(den, cond, &job, &mut |done| pb.set_position(done as u64))?;
+    pb.finish_and_clear();
+    let finite = x.abs()?.max_all()?.to_scalar::<f32>()?.is_finite();
+    if !finite {
+        bail!(
+            "sampling diverged (non-finite values); try more --steps or a smaller --langevin-eps"
+        );
+    }
+    Ok((x, nfe))
+}
+
+/// Draw `n` rows of a tabular model, mapped back to data units.
 pub fn draw(
     run: &Run,
     s: &SamplerArgs,
@@ -105,46 +152,22 @@ pub fn draw(
     batch_size: usize,
     init: Option<&Tensor>,
 ) -> Result<(Table, usize)> {
-    let kind = s.kind()?;
-    let opts = s.options();
-    let spacing: Spacing = match s.schedule.as_str() {
-        "auto" if matches!(kind, SamplerKind::Ddpm | SamplerKind::Ddim) => Spacing::Model,
-        "auto" => Spacing::Exponential,
-        other => other.parse()?,
-    };
-    let levels = s.steps;
-    let sigmas = run
-        .config
-        .diffusion
-        .sigmas(levels, spacing, (s.sigma_min, s.sigma_max))?;
-    let d = run.config.data.stats.dims();
-    let job = Job {
-        kind,
-        opts: &opts,
-        sigmas: &sigmas,
-        n,
-        seed,
-        batch_size,
-        sample_shape: vec![d],
-        sigma_data: if s.ve_prior { 0.0 } else { 1.0 },
-        init_noise: init,
-    };
-    let pb = bar(n as u64, kind.name());
-    let den: &dyn Denoiser = &run.denoiser;
-    let (x, nfe) = generate(den, &Cond::default(), &job, &mut |done| {
-        pb.set_position(done as u64)
-    })?;
-    pb.finish_and_clear();
-    let v: Vec<Vec<f32>> = x.to_vec2()?;
-    let data: Vec<f64> = v.iter().flatten().map(|x| *x as f64).collect();
-    if data.iter().any(|x| !x.is_finite()) {
-        bail!(
-            "sampling diverged (non-finite values); try more --steps or a smaller --langevin-eps"
-        );
-    }
     let info = &run.config.data;
+    let Some(std) = &info.standardizer else {
+        bail!(
+            "{}: not a tabular model (no column statistics)",
+            run.dir.display()
+        );
+    };
+    let (x, nfe) = draw_raw(run, s, n, seed, batch_size, init, &Cond::default())?;
+    let data: Vec<f64> = x
+        .flatten_all()?
+        .to_vec1::<f32>()?
+        .into_iter()
+        .map(f64::from)
+        .collect();
     let t = Table::new(info.columns.clone(), data)?;
-    Ok((info.stats.inverse(&t)?, nfe))
+    Ok((std.inverse(&t)?, nfe))
 }
 
 pub fn run(a: Args) -> Result<()> {

@@ -9,7 +9,7 @@ use langevin::data::Standardizer;
 use langevin::denoiser::Prediction;
 use langevin::model::{DataInfo, Diffusion, NetworkConfig, RunConfig};
 use langevin::nn::mlp::MlpConfig;
-use langevin::train::{TrainConfig, Trainer};
+use langevin::train::{TrainConfig, TrainData, Trainer};
 
 use crate::common::{load_data, noise_dist, BetaArgs};
 use crate::progress::bar;
@@ -114,9 +114,9 @@ pub fn new_trainer(
         data: DataInfo {
             source,
             columns: data.columns.clone(),
-            stats: std.clone(),
+            standardizer: Some(std.clone()),
+            ..Default::default()
         },
-        langevin_version: String::new(),
     };
     if let Some(s) = run.diffusion.discrete()? {
         if let Some(w) = s.terminal_warning() {
@@ -127,7 +127,7 @@ pub fn new_trainer(
 }
 
 /// Train to `trainer.cfg.steps`, checkpointing into `out`; writes loss.png at each checkpoint.
-pub fn train_loop(trainer: &mut Trainer, data: &Tensor, out: &Path) -> Result<f64> {
+pub fn train_loop(trainer: &mut Trainer, data: &TrainData, out: &Path) -> Result<f64> {
     let total = trainer.cfg.steps;
     let pb = bar(total, "train");
     pb.set_position(trainer.step());
@@ -175,15 +175,20 @@ pub fn run(a: Args) -> Result<()> {
         let info = t.run.data.clone();
         let spec = a.data.clone().unwrap_or(info.source.clone());
         let (table, _) = load_data(&spec, a.n_toy, t.cfg.seed)?;
-        if table.cols != info.stats.dims() {
+        let Some(std) = info.standardizer else {
+            bail!(
+                "{}: the run has no column statistics; it was not trained on a table",
+                a.out.display()
+            );
+        };
+        if table.cols != std.dims() {
             bail!(
                 "{spec}: has {} columns but the run in {} was trained on {}",
                 table.cols,
                 a.out.display(),
-                info.stats.dims()
+                std.dims()
             );
         }
-        let std = info.stats;
         t.cfg.steps = a.opt.steps;
         eprintln!(
             "resuming {} at step {} of {}",
@@ -191,13 +196,19 @@ pub fn run(a: Args) -> Result<()> {
             t.step(),
             t.cfg.steps
         );
-        (t, to_tensor(&std.transform(&table)?)?)
+        (
+            t,
+            TrainData::unlabelled(to_tensor(&std.transform(&table)?)?),
+        )
     } else {
         let spec = a.data.as_deref().unwrap();
         let (table, source) = load_data(spec, a.n_toy, a.opt.seed)?;
         let std = Standardizer::fit(&table);
         let t = new_trainer(source, &table, &std, &a.schedule, &a.opt, &a.net)?;
-        (t, to_tensor(&std.transform(&table)?)?)
+        (
+            t,
+            TrainData::unlabelled(to_tensor(&std.transform(&table)?)?),
+        )
     };
     let secs = train_loop(&mut trainer, &data, &a.out)?;
     let tail = &trainer.losses[trainer.losses.len().saturating_sub(100)..];

@@ -167,3 +167,89 @@ impl Diffusion {
             .collect()
     }
 }
+
+impl Diffusion {
+    /// The diffusion a diffusers `scheduler_config.json` describes (its betas and target).
+    pub fn from_scheduler_config(sc: &crate::scheduler::SchedulerConfig) -> Result<Self> {
+        use crate::scheduler::{BetaScheduleKind as K, PredictionType as P};
+        let (beta_start, beta_end) = (sc.beta_start, sc.beta_end);
+        let beta = match (&sc.trained_betas, sc.beta_schedule) {
+            (Some(b), _) => BetaSchedule::Custom {
+                trained_betas: b.clone(),
+            },
+            (None, K::Linear) => BetaSchedule::Linear {
+                beta_start,
+                beta_end,
+            },
+            (None, K::ScaledLinear) => BetaSchedule::ScaledLinear {
+                beta_start,
+                beta_end,
+            },
+            (None, K::SquaredcosCapV2) => BetaSchedule::Cosine,
+            (None, K::Sigmoid) => BetaSchedule::Sigmoid {
+                beta_start,
+                beta_end,
+            },
+        };
+        let prediction = match sc.prediction_type {
+            P::Epsilon => Prediction::Epsilon,
+            P::Sample => Prediction::Sample,
+            P::VPrediction => Prediction::VPrediction,
+        };
+        Ok(Self {
+            prediction,
+            noise: NoiseDist::Discrete {
+                beta,
+                num_train_timesteps: sc.num_train_timesteps,
+            },
+        })
+    }
+
+    /// A DDPMScheduler config diffusers can load, for discrete schedules with a diffusers target;
+    /// schedules diffusers has no name for (geometric, custom) are written as `trained_betas`.
+    pub fn scheduler_config(&self) -> Result<Option<crate::scheduler::SchedulerConfig>> {
+        use crate::scheduler::{
+            BetaScheduleKind as K, PredictionType as P, SchedulerClass, SchedulerConfig,
+        };
+        let NoiseDist::Discrete {
+            beta,
+            num_train_timesteps,
+        } = &self.noise
+        else {
+            return Ok(None);
+        };
+        let prediction_type = match self.prediction {
+            Prediction::Epsilon => P::Epsilon,
+            Prediction::Sample => P::Sample,
+            Prediction::VPrediction => P::VPrediction,
+            Prediction::Score | Prediction::Edm { .. } => return Ok(None),
+        };
+        let mut sc = SchedulerConfig::new(SchedulerClass::Ddpm);
+        sc.num_train_timesteps = *num_train_timesteps;
+        sc.prediction_type = prediction_type;
+        sc.clip_sample = false;
+        match beta {
+            BetaSchedule::Linear {
+                beta_start,
+                beta_end,
+            } => (sc.beta_start, sc.beta_end) = (*beta_start, *beta_end),
+            BetaSchedule::ScaledLinear {
+                beta_start,
+                beta_end,
+            } => {
+                (sc.beta_start, sc.beta_end, sc.beta_schedule) =
+                    (*beta_start, *beta_end, K::ScaledLinear)
+            }
+            BetaSchedule::Sigmoid {
+                beta_start,
+                beta_end,
+            } => {
+                (sc.beta_start, sc.beta_end, sc.beta_schedule) =
+                    (*beta_start, *beta_end, K::Sigmoid)
+            }
+            BetaSchedule::Cosine => sc.beta_schedule = K::SquaredcosCapV2,
+            other => sc.trained_betas = Some(other.betas(*num_train_timesteps)?),
+        }
+        Ok(Some(sc))
+    }
+}

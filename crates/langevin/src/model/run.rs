@@ -9,11 +9,14 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
+use super::net::{Net, NetworkConfig};
 use super::Diffusion;
 use crate::data::Standardizer;
 use crate::denoiser::Precond;
 use crate::io::write_atomic_bytes;
-use crate::nn::mlp::{Mlp, MlpConfig};
+use crate::nn::unet::config::SampleSize;
+use crate::nn::unet::folder::{read_unet_weights, unet_from_tensors};
+use crate::scheduler::SchedulerConfig;
 use crate::{Error, Result};
 
 pub const CONFIG: &str = "config.json";
@@ -21,79 +24,109 @@ pub const WEIGHTS: &str = "diffusion_pytorch_model.safetensors";
 pub const SCHEDULER: &str = "scheduler_config.json";
 pub const TRAIN_STATE: &str = "train_state.safetensors";
 
-/// The network architecture.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "_class_name")]
-pub enum NetworkConfig {
-    #[serde(rename = "LangevinMlp")]
-    Mlp(MlpConfig),
-}
-
-/// How training data was standardised, so samples can be mapped back.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// What the model was trained on: where the data came from and how to map samples back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct DataInfo {
     pub source: String,
+    /// Column names of tabular data.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub columns: Vec<String>,
-    /// Per-column mean and std of the training data.
-    #[serde(flatten)]
-    pub stats: Standardizer,
+    /// Per-column mean and std of tabular training data (samples are mapped back with it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standardizer: Option<Standardizer>,
+    /// Class names of labelled data (label i is `class_names[i]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub class_names: Vec<String>,
+    /// (height, width) of image data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_size: Option<(usize, usize)>,
 }
 
-impl Default for DataInfo {
-    fn default() -> Self {
-        Self {
-            source: String::new(),
-            columns: vec![],
-            stats: Standardizer {
-                mean: vec![],
-                std: vec![],
-            },
-        }
-    }
-}
-
-/// config.json.
+/// Our part of config.json, kept under the key `langevin` beside the network's own fields (so
+/// diffusers reads the same file and ignores it).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Extras {
+    diffusion: Diffusion,
+    #[serde(default)]
+    data: DataInfo,
+    #[serde(default)]
+    version: String,
+}
+
+/// config.json: the network, the diffusion it was trained for, and its data.
+#[derive(Debug, Clone, PartialEq)]
 pub struct RunConfig {
-    #[serde(flatten)]
     pub network: NetworkConfig,
     pub diffusion: Diffusion,
-    #[serde(default)]
     pub data: DataInfo,
-    #[serde(default)]
-    pub langevin_version: String,
 }
 
 impl RunConfig {
+    /// Read config.json; a diffusers folder without our `langevin` key takes its diffusion from
+    /// `scheduler_config.json` and is taken to hold images in [-1, 1].
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join(CONFIG);
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        serde_json::from_str(&text).map_err(|source| Error::Json { path, source })
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|source| Error::Json {
+            path: path.clone(),
+            source,
+        })?;
+        let network = NetworkConfig::from_json(&v, &path)?;
+        if let Some(extras) = v.get("langevin") {
+            let e: Extras = serde_json::from_value(extras.clone())
+                .map_err(|source| Error::Json { path, source })?;
+            return Ok(Self {
+                network,
+                diffusion: e.diffusion,
+                data: e.data,
+            });
+        }
+        let spath = dir.join(SCHEDULER);
+        let sched = SchedulerConfig::from_file(&spath)?;
+        let size = match &network {
+            NetworkConfig::Unet(c) => c.sample_size.map(|s| match s {
+                SampleSize::Square(n) => (n, n),
+                SampleSize::Rect([h, w]) => (h, w),
+            }),
+            NetworkConfig::Mlp(_) => None,
+        };
+        Ok(Self {
+            network,
+            diffusion: Diffusion::from_scheduler_config(&sched)?,
+            data: DataInfo {
+                source: format!("diffusers folder {}", dir.display()),
+                image_size: size,
+                ..Default::default()
+            },
+        })
     }
 
     pub fn save(&self, dir: &Path) -> Result<()> {
         let path = dir.join(CONFIG);
-        let mut cfg = self.clone();
-        cfg.langevin_version = env!("CARGO_PKG_VERSION").into();
-        let text = serde_json::to_string_pretty(&cfg).map_err(|source| Error::Json {
+        let mut v = self.network.to_json();
+        let extras = Extras {
+            diffusion: self.diffusion.clone(),
+            data: self.data.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        };
+        v["langevin"] = serde_json::to_value(extras).map_err(|source| Error::Json {
+            path: path.clone(),
+            source,
+        })?;
+        let text = serde_json::to_string_pretty(&v).map_err(|source| Error::Json {
             path: path.clone(),
             source,
         })?;
         write_atomic_bytes(&path, text.as_bytes())?;
-        // A diffusers-style scheduler config for discrete schedules.
-        if let super::NoiseDist::Discrete {
-            beta,
-            num_train_timesteps,
-        } = &cfg.diffusion.noise
-        {
-            let mut v = serde_json::to_value(beta).unwrap();
-            v["_class_name"] = "DDPMScheduler".into();
-            v["num_train_timesteps"] = (*num_train_timesteps).into();
-            v["prediction_type"] = serde_json::to_value(cfg.diffusion.prediction).unwrap();
-            let text = serde_json::to_string_pretty(&v).unwrap();
-            write_atomic_bytes(dir.join(SCHEDULER), text.as_bytes())?;
+        if let Some(sc) = self.diffusion.scheduler_config()? {
+            sc.write_file(dir.join(SCHEDULER))?;
         }
         Ok(())
+    }
+
+    /// Shape of one sample.
+    pub fn sample_shape(&self) -> Result<Vec<usize>> {
+        self.network.sample_shape(self.data.image_size)
     }
 }
 
@@ -133,11 +166,11 @@ pub fn load_tensors(
 pub struct Run {
     pub dir: PathBuf,
     pub config: RunConfig,
-    pub denoiser: Precond<Mlp>,
+    pub denoiser: Precond<Net>,
 }
 
 impl Run {
-    /// Load config.json and the weights from `dir`.
+    /// Load config.json and the weights (single, sharded or fp16 file) from `dir`.
     pub fn load(dir: impl AsRef<Path>, dev: &Device) -> Result<Self> {
         let dir = dir.as_ref().to_path_buf();
         if !dir.is_dir() {
@@ -147,13 +180,23 @@ impl Run {
             });
         }
         let config = RunConfig::load(&dir)?;
-        let (tensors, _) = load_tensors(&dir.join(WEIGHTS), dev)?;
-        let vb = VarBuilder::from_tensors(tensors, DType::F32, dev);
-        let NetworkConfig::Mlp(mc) = &config.network;
-        let net = Mlp::new(mc.clone(), vb).map_err(|e| Error::Checkpoint {
-            path: dir.join(WEIGHTS),
-            msg: e.to_string(),
-        })?;
+        let (tensors, wpath) = read_unet_weights(&dir, dev)?;
+        let net = match &config.network {
+            NetworkConfig::Unet(c) => {
+                Net::Unet(unet_from_tensors(c.clone(), tensors, &wpath, dev)?)
+            }
+            mlp => {
+                let f32s = tensors
+                    .into_iter()
+                    .map(|(k, t)| Ok((k, t.to_dtype(DType::F32)?)))
+                    .collect::<Result<HashMap<_, _>>>()?;
+                mlp.build(VarBuilder::from_tensors(f32s, DType::F32, dev))
+                    .map_err(|e| Error::Checkpoint {
+                        path: wpath.clone(),
+                        msg: e.to_string(),
+                    })?
+            }
+        };
         let denoiser = Precond {
             net,
             prediction: config.diffusion.prediction,

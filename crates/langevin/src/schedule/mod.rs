@@ -294,7 +294,8 @@ impl Schedule {
             format!(
                 "terminal ᾱ_T = {a:.4} (SNR {:.4}, σ_max = {:.3}): the last step keeps {:.1}% of the \
                  signal, so samples started from pure noise start from the wrong distribution; \
-                 use more steps, a larger β, or a zero-terminal-SNR schedule",
+                 use a schedule whose ᾱ_T is near 0 (linear or cosine; for the geometric one, β closer to 1)
+",
                 snr(a),
                 self.sigma_max(),
                 100.0 * a.sqrt()

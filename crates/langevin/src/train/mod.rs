@@ -15,8 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::denoiser::{Cond, Precond};
 use crate::model::run::{load_tensors, save_tensors, TRAIN_STATE, WEIGHTS};
-use crate::model::{NetworkConfig, RunConfig};
-use crate::nn::mlp::Mlp;
+use crate::model::{Net, RunConfig};
 use crate::schedule::Schedule;
 use crate::{Error, Result};
 use adamw::{AdamW, AdamWConfig};
@@ -38,6 +37,34 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Write a checkpoint every this many steps (0 = only at the end).
     pub checkpoint_every: u64,
+    /// Probability of replacing a class label by the null class (classifier-free guidance).
+    #[serde(default)]
+    pub label_dropout: f64,
+    /// Per-noise-level loss weighting.
+    #[serde(default)]
+    pub loss_weighting: loss::LossWeighting,
+}
+
+/// Training data in memory: [N, ...] samples (standardised tables, or images in [-1, 1]).
+pub struct TrainData {
+    pub x: Tensor,
+    /// Class labels [N] (u32).
+    pub labels: Option<Tensor>,
+    /// The label that means "no class" (trained with probability `label_dropout`).
+    pub null_label: Option<u32>,
+    /// Random horizontal flips of images.
+    pub hflip: bool,
+}
+
+impl TrainData {
+    pub fn unlabelled(x: Tensor) -> Self {
+        Self {
+            x,
+            labels: None,
+            null_label: None,
+            hflip: false,
+        }
+    }
 }
 
 impl Default for TrainConfig {
@@ -53,6 +80,8 @@ impl Default for TrainConfig {
             ema_decay: 0.999,
             seed: 0,
             checkpoint_every: 0,
+            label_dropout: 0.0,
+            loss_weighting: loss::LossWeighting::Uniform,
         }
     }
 }
@@ -81,7 +110,7 @@ pub struct StepReport {
 pub struct Trainer {
     pub run: RunConfig,
     pub cfg: TrainConfig,
-    pub model: Precond<Mlp>,
+    pub model: Precond<Net>,
     vars: Vec<(String, Var)>,
     opt: AdamW,
     ema: Ema,
@@ -109,11 +138,16 @@ impl Trainer {
     pub fn new(run: RunConfig, cfg: TrainConfig, dev: &Device) -> Result<Self> {
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, dev);
-        let NetworkConfig::Mlp(mc) = &run.network;
-        let net = Mlp::new(mc.clone(), vb)?;
+        let net = run.network.build(vb)?;
         let vars = sorted_vars(&varmap);
         let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-        crate::nn::init::reinit_seeded(&vars, &mut rng)?;
+        // The fourier time projection is a fixed random feature map, not a parameter to redraw.
+        let redraw: Vec<(String, Var)> = vars
+            .iter()
+            .filter(|(n, _)| !n.starts_with("time_proj."))
+            .cloned()
+            .collect();
+        crate::nn::init::reinit_seeded(&redraw, &mut rng)?;
         let opt = AdamW::new(
             vars.clone(),
             AdamWConfig {
@@ -146,18 +180,52 @@ impl Trainer {
         self.opt.t
     }
 
-    /// One optimisation step on a minibatch drawn from `data` ([N, ...], standardised).
-    pub fn train_step(&mut self, data: &Tensor) -> Result<StepReport> {
-        let n = data.dim(0)?;
+    /// One optimisation step on a minibatch drawn from `data`.
+    pub fn train_step(&mut self, data: &TrainData) -> Result<StepReport> {
+        let n = data.x.dim(0)?;
         let b = self.cfg.batch_size;
         let idx: Vec<u32> = (0..b).map(|_| self.rng.random_range(0..n as u32)).collect();
-        let x0 = data.index_select(&Tensor::new(idx.as_slice(), &self.dev)?, 0)?;
+        let idx = Tensor::new(idx.as_slice(), &self.dev)?;
+        let mut x0 = data.x.index_select(&idx, 0)?;
+        if data.hflip && x0.rank() == 4 {
+            let flips: Vec<f32> = (0..b)
+                .map(|_| if self.rng.random::<bool>() { 1.0 } else { 0.0 })
+                .collect();
+            x0 = loss::hflip_rows(&x0, &flips)?;
+        }
+        let labels = match (&data.labels, data.null_label) {
+            (Some(l), null) => {
+                let l: Vec<u32> = l.index_select(&idx, 0)?.to_vec1()?;
+                // Label dropout for classifier-free guidance: the null class trains D(x, σ).
+                let l: Vec<u32> = l
+                    .into_iter()
+                    .map(|y| match null {
+                        Some(nl) if self.rng.random::<f64>() < self.cfg.label_dropout => nl,
+                        _ => y,
+                    })
+                    .collect();
+                Some(Tensor::new(l.as_slice(), &self.dev)?)
+            }
+            _ => None,
+        };
         let sigmas = self
             .run
             .diffusion
             .sample_sigmas(b, self.schedule.as_ref(), &mut self.rng);
         let eps = loss::randn(&mut self.rng, x0.dims(), &self.dev)?;
-        let loss = loss::denoising_loss(&self.model, &x0, &sigmas, &eps, &Cond::default())?;
+        let weights = self
+            .cfg
+            .loss_weighting
+            .weights(self.model.prediction, &sigmas);
+        let loss = loss::denoising_loss(
+            &self.model,
+            &x0,
+            &sigmas,
+            &eps,
+            &Cond { labels },
+            weights.as_deref(),
+        )?;
+
         let grads = loss.backward()?;
         let grad_norm = self.opt.grad_norm(&grads)?;
         let scale = if self.cfg.grad_clip > 0.0 && grad_norm > self.cfg.grad_clip {
@@ -286,12 +354,11 @@ impl Trainer {
     }
 
     /// The EMA weights as a denoiser (what gets sampled).
-    pub fn ema_denoiser(&self) -> Result<Precond<Mlp>> {
+    pub fn ema_denoiser(&self) -> Result<Precond<Net>> {
         let map: HashMap<String, Tensor> = self.ema.weights.iter().cloned().collect();
         let vb = VarBuilder::from_tensors(map, DType::F32, &self.dev);
-        let NetworkConfig::Mlp(mc) = &self.run.network;
         Ok(Precond {
-            net: Mlp::new(mc.clone(), vb)?,
+            net: self.run.network.build(vb)?,
             prediction: self.model.prediction,
             noise_cond: self.model.noise_cond.clone(),
         })

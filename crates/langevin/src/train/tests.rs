@@ -1,5 +1,5 @@
 use super::*;
-use crate::model::{DataInfo, Diffusion};
+use crate::model::{DataInfo, Diffusion, NetworkConfig};
 use crate::nn::mlp::MlpConfig;
 use crate::rng::NoiseSource;
 
@@ -13,13 +13,12 @@ fn run_config() -> RunConfig {
         }),
         diffusion: Diffusion::default(),
         data: DataInfo::default(),
-        langevin_version: String::new(),
     }
 }
 
-fn data() -> Tensor {
+fn data() -> TrainData {
     let mut n = NoiseSource::consecutive(7, 256);
-    n.randn(&[256, 2], &Device::Cpu).unwrap()
+    TrainData::unlabelled(n.randn(&[256, 2], &Device::Cpu).unwrap())
 }
 
 fn tmpdir(tag: &str) -> std::path::PathBuf {
@@ -123,7 +122,7 @@ fn saved_run_loads_and_denoises_like_the_trainer() {
     t.save(&dir).unwrap();
     let run = crate::model::Run::load(&dir, &Device::Cpu).unwrap();
     use crate::denoiser::Denoiser;
-    let x = d.narrow(0, 0, 8).unwrap();
+    let x = d.x.narrow(0, 0, 8).unwrap();
     let a = run.denoiser.denoise(&x, 2.0, &Cond::default()).unwrap();
     let b = t
         .ema_denoiser()
