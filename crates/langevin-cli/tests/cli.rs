@@ -1,0 +1,325 @@
+//! End-to-end tests of the `langevin` binary: a temp dir per test and a command helper.
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn tmp(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("langevin-cli-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn langevin(args: &[&str], dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_langevin"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "failed: {}\n{}",
+        String::from_utf8_lossy(&o.stderr),
+        String::from_utf8_lossy(&o.stdout)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Exit code 2 and a one-line error containing each of `needles`.
+fn fails_with(o: &Output, needles: &[&str]) {
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "stdout: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_else(|| panic!("no error line in {err}"));
+    for n in needles {
+        assert!(line.contains(n), "'{n}' not in: {line}");
+    }
+}
+
+#[test]
+fn schedule_prints_json_with_the_geometric_closed_form() {
+    let d = tmp("schedule");
+    let out = ok(&langevin(
+        &[
+            "schedule",
+            "--schedule",
+            "geometric",
+            "--beta",
+            "0.5",
+            "--timesteps",
+            "1000",
+            "--json",
+        ],
+        &d,
+    ));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let ab = v["terminal_alpha_bar"].as_f64().unwrap();
+    assert!((ab - 0.288_788_095_086_602_4).abs() < 1e-12, "{ab}");
+    assert_eq!(v["betas"].as_array().unwrap().len(), 1000);
+    let csv = ok(&langevin(
+        &["schedule", "--schedule", "cosine", "--csv"],
+        &d,
+    ));
+    assert_eq!(csv.lines().count(), 1001);
+    ok(&langevin(
+        &["schedule", "--schedule", "geometric", "--plot", "g.png"],
+        &d,
+    ));
+    for f in ["g.png", "g-alpha-bar.png", "g-sigma.png"] {
+        assert!(d.join(f).metadata().unwrap().len() > 1000, "{f}");
+    }
+}
+
+#[test]
+fn bad_parameters_exit_2_with_a_one_line_error() {
+    let d = tmp("bad");
+    fails_with(
+        &langevin(
+            &["schedule", "--schedule", "geometric", "--beta", "1.5"],
+            &d,
+        ),
+        &["geometric_beta", "(0, 1)"],
+    );
+    fails_with(
+        &langevin(&["schedule", "--timesteps", "0"], &d),
+        &["num_train_timesteps"],
+    );
+    std::fs::write(d.join("bad.csv"), "a,b\n1,2\n3,oops\n").unwrap();
+    fails_with(
+        &langevin(
+            &["train", "--data", "bad.csv", "--out", "r", "--steps", "5"],
+            &d,
+        ),
+        &["bad.csv", "row 3", "column 2"],
+    );
+    std::fs::write(d.join("ragged.csv"), "1,2\n3\n").unwrap();
+    fails_with(
+        &langevin(
+            &[
+                "train",
+                "--data",
+                "ragged.csv",
+                "--out",
+                "r",
+                "--steps",
+                "5",
+            ],
+            &d,
+        ),
+        &["ragged.csv", "row 2"],
+    );
+    fails_with(
+        &langevin(
+            &[
+                "train",
+                "--data",
+                "toy:spiral",
+                "--out",
+                "r",
+                "--steps",
+                "5",
+            ],
+            &d,
+        ),
+        &["spiral", "swiss-roll"],
+    );
+    fails_with(
+        &langevin(&["sample", "--model", "nowhere", "--out", "s.csv"], &d),
+        &["nowhere"],
+    );
+}
+
+#[test]
+fn train_sample_resume_and_eval_on_a_toy_set() {
+    let d = tmp("flow");
+    let train = [
+        "train",
+        "--data",
+        "toy:8-gaussians",
+        "--out",
+        "run",
+        "--steps",
+        "40",
+        "--batch-size",
+        "64",
+        "--hidden",
+        "32",
+        "--checkpoint-every",
+        "20",
+    ];
+    ok(&langevin(&train, &d));
+    for f in [
+        "config.json",
+        "diffusion_pytorch_model.safetensors",
+        "scheduler_config.json",
+        "train_state.safetensors",
+        "loss.png",
+    ] {
+        assert!(d.join("run").join(f).is_file(), "{f} missing");
+    }
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("run/config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["_class_name"], "LangevinMlp");
+    assert_eq!(cfg["langevin"]["data"]["source"], "toy:8-gaussians");
+
+    // Same seed, different batch size: identical rows.
+    let s = |n: &str, bs: &str, out: &str| {
+        langevin(
+            &[
+                "sample",
+                "--model",
+                "run",
+                "--sampler",
+                "euler-a",
+                "--steps",
+                "8",
+                "--n",
+                n,
+                "--batch-size",
+                bs,
+                "--seed",
+                "5",
+                "--out",
+                out,
+            ],
+            &d,
+        )
+    };
+    ok(&s("6", "6", "a.csv"));
+    ok(&s("6", "4", "b.csv"));
+    let a = std::fs::read_to_string(d.join("a.csv")).unwrap();
+    assert_eq!(a, std::fs::read_to_string(d.join("b.csv")).unwrap());
+    assert_eq!(a.lines().count(), 7, "header + 6 rows");
+
+    // A failing sample run leaves an existing output untouched.
+    let before = std::fs::read(d.join("a.csv")).unwrap();
+    let o = langevin(
+        &[
+            "sample",
+            "--model",
+            "run",
+            "--sampler",
+            "nope",
+            "--out",
+            "a.csv",
+        ],
+        &d,
+    );
+    fails_with(&o, &["nope"]);
+    assert_eq!(std::fs::read(d.join("a.csv")).unwrap(), before);
+
+    // Resume continues from step 40 to 60.
+    let mut resume = train.to_vec();
+    resume.extend(["--resume"]);
+    resume[6] = "60";
+    let out = ok(&langevin(&resume, &d));
+    assert!(out.contains("trained 60 steps"), "{out}");
+
+    let ev = ok(&langevin(
+        &[
+            "eval",
+            "--model",
+            "run",
+            "--samplers",
+            "heun,ddim",
+            "--nfe",
+            "9",
+            "--n",
+            "200",
+            "--markdown",
+            "t.md",
+        ],
+        &d,
+    ));
+    assert!(
+        ev.contains("noise floor") && ev.contains("heun") && ev.contains("ddim"),
+        "{ev}"
+    );
+    assert!(std::fs::read_to_string(d.join("t.md"))
+        .unwrap()
+        .contains("| heun |"));
+}
+
+#[test]
+fn tabular_csv_round_trips_through_standardisation() {
+    let d = tmp("csv");
+    // Two columns on very different scales; samples must come back in data units.
+    let mut csv = String::from("height,weight\n");
+    for i in 0..400 {
+        let t = i as f64 / 400.0;
+        csv.push_str(&format!(
+            "{},{}\n",
+            150.0 + 40.0 * t,
+            50_000.0 + 30_000.0 * (1.0 - t)
+        ));
+    }
+    std::fs::write(d.join("t.csv"), csv).unwrap();
+    ok(&langevin(
+        &[
+            "train", "--data", "t.csv", "--out", "run", "--steps", "300", "--hidden", "64",
+        ],
+        &d,
+    ));
+    ok(&langevin(
+        &[
+            "sample",
+            "--model",
+            "run",
+            "--sampler",
+            "heun",
+            "--steps",
+            "10",
+            "--n",
+            "200",
+            "--out",
+            "s.csv",
+        ],
+        &d,
+    ));
+    let s = std::fs::read_to_string(d.join("s.csv")).unwrap();
+    let mut lines = s.lines();
+    assert_eq!(lines.next().unwrap(), "height,weight");
+    let rows: Vec<(f64, f64)> = lines
+        .map(|l| {
+            let mut p = l.split(',').map(|v| v.parse::<f64>().unwrap());
+            (p.next().unwrap(), p.next().unwrap())
+        })
+        .collect();
+    let mh = rows.iter().map(|r| r.0).sum::<f64>() / rows.len() as f64;
+    let mw = rows.iter().map(|r| r.1).sum::<f64>() / rows.len() as f64;
+    // Data means are 170 and 65 000; a short training run gets within a few percent.
+    assert!((mh - 170.0).abs() < 5.0, "height mean {mh}");
+    assert!((mw - 65_000.0).abs() < 3_000.0, "weight mean {mw}");
+}
+
+#[test]
+fn demo_runs_and_beats_twice_the_noise_floor_with_heun() {
+    let d = tmp("demo");
+    let out = ok(&langevin(
+        &[
+            "demo",
+            "--steps",
+            "600",
+            "--n",
+            "500",
+            "--data",
+            "8-gaussians",
+            "--out",
+            "demo",
+        ],
+        &d,
+    ));
+    assert!(d.join("demo/demo.png").is_file());
+    let heun = out.lines().find(|l| l.starts_with("Heun")).unwrap();
+    let ratio: f64 = heun.split_whitespace().nth(4).unwrap().parse().unwrap();
+    assert!(ratio < 2.0, "{out}");
+}
