@@ -1,0 +1,49 @@
+//! diffusers' sampling loop over a model folder, for exact comparison with diffusers:
+//! `x = noise·init_noise_sigma; for t in timesteps: x = step(net(scale_model_input(x, t), t), t, x)`.
+use std::path::Path;
+
+use candle_core::Tensor;
+
+use crate::denoiser::Cond;
+use crate::nn::Network;
+use crate::rng::NoiseSource;
+use crate::scheduler::{Scheduler, SchedulerClass, SchedulerConfig};
+use crate::Result;
+
+/// The scheduler of `class` configured from the folder's `scheduler_config.json` (diffusers'
+/// `Class.from_config(pipe.scheduler.config)`), with `steps` inference steps set.
+pub fn folder_scheduler(dir: &Path, class: SchedulerClass, steps: usize) -> Result<Scheduler> {
+    let path = dir.join(super::run::SCHEDULER);
+    let mut v: serde_json::Value = {
+        let sc = SchedulerConfig::from_file(&path)?;
+        serde_json::from_str(&sc.to_json_string()).expect("own JSON")
+    };
+    v["_class_name"] = class.name().into();
+    let mut s = Scheduler::new(SchedulerConfig::from_value(&v)?)?;
+    s.set_timesteps(steps)?;
+    Ok(s)
+}
+
+/// Run diffusers' loop from standard-normal `init_noise` [B, ...]; stochastic schedulers draw
+/// their per-step noise from `noise` (one stream per sample).
+pub fn diffusers_loop(
+    sched: &mut Scheduler,
+    net: &dyn Network,
+    init_noise: &Tensor,
+    cond: &Cond,
+    noise: &mut NoiseSource,
+    on_step: &mut dyn FnMut(usize, usize),
+) -> Result<Tensor> {
+    let mut x = (init_noise * sched.init_noise_sigma())?;
+    let b = x.dim(0)?;
+    let timesteps = sched.timesteps().to_vec();
+    for (i, &t) in timesteps.iter().enumerate() {
+        let input = sched.scale_model_input(&x, i)?;
+        let tt = Tensor::full(t as f32, b, x.device())?;
+        let out = net.forward(&input, &tt, cond)?;
+        let z = noise.randn_like(&x)?;
+        x = sched.step(&out, i, &x, Some(&z))?;
+        on_step(i + 1, timesteps.len());
+    }
+    Ok(x)
+}
