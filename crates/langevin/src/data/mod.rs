@@ -1,5 +1,7 @@
-//! Tabular data: an in-memory [`Table`], toy 2-D distributions, and CSV / `.npy` files.
+//! Tabular data: an in-memory [`Table`], toy 2-D distributions, and CSV / `.npy` files;
+//! image data sets in [`images`].
 pub mod csv;
+pub mod images;
 pub mod npy;
 pub mod table;
 pub mod toy;
