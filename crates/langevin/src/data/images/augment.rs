@@ -24,7 +24,7 @@ pub fn hflip(batch: &mut [f32], c: usize, h: usize, w: usize) {
 pub fn random_hflip(batch: &mut [f32], c: usize, h: usize, w: usize, rng: &mut impl Rng) {
     let len = c * h * w;
     assert!(
-        len > 0 && batch.len() % len == 0,
+        len > 0 && batch.len().is_multiple_of(len),
         "batch is not whole images"
     );
     for img in batch.chunks_exact_mut(len) {

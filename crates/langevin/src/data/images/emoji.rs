@@ -156,8 +156,8 @@ mod tests {
         let dir = Path::new(&home).join(".cache/langevin/emoji-google");
         if !dir.join("package/emoji.json").exists() {
             eprintln!(
-                "SKIPPED real_emoji_when_unpacked: {} absent (npm pack \
-                 emoji-datasource-google@16.0.0 and untar there)",
+                "SKIPPED real_emoji_when_unpacked: {} absent \
+                 (run scripts/fetch_image_data.sh)",
                 dir.display()
             );
             return;

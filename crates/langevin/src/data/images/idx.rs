@@ -335,7 +335,7 @@ mod tests {
         if !dir.exists() {
             eprintln!(
                 "SKIPPED real_fashion_mnist_when_installed: {FASHION_MNIST_DIR} is absent \
-                 (apt-get install dataset-fashion-mnist)"
+                 (run scripts/fetch_image_data.sh)"
             );
             return;
         }

@@ -155,6 +155,8 @@ impl BatchLoader {
     }
 
     /// The next batch: images `[B, C, H, W]` and labels `[B]`.
+    // Not `Iterator`: the stream never ends, so an `Option` would only get in the way.
+    #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> Result<(Tensor, Tensor)> {
         let rx = self.rx.as_ref().expect("receiver lives until drop");
         match rx.recv() {

@@ -22,7 +22,7 @@ fn check_shape(len: usize, c: usize, h: usize, w: usize) -> Result<usize> {
         ));
     }
     let per = c * h * w;
-    if per == 0 || len % per != 0 || len == 0 {
+    if per == 0 || len == 0 || !len.is_multiple_of(per) {
         return Err(Error::config(
             "png shape",
             format!("{len} values are not a whole number of {c}×{h}×{w} images"),
@@ -73,7 +73,7 @@ pub fn save_png(path: impl AsRef<Path>, img: &[f32], c: usize, h: usize, w: usiz
 
 /// Tile `N` images into one PNG with `ncols` columns (`⌈N / ncols⌉` rows), separated and
 /// surrounded by [`GRID_PADDING`] black pixels, as torchvision's `make_grid`. Empty cells of the
-/// last row are black.
+/// last row are black; with fewer than `ncols` images the grid has just `N` columns.
 ///
 /// # Shapes
 /// `images` is `N × C × H × W`; the PNG is `rows·(H + 2) + 2` high and `ncols·(W + 2) + 2`

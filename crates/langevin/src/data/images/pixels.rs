@@ -131,5 +131,11 @@ mod tests {
         push_planar(&small, Channels::Grey, &mut v);
         assert_eq!(v.len(), 4);
         assert!(v[0] < v[1], "left darker than right: {v:?}");
+        let red = RgbImage::from_pixel(1, 1, image::Rgb([255, 0, 0]));
+        let mut v = Vec::new();
+        push_planar(&red, Channels::Grey, &mut v);
+        push_planar(&red, Channels::Rgb, &mut v);
+        assert!((v[0] - (0.299 * 255.0 / 127.5 - 1.0)).abs() < 1e-6, "{v:?}");
+        assert_eq!(&v[1..], &[1.0, -1.0, -1.0]);
     }
 }
