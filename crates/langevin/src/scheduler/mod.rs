@@ -25,8 +25,12 @@ pub mod numerics;
 mod alpha_family;
 mod dpm_multistep;
 mod euler;
+mod heun;
+mod kdpm2;
+mod lms;
 mod ops;
 mod tables;
+mod unipc;
 
 #[cfg(test)]
 mod tests;
@@ -53,28 +57,19 @@ pub struct Scheduler {
     use_clipped_model_output: bool,
     history: Vec<Tensor>,
     lower_order_nums: usize,
+    /// UniPC: the sample before the last predictor, and that predictor's order.
+    last_sample: Option<Tensor>,
+    this_order: usize,
+    /// Heun / KDPM2: what the first-order half of a step leaves for the second.
+    stash: Option<heun::Stash>,
+    /// KDPM2: the interpolated (mid-point) σ, laid out like `sigmas`.
+    sigmas_interpol: Option<Vec<f64>>,
 }
 
 impl Scheduler {
-    /// Build the scheduler (diffusers' `__init__`). Classes without an implementation yet
-    /// (Heun, LMS, KDPM2, UniPC) are a configuration error naming the supported ones.
+    /// Build the scheduler (diffusers' `__init__`).
     pub fn new(config: SchedulerConfig) -> Result<Self> {
         config.validate()?;
-        use SchedulerClass::*;
-        if !matches!(
-            config.class,
-            Ddpm | Ddim | EulerDiscrete | EulerAncestralDiscrete | DpmSolverMultistep
-        ) {
-            return Err(Error::config(
-                "_class_name",
-                format!(
-                    "{} is not implemented yet; implemented: DDPMScheduler, DDIMScheduler, \
-                     EulerDiscreteScheduler, EulerAncestralDiscreteScheduler, \
-                     DPMSolverMultistepScheduler",
-                    config.class
-                ),
-            ));
-        }
         let tables = TrainTables::new(&config)?;
         Ok(Self {
             config,
@@ -87,6 +82,10 @@ impl Scheduler {
             use_clipped_model_output: false,
             history: vec![],
             lower_order_nums: 0,
+            last_sample: None,
+            this_order: 0,
+            stash: None,
+            sigmas_interpol: None,
         })
     }
 
@@ -141,6 +140,9 @@ impl Scheduler {
         self.check_steps(n)?;
         self.history.clear();
         self.lower_order_nums = 0;
+        self.last_sample = None;
+        self.stash = None;
+        self.sigmas_interpol = None;
         use SchedulerClass::*;
         match self.config.class {
             Ddim | Ddpm => {
@@ -154,7 +156,10 @@ impl Scheduler {
                 euler::set_timesteps(self, n, euler::Custom::None)
             }
             DpmSolverMultistep => dpm_multistep::set_timesteps(self, n, None),
-            _ => unreachable!("rejected in new"),
+            UniPcMultistep => unipc::set_timesteps(self, n),
+            HeunDiscrete => heun::set_timesteps(self, n),
+            LmsDiscrete => lms::set_timesteps(self, n),
+            KDpm2Discrete => kdpm2::set_timesteps(self, n),
         }
     }
 
@@ -230,12 +235,19 @@ impl Scheduler {
         self.sigmas.as_deref()
     }
 
+    /// KDPM2's interpolated σ (√(σ_{j-1}·σ_j), laid out like [`Self::sigmas`]).
+    pub fn sigmas_interpol(&self) -> Option<&[f64]> {
+        self.sigmas_interpol.as_deref()
+    }
+
     /// The standard deviation of the initial noise.
     pub fn init_noise_sigma(&self) -> f64 {
         match self.config.class {
-            SchedulerClass::EulerDiscrete | SchedulerClass::EulerAncestralDiscrete => {
-                euler::init_noise_sigma(self)
-            }
+            SchedulerClass::EulerDiscrete
+            | SchedulerClass::EulerAncestralDiscrete
+            | SchedulerClass::HeunDiscrete
+            | SchedulerClass::LmsDiscrete
+            | SchedulerClass::KDpm2Discrete => euler::init_noise_sigma(self),
             _ => 1.0,
         }
     }
@@ -256,13 +268,16 @@ impl Scheduler {
         Ok(())
     }
 
-    /// The model input at step `i` (σ-space schedulers divide by √(σ²+1)).
+    /// The model input at step `i` (σ-space schedulers divide by √(σ²+1); KDPM2 uses the
+    /// interpolated σ at its second-order positions).
     pub fn scale_model_input(&self, sample: &Tensor, i: usize) -> Result<Tensor> {
         self.check_ready(i)?;
         match self.config.class {
-            SchedulerClass::EulerDiscrete | SchedulerClass::EulerAncestralDiscrete => {
-                euler::scale_model_input(self, sample, i)
-            }
+            SchedulerClass::EulerDiscrete
+            | SchedulerClass::EulerAncestralDiscrete
+            | SchedulerClass::HeunDiscrete
+            | SchedulerClass::LmsDiscrete => euler::scale_model_input(self, sample, i),
+            SchedulerClass::KDpm2Discrete => kdpm2::scale_model_input(self, sample, i),
             _ => Ok(sample.clone()),
         }
     }
@@ -300,7 +315,10 @@ impl Scheduler {
                 euler::euler_ancestral_step(self, model_output, i, sample, noise)
             }
             DpmSolverMultistep => dpm_multistep::step(self, model_output, i, sample, noise),
-            _ => unreachable!("rejected in new"),
+            UniPcMultistep => unipc::step(self, model_output, i, sample),
+            HeunDiscrete => heun::step(self, model_output, i, sample),
+            LmsDiscrete => lms::step(self, model_output, i, sample),
+            KDpm2Discrete => kdpm2::step(self, model_output, i, sample),
         }
     }
 }
