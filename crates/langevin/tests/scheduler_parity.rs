@@ -183,6 +183,9 @@ fn schedules_and_loops_match_diffusers() {
             .fold(0f64, |m, (a, b)| m.max((a - b).abs()));
         let err = max_diff / max_ref.max(1e-30);
         st.4 = st.4.max(err);
+        if std::env::var_os("SCHEDULER_PARITY_VERBOSE").is_some() && err > 1e-6 {
+            println!("loop rel err {err:e} (tol {loop_tol:e}): {label}");
+        }
         if !(err <= loop_tol) {
             failures.push(format!("{label}: loop rel err {err:e}"));
         }

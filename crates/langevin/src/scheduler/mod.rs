@@ -2,6 +2,11 @@
 //! and `step()` results as diffusers 0.36 (float32 tables, numpy spacing, torch arithmetic
 //! order), so users coming from diffusers get the same numbers.
 //!
+//! Classes: DDPM, DDIM, Euler, Euler-ancestral, DPM-Solver(++) multistep, UniPC multistep,
+//! Heun, LMS and KDPM2. Heun and KDPM2 take two model evaluations per step; like diffusers
+//! their [`Scheduler::timesteps`] list every evaluation (`2n − 1` for `n` steps), and
+//! `step(i)` is called once per entry, so the loop below serves every class.
+//!
 //! ```no_run
 //! # use langevin::scheduler::{Scheduler, SchedulerConfig};
 //! # fn model(x: &candle_core::Tensor, t: f64) -> candle_core::Tensor { x.clone() }
@@ -218,8 +223,9 @@ impl Scheduler {
         }
     }
 
-    /// The inference timesteps, as diffusers holds them (integers for DDPM/DDIM/DPM-Solver,
-    /// float32 values for the Euler family).
+    /// The inference timesteps, as diffusers holds them: integers for DDPM/DDIM/DPM-Solver/
+    /// UniPC, float32 values for Euler/Heun/LMS/KDPM2 (float64 for KDPM2 with Karras or
+    /// exponential σ). Heun and KDPM2 list each model evaluation (`2n − 1` entries).
     pub fn timesteps(&self) -> &[f64] {
         &self.timesteps
     }
@@ -229,8 +235,8 @@ impl Scheduler {
         self.timesteps_are_integer
     }
 
-    /// σ after `set_timesteps` (float32 values, one more than the steps), for the schedulers
-    /// that hold them.
+    /// σ after `set_timesteps` (float32 values, one more than the timesteps; Heun and KDPM2
+    /// hold diffusers' repeated layout), for the schedulers that hold them.
     pub fn sigmas(&self) -> Option<&[f64]> {
         self.sigmas.as_deref()
     }
@@ -284,8 +290,10 @@ impl Scheduler {
 
     /// One reverse step at step index `i` (0-based position in [`Self::timesteps`]); f32
     /// tensors of any shape. Stochastic schedulers (DDPM, Euler-ancestral, DDIM with η > 0,
-    /// SDE-DPM-Solver) take their standard-normal `noise` explicitly. Multistep schedulers
-    /// must be stepped in order 0, 1, 2, ….
+    /// SDE-DPM-Solver) take their standard-normal `noise` explicitly. Multistep and two-stage
+    /// schedulers (DPM-Solver, UniPC, LMS, Heun, KDPM2) must be stepped in order 0, 1, 2, ….
+    /// Heun and KDPM2: an even `i` is the first-order half of a step and returns the
+    /// intermediate sample the model is evaluated on at `i + 1`.
     pub fn step(
         &mut self,
         model_output: &Tensor,
