@@ -62,7 +62,7 @@ pub fn step(s: &mut Scheduler, mo: &Tensor, i: usize, sample: &Tensor) -> Result
     if i == 0 {
         s.stash = None;
     }
-    let first = i % 2 == 0;
+    let first = i.is_multiple_of(2);
     if first {
         let (sigma, next) = (sig[i] as f32, sig[i + 1] as f32);
         let x0 = clip(s, k_denoised(s, mo, sample, sigma)?)?;

@@ -81,7 +81,7 @@ pub fn set_timesteps(s: &mut Scheduler, n: usize) -> Result<()> {
 
 /// `sample / √(σ² + 1)` with σ the schedule's σ (even positions) or the midpoint σ (odd).
 pub fn scale_model_input(s: &Scheduler, sample: &Tensor, i: usize) -> Result<Tensor> {
-    let sigma = if i % 2 == 0 {
+    let sigma = if i.is_multiple_of(2) {
         s.sigmas.as_ref().expect("set_timesteps ran")[i]
     } else {
         s.sigmas_interpol.as_ref().expect("set_timesteps ran")[i]
@@ -102,7 +102,7 @@ pub fn step(s: &mut Scheduler, mo: &Tensor, i: usize, sample: &Tensor) -> Result
     if i == 0 {
         s.stash = None;
     }
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         let (sigma, mid) = (sig[i] as f32, ip[i + 1] as f32);
         let x0 = k_denoised(s, mo, sample, sigma)?;
         let d = div(&(sample - x0)?, sigma)?;

@@ -161,12 +161,14 @@ fn solve(a: &[Vec<f32>], y: &[f32], k: usize) -> Vec<f32> {
             .unwrap();
         m.swap(col, piv);
         v.swap(col, piv);
-        for row in col + 1..k {
-            let l = m[row][col] / m[col][col];
-            for j in col..k {
-                m[row][j] -= l * m[col][j];
+        let (top, rest) = m.split_at_mut(col + 1);
+        let pivot_row = &top[col];
+        for (r, row) in rest.iter_mut().enumerate() {
+            let l = row[col] / pivot_row[col];
+            for (a, p) in row[col..].iter_mut().zip(&pivot_row[col..]) {
+                *a -= l * p;
             }
-            v[row] -= l * v[col];
+            v[col + 1 + r] -= l * v[col];
         }
     }
     let mut x = vec![0f32; k];
