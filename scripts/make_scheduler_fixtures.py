@@ -2,7 +2,8 @@
 """Write crates/langevin/tests/fixtures/schedulers.json: diffusers' own numbers for the Rust
 scheduler parity test (crates/langevin/tests/scheduler_parity.rs).
 
-Run by hand, never by tests:  pip install torch "diffusers==0.36.0" numpy
+Run by hand, never by tests:  pip install torch "diffusers==0.36.0" numpy scipy
+(scipy: LMSDiscreteScheduler integrates its coefficients with scipy.integrate.quad)
                               python scripts/make_scheduler_fixtures.py
 
 For each configuration it records the config dict, the timesteps and sigmas after
@@ -12,7 +13,10 @@ set_timesteps(N), and a full sampling loop driven by a fixed analytic stand-in m
 from a fixed 2x3x4x4 sample x0[j] = float32(sin(0.37 j) * 1.5), multiplied by
 init_noise_sigma. Stochastic schedulers get their noise from a formula instead of a generator:
     noise_k[j] = float32(sin(0.91 j + 1.7 k + 0.3))   at the k-th step() call.
-Floats are written as the shortest repr of their float32 value.
+Floats are written as the shortest repr of their float32 value. Heun and KDPM2 loops call
+step() once per entry of their doubled timesteps, as diffusers' pipelines do. For LMS the script
+also checks quad's coefficients against the exactly integrated Lagrange polynomials (the Rust
+side integrates exactly) and records the worst relative gap as `lms_quad_vs_exact_max_rel`.
 """
 import itertools
 import json
