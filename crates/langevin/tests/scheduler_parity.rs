@@ -4,6 +4,15 @@
 //! * float32 timesteps and σ: ≤ 1e-6 relative (they are float32 values; most are bit-identical);
 //! * full sampling loops: max |rust - diffusers| / max |diffusers| ≤ 1e-5.
 //!
+//! LMS: diffusers integrates its coefficients with `scipy.integrate.quad`, this crate exactly;
+//! the script checks they agree to 1e-5 (measured 1.5e-7) and, where a loop amplifies that
+//! gap (sample prediction ends near 0), records `loop_tol` = 2 × diffusers' own
+//! quad-vs-exact loop difference.
+//!
+//! Closest to its bound: KDPM2's midpoint timesteps (float32 `_sigma_to_t` over numpy's SIMD
+//! float32 log table, ≤ 9.7e-7 relative); UniPC with predict_x0 = false and sample
+//! prediction (the loop amplifies a 1e-7 input change to 2e-4; measured 9.6e-6).
+//!
 //! Known looser case: `rescale_betas_zero_snr` tables are not bit-identical yet (σ ≤ 5e-6,
 //! loops ≤ 5e-5 relative); continuous Euler timesteps (¼·ln σ) are compared as
 //! |Δ| ≤ 1e-6·max(|t|, 1) since they cross zero.
@@ -69,11 +78,14 @@ fn schedules_and_loops_match_diffusers() {
         let steps = e["steps"].as_u64().unwrap() as usize;
         let cfg = SchedulerConfig::from_json_str(cfg_text).unwrap();
         let label = format!("#{idx} {} steps={steps} {cfg_text}", cfg.class);
-        let (sig_tol, loop_tol) = if cfg.rescale_betas_zero_snr {
+        let (sig_tol, mut loop_tol): (f64, f64) = if cfg.rescale_betas_zero_snr {
             (5e-6, 5e-5)
         } else {
             (1e-6, 1e-5)
         };
+        if let Some(t) = e.get("loop_tol") {
+            loop_tol = loop_tol.max(t.as_f64().unwrap());
+        }
         let mut s = match Scheduler::new(cfg.clone()) {
             Ok(s) => s,
             Err(err) => {
@@ -175,6 +187,9 @@ fn schedules_and_loops_match_diffusers() {
             .fold(0f64, |m, (a, b)| m.max((a - b).abs()));
         let err = max_diff / max_ref.max(1e-30);
         st.4 = st.4.max(err);
+        if std::env::var_os("SCHEDULER_PARITY_VERBOSE").is_some() && err > 1e-6 {
+            println!("loop rel err {err:e} (tol {loop_tol:e}): {label}");
+        }
         if !(err <= loop_tol) {
             failures.push(format!("{label}: loop rel err {err:e}"));
         }

@@ -481,6 +481,9 @@ impl SchedulerConfig {
                 return Err(Error::config("solver_order", "must be 1, 2 or 3"));
             }
         }
+        if self.class == SchedulerClass::UniPcMultistep && !(1..=3).contains(&self.solver_order) {
+            return Err(Error::config("solver_order", "must be 1, 2 or 3"));
+        }
         if self.class == SchedulerClass::UniPcMultistep
             && !matches!(self.solver_type, SolverType::Bh1 | SolverType::Bh2)
         {

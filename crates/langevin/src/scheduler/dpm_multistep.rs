@@ -3,11 +3,40 @@
 //! diffusers/schedulers/scheduling_dpmsolver_multistep.py (diffusers 0.36).
 use candle_core::Tensor;
 
+use super::config::SchedulerConfig;
 use super::enums::*;
 use super::numerics::*;
 use super::ops::*;
 use super::Scheduler;
 use crate::{Error, Result};
+
+/// The integer spacing of the multistep schedulers (DPM-Solver, UniPC): `n + 1` points over
+/// `[0, last)` with the last one dropped (`linspace`, `leading`), or diffusers' `trailing`.
+pub(super) fn multistep_timesteps(c: &SchedulerConfig, last: usize, n: usize) -> Vec<f64> {
+    let t_train = c.num_train_timesteps;
+    match c.timestep_spacing {
+        TimestepSpacing::Linspace => {
+            let mut v: Vec<f64> = np_linspace(0.0, last as f64 - 1.0, n + 1)
+                .into_iter()
+                .map(np_round)
+                .collect();
+            v.reverse();
+            v.pop();
+            v
+        }
+        TimestepSpacing::Leading => {
+            let ratio = last / (n + 1);
+            (1..=n)
+                .rev()
+                .map(|i| (i * ratio) as f64 + c.steps_offset as f64)
+                .collect()
+        }
+        TimestepSpacing::Trailing => np_arange(last as f64, 0.0, -(t_train as f64 / n as f64))
+            .into_iter()
+            .map(|x| np_round(x) - 1.0)
+            .collect(),
+    }
+}
 
 /// DPMSolverMultistepScheduler `set_timesteps` with `n` steps or explicit integer timesteps.
 pub fn set_timesteps(s: &mut Scheduler, n: usize, custom: Option<&[f64]>) -> Result<()> {
@@ -38,29 +67,7 @@ pub fn set_timesteps(s: &mut Scheduler, n: usize, custom: Option<&[f64]>) -> Res
                 (l as f64) < c.lambda_min_clipped
             })
             .count();
-        let last = t_train - clipped;
-        match c.timestep_spacing {
-            TimestepSpacing::Linspace => {
-                let mut v: Vec<f64> = np_linspace(0.0, last as f64 - 1.0, n + 1)
-                    .into_iter()
-                    .map(np_round)
-                    .collect();
-                v.reverse();
-                v.pop();
-                v
-            }
-            TimestepSpacing::Leading => {
-                let ratio = last / (n + 1);
-                (1..=n)
-                    .rev()
-                    .map(|i| (i * ratio) as f64 + c.steps_offset as f64)
-                    .collect()
-            }
-            TimestepSpacing::Trailing => np_arange(last as f64, 0.0, -(t_train as f64 / n as f64))
-                .into_iter()
-                .map(|x| np_round(x) - 1.0)
-                .collect(),
-        }
+        multistep_timesteps(&c, t_train - clipped, n)
     };
     let table = sigmas_f32(ac);
     let log_sigmas = log_f32(&table);

@@ -11,7 +11,7 @@ use super::Scheduler;
 use crate::{Error, Result};
 
 /// Euler's float32 timesteps for `n` steps (not rounded for `linspace`).
-fn float_timesteps(s: &Scheduler, n: usize) -> Vec<f32> {
+pub(super) fn float_timesteps(s: &Scheduler, n: usize) -> Vec<f32> {
     let c = &s.config;
     let t = c.num_train_timesteps;
     match c.timestep_spacing {
@@ -219,4 +219,62 @@ pub fn euler_ancestral_step(
         )
     })?;
     Ok((prev + mul(z, up)?)?)
+}
+
+/// The schedule Heun, LMS and KDPM2 share with Euler (linear σ interpolation, no final σ):
+/// float32 spacing and σ by `np.interp`, or a Karras / exponential ramp between the
+/// interpolated ends whose timesteps come from `_sigma_to_t` (float64, rounded for KDPM2's
+/// Karras ramp). Returns (timesteps, σ) before any float32 cast of the ramp values.
+pub(super) fn k_schedule(
+    s: &Scheduler,
+    n: usize,
+    round_karras: bool,
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    let c = &s.config;
+    if c.use_beta_sigmas {
+        return Err(Error::config(
+            "use_beta_sigmas",
+            "beta sigmas (scipy's beta.ppf) are not supported",
+        ));
+    }
+    let table = sigmas_f32(&s.tables.alphas_cumprod);
+    let log_sigmas = log_f32(&table);
+    let table64: Vec<f64> = table.iter().map(|&x| x as f64).collect();
+    let ts: Vec<f64> = float_timesteps(s, n)
+        .into_iter()
+        .map(|t| t as f64)
+        .collect();
+    let sig: Vec<f64> = ts.iter().map(|&t| np_interp_index(t, &table64)).collect();
+    if !(c.use_karras_sigmas || c.use_exponential_sigmas) {
+        return Ok((ts, sig));
+    }
+    let (lo, hi) = ramp_bounds(s, &sig);
+    let sig = if c.use_karras_sigmas {
+        karras(lo, hi, n)
+    } else {
+        exponential(lo, hi, n)
+    };
+    let ts = sig
+        .iter()
+        .map(|&x| {
+            let t = sigma_to_t(x, &log_sigmas);
+            if round_karras && c.use_karras_sigmas {
+                np_round(t)
+            } else {
+                t
+            }
+        })
+        .collect();
+    Ok((ts, sig))
+}
+
+/// `sample − σ·ε̂` (epsilon), the v-prediction mix, or the sample itself: the σ-space x̂₀
+/// shared by Heun, LMS and KDPM2.
+pub(super) fn k_denoised(
+    s: &Scheduler,
+    mo: &Tensor,
+    sample: &Tensor,
+    sigma: f32,
+) -> Result<Tensor> {
+    denoised(s, mo, sample, sigma)
 }

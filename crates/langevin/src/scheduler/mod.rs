@@ -2,6 +2,11 @@
 //! and `step()` results as diffusers 0.36 (float32 tables, numpy spacing, torch arithmetic
 //! order), so users coming from diffusers get the same numbers.
 //!
+//! Classes: DDPM, DDIM, Euler, Euler-ancestral, DPM-Solver(++) multistep, UniPC multistep,
+//! Heun, LMS and KDPM2. Heun and KDPM2 take two model evaluations per step; like diffusers
+//! their [`Scheduler::timesteps`] list every evaluation (`2n − 1` for `n` steps), and
+//! `step(i)` is called once per entry, so the loop below serves every class.
+//!
 //! ```no_run
 //! # use langevin::scheduler::{Scheduler, SchedulerConfig};
 //! # fn model(x: &candle_core::Tensor, t: f64) -> candle_core::Tensor { x.clone() }
@@ -25,8 +30,12 @@ pub mod numerics;
 mod alpha_family;
 mod dpm_multistep;
 mod euler;
+mod heun;
+mod kdpm2;
+mod lms;
 mod ops;
 mod tables;
+mod unipc;
 
 #[cfg(test)]
 mod tests;
@@ -53,28 +62,19 @@ pub struct Scheduler {
     use_clipped_model_output: bool,
     history: Vec<Tensor>,
     lower_order_nums: usize,
+    /// UniPC: the sample before the last predictor, and that predictor's order.
+    last_sample: Option<Tensor>,
+    this_order: usize,
+    /// Heun / KDPM2: what the first-order half of a step leaves for the second.
+    stash: Option<heun::Stash>,
+    /// KDPM2: the interpolated (mid-point) σ, laid out like `sigmas`.
+    sigmas_interpol: Option<Vec<f64>>,
 }
 
 impl Scheduler {
-    /// Build the scheduler (diffusers' `__init__`). Classes without an implementation yet
-    /// (Heun, LMS, KDPM2, UniPC) are a configuration error naming the supported ones.
+    /// Build the scheduler (diffusers' `__init__`).
     pub fn new(config: SchedulerConfig) -> Result<Self> {
         config.validate()?;
-        use SchedulerClass::*;
-        if !matches!(
-            config.class,
-            Ddpm | Ddim | EulerDiscrete | EulerAncestralDiscrete | DpmSolverMultistep
-        ) {
-            return Err(Error::config(
-                "_class_name",
-                format!(
-                    "{} is not implemented yet; implemented: DDPMScheduler, DDIMScheduler, \
-                     EulerDiscreteScheduler, EulerAncestralDiscreteScheduler, \
-                     DPMSolverMultistepScheduler",
-                    config.class
-                ),
-            ));
-        }
         let tables = TrainTables::new(&config)?;
         Ok(Self {
             config,
@@ -87,6 +87,10 @@ impl Scheduler {
             use_clipped_model_output: false,
             history: vec![],
             lower_order_nums: 0,
+            last_sample: None,
+            this_order: 0,
+            stash: None,
+            sigmas_interpol: None,
         })
     }
 
@@ -141,6 +145,9 @@ impl Scheduler {
         self.check_steps(n)?;
         self.history.clear();
         self.lower_order_nums = 0;
+        self.last_sample = None;
+        self.stash = None;
+        self.sigmas_interpol = None;
         use SchedulerClass::*;
         match self.config.class {
             Ddim | Ddpm => {
@@ -154,7 +161,10 @@ impl Scheduler {
                 euler::set_timesteps(self, n, euler::Custom::None)
             }
             DpmSolverMultistep => dpm_multistep::set_timesteps(self, n, None),
-            _ => unreachable!("rejected in new"),
+            UniPcMultistep => unipc::set_timesteps(self, n),
+            HeunDiscrete => heun::set_timesteps(self, n),
+            LmsDiscrete => lms::set_timesteps(self, n),
+            KDpm2Discrete => kdpm2::set_timesteps(self, n),
         }
     }
 
@@ -213,8 +223,9 @@ impl Scheduler {
         }
     }
 
-    /// The inference timesteps, as diffusers holds them (integers for DDPM/DDIM/DPM-Solver,
-    /// float32 values for the Euler family).
+    /// The inference timesteps, as diffusers holds them: integers for DDPM/DDIM/DPM-Solver/
+    /// UniPC, float32 values for Euler/Heun/LMS/KDPM2 (float64 for KDPM2 with Karras or
+    /// exponential σ). Heun and KDPM2 list each model evaluation (`2n − 1` entries).
     pub fn timesteps(&self) -> &[f64] {
         &self.timesteps
     }
@@ -224,18 +235,25 @@ impl Scheduler {
         self.timesteps_are_integer
     }
 
-    /// σ after `set_timesteps` (float32 values, one more than the steps), for the schedulers
-    /// that hold them.
+    /// σ after `set_timesteps` (float32 values, one more than the timesteps; Heun and KDPM2
+    /// hold diffusers' repeated layout), for the schedulers that hold them.
     pub fn sigmas(&self) -> Option<&[f64]> {
         self.sigmas.as_deref()
+    }
+
+    /// KDPM2's interpolated σ (√(σ_{j-1}·σ_j), laid out like [`Self::sigmas`]).
+    pub fn sigmas_interpol(&self) -> Option<&[f64]> {
+        self.sigmas_interpol.as_deref()
     }
 
     /// The standard deviation of the initial noise.
     pub fn init_noise_sigma(&self) -> f64 {
         match self.config.class {
-            SchedulerClass::EulerDiscrete | SchedulerClass::EulerAncestralDiscrete => {
-                euler::init_noise_sigma(self)
-            }
+            SchedulerClass::EulerDiscrete
+            | SchedulerClass::EulerAncestralDiscrete
+            | SchedulerClass::HeunDiscrete
+            | SchedulerClass::LmsDiscrete
+            | SchedulerClass::KDpm2Discrete => euler::init_noise_sigma(self),
             _ => 1.0,
         }
     }
@@ -256,21 +274,26 @@ impl Scheduler {
         Ok(())
     }
 
-    /// The model input at step `i` (σ-space schedulers divide by √(σ²+1)).
+    /// The model input at step `i` (σ-space schedulers divide by √(σ²+1); KDPM2 uses the
+    /// interpolated σ at its second-order positions).
     pub fn scale_model_input(&self, sample: &Tensor, i: usize) -> Result<Tensor> {
         self.check_ready(i)?;
         match self.config.class {
-            SchedulerClass::EulerDiscrete | SchedulerClass::EulerAncestralDiscrete => {
-                euler::scale_model_input(self, sample, i)
-            }
+            SchedulerClass::EulerDiscrete
+            | SchedulerClass::EulerAncestralDiscrete
+            | SchedulerClass::HeunDiscrete
+            | SchedulerClass::LmsDiscrete => euler::scale_model_input(self, sample, i),
+            SchedulerClass::KDpm2Discrete => kdpm2::scale_model_input(self, sample, i),
             _ => Ok(sample.clone()),
         }
     }
 
     /// One reverse step at step index `i` (0-based position in [`Self::timesteps`]); f32
     /// tensors of any shape. Stochastic schedulers (DDPM, Euler-ancestral, DDIM with η > 0,
-    /// SDE-DPM-Solver) take their standard-normal `noise` explicitly. Multistep schedulers
-    /// must be stepped in order 0, 1, 2, ….
+    /// SDE-DPM-Solver) take their standard-normal `noise` explicitly. Multistep and two-stage
+    /// schedulers (DPM-Solver, UniPC, LMS, Heun, KDPM2) must be stepped in order 0, 1, 2, ….
+    /// Heun and KDPM2: an even `i` is the first-order half of a step and returns the
+    /// intermediate sample the model is evaluated on at `i + 1`.
     pub fn step(
         &mut self,
         model_output: &Tensor,
@@ -300,7 +323,10 @@ impl Scheduler {
                 euler::euler_ancestral_step(self, model_output, i, sample, noise)
             }
             DpmSolverMultistep => dpm_multistep::step(self, model_output, i, sample, noise),
-            _ => unreachable!("rejected in new"),
+            UniPcMultistep => unipc::step(self, model_output, i, sample),
+            HeunDiscrete => heun::step(self, model_output, i, sample),
+            LmsDiscrete => lms::step(self, model_output, i, sample),
+            KDpm2Discrete => kdpm2::step(self, model_output, i, sample),
         }
     }
 }

@@ -107,9 +107,65 @@ fn round_trip_keeps_diffusers_keys_and_non_finite_literals() {
 }
 
 #[test]
-fn unimplemented_classes_are_a_clear_error() {
-    let c = SchedulerConfig::new(SchedulerClass::UniPcMultistep);
-    let (f, m) = field_of(Scheduler::new(c).unwrap_err());
-    assert_eq!(f, "_class_name");
-    assert!(m.contains("not implemented"));
+fn every_class_builds_and_unsupported_options_name_the_field() {
+    for class in SchedulerClass::NAMES {
+        let c =
+            SchedulerConfig::from_json_str(&format!(r#"{{"_class_name": "{class}"}}"#)).unwrap();
+        let j = schedule_json(&c, 7).unwrap();
+        assert!(!j["timesteps"].as_array().unwrap().is_empty(), "{class}");
+    }
+    let mut c = SchedulerConfig::new(SchedulerClass::UniPcMultistep);
+    c.solver_order = 4;
+    let (f, _) = field_of(Scheduler::new(c).unwrap_err());
+    assert_eq!(f, "solver_order");
+    let mut c = SchedulerConfig::new(SchedulerClass::UniPcMultistep);
+    c.use_flow_sigmas = true;
+    let mut s = Scheduler::new(c).unwrap();
+    assert!(s.set_timesteps(10).is_err());
+}
+
+#[test]
+fn two_stage_schedules_have_doubled_positions() {
+    let mut s = Scheduler::new(SchedulerConfig::new(SchedulerClass::HeunDiscrete)).unwrap();
+    s.set_timesteps(4).unwrap();
+    assert_eq!(s.timesteps().len(), 7);
+    assert_eq!(s.sigmas().unwrap().len(), 8);
+    assert_eq!(s.timesteps()[1], s.timesteps()[2]);
+    let mut k = Scheduler::new(SchedulerConfig::new(SchedulerClass::KDpm2Discrete)).unwrap();
+    k.set_timesteps(4).unwrap();
+    assert_eq!(k.timesteps().len(), 7);
+    assert_eq!(k.sigmas().unwrap().len(), 10);
+    let ip = k.sigmas_interpol().unwrap();
+    let sg = k.sigmas().unwrap();
+    // the midpoint σ is the geometric mean of its neighbours
+    assert!((ip[1] - (sg[0] * sg[1]).sqrt()).abs() <= 1e-6 * ip[1]);
+    // a second-order position without its first half is an error
+    let x = candle_core::Tensor::zeros(
+        (1, 1, 2, 2),
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let (f, _) = field_of(s.step(&x, 1, &x, None).unwrap_err());
+    assert_eq!(f, "step_index");
+}
+
+#[test]
+fn lms_coefficients_are_adams_bashforth_on_a_uniform_grid() {
+    // σ = 10, 9, 8, 7, 6: order-2 and order-4 Adams–Bashforth weights times h = -1.
+    let sig = [10.0, 9.0, 8.0, 7.0, 6.0];
+    let c2: Vec<f64> = (0..2)
+        .map(|j| lms::lms_coefficient(&sig, 2, 1, j))
+        .collect();
+    assert!(
+        (c2[0] + 1.5).abs() < 1e-12 && (c2[1] - 0.5).abs() < 1e-12,
+        "{c2:?}"
+    );
+    let c4: Vec<f64> = (0..4)
+        .map(|j| lms::lms_coefficient(&sig, 4, 3, j))
+        .collect();
+    let want = [-55.0 / 24.0, 59.0 / 24.0, -37.0 / 24.0, 9.0 / 24.0];
+    for (a, b) in c4.iter().zip(want) {
+        assert!((a - b).abs() < 1e-12, "{c4:?}");
+    }
 }
