@@ -3,10 +3,12 @@
 mod common;
 mod demo;
 mod eval;
+mod images;
 mod progress;
 mod sample;
 mod schedule;
 mod train;
+mod train_images;
 
 use std::process::ExitCode;
 

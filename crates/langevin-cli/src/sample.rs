@@ -5,9 +5,13 @@ use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
 use clap::Args as ClapArgs;
 use langevin::data::Table;
-use langevin::denoiser::{Cond, Denoiser};
+use langevin::denoiser::{Cond, Denoiser, Guided};
+use langevin::model::pipeline::{diffusers_loop, folder_scheduler};
+use langevin::model::NetworkConfig;
 use langevin::model::{Run, Spacing};
+use langevin::rng::NoiseSource;
 use langevin::sampler::{generate, Job, SamplerKind, SamplerOptions};
+use langevin::scheduler::SchedulerClass;
 
 use crate::common::write_table;
 use crate::progress::bar;
@@ -75,32 +79,59 @@ impl SamplerArgs {
 
 #[derive(ClapArgs)]
 pub struct Args {
-    /// Run directory written by `langevin train`.
+    /// Run directory written by `langevin train`, or a diffusers UNet2DModel folder.
     #[arg(long)]
     pub model: PathBuf,
     #[command(flatten)]
     pub sampler: SamplerArgs,
     /// Number of samples.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 16)]
     pub n: usize,
     /// Sample i uses seed + i.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
-    /// Standard-normal starting noise [n, ...] as .npy (scaled like drawn noise).
+    /// Standard-normal starting noise [n, ...] as .npy (scaled like drawn noise), e.g. to start
+    /// from the same point as another framework.
     #[arg(long)]
     pub init_noise: Option<PathBuf>,
-    /// Output: .csv, .npy or .png (scatter of the first two columns), in data units.
+    /// Class to draw (class-conditional models).
     #[arg(long)]
-    pub out: PathBuf,
+    pub class: Option<u32>,
+    /// Classifier-free guidance scale w (1 = plain conditional; needs --class).
+    #[arg(long, default_value_t = 1.0)]
+    pub guidance: f64,
+    /// Output: tabular models write .csv, .npy or .png (scatter); image models a PNG grid.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Image models: also write one PNG per sample into this folder.
+    #[arg(long)]
+    pub out_dir: Option<PathBuf>,
+    /// Also write the raw samples [n, ...] as .npy (images in [-1, 1]).
+    #[arg(long)]
+    pub npy: Option<PathBuf>,
 }
 
-/// Draw `n` samples and map them back to data units.
 /// Draw `n` samples [n, ...] in the model's own units (standardised columns, or images in
 /// [-1, 1]); also returns the network evaluations per sample.
 pub fn draw_raw(
     run: &Run,
+    s: &SamplerArgs,
+    n: usize,
+    seed: u64,
+    batch_size: usize,
+    init: Option<&Tensor>,
+    cond: &Cond,
+) -> Result<(Tensor, usize)> {
+    draw_with(run, &run.denoiser, s, n, seed, batch_size, init, cond)
+}
+
+/// [`draw_raw`] with any denoiser (e.g. a guided one) in place of the run's own.
+#[allow(clippy::too_many_arguments)]
+pub fn draw_with(
+    run: &Run,
+    den: &dyn Denoiser,
     s: &SamplerArgs,
     n: usize,
     seed: u64,
@@ -131,7 +162,6 @@ pub fn draw_raw(
         init_noise: init,
     };
     let pb = bar(n as u64, kind.name());
-    let den: &dyn Denoiser = &run.denoiser;
     let (x, nfe) = generate(den, cond, &job, &mut |done| pb.set_position(done as u64))?;
     pb.finish_and_clear();
     let finite = x.abs()?.max_all()?.to_scalar::<f32>()?.is_finite();
@@ -170,26 +200,179 @@ pub fn draw(
     Ok((std.inverse(&t)?, nfe))
 }
 
+/// diffusers' own loop with scheduler `class` on a model folder, in batches.
+fn diffusers_draw(
+    run: &Run,
+    class: SchedulerClass,
+    a: &Args,
+    init: Option<&Tensor>,
+    cond: &Cond,
+) -> Result<Tensor> {
+    if a.guidance != 1.0 {
+        bail!("--guidance works with langevin's samplers (e.g. --sampler dpmpp-2m), not with diffusers scheduler classes");
+    }
+    let mut shape = vec![a.n];
+    shape.extend(run.config.sample_shape()?);
+    let pb = bar(a.n as u64, class.name());
+    let mut outs = vec![];
+    let mut start = 0;
+    while start < a.n {
+        let b = a.batch_size.min(a.n - start);
+        let mut noise =
+            NoiseSource::from_seeds((start..start + b).map(|i| a.seed.wrapping_add(i as u64)));
+        let mut bshape = shape.clone();
+        bshape[0] = b;
+        let z = match init {
+            Some(z) => z.narrow(0, start, b)?,
+            None => noise.randn(&bshape, &Device::Cpu)?,
+        };
+        let mut sched = folder_scheduler(&run.dir, class, a.sampler.steps)?;
+        let c = Cond {
+            labels: cond
+                .labels
+                .as_ref()
+                .map(|l| l.narrow(0, start, b))
+                .transpose()?,
+        };
+        outs.push(diffusers_loop(
+            &mut sched,
+            &run.denoiser.net,
+            &z,
+            &c,
+            &mut noise,
+            &mut |_, _| {},
+        )?);
+        start += b;
+        pb.set_position(start as u64);
+    }
+    pb.finish_and_clear();
+    Ok(Tensor::cat(&outs, 0)?)
+}
+
 pub fn run(a: Args) -> Result<()> {
     let run = Run::load(&a.model, &Device::Cpu)?;
     let init = match &a.init_noise {
         Some(p) => {
             let (shape, v) = langevin::data::npy::load_npy_f32(p)?;
+            let mut want = vec![a.n];
+            want.extend(run.config.sample_shape()?);
+            if shape != want {
+                bail!(
+                    "{}: has shape {shape:?}, expected {want:?} (--n samples of the model's shape)",
+                    p.display()
+                );
+            }
             Some(Tensor::from_vec(v, shape.as_slice(), &Device::Cpu)?)
         }
         None => None,
     };
-    let (t, nfe) = draw(&run, &a.sampler, a.n, a.seed, a.batch_size, init.as_ref())?;
-    write_table(
-        &a.out,
-        &t,
-        &format!("{} samples ({} NFE)", a.sampler.sampler, nfe),
-    )?;
-    println!(
-        "wrote {} samples ({} network evaluations each) to {}",
-        a.n,
-        nfe,
-        a.out.display()
-    );
+    let cond = match a.class {
+        Some(k) => Cond {
+            labels: Some(Tensor::full(k, a.n, &Device::Cpu)?),
+        },
+        None if a.guidance != 1.0 => bail!("--guidance needs --class"),
+        None => Cond::default(),
+    };
+    if run.config.data.standardizer.is_some() {
+        let out = a
+            .out
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("--out FILE (.csv, .npy or .png) is required"))?;
+        let (t, nfe) = draw(&run, &a.sampler, a.n, a.seed, a.batch_size, init.as_ref())?;
+        write_table(
+            out,
+            &t,
+            &format!("{} samples ({} NFE)", a.sampler.sampler, nfe),
+        )?;
+        println!(
+            "wrote {} samples ({} network evaluations each) to {}",
+            a.n,
+            nfe,
+            out.display()
+        );
+        return Ok(());
+    }
+    let x = match SchedulerClass::parse(&a.sampler.sampler) {
+        Ok(class) => diffusers_draw(&run, class, &a, init.as_ref(), &cond)?,
+        Err(_) if a.guidance != 1.0 => {
+            let null = null_label(&run)?;
+            let g = Guided {
+                inner: &run.denoiser,
+                null_label: null,
+                scale: a.guidance,
+            };
+            draw_with(
+                &run,
+                &g,
+                &a.sampler,
+                a.n,
+                a.seed,
+                a.batch_size,
+                init.as_ref(),
+                &cond,
+            )?
+            .0
+        }
+        Err(_) => {
+            draw_raw(
+                &run,
+                &a.sampler,
+                a.n,
+                a.seed,
+                a.batch_size,
+                init.as_ref(),
+                &cond,
+            )?
+            .0
+        }
+    };
+    write_images(&x, a.out.as_deref(), a.out_dir.as_deref(), a.npy.as_deref())
+}
+
+/// The null class of a class-conditional UNet (the last embedding row, trained by label dropout).
+pub fn null_label(run: &Run) -> Result<u32> {
+    match &run.config.network {
+        NetworkConfig::Unet(c) => match c.num_class_embeds {
+            Some(n) if n > run.config.data.class_names.len() => Ok((n - 1) as u32),
+            _ => bail!("{}: guidance needs a class-conditional model trained with label dropout (langevin train --class-cond)", run.dir.display()),
+        },
+        NetworkConfig::Mlp(_) => bail!("guidance needs a class-conditional image model"),
+    }
+}
+
+/// Write image samples [n, C, H, W] in [-1, 1] as a grid PNG, per-sample PNGs and/or .npy.
+pub fn write_images(
+    x: &Tensor,
+    grid: Option<&std::path::Path>,
+    dir: Option<&std::path::Path>,
+    npy: Option<&std::path::Path>,
+) -> Result<()> {
+    if grid.is_none() && dir.is_none() && npy.is_none() {
+        bail!("nothing to write: give --out grid.png, --out-dir DIR and/or --npy FILE");
+    }
+    let dims = x.dims().to_vec();
+    let v: Vec<f32> = x.flatten_all()?.to_vec1()?;
+    if let Some(p) = npy {
+        langevin::data::npy::save_npy(p, &dims, &v)?;
+        println!("wrote {}", p.display());
+    }
+    if grid.is_some() || dir.is_some() {
+        if dims.len() != 4 {
+            bail!("PNG output needs image samples [n, C, H, W], got {dims:?}");
+        }
+        let (n, c, h, w) = (dims[0], dims[1], dims[2], dims[3]);
+        if let Some(p) = grid {
+            let cols = (n as f64).sqrt().ceil() as usize;
+            langevin::data::images::save_grid_png(p, &v, c, h, w, cols)?;
+            println!("wrote {}", p.display());
+        }
+        if let Some(d) = dir {
+            for i in 0..n {
+                let img = &v[i * c * h * w..(i + 1) * c * h * w];
+                langevin::data::images::save_png(&d.join(format!("{i:06}.png")), img, c, h, w)?;
+            }
+            println!("wrote {n} PNGs to {}", d.display());
+        }
+    }
     Ok(())
 }

@@ -9,14 +9,17 @@ use langevin::data::Standardizer;
 use langevin::denoiser::Prediction;
 use langevin::model::{DataInfo, Diffusion, NetworkConfig, RunConfig};
 use langevin::nn::mlp::MlpConfig;
-use langevin::train::{TrainConfig, TrainData, Trainer};
+use langevin::train::{StepReport, TrainConfig, TrainData, Trainer};
 
 use crate::common::{load_data, noise_dist, BetaArgs};
+use crate::images::{is_image_source, ImageArgs};
 use crate::progress::bar;
 
 #[derive(ClapArgs)]
 pub struct Args {
-    /// Training data: toy:swiss-roll|two-moons|8-gaussians|checkerboard|rings, or a .csv / .npy file.
+    /// Training data: toy:swiss-roll|two-moons|8-gaussians|checkerboard|rings, a .csv / .npy
+    /// table, or images: fashion-mnist[:DIR], digits, emoji[:DIR], or a folder of PNG/JPEG files
+    /// (class subfolders are labels).
     #[arg(long, required_unless_present = "resume")]
     pub data: Option<String>,
     /// Run directory to write (diffusers layout).
@@ -34,6 +37,8 @@ pub struct Args {
     pub opt: OptArgs,
     #[command(flatten)]
     pub net: NetArgs,
+    #[command(flatten)]
+    pub image: ImageArgs,
 }
 
 #[derive(ClapArgs, Clone)]
@@ -128,13 +133,26 @@ pub fn new_trainer(
 
 /// Train to `trainer.cfg.steps`, checkpointing into `out`; writes loss.png at each checkpoint.
 pub fn train_loop(trainer: &mut Trainer, data: &TrainData, out: &Path) -> Result<f64> {
+    train_loop_with(trainer, out, &mut |t| Ok(t.train_step(data)?), &mut |_| {
+        Ok(())
+    })
+}
+
+/// Train to `trainer.cfg.steps` with `step` drawing each batch; `on_checkpoint` runs after each
+/// checkpoint (sample grids).
+pub fn train_loop_with(
+    trainer: &mut Trainer,
+    out: &Path,
+    step: &mut dyn FnMut(&mut Trainer) -> Result<StepReport>,
+    on_checkpoint: &mut dyn FnMut(&Trainer) -> Result<()>,
+) -> Result<f64> {
     let total = trainer.cfg.steps;
     let pb = bar(total, "train");
     pb.set_position(trainer.step());
     let start = Instant::now();
     let every = trainer.cfg.checkpoint_every;
     while trainer.step() < total {
-        let r = trainer.train_step(data)?;
+        let r = step(trainer)?;
         if r.step % 50 == 0 || r.step == total {
             let recent = &trainer.losses[trainer.losses.len().saturating_sub(50)..];
             let avg = recent.iter().map(|l| l.1).sum::<f64>() / recent.len() as f64;
@@ -143,6 +161,7 @@ pub fn train_loop(trainer: &mut Trainer, data: &TrainData, out: &Path) -> Result
         pb.inc(1);
         if (every > 0 && r.step % every == 0) || r.step == total {
             checkpoint(trainer, out)?;
+            on_checkpoint(trainer)?;
         }
     }
     pb.finish_and_clear();
@@ -170,6 +189,14 @@ pub fn to_tensor(t: &langevin::data::Table) -> Result<Tensor> {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    let spec = match (&a.data, a.resume) {
+        (Some(d), _) => Some(d.clone()),
+        (None, true) => Some(langevin::model::RunConfig::load(&a.out)?.data.source),
+        (None, false) => None,
+    };
+    if spec.as_deref().is_some_and(is_image_source) {
+        return crate::train_images::run(&a, spec.as_deref().unwrap());
+    }
     let (mut trainer, data) = if a.resume {
         let mut t = Trainer::resume(&a.out, Some(a.opt.steps), &Device::Cpu)?;
         let info = t.run.data.clone();

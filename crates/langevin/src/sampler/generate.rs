@@ -26,7 +26,9 @@ pub struct Job<'a> {
 }
 
 /// Run `job` with `model`; `on_batch(done)` is called after each batch. Returns the samples
-/// [n, ...] and the number of network evaluations per sample.
+/// [n, ...] and the number of network evaluations per sample. `cond.labels`, if any, has one
+/// row per sample.
+
 pub fn generate(
     model: &dyn Denoiser,
     cond: &Cond,
@@ -63,7 +65,15 @@ pub fn generate(
             }
             None => initial_noise(&mut noise, &shape, job.sigmas[0], job.sigma_data, &dev)?,
         };
-        let mut ctx = Ctx::new(model, cond, &mut noise, job.opts);
+        // Conditioning rows follow their samples into the batch.
+        let bcond = Cond {
+            labels: cond
+                .labels
+                .as_ref()
+                .map(|l| l.narrow(0, start, b))
+                .transpose()?,
+        };
+        let mut ctx = Ctx::new(model, &bcond, &mut noise, job.opts);
         outs.push(job.kind.function()(&mut ctx, x, job.sigmas)?);
         nfe = ctx.nfe;
         start += b;

@@ -180,6 +180,11 @@ impl Trainer {
         self.opt.t
     }
 
+    /// Number of trained parameters.
+    pub fn model_parameters(&self) -> usize {
+        self.vars.iter().map(|(_, v)| v.elem_count()).sum()
+    }
+
     /// One optimisation step on a minibatch drawn from `data`.
     pub fn train_step(&mut self, data: &TrainData) -> Result<StepReport> {
         let n = data.x.dim(0)?;
@@ -193,20 +198,35 @@ impl Trainer {
                 .collect();
             x0 = loss::hflip_rows(&x0, &flips)?;
         }
-        let labels = match (&data.labels, data.null_label) {
-            (Some(l), null) => {
-                let l: Vec<u32> = l.index_select(&idx, 0)?.to_vec1()?;
+        let labels = match &data.labels {
+            Some(l) => Some(l.index_select(&idx, 0)?),
+            None => None,
+        };
+        self.train_step_batch(&x0, labels.as_ref(), data.null_label)
+    }
+
+    /// One optimisation step on a given minibatch `x0` [B, ...] with optional labels [B].
+    pub fn train_step_batch(
+        &mut self,
+        x0: &Tensor,
+        labels: Option<&Tensor>,
+        null_label: Option<u32>,
+    ) -> Result<StepReport> {
+        let b = x0.dim(0)?;
+        let labels = match labels {
+            Some(l) => {
+                let l: Vec<u32> = l.to_vec1()?;
                 // Label dropout for classifier-free guidance: the null class trains D(x, σ).
                 let l: Vec<u32> = l
                     .into_iter()
-                    .map(|y| match null {
+                    .map(|y| match null_label {
                         Some(nl) if self.rng.random::<f64>() < self.cfg.label_dropout => nl,
                         _ => y,
                     })
                     .collect();
                 Some(Tensor::new(l.as_slice(), &self.dev)?)
             }
-            _ => None,
+            None => None,
         };
         let sigmas = self
             .run
