@@ -19,8 +19,15 @@ use crate::progress::bar;
 /// Sampler choice and knobs, shared by `sample` and `demo`.
 #[derive(ClapArgs, Clone)]
 pub struct SamplerArgs {
-    /// Sampler: ddpm, ddim, langevin (annealed Langevin), pc (predictor-corrector), euler,
-    /// euler-a, heun, dpmpp-2m.
+    /// Sampler: ddpm, ddim (--eta), langevin (annealed Langevin), pc (predictor-corrector),
+    /// euler, euler-a, heun (--churn), lms, dpm2, dpm2-a, dpmpp-2m, dpmpp-2s-a, dpmpp-2m-sde,
+    /// dpmpp-3m-sde, unipc-bh1, unipc-bh2 (alias unipc), rk45 (adaptive probability-flow ODE).
+    /// A diffusers class name (DDPMScheduler, DDIMScheduler, EulerDiscreteScheduler,
+    /// EulerAncestralDiscreteScheduler, HeunDiscreteScheduler, LMSDiscreteScheduler,
+    /// KDPM2DiscreteScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler) runs
+    /// diffusers' own loop on image models (their scheduler_config.json) and the matching
+    /// sampler above on tabular models.
+
     #[arg(long, default_value = "heun")]
     pub sampler: String,
     /// Number of noise levels (Heun uses 2 network evaluations per level but the last;
@@ -157,7 +164,11 @@ pub fn draw_with(
         n,
         seed,
         batch_size,
-        sample_shape: run.config.sample_shape()?,
+        sample_shape: match init {
+            Some(z) => z.dims()[1..].to_vec(),
+            None => run.config.sample_shape()?,
+        },
+
         sigma_data: if s.ve_prior { 0.0 } else { 1.0 },
         init_noise: init,
     };
@@ -256,7 +267,12 @@ pub fn run(a: Args) -> Result<()> {
             let (shape, v) = langevin::data::npy::load_npy_f32(p)?;
             let mut want = vec![a.n];
             want.extend(run.config.sample_shape()?);
-            if shape != want {
+            // Image models take any spatial size their levels can halve, as diffusers does.
+            let fits = match &run.config.network {
+                NetworkConfig::Unet(_) => shape.len() == 4 && shape[..2] == want[..2],
+                NetworkConfig::Mlp(_) => shape == want,
+            };
+            if !fits {
                 bail!(
                     "{}: has shape {shape:?}, expected {want:?} (--n samples of the model's shape)",
                     p.display()

@@ -12,6 +12,13 @@ use crate::common::{beta_schedule, BetaArgs};
 pub struct Args {
     #[command(flatten)]
     pub beta: BetaArgs,
+    /// A diffusers scheduler_config.json: print the timesteps (and sigmas) the scheduler holds
+    /// after set_timesteps(--steps), as JSON.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Inference steps for --config.
+    #[arg(long, default_value_t = 50)]
+    pub steps: usize,
     /// Print the schedule as JSON.
     #[arg(long)]
     pub json: bool,
@@ -27,6 +34,12 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    if let Some(path) = &a.config {
+        let cfg = langevin::scheduler::SchedulerConfig::from_file(path)?;
+        let v = langevin::scheduler::schedule_json(&cfg, a.steps)?;
+        println!("{}", serde_json::to_string(&v)?);
+        return Ok(());
+    }
     let t = a.beta.timesteps;
     let sched = beta_schedule(&a.beta)?.build(t)?;
     if let Some(w) = sched.terminal_warning() {

@@ -323,3 +323,143 @@ fn demo_runs_and_beats_twice_the_noise_floor_with_heun() {
     let ratio: f64 = heun.split_whitespace().nth(4).unwrap().parse().unwrap();
     assert!(ratio < 2.0, "{out}");
 }
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../langevin/tests/fixtures/pipeline")
+}
+
+fn read_npy(p: &Path) -> Vec<f32> {
+    let bytes = std::fs::read(p).unwrap();
+    // Little-endian f32 .npy written by numpy or by us: the data follows the header.
+    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    bytes[10 + header_len..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+#[test]
+fn sample_with_a_diffusers_scheduler_class_reproduces_diffusers_loop() {
+    let d = tmp("pipeline");
+    let f = fixtures();
+    let model = f.join("model");
+    let noise = f.join("noise.npy");
+    let o = langevin(
+        &[
+            "sample",
+            "--model",
+            model.to_str().unwrap(),
+            "--sampler",
+            "DDIMScheduler",
+            "--steps",
+            "10",
+            "--n",
+            "2",
+            "--init-noise",
+            noise.to_str().unwrap(),
+            "--npy",
+            "out.npy",
+            "--out",
+            "grid.png",
+        ],
+        &d,
+    );
+    ok(&o);
+    let got = read_npy(&d.join("out.npy"));
+    let want = read_npy(&f.join("DDIMScheduler-10.npy"));
+    assert_eq!(got.len(), want.len());
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let err = got
+        .iter()
+        .zip(&want)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(err / scale <= 1e-3, "relative error {}", err / scale);
+    assert!(d.join("grid.png").is_file());
+    let sched = ok(&langevin(
+        &[
+            "schedule",
+            "--config",
+            model.join("scheduler_config.json").to_str().unwrap(),
+            "--steps",
+            "5",
+        ],
+        &d,
+    ));
+    let v: serde_json::Value = serde_json::from_str(&sched).unwrap();
+    // DDPMScheduler, "leading" spacing: 1000/5 · [4, 3, 2, 1, 0].
+    assert_eq!(v["timesteps"], serde_json::json!([800, 600, 400, 200, 0]));
+}
+
+#[test]
+fn image_model_trains_resumes_and_samples_with_guidance() {
+    let d = tmp("images");
+    let train = [
+        "train",
+        "--data",
+        "digits",
+        "--out",
+        "run",
+        "--steps",
+        "3",
+        "--batch-size",
+        "8",
+        "--channels",
+        "8,16",
+        "--norm-groups",
+        "4",
+        "--class-cond",
+        "--checkpoint-every",
+        "2",
+    ];
+    ok(&langevin(&train, &d));
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("run/config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["_class_name"], "UNet2DModel");
+    assert_eq!(cfg["num_class_embeds"], 11, "10 digits + the null class");
+    assert!(d.join("run/samples.png").is_file());
+    let mut resume = train.to_vec();
+    resume[6] = "4";
+    resume.push("--resume");
+    assert!(ok(&langevin(&resume, &d)).contains("trained 4 steps"));
+    ok(&langevin(
+        &[
+            "sample",
+            "--model",
+            "run",
+            "--sampler",
+            "dpmpp-2m",
+            "--steps",
+            "4",
+            "--n",
+            "3",
+            "--class",
+            "7",
+            "--guidance",
+            "2",
+            "--out",
+            "g.png",
+            "--out-dir",
+            "each",
+            "--npy",
+            "s.npy",
+        ],
+        &d,
+    ));
+    assert_eq!(std::fs::read_dir(d.join("each")).unwrap().count(), 3);
+    assert_eq!(read_npy(&d.join("s.npy")).len(), 3 * 64);
+    fails_with(
+        &langevin(
+            &[
+                "sample",
+                "--model",
+                "run",
+                "--guidance",
+                "2",
+                "--out",
+                "g.png",
+            ],
+            &d,
+        ),
+        &["--class"],
+    );
+}

@@ -303,6 +303,19 @@ impl std::str::FromStr for SamplerKind {
             "unipc" => "unipc-bh2",
             "ode" | "pf-ode" | "probability-flow" => "rk45",
             "ald" | "annealed-langevin" => "langevin",
+            // diffusers class names, for models that run through our samplers.
+            "DDPMScheduler" => "ddpm",
+            "DDIMScheduler" => "ddim",
+            "EulerDiscreteScheduler" => "euler",
+            "EulerAncestralDiscreteScheduler" => "euler-a",
+            "HeunDiscreteScheduler" => "heun",
+            "LMSDiscreteScheduler" => "lms",
+            "KDPM2DiscreteScheduler" => "dpm2",
+            "KDPM2AncestralDiscreteScheduler" => "dpm2-a",
+            "DPMSolverMultistepScheduler" => "dpmpp-2m",
+            "DPMSolverSinglestepScheduler" => "dpmpp-2s-a",
+            "UniPCMultistepScheduler" => "unipc-bh2",
+
             "predictor-corrector" => "pc",
             other => other,
         };
