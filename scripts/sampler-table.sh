@@ -24,7 +24,7 @@ for data in swiss-roll 8-gaussians; do
   echo
   echo "Adaptive RK45 probability-flow ODE (rtol = atol = 1e-5):"
   echo
-  "$bin" eval --model "$model" --samplers rk45 --nfe 1 --schedule exponential --sigma-min 0.03 --sigma-max 30 \
+  "$bin" eval --model "$model" --samplers rk45 --nfe 2 --schedule exponential --sigma-min 0.03 --sigma-max 30 \
     --markdown "$tmp" >/dev/null 2>&1; cat "$tmp"
   echo
 done

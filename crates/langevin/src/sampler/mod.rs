@@ -277,6 +277,9 @@ impl SamplerKind {
             SamplerKind::Dpm2A | SamplerKind::Dpmpp2sA => (nfe + 1) / 2,
             SamplerKind::Langevin => nfe / opts.langevin_steps.max(1),
             SamplerKind::Pc => nfe / (opts.corrector_steps + 1),
+            // The adaptive solver only uses the end points; its tolerances set the cost.
+            SamplerKind::Rk45 => 2,
+
             _ => nfe,
         };
         n.max(1)

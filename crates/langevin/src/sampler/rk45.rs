@@ -59,6 +59,12 @@ struct Row {
 /// own step size, so sample i does not depend on the rest of the batch; rows in flight are
 /// evaluated in one batched call with per-row σ. `ctx.nfe` reports the mean evaluations.
 pub fn rk45(ctx: &mut Ctx, x: Tensor, sigmas: &[f64]) -> Result<Tensor> {
+    if sigmas.len() < 3 {
+        return Err(crate::Error::config(
+            "steps",
+            "the RK45 solver integrates from σ_max to σ_min: give at least 2 noise levels",
+        ));
+    }
     let s_end = sigmas
         .iter()
         .rev()
