@@ -34,11 +34,7 @@ pub fn dpm_2(ctx: &mut Ctx, mut x: Tensor, sigmas: &[f64]) -> Result<Tensor> {
 /// Ancestral DPM-Solver-2 (k-diffusion's `sample_dpm_2_ancestral`): the midpoint step to
 /// σ_down, then noise of scale σ_up; η = `eta` (1 if 0 is given).
 pub fn dpm_2_ancestral(ctx: &mut Ctx, mut x: Tensor, sigmas: &[f64]) -> Result<Tensor> {
-    let eta = if ctx.opts.eta > 0.0 {
-        ctx.opts.eta
-    } else {
-        1.0
-    };
+    let eta = ctx.ancestral_eta();
     for i in 0..sigmas.len() - 1 {
         let sigma = sigmas[i];
         let denoised = ctx.denoise(&x, sigma)?;

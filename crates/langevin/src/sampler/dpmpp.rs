@@ -39,11 +39,7 @@ pub fn dpmpp_2m(ctx: &mut Ctx, mut x: Tensor, sigmas: &[f64]) -> Result<Tensor> 
 /// DPM-Solver++(2S) ancestral (Lu et al. 2022; k-diffusion's `sample_dpmpp_2s_ancestral`): a
 /// single-step second-order update to σ_down through the midpoint in t, then noise of scale σ_up.
 pub fn dpmpp_2s_ancestral(ctx: &mut Ctx, mut x: Tensor, sigmas: &[f64]) -> Result<Tensor> {
-    let eta = if ctx.opts.eta > 0.0 {
-        ctx.opts.eta
-    } else {
-        1.0
-    };
+    let eta = ctx.ancestral_eta();
     for i in 0..sigmas.len() - 1 {
         let sigma = sigmas[i];
         let denoised = ctx.denoise(&x, sigma)?;
@@ -70,11 +66,7 @@ pub fn dpmpp_2s_ancestral(ctx: &mut Ctx, mut x: Tensor, sigmas: &[f64]) -> Resul
 /// DPM-Solver++(2M) SDE (k-diffusion's `sample_dpmpp_2m_sde`, midpoint variant): the
 /// second-order multistep update of the SDE with noise fraction η (1 if 0 is given).
 pub fn dpmpp_2m_sde(ctx: &mut Ctx, mut x: Tensor, sigmas: &[f64]) -> Result<Tensor> {
-    let eta = if ctx.opts.eta > 0.0 {
-        ctx.opts.eta
-    } else {
-        1.0
-    };
+    let eta = ctx.ancestral_eta();
     let mut old: Option<(Tensor, f64)> = None;
     for i in 0..sigmas.len() - 1 {
         let (sigma, next) = (sigmas[i], sigmas[i + 1]);
@@ -102,11 +94,7 @@ pub fn dpmpp_2m_sde(ctx: &mut Ctx, mut x: Tensor, sigmas: &[f64]) -> Result<Tens
 /// DPM-Solver++(3M) SDE (k-diffusion's `sample_dpmpp_3m_sde`): third-order multistep SDE
 /// update from the last three denoised estimates, noise fraction η (1 if 0 is given).
 pub fn dpmpp_3m_sde(ctx: &mut Ctx, mut x: Tensor, sigmas: &[f64]) -> Result<Tensor> {
-    let eta = if ctx.opts.eta > 0.0 {
-        ctx.opts.eta
-    } else {
-        1.0
-    };
+    let eta = ctx.ancestral_eta();
     let (mut d_1, mut d_2): (Option<Tensor>, Option<Tensor>) = (None, None);
     let (mut h_1, mut h_2): (Option<f64>, Option<f64>) = (None, None);
     for i in 0..sigmas.len() - 1 {

@@ -133,6 +133,15 @@ impl<'a> Ctx<'a> {
         self.model.denoise(x, sigma, self.cond)
     }
 
+    /// η of ancestral and SDE samplers: the option, or 1 (full ancestral noise) when it is 0.
+    pub fn ancestral_eta(&self) -> f64 {
+        if self.opts.eta > 0.0 {
+            self.opts.eta
+        } else {
+            1.0
+        }
+    }
+
     pub fn randn_like(&mut self, x: &Tensor) -> Result<Tensor> {
         self.noise.randn_like(x)
     }
