@@ -123,12 +123,27 @@ pub fn new_trainer(
             ..Default::default()
         },
     };
-    if let Some(s) = run.diffusion.discrete()? {
+    report_schedule(&run.diffusion)?;
+    Ok(Trainer::new(run, opt.train_config(), &Device::Cpu)?)
+}
+
+/// Warn about a terminal ᾱ far from 0 and say which steps carry too little noise to train on.
+pub fn report_schedule(d: &Diffusion) -> Result<()> {
+    if let Some(s) = d.discrete()? {
         if let Some(w) = s.terminal_warning() {
             eprintln!("warning: {w}");
         }
+        let first = s.first_active_step();
+        if first > 0 {
+            eprintln!(
+                "note: steps 0..{first} of {} add noise below σ = {:.0e} (invisible in f32 data) and are skipped; training uses the last {} steps",
+                s.len(),
+                langevin::schedule::SIGMA_FLOOR,
+                s.len() - first
+            );
+        }
     }
-    Ok(Trainer::new(run, opt.train_config(), &Device::Cpu)?)
+    Ok(())
 }
 
 /// Train to `trainer.cfg.steps`, checkpointing into `out`; writes loss.png at each checkpoint.

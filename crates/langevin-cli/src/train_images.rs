@@ -43,7 +43,9 @@ pub fn run(a: &Args, spec: &str) -> Result<()> {
                 ..Default::default()
             },
         };
+        crate::train::report_schedule(&run.diffusion)?;
         let mut cfg = a.opt.train_config();
+
         cfg.label_dropout = if a.image.class_cond {
             a.image.label_dropout
         } else {
