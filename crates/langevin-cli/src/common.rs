@@ -88,15 +88,17 @@ pub fn noise_dist(a: &BetaArgs) -> Result<NoiseDist> {
 
 /// `toy:NAME` (or a bare toy name) draws `n_toy` points; anything else is a .csv/.npy path.
 pub fn load_data(spec: &str, n_toy: usize, seed: u64) -> Result<(Table, String)> {
-    let name = spec.strip_prefix("toy:").unwrap_or(spec);
-    if let Ok(toy) = name.parse::<Toy2d>() {
+    // `toy:NAME` must name a toy set (the parse error lists them); a bare name may be one.
+    let toy = match spec.strip_prefix("toy:") {
+        Some(name) => Some(name.parse::<Toy2d>()?),
+        None => spec.parse::<Toy2d>().ok(),
+    };
+    if let Some(toy) = toy {
         let mut rng = langevin::rng::seeded(seed);
         return Ok((toy.sample(n_toy, &mut rng), format!("toy:{toy}")));
     }
-    if spec.starts_with("toy:") {
-        name.parse::<Toy2d>()?;
-    }
     let t = load_table(Path::new(spec))?;
+
     Ok((t, spec.to_string()))
 }
 
