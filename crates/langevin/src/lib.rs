@@ -1,4 +1,5 @@
 //! langevin: diffusion models in Rust.
+pub mod apps;
 pub mod data;
 pub mod denoiser;
 pub mod error;

@@ -1,0 +1,2 @@
+//! Applications built on any sampler through its step callback.
+pub mod inpaint;
