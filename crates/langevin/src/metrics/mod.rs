@@ -6,6 +6,7 @@
 //! at the sample sizes used for the real comparison; a model is as good as these metrics can
 //! tell once it reaches the floor. [`MetricReport::compute`] reports both side by side.
 pub mod mmd;
+pub mod nll;
 pub mod swd;
 
 use std::fmt;
