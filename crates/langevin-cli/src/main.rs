@@ -1,5 +1,6 @@
 //! The `langevin` command line: a thin layer over the library. Errors print as one line and
 //! exit with code 2.
+mod apps;
 mod common;
 mod demo;
 mod eval;
@@ -33,6 +34,10 @@ enum Command {
     Train(train::Args),
     /// Draw samples from a trained model.
     Sample(sample::Args),
+    /// Fill the white region of a mask in an image (projection at every sampler step).
+    Inpaint(apps::InpaintArgs),
+    /// Image-to-image / style transfer (SDEdit): noise the input to --strength and denoise.
+    Img2img(apps::Img2ImgArgs),
     /// Score samplers against held-out data (SWD, MMD² and their noise floor) over NFE budgets.
     Eval(eval::Args),
     /// Print or plot a noise schedule (β, ᾱ, σ, log-SNR).
@@ -47,6 +52,8 @@ fn main() -> ExitCode {
         Command::Sample(a) => sample::run(a),
         Command::Schedule(a) => schedule::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Inpaint(a) => apps::run_inpaint(a),
+        Command::Img2img(a) => apps::run_img2img(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -463,3 +463,123 @@ fn image_model_trains_resumes_and_samples_with_guidance() {
         &["--class"],
     );
 }
+
+fn grey_png(path: &Path, w: u32, h: u32, f: impl Fn(u32, u32) -> u8) {
+    image::GrayImage::from_fn(w, h, |x, y| image::Luma([f(x, y)]))
+        .save(path)
+        .unwrap();
+}
+
+#[test]
+fn inpaint_keeps_unmasked_pixels_and_img2img_strength_zero_returns_the_input() {
+    let d = tmp("apps");
+    ok(&langevin(
+        &[
+            "train",
+            "--data",
+            "digits",
+            "--out",
+            "run",
+            "--steps",
+            "2",
+            "--batch-size",
+            "8",
+            "--channels",
+            "8,16",
+            "--norm-groups",
+            "4",
+        ],
+        &d,
+    ));
+    grey_png(&d.join("in.png"), 8, 8, |x, y| (x * 30 + y * 3) as u8);
+    grey_png(
+        &d.join("mask.png"),
+        8,
+        8,
+        |x, _| if x >= 4 { 255 } else { 0 },
+    );
+    ok(&langevin(
+        &[
+            "inpaint",
+            "--model",
+            "run",
+            "--image",
+            "in.png",
+            "--mask",
+            "mask.png",
+            "--sampler",
+            "euler",
+            "--steps",
+            "5",
+            "--out",
+            "out.png",
+        ],
+        &d,
+    ));
+    let out = image::open(d.join("out.png")).unwrap().to_luma8();
+    // The grid writer pads by 2 px; the single image sits at (2, 2).
+    for y in 0..8 {
+        for x in 0..4 {
+            assert_eq!(
+                out.get_pixel(x + 2, y + 2).0[0],
+                (x * 30 + y * 3) as u8,
+                "pixel ({x}, {y}) changed"
+            );
+        }
+    }
+    grey_png(&d.join("small.png"), 4, 4, |_, _| 0);
+    fails_with(
+        &langevin(
+            &[
+                "inpaint",
+                "--model",
+                "run",
+                "--image",
+                "in.png",
+                "--mask",
+                "small.png",
+                "--out",
+                "o.png",
+            ],
+            &d,
+        ),
+        &["small.png", "4×4", "8×8"],
+    );
+    ok(&langevin(
+        &[
+            "img2img",
+            "--model",
+            "run",
+            "--image",
+            "in.png",
+            "--strength",
+            "0",
+            "--out",
+            "same.png",
+        ],
+        &d,
+    ));
+    let same = image::open(d.join("same.png")).unwrap().to_luma8();
+    for y in 0..8 {
+        for x in 0..8 {
+            assert_eq!(same.get_pixel(x + 2, y + 2).0[0], (x * 30 + y * 3) as u8);
+        }
+    }
+    fails_with(
+        &langevin(
+            &[
+                "img2img",
+                "--model",
+                "run",
+                "--image",
+                "in.png",
+                "--strength",
+                "1.5",
+                "--out",
+                "o.png",
+            ],
+            &d,
+        ),
+        &["strength"],
+    );
+}

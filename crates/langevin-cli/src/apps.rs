@@ -1,0 +1,158 @@
+//! `langevin inpaint` and `langevin img2img` on image models.
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use clap::Args as ClapArgs;
+use langevin::apps::{img2img::img2img, inpaint::inpaint};
+use langevin::data::images::pixels::{composite_on_white, push_planar};
+use langevin::data::images::Channels;
+use langevin::denoiser::{Cond, Denoiser, Guided};
+use langevin::model::{Run, Spacing};
+
+use crate::sample::{null_label, write_images, SamplerArgs};
+
+#[derive(ClapArgs)]
+pub struct InpaintArgs {
+    /// Image model run directory.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// The image (PNG/JPEG) of the model's size.
+    #[arg(long)]
+    pub image: PathBuf,
+    /// Mask of the same size: white = region to fill, black = keep.
+    #[arg(long)]
+    pub mask: PathBuf,
+    #[command(flatten)]
+    pub sampler: SamplerArgs,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Output PNG.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(ClapArgs)]
+pub struct Img2ImgArgs {
+    /// Image model run directory.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// The input image (PNG/JPEG) of the model's size.
+    #[arg(long)]
+    pub image: PathBuf,
+    /// How far to noise the input: 0 returns it, 1 ignores it (SDEdit).
+    #[arg(long, default_value_t = 0.6)]
+    pub strength: f64,
+    /// Steer towards this class (class-conditional models), with --guidance.
+    #[arg(long)]
+    pub class: Option<u32>,
+    #[arg(long, default_value_t = 1.0)]
+    pub guidance: f64,
+    #[command(flatten)]
+    pub sampler: SamplerArgs,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Output PNG.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Read `path` as [1, C, H, W] in [-1, 1], checking it against the model's image shape.
+fn read_image(path: &Path, shape: &[usize]) -> Result<Tensor> {
+    let (c, h, w) = (shape[0], shape[1], shape[2]);
+    let img =
+        image::open(path).with_context(|| format!("{}: cannot read the image", path.display()))?;
+    if (img.height() as usize, img.width() as usize) != (h, w) {
+        bail!(
+            "{}: image is {}×{}, the model takes {h}×{w}",
+            path.display(),
+            img.height(),
+            img.width()
+        );
+    }
+    let mut v = vec![];
+    push_planar(
+        &composite_on_white(&img),
+        if c == 1 {
+            Channels::Grey
+        } else {
+            Channels::Rgb
+        },
+        &mut v,
+    );
+    Ok(Tensor::from_vec(v, (1, c, h, w), &Device::Cpu)?)
+}
+
+fn image_shape(run: &Run) -> Result<Vec<usize>> {
+    let shape = run.config.sample_shape()?;
+    if shape.len() != 3 {
+        bail!("{}: not an image model", run.dir.display());
+    }
+    Ok(shape)
+}
+
+fn sigmas(run: &Run, s: &SamplerArgs) -> Result<Vec<f64>> {
+    let spacing: Spacing = match s.schedule.as_str() {
+        "auto" => Spacing::Exponential,
+        other => other.parse()?,
+    };
+    Ok(run
+        .config
+        .diffusion
+        .sigmas(s.steps, spacing, (s.sigma_min, s.sigma_max))?)
+}
+
+pub fn run_inpaint(a: InpaintArgs) -> Result<()> {
+    let run = Run::load(&a.model, &Device::Cpu)?;
+    let shape = image_shape(&run)?;
+    let x = read_image(&a.image, &shape)?;
+    let m = read_image(&a.mask, &shape).with_context(|| "the mask must have the image's size")?;
+    // White (> 0 in [-1, 1]) marks the region to fill: keep = 1 where the mask is dark.
+    let keep = m.le(0.0)?.to_dtype(candle_core::DType::F32)?;
+    let out = inpaint(
+        &run.denoiser,
+        &Cond::default(),
+        a.sampler.kind()?,
+        &a.sampler.options(),
+        &sigmas(&run, &a.sampler)?,
+        &x,
+        &keep,
+        a.seed,
+    )?;
+    write_images(&out, Some(&a.out), None, None)
+}
+
+pub fn run_img2img(a: Img2ImgArgs) -> Result<()> {
+    let run = Run::load(&a.model, &Device::Cpu)?;
+    let shape = image_shape(&run)?;
+    let x = read_image(&a.image, &shape)?;
+    let cond = match a.class {
+        Some(k) => Cond {
+            labels: Some(Tensor::new(&[k], &Device::Cpu)?),
+        },
+        None if a.guidance != 1.0 => bail!("--guidance needs --class"),
+        None => Cond::default(),
+    };
+    let guided;
+    let den: &dyn Denoiser = if a.guidance != 1.0 {
+        guided = Guided {
+            inner: &run.denoiser,
+            null_label: null_label(&run)?,
+            scale: a.guidance,
+        };
+        &guided
+    } else {
+        &run.denoiser
+    };
+    let out = img2img(
+        den,
+        &cond,
+        a.sampler.kind()?,
+        &a.sampler.options(),
+        &sigmas(&run, &a.sampler)?,
+        &x,
+        a.strength,
+        a.seed,
+    )?;
+    write_images(&out, Some(&a.out), None, None)
+}
