@@ -247,6 +247,22 @@ fn train_sample_resume_and_eval_on_a_toy_set() {
     assert!(std::fs::read_to_string(d.join("t.md"))
         .unwrap()
         .contains("| heun |"));
+    // NLL in bits/dim: finite, and above the entropy of the true 8-gaussians (about 2.05
+    // bits/dim) minus sampling error: no model beats the data density in expectation.
+    let nll = ok(&langevin(
+        &["eval", "--model", "run", "--metric", "nll", "--n", "40"],
+        &d,
+    ));
+    let v: f64 = nll
+        .split("rows of toy:8-gaussians: ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(v.is_finite() && v > 1.5, "{nll}");
 }
 
 #[test]
