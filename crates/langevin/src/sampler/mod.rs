@@ -14,7 +14,7 @@ mod heun;
 mod langevin;
 mod lms;
 mod pc;
-mod rk45;
+pub(crate) mod rk45;
 mod unipc;
 
 use candle_core::Tensor;

@@ -4,8 +4,10 @@ use super::Ctx;
 use crate::forward::per_row;
 use crate::Result;
 
-const C: [f64; 7] = [0.0, 0.2, 0.3, 0.8, 8.0 / 9.0, 1.0, 1.0];
-const A: [&[f64]; 7] = [
+/// Dormand–Prince 5(4) tableau: nodes, stage weights (row 6 = the 5th-order solution) and the
+/// 5th-minus-4th-order error weights; shared with the likelihood ODE.
+pub(crate) const C: [f64; 7] = [0.0, 0.2, 0.3, 0.8, 8.0 / 9.0, 1.0, 1.0];
+pub(crate) const A: [&[f64]; 7] = [
     &[],
     &[0.2],
     &[3.0 / 40.0, 9.0 / 40.0],
@@ -32,8 +34,7 @@ const A: [&[f64]; 7] = [
         11.0 / 84.0,
     ],
 ];
-/// 5th-order minus embedded 4th-order weights (the error estimate).
-const E: [f64; 7] = [
+pub(crate) const E: [f64; 7] = [
     35.0 / 384.0 - 5179.0 / 57600.0,
     0.0,
     500.0 / 1113.0 - 7571.0 / 16695.0,
