@@ -8,7 +8,7 @@ use langevin::apps::{img2img::img2img, inpaint::inpaint};
 use langevin::data::images::pixels::{composite_on_white, push_planar};
 use langevin::data::images::Channels;
 use langevin::denoiser::{Cond, Denoiser, Guided};
-use langevin::model::{Run, Spacing};
+use langevin::model::Run;
 
 use crate::sample::{null_label, write_images, SamplerArgs};
 
@@ -91,17 +91,6 @@ fn image_shape(run: &Run) -> Result<Vec<usize>> {
     Ok(shape)
 }
 
-fn sigmas(run: &Run, s: &SamplerArgs) -> Result<Vec<f64>> {
-    let spacing: Spacing = match s.schedule.as_str() {
-        "auto" => Spacing::Exponential,
-        other => other.parse()?,
-    };
-    Ok(run
-        .config
-        .diffusion
-        .sigmas(s.steps, spacing, (s.sigma_min, s.sigma_max))?)
-}
-
 pub fn run_inpaint(a: InpaintArgs) -> Result<()> {
     let run = Run::load(&a.model, &Device::Cpu)?;
     let shape = image_shape(&run)?;
@@ -114,7 +103,7 @@ pub fn run_inpaint(a: InpaintArgs) -> Result<()> {
         &Cond::default(),
         a.sampler.kind()?,
         &a.sampler.options(),
-        &sigmas(&run, &a.sampler)?,
+        &a.sampler.sigmas(&run)?,
         &x,
         &keep,
         a.seed,
@@ -149,7 +138,7 @@ pub fn run_img2img(a: Img2ImgArgs) -> Result<()> {
         &cond,
         a.sampler.kind()?,
         &a.sampler.options(),
-        &sigmas(&run, &a.sampler)?,
+        &a.sampler.sigmas(&run)?,
         &x,
         a.strength,
         a.seed,

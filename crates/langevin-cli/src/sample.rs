@@ -68,6 +68,22 @@ pub struct SamplerArgs {
 }
 
 impl SamplerArgs {
+    /// The noise levels for `run`: `auto` spacing is the training timesteps for DDPM/DDIM and
+    /// exponential for every other sampler.
+    pub fn sigmas(&self, run: &Run) -> Result<Vec<f64>> {
+        let spacing: Spacing = match self.schedule.as_str() {
+            "auto" if matches!(self.kind()?, SamplerKind::Ddpm | SamplerKind::Ddim) => {
+                Spacing::Model
+            }
+            "auto" => Spacing::Exponential,
+            other => other.parse()?,
+        };
+        Ok(run
+            .config
+            .diffusion
+            .sigmas(self.steps, spacing, (self.sigma_min, self.sigma_max))?)
+    }
+
     pub fn kind(&self) -> Result<SamplerKind> {
         Ok(self.sampler.parse()?)
     }
@@ -121,20 +137,8 @@ pub struct Args {
 }
 
 /// Draw `n` samples [n, ...] in the model's own units (standardised columns, or images in
-/// [-1, 1]); also returns the network evaluations per sample.
-pub fn draw_raw(
-    run: &Run,
-    s: &SamplerArgs,
-    n: usize,
-    seed: u64,
-    batch_size: usize,
-    init: Option<&Tensor>,
-    cond: &Cond,
-) -> Result<(Tensor, usize)> {
-    draw_with(run, &run.denoiser, s, n, seed, batch_size, init, cond)
-}
-
-/// [`draw_raw`] with any denoiser (e.g. a guided one) in place of the run's own.
+/// [-1, 1]) with `den` (the run's own denoiser, or e.g. a guided one); also returns the network
+/// evaluations per sample.
 #[allow(clippy::too_many_arguments)]
 pub fn draw_with(
     run: &Run,
@@ -148,15 +152,7 @@ pub fn draw_with(
 ) -> Result<(Tensor, usize)> {
     let kind = s.kind()?;
     let opts = s.options();
-    let spacing: Spacing = match s.schedule.as_str() {
-        "auto" if matches!(kind, SamplerKind::Ddpm | SamplerKind::Ddim) => Spacing::Model,
-        "auto" => Spacing::Exponential,
-        other => other.parse()?,
-    };
-    let sigmas = run
-        .config
-        .diffusion
-        .sigmas(s.steps, spacing, (s.sigma_min, s.sigma_max))?;
+    let sigmas = s.sigmas(run)?;
     let job = Job {
         kind,
         opts: &opts,
@@ -200,7 +196,16 @@ pub fn draw(
             run.dir.display()
         );
     };
-    let (x, nfe) = draw_raw(run, s, n, seed, batch_size, init, &Cond::default())?;
+    let (x, nfe) = draw_with(
+        run,
+        &run.denoiser,
+        s,
+        n,
+        seed,
+        batch_size,
+        init,
+        &Cond::default(),
+    )?;
     let data: Vec<f64> = x
         .flatten_all()?
         .to_vec1::<f32>()?
@@ -330,8 +335,9 @@ pub fn run(a: Args) -> Result<()> {
             .0
         }
         Err(_) => {
-            draw_raw(
+            draw_with(
                 &run,
+                &run.denoiser,
                 &a.sampler,
                 a.n,
                 a.seed,
