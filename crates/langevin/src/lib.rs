@@ -5,6 +5,7 @@ pub mod denoiser;
 pub mod error;
 pub mod forward;
 pub mod io;
+pub mod kernels;
 pub mod metrics;
 pub mod model;
 pub mod nn;

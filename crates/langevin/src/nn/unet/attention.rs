@@ -2,9 +2,9 @@
 //! (`src/diffusers/models/attention_processor.py`, `AttnProcessor2_0`, with
 //! `residual_connection=True`, `bias=True`, `_from_deprecated_attn_block=True`).
 use candle_core::Tensor;
-use candle_nn::{GroupNorm, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
 
-use super::ops::{fwd, group_norm, linear, softmax_last_dim};
+use super::ops::{fwd, group_norm, linear, softmax_last_dim, GroupNorm};
 use crate::Result;
 
 /// `out = (to_out.0(softmax(q·kᵀ/√d)·v) + x) / rescale_output_factor` over the H·W positions,

@@ -1,10 +1,11 @@
 //! `UNet2DModel` (diffusers `src/diffusers/models/unets/unet_2d.py`).
 use candle_core::Tensor;
-use candle_nn::{Conv2d, GroupNorm, VarBuilder};
+use candle_nn::VarBuilder;
 
 use super::blocks::{AttnSettings, DownBlock, MidBlock, UpBlock};
+use super::config::Activation;
 use super::config::{DownBlockType, TimeEmbeddingType, TimeScaleShift, UNet2DConfig, UpBlockType};
-use super::ops::{activation, conv2d, fwd, group_norm};
+use super::ops::{activation, conv2d, fwd, group_norm, Conv2d, GroupNorm};
 use super::resnet::ResnetSettings;
 use super::time::{ClassEmbedding, TimeEmbedding, TimeProj};
 use crate::denoiser::Cond;
@@ -198,7 +199,10 @@ impl UNet2DModel {
         }
 
         // 6. out (conv_act is always SiLU in diffusers)
-        let hs = fwd(&self.conv_out, &fwd(&self.conv_norm_out, &hs)?.silu()?)?;
+        let hs = fwd(
+            &self.conv_out,
+            &self.conv_norm_out.forward_act(&hs, Activation::Silu)?,
+        )?;
         if c.time_embedding_type == TimeEmbeddingType::Fourier {
             let t = t.to_dtype(dtype)?.reshape((b, 1, 1, 1))?;
             return Ok(hs.broadcast_div(&t)?);

@@ -1,7 +1,10 @@
 //! Differentiable building blocks shared by the UNet modules. Every op here has a correct
-//! backward pass in candle (no fused softmax / layer norm, no `upsample_nearest2d`).
+//! backward pass (no fused softmax / layer norm, no `upsample_nearest2d` from candle);
+//! convolution and group norm run on the own CPU kernels of [`crate::kernels`].
 use candle_core::{Module, Tensor, D};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
+use candle_nn::{Init, Linear, VarBuilder};
+
+use crate::kernels;
 
 use super::config::Activation;
 use crate::Result;
@@ -41,7 +44,23 @@ pub fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
         .reshape((b, c, 2 * h, 2 * w))?)
 }
 
-/// `nn.Conv2d(i, o, k, stride, padding)` with bias; parameters `weight` [o, i, k, k], `bias` [o].
+/// `nn.Conv2d(i, o, k, stride, padding)` with bias.
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Tensor,
+    stride: usize,
+    padding: usize,
+}
+
+impl Module for Conv2d {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = kernels::conv2d(x, &self.weight, self.stride, self.padding)?;
+        y.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)
+    }
+}
+
+/// [`Conv2d`] with parameters `weight` [o, i, k, k] and `bias` [o] (initialised as
+/// `candle_nn::conv2d` does).
 pub fn conv2d(
     i: usize,
     o: usize,
@@ -50,18 +69,69 @@ pub fn conv2d(
     padding: usize,
     vb: VarBuilder,
 ) -> Result<Conv2d> {
-    let cfg = Conv2dConfig {
-        padding,
+    let weight = vb.get_with_hints(
+        (o, i, k, k),
+        "weight",
+        candle_nn::init::DEFAULT_KAIMING_NORMAL,
+    )?;
+    let bound = 1.0 / (i as f64).sqrt();
+    let bias = vb.get_with_hints(
+        o,
+        "bias",
+        Init::Uniform {
+            lo: -bound,
+            up: bound,
+        },
+    )?;
+    Ok(Conv2d {
+        weight,
+        bias,
         stride,
-        ..Default::default()
-    };
-    Ok(candle_nn::conv2d(i, o, k, cfg, vb)?)
+        padding,
+    })
 }
 
-/// `nn.GroupNorm(groups, channels, eps, affine=True)`; parameters `weight`, `bias` [channels].
-/// candle's `GroupNorm` is composed of differentiable ops.
+/// `nn.GroupNorm(groups, channels, eps, affine=True)`, optionally fused with the activation
+/// that follows it.
+pub struct GroupNorm {
+    weight: Tensor,
+    bias: Tensor,
+    groups: usize,
+    eps: f64,
+}
+
+impl GroupNorm {
+    /// `act(norm(x))`, in one kernel for SiLU.
+    pub fn forward_act(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
+        if act == Activation::Silu {
+            let (w, b) = (&self.weight, &self.bias);
+            return Ok(kernels::group_norm_act(
+                x,
+                w,
+                b,
+                self.groups,
+                self.eps,
+                true,
+            )?);
+        }
+        activation(&fwd(self, x)?, act)
+    }
+}
+
+impl Module for GroupNorm {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        kernels::group_norm_act(x, &self.weight, &self.bias, self.groups, self.eps, false)
+    }
+}
+
+/// [`GroupNorm`] with parameters `weight` (ones) and `bias` (zeros) [channels].
 pub fn group_norm(groups: usize, channels: usize, eps: f64, vb: VarBuilder) -> Result<GroupNorm> {
-    Ok(candle_nn::group_norm(groups, channels, eps, vb)?)
+    Ok(GroupNorm {
+        weight: vb.get_with_hints(channels, "weight", Init::Const(1.0))?,
+        bias: vb.get_with_hints(channels, "bias", Init::Const(0.0))?,
+        groups,
+        eps,
+    })
 }
 
 /// `nn.Linear(i, o)` with bias.

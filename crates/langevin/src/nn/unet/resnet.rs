@@ -1,9 +1,9 @@
 //! `ResnetBlock2D` (diffusers `src/diffusers/models/resnet.py`), without up/down-sampling.
 use candle_core::Tensor;
-use candle_nn::{Conv2d, GroupNorm, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
 
 use super::config::{Activation, TimeScaleShift};
-use super::ops::{activation, conv2d, fwd, group_norm, linear};
+use super::ops::{activation, conv2d, fwd, group_norm, linear, Conv2d, GroupNorm};
 use crate::Result;
 
 /// Shape-independent settings shared by every resnet of a UNet.
@@ -56,22 +56,23 @@ impl ResnetBlock2D {
     /// returns [B, C_out, H, W].
     pub fn forward(&self, x: &Tensor, temb_act: &Tensor) -> Result<Tensor> {
         let act = self.s.act;
-        let h = activation(&fwd(&self.norm1, x)?, act)?;
+        let h = self.norm1.forward_act(x, act)?;
         let h = fwd(&self.conv1, &h)?;
         let t = fwd(&self.time_emb_proj, temb_act)?
             .unsqueeze(2)?
             .unsqueeze(3)?;
         let h = match self.s.time_scale_shift {
-            TimeScaleShift::Default => fwd(&self.norm2, &h.broadcast_add(&t)?)?,
+            TimeScaleShift::Default => self.norm2.forward_act(&h.broadcast_add(&t)?, act)?,
             TimeScaleShift::ScaleShift => {
                 let c = t.dim(1)? / 2;
                 let (scale, shift) = (t.narrow(1, 0, c)?, t.narrow(1, c, c)?);
-                fwd(&self.norm2, &h)?
+                let h = fwd(&self.norm2, &h)?
                     .broadcast_mul(&(scale + 1.0)?)?
-                    .broadcast_add(&shift)?
+                    .broadcast_add(&shift)?;
+                activation(&h, act)?
             }
         };
-        let h = fwd(&self.conv2, &activation(&h, act)?)?;
+        let h = fwd(&self.conv2, &h)?;
         let skip = match &self.conv_shortcut {
             Some(c) => fwd(c, x)?,
             None => x.clone(),

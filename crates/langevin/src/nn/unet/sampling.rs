@@ -1,9 +1,9 @@
 //! `Downsample2D` and `Upsample2D` with a convolution (diffusers
 //! `src/diffusers/models/downsampling.py`, `src/diffusers/models/upsampling.py`).
 use candle_core::Tensor;
-use candle_nn::{Conv2d, VarBuilder};
+use candle_nn::VarBuilder;
 
-use super::ops::{conv2d, fwd, upsample_nearest2x};
+use super::ops::{conv2d, fwd, upsample_nearest2x, Conv2d};
 use crate::Result;
 
 /// A 3×3 stride-2 convolution `conv`. With `padding = 0`, diffusers pads one zero row and

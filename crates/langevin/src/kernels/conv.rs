@@ -1,0 +1,488 @@
+//! 2-D convolution on the CPU by im2col + GEMM, one image per worker, with its own backward
+//! pass (input gradient by GEMM + col2im, weight gradient by GEMM against the recomputed
+//! columns).
+//!
+//! Written because candle 0.11's CPU convolution backward (a naive `conv_transpose2d` and a
+//! convolution over transposed tensors) made a UNet training step ~8× slower than PyTorch
+//! (issue 5; numbers in `docs/benchmarks.md`). The matrix products go to the `gemm` crate,
+//! the same engine candle's matmul uses.
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use super::real::{data, own_kernel, threads, Real};
+
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Use the own CPU kernels (`true`, the default) or candle's ops (`false`, for benchmarks and
+/// reference tests). Applies to every kernel in [`crate::kernels`].
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
+/// Whether the own CPU kernels are in use.
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+/// `y = conv2d(x, w)` with square kernels, zero padding `padding` on all sides and `stride`;
+/// no bias, no dilation, no groups (as `torch.nn.functional.conv2d`).
+///
+/// # Shapes
+/// `x`: [B, C, H, W]; `w`: [O, C, k, k]; returns [B, O, (H + 2p − k)/s + 1, (W + 2p − k)/s + 1].
+pub fn conv2d(
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    padding: usize,
+) -> candle_core::Result<Tensor> {
+    let (_, _, kh, kw) = w.dims4()?;
+    if enabled() && own_kernel(x) && kh == kw && x.dtype() == w.dtype() {
+        x.contiguous()?
+            .apply_op2(&w.contiguous()?, Conv2dOp { stride, padding })
+    } else {
+        x.conv2d(w, padding, stride, 1, 1)
+    }
+}
+
+/// The sizes of one convolution.
+#[derive(Debug, Clone, Copy)]
+struct Geom {
+    b: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    o: usize,
+    k: usize,
+    s: usize,
+    p: usize,
+    ho: usize,
+    wo: usize,
+}
+
+impl Geom {
+    fn new(x: &[usize], w: &[usize], s: usize, p: usize) -> candle_core::Result<Self> {
+        let bad = || candle_core::Error::Msg(format!("conv2d: input {x:?} and weight {w:?}"));
+        let ([b, c, h, wd], [o, ci, k, k2]) = (
+            <[usize; 4]>::try_from(x).map_err(|_| bad())?,
+            <[usize; 4]>::try_from(w).map_err(|_| bad())?,
+        );
+        if ci != c || k != k2 || s == 0 || h + 2 * p < k || wd + 2 * p < k {
+            return Err(bad());
+        }
+        Ok(Self {
+            b,
+            c,
+            h,
+            w: wd,
+            o,
+            k,
+            s,
+            p,
+            ho: (h + 2 * p - k) / s + 1,
+            wo: (wd + 2 * p - k) / s + 1,
+        })
+    }
+    fn ckk(&self) -> usize {
+        self.c * self.k * self.k
+    }
+    fn hwi(&self) -> usize {
+        self.h * self.w
+    }
+    fn hwo(&self) -> usize {
+        self.ho * self.wo
+    }
+    /// A 1×1 stride-1 convolution is a plain matrix product; no columns needed.
+    fn pointwise(&self) -> bool {
+        self.k == 1 && self.s == 1 && self.p == 0
+    }
+    /// The output columns `ox` whose input column `ox·s + kx − p` lies inside the image.
+    fn valid_cols(&self, kx: usize) -> (usize, usize) {
+        let lo = if kx >= self.p {
+            0
+        } else {
+            (self.p - kx).div_ceil(self.s)
+        };
+        let hi = if self.w + self.p > kx {
+            ((self.w - 1 + self.p - kx) / self.s + 1).min(self.wo)
+        } else {
+            0
+        };
+        (lo.min(hi), hi)
+    }
+}
+
+/// Unfold one image [C, H, W] into columns [C·k·k, Ho·Wo].
+fn im2col<T: Real>(x: &[T], g: &Geom, col: &mut [T]) {
+    let (k, s, hwo) = (g.k, g.s, g.hwo());
+    for c in 0..g.c {
+        let xc = &x[c * g.hwi()..(c + 1) * g.hwi()];
+        for ky in 0..k {
+            for kx in 0..k {
+                let row = &mut col[((c * k + ky) * k + kx) * hwo..][..hwo];
+                let (lo, hi) = g.valid_cols(kx);
+                for oy in 0..g.ho {
+                    let dst = &mut row[oy * g.wo..(oy + 1) * g.wo];
+                    let iy = (oy * s + ky) as isize - g.p as isize;
+                    if iy < 0 || iy >= g.h as isize {
+                        dst.fill(T::ZERO);
+                        continue;
+                    }
+                    let src = &xc[iy as usize * g.w..(iy as usize + 1) * g.w];
+                    dst[..lo].fill(T::ZERO);
+                    dst[hi..].fill(T::ZERO);
+                    let ix0 = lo * s + kx - g.p;
+                    if s == 1 {
+                        dst[lo..hi].copy_from_slice(&src[ix0..ix0 + (hi - lo)]);
+                    } else {
+                        for (j, d) in dst[lo..hi].iter_mut().enumerate() {
+                            *d = src[ix0 + j * s];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Fold columns [C·k·k, Ho·Wo] back onto one image [C, H, W], adding overlaps (the adjoint of
+/// [`im2col`]). `dx` must be zeroed.
+fn col2im<T: Real>(col: &[T], g: &Geom, dx: &mut [T]) {
+    let (k, s, hwo) = (g.k, g.s, g.hwo());
+    for c in 0..g.c {
+        let xc = &mut dx[c * g.hwi()..(c + 1) * g.hwi()];
+        for ky in 0..k {
+            for kx in 0..k {
+                let row = &col[((c * k + ky) * k + kx) * hwo..][..hwo];
+                let (lo, hi) = g.valid_cols(kx);
+                for oy in 0..g.ho {
+                    let iy = (oy * s + ky) as isize - g.p as isize;
+                    if iy < 0 || iy >= g.h as isize {
+                        continue;
+                    }
+                    let src = &row[oy * g.wo..(oy + 1) * g.wo];
+                    let dst = &mut xc[iy as usize * g.w..(iy as usize + 1) * g.w];
+                    let ix0 = lo * s + kx - g.p;
+                    if s == 1 {
+                        for (d, v) in dst[ix0..ix0 + (hi - lo)].iter_mut().zip(&src[lo..hi]) {
+                            *d += *v;
+                        }
+                    } else {
+                        for (j, v) in src[lo..hi].iter().enumerate() {
+                            dst[ix0 + j * s] += *v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Row-major strides of a matrix operand: (row stride, column stride).
+type Strides = (usize, usize);
+
+/// `dst[m×n] (+)= lhs[m×k] · rhs[k×n]` with `dst` row-major.
+#[allow(clippy::too_many_arguments)]
+fn mm<T: Real>(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [T],
+    accumulate: bool,
+    lhs: &[T],
+    (lrs, lcs): Strides,
+    rhs: &[T],
+    (rrs, rcs): Strides,
+    par: Parallelism,
+) {
+    assert!(dst.len() >= m * n);
+    assert!(m == 0 || k == 0 || lhs.len() > (m - 1) * lrs + (k - 1) * lcs);
+    assert!(n == 0 || k == 0 || rhs.len() > (k - 1) * rrs + (n - 1) * rcs);
+    // SAFETY: the asserts above keep every index gemm touches inside the three slices, and
+    // `dst` does not alias the inputs (it is a `&mut`).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lcs as isize,
+            lrs as isize,
+            rhs.as_ptr(),
+            rcs as isize,
+            rrs as isize,
+            T::ONE,
+            T::ONE,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+/// Work split: whole images per worker when the batch fills the pool, else one image at a time
+/// with a multi-threaded GEMM.
+fn split(b: usize) -> (bool, Parallelism) {
+    let nt = threads();
+    if b >= nt || nt == 1 {
+        (true, Parallelism::None)
+    } else {
+        (false, Parallelism::Rayon(nt))
+    }
+}
+
+fn forward<T: Real>(x: &[T], wt: &[T], g: &Geom) -> Vec<T> {
+    let (ckk, hwo) = (g.ckk(), g.hwo());
+    let mut out = vec![T::ZERO; g.b * g.o * hwo];
+    let one = |xb: &[T], ob: &mut [T], col: &mut Vec<T>, par| {
+        let src: &[T] = if g.pointwise() {
+            xb
+        } else {
+            col.resize(ckk * hwo, T::ZERO);
+            im2col(xb, g, col);
+            col
+        };
+        mm((g.o, hwo, ckk), ob, false, wt, (ckk, 1), src, (hwo, 1), par);
+    };
+    let (per_image, par) = split(g.b);
+    let (ochunk, xchunk) = (g.o * hwo, g.c * g.hwi());
+    if per_image {
+        out.par_chunks_mut(ochunk)
+            .zip(x.par_chunks(xchunk))
+            .for_each_init(Vec::new, |col, (ob, xb)| one(xb, ob, col, par));
+    } else {
+        let mut col = Vec::new();
+        for (ob, xb) in out.chunks_mut(ochunk).zip(x.chunks(xchunk)) {
+            one(xb, ob, &mut col, par);
+        }
+    }
+    out
+}
+
+/// dL/dx from dL/dy: columns `Wᵀ·dy`, folded back by [`col2im`].
+fn backward_input<T: Real>(dy: &[T], wt: &[T], g: &Geom) -> Vec<T> {
+    let (ckk, hwo, hwi) = (g.ckk(), g.hwo(), g.hwi());
+    let mut dx = vec![T::ZERO; g.b * g.c * hwi];
+    let one = |dyb: &[T], dxb: &mut [T], col: &mut Vec<T>, par| {
+        if g.pointwise() {
+            mm(
+                (g.c, hwi, g.o),
+                dxb,
+                false,
+                wt,
+                (1, ckk),
+                dyb,
+                (hwo, 1),
+                par,
+            );
+        } else {
+            col.resize(ckk * hwo, T::ZERO);
+            mm(
+                (ckk, hwo, g.o),
+                col,
+                false,
+                wt,
+                (1, ckk),
+                dyb,
+                (hwo, 1),
+                par,
+            );
+            col2im(col, g, dxb);
+        }
+    };
+    let (per_image, par) = split(g.b);
+    let (xchunk, ychunk) = (g.c * hwi, g.o * hwo);
+    if per_image {
+        dx.par_chunks_mut(xchunk)
+            .zip(dy.par_chunks(ychunk))
+            .for_each_init(Vec::new, |col, (dxb, dyb)| one(dyb, dxb, col, par));
+    } else {
+        let mut col = Vec::new();
+        for (dxb, dyb) in dx.chunks_mut(xchunk).zip(dy.chunks(ychunk)) {
+            one(dyb, dxb, &mut col, par);
+        }
+    }
+    dx
+}
+
+/// dL/dw = Σ_b dy_b · col_bᵀ, with one partial sum per worker.
+fn backward_weight<T: Real>(x: &[T], dy: &[T], g: &Geom) -> Vec<T> {
+    let (ckk, hwo) = (g.ckk(), g.hwo());
+    let (xchunk, ychunk) = (g.c * g.hwi(), g.o * hwo);
+    let images = |range: std::ops::Range<usize>, par| {
+        let mut dw = vec![T::ZERO; g.o * ckk];
+        let mut col = Vec::new();
+        for (n, b) in range.enumerate() {
+            let (xb, dyb) = (&x[b * xchunk..][..xchunk], &dy[b * ychunk..][..ychunk]);
+            let src: &[T] = if g.pointwise() {
+                xb
+            } else {
+                col.resize(ckk * hwo, T::ZERO);
+                im2col(xb, g, &mut col);
+                &col
+            };
+            mm(
+                (g.o, ckk, hwo),
+                &mut dw,
+                n > 0,
+                dyb,
+                (hwo, 1),
+                src,
+                (1, hwo),
+                par,
+            );
+        }
+        dw
+    };
+    let (per_image, par) = split(g.b);
+    if !per_image {
+        return images(0..g.b, par);
+    }
+    let nt = threads().min(g.b);
+    let per = g.b.div_ceil(nt);
+    (0..nt)
+        .into_par_iter()
+        .map(|t| images(t * per..((t + 1) * per).min(g.b), par))
+        .reduce_with(|mut a, b| {
+            for (x, y) in a.iter_mut().zip(b) {
+                *x += y;
+            }
+            a
+        })
+        .unwrap_or_else(|| vec![T::ZERO; g.o * ckk])
+}
+
+fn dispatch2(
+    op: &str,
+    s1: &CpuStorage,
+    l1: &Layout,
+    s2: &CpuStorage,
+    l2: &Layout,
+    out_shape: Shape,
+    f32f: impl FnOnce(&[f32], &[f32]) -> Vec<f32>,
+    f64f: impl FnOnce(&[f64], &[f64]) -> Vec<f64>,
+) -> candle_core::Result<(CpuStorage, Shape)> {
+    let st = match (s1.dtype(), s2.dtype()) {
+        (DType::F32, DType::F32) => f32::storage(f32f(data(s1, l1, op)?, data(s2, l2, op)?)),
+        (DType::F64, DType::F64) => f64::storage(f64f(data(s1, l1, op)?, data(s2, l2, op)?)),
+        (a, b) => {
+            return Err(candle_core::Error::Msg(format!(
+                "{op}: unsupported dtypes {a:?}, {b:?}"
+            )))
+        }
+    };
+    Ok((st, out_shape))
+}
+
+/// The forward convolution as a candle op; its backward pass uses the two ops below.
+struct Conv2dOp {
+    stride: usize,
+    padding: usize,
+}
+
+impl CustomOp2 for Conv2dOp {
+    fn name(&self) -> &'static str {
+        "langevin-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = Geom::new(l1.dims(), l2.dims(), self.stride, self.padding)?;
+        let shape = Shape::from((g.b, g.o, g.ho, g.wo));
+        dispatch2(
+            self.name(),
+            s1,
+            l1,
+            s2,
+            l2,
+            shape,
+            |x, w| forward(x, w, &g),
+            |x, w| forward(x, w, &g),
+        )
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = Geom::new(x.dims(), w.dims(), self.stride, self.padding)?;
+        let dy = dy.contiguous()?;
+        let dx = dy.apply_op2_no_bwd(&w.contiguous()?, &BackwardInput(g))?;
+        let dw = x.contiguous()?.apply_op2_no_bwd(&dy, &BackwardWeight(g))?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// (dy, w) → dx.
+struct BackwardInput(Geom);
+
+impl CustomOp2 for BackwardInput {
+    fn name(&self) -> &'static str {
+        "langevin-conv2d-backward-input"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = self.0;
+        let shape = Shape::from((g.b, g.c, g.h, g.w));
+        dispatch2(
+            self.name(),
+            s1,
+            l1,
+            s2,
+            l2,
+            shape,
+            |dy, w| backward_input(dy, w, &g),
+            |dy, w| backward_input(dy, w, &g),
+        )
+    }
+}
+
+/// (x, dy) → dw.
+struct BackwardWeight(Geom);
+
+impl CustomOp2 for BackwardWeight {
+    fn name(&self) -> &'static str {
+        "langevin-conv2d-backward-weight"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = self.0;
+        let shape = Shape::from((g.o, g.c, g.k, g.k));
+        dispatch2(
+            self.name(),
+            s1,
+            l1,
+            s2,
+            l2,
+            shape,
+            |x, dy| backward_weight(x, dy, &g),
+            |x, dy| backward_weight(x, dy, &g),
+        )
+    }
+}

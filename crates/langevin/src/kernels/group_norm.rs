@@ -1,0 +1,256 @@
+//! Group normalisation with an optional SiLU fused in, forward and backward in one pass each
+//! over the data, statistics in f64.
+//!
+//! Written because candle composes `GroupNorm` from ~10 elementwise and reduction ops (and as
+//! many more in the backward pass), each a full pass over the activations; see
+//! `docs/benchmarks.md`.
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::conv::enabled;
+use super::real::{data, own_kernel, with_data, Real};
+
+/// `silu?(group_norm(x) · γ + β)` over `groups` groups of channels (as `torch.nn.GroupNorm`
+/// followed, when `silu`, by `torch.nn.functional.silu`).
+///
+/// # Shapes
+/// `x`: [B, C, …]; `gamma`, `beta`: [C]; returns the shape of `x`.
+pub fn group_norm_act(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    groups: usize,
+    eps: f64,
+    silu: bool,
+) -> candle_core::Result<Tensor> {
+    let c = x.dim(1)?;
+    if c % groups != 0 {
+        return Err(candle_core::Error::Msg(format!(
+            "group norm: {c} channels do not split into {groups} groups"
+        )));
+    }
+    if enabled() && own_kernel(x) && gamma.dtype() == x.dtype() && beta.dtype() == x.dtype() {
+        return x.contiguous()?.apply_op3(
+            &gamma.contiguous()?,
+            &beta.contiguous()?,
+            GroupNormOp { groups, eps, silu },
+        );
+    }
+    let y = candle_nn::GroupNorm::new(gamma.clone(), beta.clone(), c, groups, eps)?;
+    let y = candle_core::Module::forward(&y, x)?;
+    if silu {
+        y.silu()
+    } else {
+        Ok(y)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct GroupNormOp {
+    groups: usize,
+    eps: f64,
+    silu: bool,
+}
+
+/// Sizes: batch, channels, spatial elements per channel.
+fn sizes(dims: &[usize]) -> (usize, usize, usize) {
+    (dims[0], dims[1], dims[2..].iter().product())
+}
+
+/// Mean and 1/σ of one group (two passes, f64).
+fn stats<T: Real>(x: &[T], eps: f64) -> (f64, f64) {
+    let n = x.len() as f64;
+    let mean = x.iter().map(|v| v.to_f64()).sum::<f64>() / n;
+    let var = x
+        .iter()
+        .map(|v| {
+            let d = v.to_f64() - mean;
+            d * d
+        })
+        .sum::<f64>()
+        / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+impl GroupNormOp {
+    fn forward<T: Real>(&self, x: &[T], gamma: &[T], beta: &[T], dims: &[usize]) -> Vec<T> {
+        let (_, c, s) = sizes(dims);
+        let cg = c / self.groups;
+        let mut out = vec![T::ZERO; x.len()];
+        out.par_chunks_mut(cg * s)
+            .zip(x.par_chunks(cg * s))
+            .enumerate()
+            .for_each(|(bg, (o, x))| {
+                let (mean, rstd) = stats(x, self.eps);
+                let c0 = (bg % self.groups) * cg;
+                for ch in 0..cg {
+                    let a = rstd * gamma[c0 + ch].to_f64();
+                    let (a, b) = (
+                        T::from_f64(a),
+                        T::from_f64(beta[c0 + ch].to_f64() - mean * a),
+                    );
+                    let (o, x) = (&mut o[ch * s..(ch + 1) * s], &x[ch * s..(ch + 1) * s]);
+                    if self.silu {
+                        for (o, &x) in o.iter_mut().zip(x) {
+                            let y = x * a + b;
+                            *o = y * y.sigmoid();
+                        }
+                    } else {
+                        for (o, &x) in o.iter_mut().zip(x) {
+                            *o = x * a + b;
+                        }
+                    }
+                }
+            });
+        out
+    }
+
+    /// (dx, dγ, dβ) from dy.
+    fn backward<T: Real>(
+        &self,
+        x: &[T],
+        gamma: &[T],
+        beta: &[T],
+        dy: &[T],
+        dims: &[usize],
+    ) -> (Vec<T>, Vec<T>, Vec<T>) {
+        let (b, c, s) = sizes(dims);
+        let cg = c / self.groups;
+        let n = (cg * s) as f64;
+        let mut dx = vec![T::ZERO; x.len()];
+        // Per (batch, channel): Σ dŷ·x̂ and Σ dŷ, summed over the batch afterwards.
+        let mut part = vec![0f64; b * c * 2];
+        dx.par_chunks_mut(cg * s)
+            .zip(x.par_chunks(cg * s))
+            .zip(dy.par_chunks(cg * s))
+            .zip(part.par_chunks_mut(cg * 2))
+            .enumerate()
+            .for_each(|(bg, (((dx, x), dy), part))| {
+                let (mean, rstd) = stats(x, self.eps);
+                let c0 = (bg % self.groups) * cg;
+                // Pass 1: dŷ (the gradient before the affine map, through SiLU), stored in dx
+                // as dx̂ = dŷ·γ, and the group sums Σ dx̂ and Σ dx̂·x̂.
+                let (mut s1, mut s2) = (0f64, 0f64);
+                for ch in 0..cg {
+                    let (g, be) = (gamma[c0 + ch].to_f64(), beta[c0 + ch].to_f64());
+                    let range = ch * s..(ch + 1) * s;
+                    let (mut dg, mut db) = (0f64, 0f64);
+                    for ((d, &xv), &gv) in dx[range.clone()]
+                        .iter_mut()
+                        .zip(&x[range.clone()])
+                        .zip(&dy[range])
+                    {
+                        let xh = (xv.to_f64() - mean) * rstd;
+                        let mut dyh = gv.to_f64();
+                        if self.silu {
+                            let y = xh * g + be;
+                            let sg = 1.0 / (1.0 + (-y).exp());
+                            dyh *= sg * (1.0 + y * (1.0 - sg));
+                        }
+                        dg += dyh * xh;
+                        db += dyh;
+                        let dxh = dyh * g;
+                        s1 += dxh;
+                        s2 += dxh * xh;
+                        *d = T::from_f64(dxh);
+                    }
+                    part[ch * 2] = dg;
+                    part[ch * 2 + 1] = db;
+                }
+                let (m1, m2) = (s1 / n, s2 / n);
+                // Pass 2: dx = (dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂)) / σ.
+                for (d, &xv) in dx.iter_mut().zip(x) {
+                    let xh = (xv.to_f64() - mean) * rstd;
+                    *d = T::from_f64(rstd * (d.to_f64() - m1 - xh * m2));
+                }
+            });
+        let (mut dg, mut db) = (vec![0f64; c], vec![0f64; c]);
+        for p in part.chunks(2 * c) {
+            for ch in 0..c {
+                dg[ch] += p[2 * ch];
+                db[ch] += p[2 * ch + 1];
+            }
+        }
+        let cast = |v: Vec<f64>| v.into_iter().map(T::from_f64).collect();
+        (dx, cast(dg), cast(db))
+    }
+}
+
+impl CustomOp3 for GroupNormOp {
+    fn name(&self) -> &'static str {
+        "langevin-group-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let op = self.name();
+        let st = match s1.dtype() {
+            DType::F32 => f32::storage(self.forward(
+                data::<f32>(s1, l1, op)?,
+                data(s2, l2, op)?,
+                data(s3, l3, op)?,
+                l1.dims(),
+            )),
+            DType::F64 => f64::storage(self.forward(
+                data::<f64>(s1, l1, op)?,
+                data(s2, l2, op)?,
+                data(s3, l3, op)?,
+                l1.dims(),
+            )),
+            d => {
+                return Err(candle_core::Error::Msg(format!(
+                    "{op}: unsupported dtype {d:?}"
+                )))
+            }
+        };
+        Ok((st, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        fn run<T: Real + candle_core::WithDType>(
+            op: &GroupNormOp,
+            x: &Tensor,
+            gamma: &Tensor,
+            beta: &Tensor,
+            dy: &Tensor,
+        ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+            let name = op.name();
+            let (dx, dg, db) = with_data::<T, _>(x, name, |xs| {
+                with_data::<T, _>(gamma, name, |gs| {
+                    with_data::<T, _>(beta, name, |bs| {
+                        with_data::<T, _>(dy, name, |ds| Ok(op.backward(xs, gs, bs, ds, x.dims())))
+                    })
+                })
+            })?;
+            let dev = Device::Cpu;
+            Ok((
+                Some(Tensor::from_vec(dx, x.shape(), &dev)?),
+                Some(Tensor::from_vec(dg, gamma.shape(), &dev)?),
+                Some(Tensor::from_vec(db, beta.shape(), &dev)?),
+            ))
+        }
+        match x.dtype() {
+            DType::F32 => run::<f32>(self, x, gamma, beta, dy),
+            DType::F64 => run::<f64>(self, x, gamma, beta, dy),
+            d => Err(candle_core::Error::Msg(format!(
+                "{}: unsupported dtype {d:?}",
+                self.name()
+            ))),
+        }
+    }
+}

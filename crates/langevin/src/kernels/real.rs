@@ -1,0 +1,93 @@
+//! The element types the CPU kernels run on (f32 and f64) and access to candle's storage.
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, DType, Layout, Storage, Tensor};
+
+/// A float the kernels (and `gemm`) handle.
+pub trait Real:
+    Copy
+    + Send
+    + Sync
+    + 'static
+    + PartialOrd
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + std::ops::AddAssign
+{
+    const ZERO: Self;
+    const ONE: Self;
+    fn to_f64(self) -> f64;
+    fn from_f64(v: f64) -> Self;
+    fn sigmoid(self) -> Self;
+    fn slice(s: &CpuStorage) -> Option<&[Self]>;
+    fn storage(v: Vec<Self>) -> CpuStorage;
+}
+
+macro_rules! real {
+    ($t:ty, $variant:ident) => {
+        impl Real for $t {
+            const ZERO: Self = 0.0;
+            const ONE: Self = 1.0;
+            #[inline(always)]
+            fn to_f64(self) -> f64 {
+                self as f64
+            }
+            #[inline(always)]
+            fn from_f64(v: f64) -> Self {
+                v as $t
+            }
+            #[inline(always)]
+            fn sigmoid(self) -> Self {
+                1.0 / (1.0 + (-self).exp())
+            }
+            fn slice(s: &CpuStorage) -> Option<&[Self]> {
+                match s {
+                    CpuStorage::$variant(v) => Some(v),
+                    _ => None,
+                }
+            }
+            fn storage(v: Vec<Self>) -> CpuStorage {
+                CpuStorage::$variant(v)
+            }
+        }
+    };
+}
+real!(f32, F32);
+real!(f64, F64);
+
+/// Whether the own CPU kernels handle a tensor (CPU, f32 or f64).
+pub fn own_kernel(t: &Tensor) -> bool {
+    t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64)
+}
+
+/// The contiguous data of `s` under `l`, or an error naming the op.
+pub fn data<'a, T: Real>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result<&'a [T]> {
+    let v = T::slice(s).ok_or_else(|| {
+        candle_core::Error::Msg(format!("{op}: unsupported dtype {:?}", s.dtype()))
+    })?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => Err(candle_core::Error::Msg(format!(
+            "{op}: input is not contiguous"
+        ))),
+    }
+}
+
+/// Run `f` on the contiguous CPU data of `t` (made contiguous first if needed).
+pub fn with_data<T: Real, R>(
+    t: &Tensor,
+    op: &str,
+    f: impl FnOnce(&[T]) -> candle_core::Result<R>,
+) -> candle_core::Result<R> {
+    let t = t.contiguous()?;
+    let (s, l) = t.storage_and_layout();
+    match &*s {
+        Storage::Cpu(c) => f(data::<T>(c, l, op)?),
+        _ => Err(candle_core::Error::Msg(format!("{op}: not a CPU tensor"))),
+    }
+}
+
+/// The number of worker threads (rayon's pool, which candle and `gemm` use too).
+pub fn threads() -> usize {
+    rayon::current_num_threads().max(1)
+}
