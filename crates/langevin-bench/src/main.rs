@@ -1,0 +1,277 @@
+//! `langevin-bench`: langevin against PyTorch on the same workloads, weights, inputs and
+//! thread count, in one run; prints Markdown tables of times, ratios and GFLOP/s.
+//!
+//! ```text
+//! cargo run --release -p langevin-bench -- --threads 2 --python .venv-bench/bin/python
+//! ```
+//! See `docs/benchmarks.md` for results and `scripts/bench.sh` for the PyTorch install.
+mod kernels;
+mod torch;
+mod workloads;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Parser;
+use langevin::kernels::conv;
+use langevin::nn::mlp::MlpConfig;
+use langevin::nn::unet::UNet2DConfig;
+
+use workloads::{prepare, Arch, Mode, Workload};
+
+#[derive(Parser)]
+#[command(about = "langevin against PyTorch on the same workloads, in one run")]
+struct Args {
+    /// Threads for both sides (rayon / torch.set_num_threads).
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Timed repetitions per workload (median reported); heavy workloads use at most 3.
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+    /// Python with torch + diffusers + safetensors for the reference side.
+    #[arg(long, default_value = "python3")]
+    python: String,
+    /// Skip the PyTorch reference.
+    #[arg(long)]
+    no_torch: bool,
+    /// Also time candle's own convolution / group norm (slow) on the residual-block workloads.
+    #[arg(long)]
+    candle: bool,
+    /// Only workloads whose name contains this.
+    #[arg(long)]
+    only: Option<String>,
+    /// Tiny shapes, one repetition: a smoke test of the harness.
+    #[arg(long)]
+    quick: bool,
+    /// Keep the weights and inputs here (default: a temporary folder, removed afterwards).
+    #[arg(long)]
+    dir: Option<std::path::PathBuf>,
+}
+
+fn unet(json: &str) -> Result<UNet2DConfig> {
+    Ok(UNet2DConfig::from_json(json, std::path::Path::new("bench"))?)
+}
+
+/// google/ddpm-cifar10-32's UNet2DModel configuration (35.7M parameters).
+const CIFAR10: &str = r#"{"sample_size": 32, "in_channels": 3, "out_channels": 3,
+ "block_out_channels": [128, 256, 256, 256], "layers_per_block": 2,
+ "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"],
+ "up_block_types": ["UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"],
+ "attention_head_dim": null, "norm_num_groups": 32, "norm_eps": 1e-6, "act_fn": "silu",
+ "time_embedding_type": "positional", "flip_sin_to_cos": false, "freq_shift": 1,
+ "downsample_padding": 0, "center_input_sample": false}"#;
+
+/// The README's Fashion-MNIST model (`langevin train --data fashion-mnist` defaults).
+const SMALL: &str = r#"{"sample_size": 32, "in_channels": 1, "out_channels": 1,
+ "block_out_channels": [32, 64, 64], "layers_per_block": 1, "norm_num_groups": 8,
+ "down_block_types": ["DownBlock2D", "DownBlock2D", "AttnDownBlock2D"],
+ "up_block_types": ["AttnUpBlock2D", "UpBlock2D", "UpBlock2D"]}"#;
+
+fn workloads(a: &Args) -> Result<Vec<Workload>> {
+    let q = a.quick;
+    let heavy = a.reps.min(3);
+    let w = |model: &str, arch: Arch, mode, batch, reps| Workload {
+        model: model.into(),
+        arch,
+        mode,
+        batch,
+        reps,
+    };
+    let res = Arch::ResBlocks {
+        blocks: 4,
+        ch: if q { 32 } else { 64 },
+        groups: 32,
+        hw: if q { 8 } else { 32 },
+    };
+    let mut v = vec![
+        w("resblocks", res.clone(), Mode::Forward, if q { 4 } else { 64 }, a.reps),
+        w("resblocks", res, Mode::Train, if q { 4 } else { 64 }, a.reps),
+    ];
+    let mut cfgs = vec![("unet-small", unet(SMALL)?)];
+    if !q {
+        cfgs.insert(0, ("unet-cifar10", unet(CIFAR10)?));
+    }
+    for (name, cfg) in cfgs {
+        let big = name == "unet-cifar10";
+        for b in if q { vec![1, 2] } else { vec![1, 16, 64] } {
+            let reps = if big && b > 1 { heavy } else { a.reps };
+            v.push(w(name, Arch::Unet(Box::new(cfg.clone())), Mode::Forward, b, reps));
+        }
+        let reps = if big { heavy } else { a.reps };
+        v.push(w(name, Arch::Unet(Box::new(cfg)), Mode::Train, if q { 2 } else { 32 }, reps));
+    }
+    let mlp = Arch::Mlp(MlpConfig::default());
+    v.push(w("mlp", mlp.clone(), Mode::Forward, if q { 64 } else { 4096 }, a.reps));
+    v.push(w("mlp", mlp, Mode::Train, if q { 64 } else { 1024 }, a.reps));
+    Ok(v.into_iter()
+        .filter(|w| a.only.as_ref().is_none_or(|o| w.name().contains(o.as_str())))
+        .collect())
+}
+
+fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+struct Row {
+    name: String,
+    batch: usize,
+    ours: f64,
+    candle: Option<f64>,
+    torch: Option<f64>,
+    diff: Option<f64>,
+}
+
+fn run(a: Args) -> Result<()> {
+    // Before any pool exists: rayon's global pool (ours, candle's, gemm's) and candle's own
+    // thread count both follow RAYON_NUM_THREADS.
+    std::env::set_var("RAYON_NUM_THREADS", a.threads.to_string());
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(a.threads)
+        .build_global()?;
+    let tmp;
+    let dir = match &a.dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            d.clone()
+        }
+        None => {
+            tmp = TempDir::new()?;
+            tmp.0.clone()
+        }
+    };
+    let warmup = 1;
+    let reps = if a.quick { 1 } else { a.reps };
+    println!(
+        "langevin-bench: {} threads on {}, {} cores visible\n",
+        a.threads,
+        cpu_name(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+
+    let mut rows = Vec::new();
+    let mut jobs = Vec::new();
+    for w in workloads(&a)? {
+        eprintln!("langevin: {}", w.name());
+        let mut p = prepare(&w, &dir, 0)?;
+        let ours = p.time(warmup, if a.quick { 1 } else { w.reps })?;
+        let candle = if a.candle && w.model == "resblocks" {
+            conv::set_enabled(false);
+            let t = p.time(0, 1);
+            conv::set_enabled(true);
+            Some(t?)
+        } else {
+            None
+        };
+        jobs.push(p.job);
+        rows.push(Row {
+            name: w.name(),
+            batch: w.batch,
+            ours,
+            candle,
+            torch: None,
+            diff: None,
+        });
+    }
+    let torch_version = if a.no_torch {
+        println!("PyTorch reference skipped (--no-torch).\n");
+        None
+    } else {
+        match torch::run(&a.python, &dir, a.threads, warmup, reps, &jobs) {
+            Ok((version, results)) => {
+                for (row, r) in rows.iter_mut().zip(results) {
+                    row.torch = r.ms;
+                    row.diff = r.max_rel_diff;
+                }
+                Some(version)
+            }
+            Err(e) => {
+                println!("PyTorch reference skipped: {e:#}\n");
+                None
+            }
+        }
+    };
+    if let Some(v) = &torch_version {
+        println!("PyTorch {v}, same weights and inputs, {} threads.\n", a.threads);
+    }
+    print_table(&rows, a.candle);
+
+    let mm = kernels::matmul(reps)?;
+    let (cb, cc, chw) = if a.quick { (4, 16, 8) } else { (64, 64, 32) };
+    let convs = kernels::conv3x3(cb, cc, cc, chw, reps.min(3), a.candle)?;
+    let peak = mm.gflop / mm.ms * 1e3;
+    println!("\n| kernel | ms | GFLOP/s | of matmul rate | candle's op, ms |");
+    println!("|---|---:|---:|---:|---:|");
+    for k in std::iter::once(&mm).chain(&convs) {
+        let rate = k.gflop / k.ms * 1e3;
+        println!(
+            "| {} | {:.1} | {:.1} | {:.0}% | {} |",
+            k.op,
+            k.ms,
+            rate,
+            100.0 * rate / peak,
+            k.candle_ms.map_or("–".into(), |c| format!("{c:.1}"))
+        );
+    }
+    Ok(())
+}
+
+fn print_table(rows: &[Row], candle: bool) {
+    let c_head = if candle { " candle ops, ms |" } else { "" };
+    let c_rule = if candle { "---:|" } else { "" };
+    println!("| workload | langevin, ms | PyTorch, ms | speed vs PyTorch | langevin, items/s | PyTorch, items/s | output rel. diff |{c_head}");
+    println!("|---|---:|---:|---:|---:|---:|---:|{c_rule}");
+    let dash = || "–".to_string();
+    for r in rows {
+        let ips = |ms: f64| format!("{:.1}", r.batch as f64 / ms * 1e3);
+        println!(
+            "| {} | {:.1} | {} | {} | {} | {} | {} |{}",
+            r.name,
+            r.ours,
+            r.torch.map_or_else(dash, |t| format!("{t:.1}")),
+            r.torch.map_or_else(dash, |t| format!("{:.2}×", t / r.ours)),
+            ips(r.ours),
+            r.torch.map_or_else(dash, ips),
+            r.diff.map_or_else(dash, |d| format!("{d:.1e}")),
+            if candle {
+                format!(" {} |", r.candle.map_or_else(dash, |c| format!("{c:.1}")))
+            } else {
+                String::new()
+            }
+        );
+    }
+}
+
+/// A folder under the system temp dir, removed on drop.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new() -> Result<Self> {
+        let p = std::env::temp_dir().join(format!("langevin-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&p)?;
+        Ok(Self(p))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("langevin-bench: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! The benchmark workloads on the langevin side: each builds its network with seeded weights,
+//! writes the weights and inputs for the PyTorch reference (`bench/torch_ref.py`), and times a
+//! forward pass or a training step.
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{Init, VarBuilder, VarMap};
+use langevin::denoiser::Cond;
+use langevin::kernels::{conv2d, group_norm_act};
+use langevin::model::run::save_tensors;
+use langevin::nn::init::reinit_seeded;
+use langevin::nn::mlp::{Mlp, MlpConfig};
+use langevin::nn::unet::{save_unet, varmap_tensors, UNet2DConfig, UNet2DModel};
+use langevin::nn::Network;
+use langevin::train::adamw::{AdamW, AdamWConfig};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::StandardNormal;
+use serde_json::{json, Value};
+
+/// The network of a workload.
+#[derive(Clone)]
+pub enum Arch {
+    /// `blocks` × (x + conv3×3(silu(group_norm(conv3×3(x))))) on `ch` channels of hw×hw.
+    ResBlocks {
+        blocks: usize,
+        ch: usize,
+        groups: usize,
+        hw: usize,
+    },
+    Unet(Box<UNet2DConfig>),
+    Mlp(MlpConfig),
+}
+
+#[derive(Clone, Copy, PartialEq)]
+pub enum Mode {
+    Forward,
+    Train,
+}
+
+#[derive(Clone)]
+pub struct Workload {
+    pub model: String,
+    pub arch: Arch,
+    pub mode: Mode,
+    pub batch: usize,
+    pub reps: usize,
+}
+
+impl Workload {
+    pub fn name(&self) -> String {
+        let m = match self.mode {
+            Mode::Forward => "forward",
+            Mode::Train => "train step",
+        };
+        format!("{} {m} b{}", self.model, self.batch)
+    }
+
+    fn input_shape(&self) -> Vec<usize> {
+        let b = self.batch;
+        match &self.arch {
+            Arch::ResBlocks { ch, hw, .. } => vec![b, *ch, *hw, *hw],
+            Arch::Unet(c) => {
+                use langevin::nn::unet::config::SampleSize;
+                let (h, w) = match c.sample_size {
+                    Some(SampleSize::Square(s)) => (s, s),
+                    Some(SampleSize::Rect([h, w])) => (h, w),
+                    None => (32, 32),
+                };
+                vec![b, c.in_channels, h, w]
+            }
+            Arch::Mlp(c) => vec![b, c.in_dim],
+        }
+    }
+}
+
+type Forward = Box<dyn Fn(&Tensor, &Tensor) -> Result<Tensor>>;
+
+/// The network as a function of (x, t), its parameters read from `vb`.
+fn build(arch: &Arch, vb: VarBuilder) -> Result<Forward> {
+    Ok(match arch.clone() {
+        Arch::ResBlocks {
+            blocks,
+            ch,
+            groups,
+            ..
+        } => {
+            let w = |vb: &VarBuilder, name: &str, shape: &[usize]| {
+                let init = match shape.len() {
+                    1 if name == "norm.weight" => Init::Const(1.0),
+                    1 => Init::Const(0.0),
+                    _ => candle_nn::init::DEFAULT_KAIMING_NORMAL,
+                };
+                let (module, p) = name.split_once('.').unwrap();
+                vb.pp(module).get_with_hints(shape, p, init)
+            };
+            let params = (0..blocks)
+                .map(|i| {
+                    let vb = vb.pp("blocks").pp(i);
+                    let conv = [ch, ch, 3, 3];
+                    Ok([
+                        w(&vb, "conv1.weight", &conv)?,
+                        w(&vb, "conv1.bias", &[ch])?,
+                        w(&vb, "norm.weight", &[ch])?,
+                        w(&vb, "norm.bias", &[ch])?,
+                        w(&vb, "conv2.weight", &conv)?,
+                        w(&vb, "conv2.bias", &[ch])?,
+                    ])
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Box::new(move |x, _t| {
+                let mut x = x.clone();
+                for [w1, b1, g, be, w2, b2] in &params {
+                    let bias = |b: &Tensor| b.reshape((1, (), 1, 1));
+                    let h = conv2d(&x, w1, 1, 1)?.broadcast_add(&bias(b1)?)?;
+                    let h = group_norm_act(&h, g, be, groups, 1e-5, true)?;
+                    let h = conv2d(&h, w2, 1, 1)?.broadcast_add(&bias(b2)?)?;
+                    x = (x + h)?;
+                }
+                Ok(x)
+            })
+        }
+        Arch::Unet(cfg) => {
+            let m = UNet2DModel::new(*cfg, vb)?;
+            Box::new(move |x, t| Ok(m.forward_diffusers(x, t, None)?))
+        }
+        Arch::Mlp(cfg) => {
+            let m = Mlp::new(cfg, vb)?;
+            Box::new(move |x, t| Ok(m.forward(x, t, &Cond::default())?))
+        }
+    })
+}
+
+fn randn(shape: &[usize], rng: &mut ChaCha8Rng) -> Result<Tensor> {
+    let n = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| rng.sample(StandardNormal)).collect();
+    Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
+}
+
+/// Median wall time of `f` in milliseconds after `warmup` calls.
+pub fn median_ms(warmup: usize, reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    for _ in 0..warmup {
+        f()?;
+    }
+    let mut t = (0..reps.max(1))
+        .map(|_| {
+            let t0 = Instant::now();
+            f()?;
+            Ok(t0.elapsed().as_secs_f64() * 1e3)
+        })
+        .collect::<Result<Vec<f64>>>()?;
+    t.sort_by(f64::total_cmp);
+    Ok(t[t.len() / 2])
+}
+
+/// A workload ready to run: its timed step and the job description for the PyTorch side.
+pub struct Prepared {
+    pub job: Value,
+    step: Box<dyn FnMut() -> Result<()>>,
+}
+
+impl Prepared {
+    pub fn time(&mut self, warmup: usize, reps: usize) -> Result<f64> {
+        median_ms(warmup, reps, &mut self.step)
+    }
+}
+
+/// Build the network with seeded weights, write weights and inputs under `dir`, and return the
+/// timed step.
+pub fn prepare(w: &Workload, dir: &Path, seed: u64) -> Result<Prepared> {
+    let dev = Device::Cpu;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let vm = VarMap::new();
+    let net = build(&w.arch, VarBuilder::from_varmap(&vm, DType::F32, &dev))?;
+    let mut vars: Vec<(String, Var)> = vm
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    reinit_seeded(&vars, &mut rng)?;
+    // Zero-initialised output layers (the MLP's) would make the output comparison vacuous.
+    for (_, v) in &vars {
+        if v.rank() >= 2 && v.abs()?.max_all()?.to_scalar::<f32>()? == 0.0 {
+            let fan_in: usize = v.dims()[1..].iter().product();
+            v.set(&(randn(v.dims(), &mut rng)? / (fan_in as f64).sqrt())?)?;
+        }
+    }
+    let tensors = varmap_tensors(&vm);
+    let tag = w.name().replace(' ', "-");
+    let mut job = json!({"name": w.name(), "mode": match w.mode { Mode::Forward => "forward", Mode::Train => "train" }, "reps": w.reps});
+    let model_path = match &w.arch {
+        Arch::Unet(cfg) => {
+            let p = dir.join(&tag);
+            save_unet(&p, cfg, &tensors)?;
+            job["kind"] = "unet".into();
+            p
+        }
+        arch => {
+            let p = dir.join(format!("{tag}.weights.safetensors"));
+            save_tensors(&p, &tensors, None)?;
+            match arch {
+                Arch::ResBlocks {
+                    blocks, ch, groups, ..
+                } => {
+                    job["kind"] = "resblocks".into();
+                    job["blocks"] = (*blocks).into();
+                    job["channels"] = (*ch).into();
+                    job["groups"] = (*groups).into();
+                }
+                Arch::Mlp(c) => {
+                    job["kind"] = "mlp".into();
+                    job["in_dim"] = c.in_dim.into();
+                    job["hidden"] = c.hidden.into();
+                    job["mlp_blocks"] = c.blocks.into();
+                    job["temb_dim"] = c.temb_dim.into();
+                }
+                Arch::Unet(_) => unreachable!(),
+            }
+            p
+        }
+    };
+    job["model"] = model_path.display().to_string().into();
+
+    let x = randn(&w.input_shape(), &mut rng)?;
+    let t: Vec<f32> = (0..w.batch)
+        .map(|_| rng.random_range(0..1000) as f32)
+        .collect();
+    let t = Tensor::from_vec(t, w.batch, &dev)?;
+    let mut inputs = HashMap::from([("x".to_string(), x.clone()), ("t".to_string(), t.clone())]);
+    let step: Box<dyn FnMut() -> Result<()>> = match w.mode {
+        Mode::Forward => {
+            // Plain tensors, not variables: inference builds no graph.
+            let plain = build(&w.arch, VarBuilder::from_tensors(tensors, DType::F32, &dev))?;
+            inputs.insert("y".into(), plain(&x, &t)?);
+            Box::new(move || {
+                plain(&x, &t)?;
+                Ok(())
+            })
+        }
+        Mode::Train => {
+            let target = randn(&w.input_shape(), &mut rng)?;
+            inputs.insert("target".into(), target.clone());
+            let mut opt = AdamW::new(vars, AdamWConfig::default())?;
+            Box::new(move || {
+                let loss = (net(&x, &t)? - &target)?.sqr()?.mean_all()?;
+                let grads = loss.backward()?;
+                opt.step(&grads, 1e-4, 1.0)?;
+                Ok(())
+            })
+        }
+    };
+    let ipath = dir.join(format!("{tag}.inputs.safetensors"));
+    save_tensors(&ipath, &inputs, None)?;
+    job["inputs"] = ipath.display().to_string().into();
+    Ok(Prepared { job, step })
+}
