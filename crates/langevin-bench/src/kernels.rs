@@ -31,7 +31,14 @@ pub fn matmul(reps: usize) -> Result<KernelRow> {
 }
 
 /// Forward and (input + weight) backward of a 3×3 convolution [b, c, hw, hw] → [b, o, hw, hw].
-pub fn conv3x3(b: usize, c: usize, o: usize, hw: usize, reps: usize, with_candle: bool) -> Result<Vec<KernelRow>> {
+pub fn conv3x3(
+    b: usize,
+    c: usize,
+    o: usize,
+    hw: usize,
+    reps: usize,
+    with_candle: bool,
+) -> Result<Vec<KernelRow>> {
     let dev = Device::Cpu;
     let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, c, hw, hw), &dev)?)?;
     let w = Var::from_tensor(&Tensor::randn(0f32, 0.1, (o, c, 3, 3), &dev)?)?;
@@ -39,11 +46,14 @@ pub fn conv3x3(b: usize, c: usize, o: usize, hw: usize, reps: usize, with_candle
     let gflop = 2.0 * (b * o * c * 9 * hw * hw) as f64 / 1e9;
     let shape = format!("{c}→{o} ch, {hw}×{hw}, b{b}");
     let mut rows = Vec::new();
-    for (what, flops) in [("forward", gflop), ("backward (input + weight)", 2.0 * gflop)] {
+    for (what, flops) in [
+        ("forward", gflop),
+        ("backward (input + weight)", 2.0 * gflop),
+    ] {
         let run = |own: bool, reps: usize| {
             conv::set_enabled(own);
             let t = median_ms(1, reps, || {
-                let y = conv2d(x.as_tensor(), w.as_tensor(), 1, 1)?;
+                let y = conv2d(x.as_tensor(), w.as_tensor(), None, 1, 1)?;
                 if what != "forward" {
                     // Time only the backward: the forward output is rebuilt each time, but
                     // its cost is subtracted below.
@@ -55,7 +65,11 @@ pub fn conv3x3(b: usize, c: usize, o: usize, hw: usize, reps: usize, with_candle
             t
         };
         let ms = run(true, reps)?;
-        let candle_ms = if with_candle { Some(run(false, 1)?) } else { None };
+        let candle_ms = if with_candle {
+            Some(run(false, 1)?)
+        } else {
+            None
+        };
         rows.push(KernelRow {
             op: format!("conv3×3 {what}, {shape}"),
             gflop: flops,

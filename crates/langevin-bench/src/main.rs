@@ -49,7 +49,10 @@ struct Args {
 }
 
 fn unet(json: &str) -> Result<UNet2DConfig> {
-    Ok(UNet2DConfig::from_json(json, std::path::Path::new("bench"))?)
+    Ok(UNet2DConfig::from_json(
+        json,
+        std::path::Path::new("bench"),
+    )?)
 }
 
 /// google/ddpm-cifar10-32's UNet2DModel configuration (35.7M parameters).
@@ -84,8 +87,20 @@ fn workloads(a: &Args) -> Result<Vec<Workload>> {
         hw: if q { 8 } else { 32 },
     };
     let mut v = vec![
-        w("resblocks", res.clone(), Mode::Forward, if q { 4 } else { 64 }, a.reps),
-        w("resblocks", res, Mode::Train, if q { 4 } else { 64 }, a.reps),
+        w(
+            "resblocks",
+            res.clone(),
+            Mode::Forward,
+            if q { 4 } else { 64 },
+            a.reps,
+        ),
+        w(
+            "resblocks",
+            res,
+            Mode::Train,
+            if q { 4 } else { 64 },
+            a.reps,
+        ),
     ];
     let mut cfgs = vec![("unet-small", unet(SMALL)?)];
     if !q {
@@ -95,16 +110,44 @@ fn workloads(a: &Args) -> Result<Vec<Workload>> {
         let big = name == "unet-cifar10";
         for b in if q { vec![1, 2] } else { vec![1, 16, 64] } {
             let reps = if big && b > 1 { heavy } else { a.reps };
-            v.push(w(name, Arch::Unet(Box::new(cfg.clone())), Mode::Forward, b, reps));
+            v.push(w(
+                name,
+                Arch::Unet(Box::new(cfg.clone())),
+                Mode::Forward,
+                b,
+                reps,
+            ));
         }
         let reps = if big { heavy } else { a.reps };
-        v.push(w(name, Arch::Unet(Box::new(cfg)), Mode::Train, if q { 2 } else { 32 }, reps));
+        v.push(w(
+            name,
+            Arch::Unet(Box::new(cfg)),
+            Mode::Train,
+            if q { 2 } else { 32 },
+            reps,
+        ));
     }
     let mlp = Arch::Mlp(MlpConfig::default());
-    v.push(w("mlp", mlp.clone(), Mode::Forward, if q { 64 } else { 4096 }, a.reps));
-    v.push(w("mlp", mlp, Mode::Train, if q { 64 } else { 1024 }, a.reps));
+    v.push(w(
+        "mlp",
+        mlp.clone(),
+        Mode::Forward,
+        if q { 64 } else { 4096 },
+        a.reps,
+    ));
+    v.push(w(
+        "mlp",
+        mlp,
+        Mode::Train,
+        if q { 64 } else { 1024 },
+        a.reps,
+    ));
     Ok(v.into_iter()
-        .filter(|w| a.only.as_ref().is_none_or(|o| w.name().contains(o.as_str())))
+        .filter(|w| {
+            a.only
+                .as_ref()
+                .is_none_or(|o| w.name().contains(o.as_str()))
+        })
         .collect())
 }
 
@@ -199,7 +242,10 @@ fn run(a: Args) -> Result<()> {
         }
     };
     if let Some(v) = &torch_version {
-        println!("PyTorch {v}, same weights and inputs, {} threads.\n", a.threads);
+        println!(
+            "PyTorch {v}, same weights and inputs, {} threads.\n",
+            a.threads
+        );
     }
     print_table(&rows, a.candle);
 

@@ -83,10 +83,7 @@ type Forward = Box<dyn Fn(&Tensor, &Tensor) -> Result<Tensor>>;
 fn build(arch: &Arch, vb: VarBuilder) -> Result<Forward> {
     Ok(match arch.clone() {
         Arch::ResBlocks {
-            blocks,
-            ch,
-            groups,
-            ..
+            blocks, ch, groups, ..
         } => {
             let w = |vb: &VarBuilder, name: &str, shape: &[usize]| {
                 let init = match shape.len() {
@@ -114,10 +111,9 @@ fn build(arch: &Arch, vb: VarBuilder) -> Result<Forward> {
             Box::new(move |x, _t| {
                 let mut x = x.clone();
                 for [w1, b1, g, be, w2, b2] in &params {
-                    let bias = |b: &Tensor| b.reshape((1, (), 1, 1));
-                    let h = conv2d(&x, w1, 1, 1)?.broadcast_add(&bias(b1)?)?;
+                    let h = conv2d(&x, w1, Some(b1), 1, 1)?;
                     let h = group_norm_act(&h, g, be, groups, 1e-5, true)?;
-                    let h = conv2d(&h, w2, 1, 1)?.broadcast_add(&bias(b2)?)?;
+                    let h = conv2d(&h, w2, Some(b2), 1, 1)?;
                     x = (x + h)?;
                 }
                 Ok(x)

@@ -2,6 +2,7 @@
 //! padding, batch 1, 1×1): forward values and the gradients of a random linear functional
 //! of the output, to ≤ 1e-5 relative in f32; and central finite differences in f64.
 use candle_core::{DType, Device, Tensor, Var};
+use langevin::kernels::group_norm::shifted_group_norm_act;
 use langevin::kernels::{conv2d, group_norm_act};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -63,27 +64,41 @@ fn conv2d_matches_candle_forward_and_backward() {
     for (i, &(b, c, h, w, o, k, s, p)) in CONV_CASES.iter().enumerate() {
         let x = randn(&[b, c, h, w], DType::F32, &mut rng);
         let wt = randn(&[o, c, k, k], DType::F32, &mut rng);
-        let inputs = [x, wt];
+        let bias = randn(&[o], DType::F32, &mut rng);
+        let inputs = [x, wt, bias];
         if (h + 2 * p - k) % s != 0 || (w + 2 * p - k) % s != 0 {
             // candle 0.11.1's own conv2d backward fails on some of these shapes (9×8 at stride
             // 2: a shape mismatch in its transposed convolution); compare the forward pass here and rely on
             // the finite differences below for the gradient.
-            let y1 = conv2d(&inputs[0], &inputs[1], s, p).unwrap();
+            let y1 = conv2d(&inputs[0], &inputs[1], None, s, p).unwrap();
             let y0 = inputs[0].conv2d(&inputs[1], p, s, 1, 1).unwrap();
             assert!(rel(&y1, &y0) <= 1e-5, "case {i}: forward {}", rel(&y1, &y0));
             continue;
         }
-        let (y1, g1) = value_and_grads(|t| conv2d(&t[0], &t[1], s, p).unwrap(), &inputs, i as u64);
+        let (y1, g1) = value_and_grads(
+            |t| conv2d(&t[0], &t[1], Some(&t[2]), s, p).unwrap(),
+            &inputs,
+            i as u64,
+        );
         let (y0, g0) = value_and_grads(
-            |t| t[0].conv2d(&t[1], p, s, 1, 1).unwrap(),
+            |t| {
+                let y = t[0].conv2d(&t[1], p, s, 1, 1).unwrap();
+                y.broadcast_add(&t[2].reshape((1, (), 1, 1)).unwrap())
+                    .unwrap()
+            },
             &inputs,
             i as u64,
         );
         assert_eq!(y1.dims(), y0.dims(), "case {i}");
-        let errs = [rel(&y1, &y0), rel(&g1[0], &g0[0]), rel(&g1[1], &g0[1])];
+        let errs = [
+            rel(&y1, &y0),
+            rel(&g1[0], &g0[0]),
+            rel(&g1[1], &g0[1]),
+            rel(&g1[2], &g0[2]),
+        ];
         assert!(
             errs.iter().all(|&e| e <= 1e-5),
-            "case {i} {:?}: forward, dx, dw relative errors {errs:?}",
+            "case {i} {:?}: forward, dx, dw, dbias relative errors {errs:?}",
             CONV_CASES[i]
         );
     }
@@ -95,8 +110,8 @@ fn conv2d_of_a_strided_view_equals_conv2d_of_its_copy() {
     let x = randn(&[2, 3, 6, 5], DType::F32, &mut rng);
     let xt = x.transpose(2, 3).unwrap();
     let w = randn(&[4, 3, 3, 3], DType::F32, &mut rng);
-    let a = conv2d(&xt, &w, 1, 1).unwrap();
-    let b = conv2d(&xt.contiguous().unwrap(), &w, 1, 1).unwrap();
+    let a = conv2d(&xt, &w, None, 1, 1).unwrap();
+    let b = conv2d(&xt.contiguous().unwrap(), &w, None, 1, 1).unwrap();
     assert_eq!(rel(&a, &b), 0.0);
 }
 
@@ -142,7 +157,12 @@ fn conv2d_gradient_matches_finite_differences() {
     for &(b, c, h, w, o, k, s, p) in CONV_CASES {
         let x = randn(&[b, c, h, w], DType::F64, &mut rng);
         let wt = randn(&[o, c, k, k], DType::F64, &mut rng);
-        finite_difference_check(|t| conv2d(&t[0], &t[1], s, p).unwrap(), &[x, wt], 7);
+        let bias = randn(&[o], DType::F64, &mut rng);
+        finite_difference_check(
+            |t| conv2d(&t[0], &t[1], Some(&t[2]), s, p).unwrap(),
+            &[x, wt, bias],
+            7,
+        );
     }
 }
 
@@ -218,4 +238,43 @@ fn group_norm_act_gradient_matches_finite_differences() {
             );
         }
     }
+}
+
+#[test]
+fn shifted_group_norm_matches_add_then_norm_and_finite_differences() {
+    let mut rng = ChaCha8Rng::seed_from_u64(6);
+    let (b, c, h, w, g) = (3, 8, 5, 6, 4);
+    let x = randn(&[b, c, h, w], DType::F32, &mut rng);
+    let t = randn(&[b, c], DType::F32, &mut rng);
+    let gamma = (randn(&[c], DType::F32, &mut rng) * 0.5)
+        .unwrap()
+        .affine(1.0, 1.0)
+        .unwrap();
+    let beta = randn(&[c], DType::F32, &mut rng);
+    let inputs = [x, t, gamma, beta];
+    let fused = |t: &[Tensor]| {
+        shifted_group_norm_act(&t[0], Some(&t[1]), &t[2], &t[3], g, 1e-5, true).unwrap()
+    };
+    let (y1, g1) = value_and_grads(fused, &inputs, 1);
+    let (y0, g0) = value_and_grads(
+        |t| {
+            let xs = t[0]
+                .broadcast_add(&t[1].reshape((b, c, 1, 1)).unwrap())
+                .unwrap();
+            gn_reference(&[xs, t[2].clone(), t[3].clone()], g, true)
+        },
+        &inputs,
+        1,
+    );
+    let mut errs = vec![rel(&y1, &y0)];
+    errs.extend((0..4).map(|i| rel(&g1[i], &g0[i])));
+    assert!(
+        errs.iter().all(|&e| e <= 1e-5),
+        "y, dx, dshift, dγ, dβ: {errs:?}"
+    );
+    let f64s: Vec<Tensor> = inputs
+        .iter()
+        .map(|t| t.to_dtype(DType::F64).unwrap())
+        .collect();
+    finite_difference_check(fused, &f64s, 11);
 }

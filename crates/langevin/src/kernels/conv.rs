@@ -9,11 +9,11 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::real::{data, own_kernel, threads, Real};
+use super::real::{data, own_kernel, threads, with_data, Real};
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
 
@@ -28,23 +28,35 @@ pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }
 
-/// `y = conv2d(x, w)` with square kernels, zero padding `padding` on all sides and `stride`;
-/// no bias, no dilation, no groups (as `torch.nn.functional.conv2d`).
+/// `y = conv2d(x, w) + bias` with square kernels, zero padding `padding` on all sides and
+/// `stride`; no dilation, no groups (as `torch.nn.functional.conv2d`). The bias is added in the
+/// kernel (the GEMM accumulates onto it).
 ///
 /// # Shapes
-/// `x`: [B, C, H, W]; `w`: [O, C, k, k]; returns [B, O, (H + 2p − k)/s + 1, (W + 2p − k)/s + 1].
+/// `x`: [B, C, H, W]; `w`: [O, C, k, k]; `bias`: [O]; returns
+/// [B, O, (H + 2p − k)/s + 1, (W + 2p − k)/s + 1].
 pub fn conv2d(
     x: &Tensor,
     w: &Tensor,
+    bias: Option<&Tensor>,
     stride: usize,
     padding: usize,
 ) -> candle_core::Result<Tensor> {
     let (_, _, kh, kw) = w.dims4()?;
-    if enabled() && own_kernel(x) && kh == kw && x.dtype() == w.dtype() {
-        x.contiguous()?
-            .apply_op2(&w.contiguous()?, Conv2dOp { stride, padding })
+    let op = Conv2dOp { stride, padding };
+    let same = |t: &Tensor| t.dtype() == x.dtype();
+    if enabled() && own_kernel(x) && kh == kw && same(w) && bias.is_none_or(same) {
+        let (x, w) = (x.contiguous()?, w.contiguous()?);
+        match bias {
+            Some(b) => x.apply_op3(&w, &b.contiguous()?, op),
+            None => x.apply_op2(&w, op),
+        }
     } else {
-        x.conv2d(w, padding, stride, 1, 1)
+        let y = x.conv2d(w, padding, stride, 1, 1)?;
+        match bias {
+            Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
+            None => Ok(y),
+        }
     }
 }
 
@@ -237,10 +249,15 @@ fn split(b: usize) -> (bool, Parallelism) {
     }
 }
 
-fn forward<T: Real>(x: &[T], wt: &[T], g: &Geom) -> Vec<T> {
+fn forward<T: Real>(x: &[T], wt: &[T], bias: Option<&[T]>, g: &Geom) -> Vec<T> {
     let (ckk, hwo) = (g.ckk(), g.hwo());
     let mut out = vec![T::ZERO; g.b * g.o * hwo];
     let one = |xb: &[T], ob: &mut [T], col: &mut Vec<T>, par| {
+        if let Some(bias) = bias {
+            for (row, &v) in ob.chunks_mut(hwo).zip(bias) {
+                row.fill(v);
+            }
+        }
         let src: &[T] = if g.pointwise() {
             xb
         } else {
@@ -248,7 +265,16 @@ fn forward<T: Real>(x: &[T], wt: &[T], g: &Geom) -> Vec<T> {
             im2col(xb, g, col);
             col
         };
-        mm((g.o, hwo, ckk), ob, false, wt, (ckk, 1), src, (hwo, 1), par);
+        mm(
+            (g.o, hwo, ckk),
+            ob,
+            bias.is_some(),
+            wt,
+            (ckk, 1),
+            src,
+            (hwo, 1),
+            par,
+        );
     };
     let (per_image, par) = split(g.b);
     let (ochunk, xchunk) = (g.o * hwo, g.c * g.hwi());
@@ -401,14 +427,14 @@ impl CustomOp2 for Conv2dOp {
         let g = Geom::new(l1.dims(), l2.dims(), self.stride, self.padding)?;
         let shape = Shape::from((g.b, g.o, g.ho, g.wo));
         dispatch2(
-            self.name(),
+            CustomOp2::name(self),
             s1,
             l1,
             s2,
             l2,
             shape,
-            |x, w| forward(x, w, &g),
-            |x, w| forward(x, w, &g),
+            |x, w| forward(x, w, None, &g),
+            |x, w| forward(x, w, None, &g),
         )
     }
 
@@ -424,6 +450,77 @@ impl CustomOp2 for Conv2dOp {
         let dx = dy.apply_op2_no_bwd(&w.contiguous()?, &BackwardInput(g))?;
         let dw = x.contiguous()?.apply_op2_no_bwd(&dy, &BackwardWeight(g))?;
         Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// dL/dbias: the sum of dy over batch and positions, per output channel.
+fn bias_grad<T: Real>(dy: &[T], g: &Geom) -> Vec<T> {
+    let hwo = g.hwo();
+    let mut db = vec![0f64; g.o];
+    for img in dy.chunks(g.o * hwo) {
+        for (d, row) in db.iter_mut().zip(img.chunks(hwo)) {
+            *d += row.iter().map(|v| v.to_f64()).sum::<f64>();
+        }
+    }
+    db.into_iter().map(T::from_f64).collect()
+}
+
+/// The convolution with its bias fused in: (x, w, bias) → y.
+impl CustomOp3 for Conv2dOp {
+    fn name(&self) -> &'static str {
+        "langevin-conv2d-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = Geom::new(l1.dims(), l2.dims(), self.stride, self.padding)?;
+        if l3.dims() != [g.o] {
+            return Err(candle_core::Error::Msg(format!(
+                "conv2d: bias {:?} for {} output channels",
+                l3.dims(),
+                g.o
+            )));
+        }
+        let shape = Shape::from((g.b, g.o, g.ho, g.wo));
+        let op = CustomOp3::name(self);
+        dispatch2(
+            op,
+            s1,
+            l1,
+            s2,
+            l2,
+            shape,
+            |x, w| forward(x, w, data::<f32>(s3, l3, op).ok(), &g),
+            |x, w| forward(x, w, data::<f64>(s3, l3, op).ok(), &g),
+        )
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        res: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw) = CustomOp2::bwd(self, x, w, res, dy)?;
+        let g = Geom::new(x.dims(), w.dims(), self.stride, self.padding)?;
+        let db = match dy.dtype() {
+            DType::F32 => with_data::<f32, _>(dy, "conv2d", |d| {
+                Tensor::from_vec(bias_grad(d, &g), b.shape(), &Device::Cpu)
+            })?,
+            _ => with_data::<f64, _>(dy, "conv2d", |d| {
+                Tensor::from_vec(bias_grad(d, &g), b.shape(), &Device::Cpu)
+            })?,
+        };
+        Ok((dx, dw, Some(db)))
     }
 }
 

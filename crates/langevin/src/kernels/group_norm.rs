@@ -24,21 +24,47 @@ pub fn group_norm_act(
     eps: f64,
     silu: bool,
 ) -> candle_core::Result<Tensor> {
-    let c = x.dim(1)?;
+    shifted_group_norm_act(x, None, gamma, beta, groups, eps, silu)
+}
+
+/// [`group_norm_act`] of `x + shift` with a per-sample, per-channel `shift` [B, C] (the
+/// resnet's time-embedding add), in the same kernel.
+pub fn shifted_group_norm_act(
+    x: &Tensor,
+    shift: Option<&Tensor>,
+    gamma: &Tensor,
+    beta: &Tensor,
+    groups: usize,
+    eps: f64,
+    silu: bool,
+) -> candle_core::Result<Tensor> {
+    let (b, c) = (x.dim(0)?, x.dim(1)?);
     if c % groups != 0 {
         return Err(candle_core::Error::Msg(format!(
             "group norm: {c} channels do not split into {groups} groups"
         )));
     }
-    if enabled() && own_kernel(x) && gamma.dtype() == x.dtype() && beta.dtype() == x.dtype() {
-        return x.contiguous()?.apply_op3(
-            &gamma.contiguous()?,
-            &beta.contiguous()?,
-            GroupNormOp { groups, eps, silu },
-        );
+    let same = |t: &Tensor| t.dtype() == x.dtype();
+    if enabled() && own_kernel(x) && same(gamma) && same(beta) && shift.is_none_or(same) {
+        let shift = match shift {
+            Some(s) => s.reshape((b, c))?.contiguous()?,
+            None => Tensor::zeros((b, c), x.dtype(), x.device())?,
+        };
+        let affine = Tensor::stack(&[gamma, beta], 0)?;
+        return x
+            .contiguous()?
+            .apply_op3(&shift, &affine, GroupNormOp { groups, eps, silu });
     }
+    let x = match shift {
+        Some(s) => {
+            let mut dims = vec![b, c];
+            dims.resize(x.rank(), 1);
+            x.broadcast_add(&s.reshape(dims)?)?
+        }
+        None => x.clone(),
+    };
     let y = candle_nn::GroupNorm::new(gamma.clone(), beta.clone(), c, groups, eps)?;
-    let y = candle_core::Module::forward(&y, x)?;
+    let y = candle_core::Module::forward(&y, &x)?;
     if silu {
         y.silu()
     } else {
@@ -58,38 +84,41 @@ fn sizes(dims: &[usize]) -> (usize, usize, usize) {
     (dims[0], dims[1], dims[2..].iter().product())
 }
 
-/// Mean and 1/σ of one group (two passes, f64).
-fn stats<T: Real>(x: &[T], eps: f64) -> (f64, f64) {
+/// Mean and 1/σ of one group of `x + shift[channel]` (two passes, f64); `s` elements per
+/// channel.
+fn stats<T: Real>(x: &[T], shift: &[T], s: usize, eps: f64) -> (f64, f64) {
     let n = x.len() as f64;
-    let mean = x.iter().map(|v| v.to_f64()).sum::<f64>() / n;
-    let var = x
-        .iter()
-        .map(|v| {
-            let d = v.to_f64() - mean;
-            d * d
-        })
-        .sum::<f64>()
-        / n;
+    let per_channel = |f: &dyn Fn(f64) -> f64| -> f64 {
+        x.chunks(s)
+            .zip(shift)
+            .map(|(xc, &t)| {
+                let t = t.to_f64();
+                xc.iter().map(|v| f(v.to_f64() + t)).sum::<f64>()
+            })
+            .sum()
+    };
+    let mean = per_channel(&|v| v) / n;
+    let var = per_channel(&|v| (v - mean) * (v - mean)) / n;
     (mean, 1.0 / (var + eps).sqrt())
 }
 
 impl GroupNormOp {
-    fn forward<T: Real>(&self, x: &[T], gamma: &[T], beta: &[T], dims: &[usize]) -> Vec<T> {
+    fn forward<T: Real>(&self, x: &[T], shift: &[T], affine: &[T], dims: &[usize]) -> Vec<T> {
         let (_, c, s) = sizes(dims);
+        let (gamma, beta) = affine.split_at(c);
         let cg = c / self.groups;
         let mut out = vec![T::ZERO; x.len()];
         out.par_chunks_mut(cg * s)
             .zip(x.par_chunks(cg * s))
+            .zip(shift.par_chunks(cg))
             .enumerate()
-            .for_each(|(bg, (o, x))| {
-                let (mean, rstd) = stats(x, self.eps);
+            .for_each(|(bg, ((o, x), t))| {
+                let (mean, rstd) = stats(x, t, s, self.eps);
                 let c0 = (bg % self.groups) * cg;
                 for ch in 0..cg {
                     let a = rstd * gamma[c0 + ch].to_f64();
-                    let (a, b) = (
-                        T::from_f64(a),
-                        T::from_f64(beta[c0 + ch].to_f64() - mean * a),
-                    );
+                    let b = beta[c0 + ch].to_f64() + (t[ch].to_f64() - mean) * a;
+                    let (a, b) = (T::from_f64(a), T::from_f64(b));
                     let (o, x) = (&mut o[ch * s..(ch + 1) * s], &x[ch * s..(ch + 1) * s]);
                     if self.silu {
                         for (o, &x) in o.iter_mut().zip(x) {
@@ -106,28 +135,31 @@ impl GroupNormOp {
         out
     }
 
-    /// (dx, dγ, dβ) from dy.
+    /// (dx, d shift, d[γ; β]) from dy.
     fn backward<T: Real>(
         &self,
         x: &[T],
-        gamma: &[T],
-        beta: &[T],
+        shift: &[T],
+        affine: &[T],
         dy: &[T],
         dims: &[usize],
     ) -> (Vec<T>, Vec<T>, Vec<T>) {
         let (b, c, s) = sizes(dims);
+        let (gamma, beta) = affine.split_at(c);
         let cg = c / self.groups;
         let n = (cg * s) as f64;
         let mut dx = vec![T::ZERO; x.len()];
-        // Per (batch, channel): Σ dŷ·x̂ and Σ dŷ, summed over the batch afterwards.
-        let mut part = vec![0f64; b * c * 2];
+        // Per (batch, channel): Σ dŷ·x̂, Σ dŷ and Σ dx, the first two summed over the batch
+        // afterwards, the last the gradient of the shift.
+        let mut part = vec![0f64; b * c * 3];
         dx.par_chunks_mut(cg * s)
             .zip(x.par_chunks(cg * s))
             .zip(dy.par_chunks(cg * s))
-            .zip(part.par_chunks_mut(cg * 2))
+            .zip(part.par_chunks_mut(cg * 3))
+            .zip(shift.par_chunks(cg))
             .enumerate()
-            .for_each(|(bg, (((dx, x), dy), part))| {
-                let (mean, rstd) = stats(x, self.eps);
+            .for_each(|(bg, ((((dx, x), dy), part), t))| {
+                let (mean, rstd) = stats(x, t, s, self.eps);
                 let c0 = (bg % self.groups) * cg;
                 // Pass 1: dŷ (the gradient before the affine map, through SiLU), stored in dx
                 // as dx̂ = dŷ·γ, and the group sums Σ dx̂ and Σ dx̂·x̂.
@@ -136,12 +168,13 @@ impl GroupNormOp {
                     let (g, be) = (gamma[c0 + ch].to_f64(), beta[c0 + ch].to_f64());
                     let range = ch * s..(ch + 1) * s;
                     let (mut dg, mut db) = (0f64, 0f64);
+                    let tm = t[ch].to_f64() - mean;
                     for ((d, &xv), &gv) in dx[range.clone()]
                         .iter_mut()
                         .zip(&x[range.clone()])
                         .zip(&dy[range])
                     {
-                        let xh = (xv.to_f64() - mean) * rstd;
+                        let xh = (xv.to_f64() + tm) * rstd;
                         let mut dyh = gv.to_f64();
                         if self.silu {
                             let y = xh * g + be;
@@ -155,25 +188,34 @@ impl GroupNormOp {
                         s2 += dxh * xh;
                         *d = T::from_f64(dxh);
                     }
-                    part[ch * 2] = dg;
-                    part[ch * 2 + 1] = db;
+                    part[ch * 3] = dg;
+                    part[ch * 3 + 1] = db;
                 }
                 let (m1, m2) = (s1 / n, s2 / n);
                 // Pass 2: dx = (dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂)) / σ.
-                for (d, &xv) in dx.iter_mut().zip(x) {
-                    let xh = (xv.to_f64() - mean) * rstd;
-                    *d = T::from_f64(rstd * (d.to_f64() - m1 - xh * m2));
+                for ch in 0..cg {
+                    let tm = t[ch].to_f64() - mean;
+                    let range = ch * s..(ch + 1) * s;
+                    let mut dt = 0f64;
+                    for (d, &xv) in dx[range.clone()].iter_mut().zip(&x[range]) {
+                        let xh = (xv.to_f64() + tm) * rstd;
+                        let v = rstd * (d.to_f64() - m1 - xh * m2);
+                        dt += v;
+                        *d = T::from_f64(v);
+                    }
+                    part[ch * 3 + 2] = dt;
                 }
             });
-        let (mut dg, mut db) = (vec![0f64; c], vec![0f64; c]);
-        for p in part.chunks(2 * c) {
+        let mut daffine = vec![0f64; 2 * c];
+        for p in part.chunks(3 * c) {
             for ch in 0..c {
-                dg[ch] += p[2 * ch];
-                db[ch] += p[2 * ch + 1];
+                daffine[ch] += p[3 * ch];
+                daffine[c + ch] += p[3 * ch + 1];
             }
         }
+        let dshift = part.chunks(3).map(|p| T::from_f64(p[2])).collect();
         let cast = |v: Vec<f64>| v.into_iter().map(T::from_f64).collect();
-        (dx, cast(dg), cast(db))
+        (dx, dshift, cast(daffine))
     }
 }
 
@@ -222,6 +264,7 @@ impl CustomOp3 for GroupNormOp {
         _res: &Tensor,
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // Here `gamma` is the shift [B, C] and `beta` the stacked affine [2, C].
         fn run<T: Real + candle_core::WithDType>(
             op: &GroupNormOp,
             x: &Tensor,

@@ -54,8 +54,7 @@ pub struct Conv2d {
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = kernels::conv2d(x, &self.weight, self.stride, self.padding)?;
-        y.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)
+        kernels::conv2d(x, &self.weight, Some(&self.bias), self.stride, self.padding)
     }
 }
 
@@ -103,18 +102,23 @@ pub struct GroupNorm {
 impl GroupNorm {
     /// `act(norm(x))`, in one kernel for SiLU.
     pub fn forward_act(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
+        self.shifted_act(x, None, act)
+    }
+
+    /// `act(norm(x + shift))` with `shift` [B, C] broadcast over positions, in one kernel for
+    /// SiLU.
+    pub fn shifted_act(
+        &self,
+        x: &Tensor,
+        shift: Option<&Tensor>,
+        act: Activation,
+    ) -> Result<Tensor> {
+        use kernels::group_norm::shifted_group_norm_act as gn;
+        let (w, b, g, eps) = (&self.weight, &self.bias, self.groups, self.eps);
         if act == Activation::Silu {
-            let (w, b) = (&self.weight, &self.bias);
-            return Ok(kernels::group_norm_act(
-                x,
-                w,
-                b,
-                self.groups,
-                self.eps,
-                true,
-            )?);
+            return Ok(gn(x, shift, w, b, g, eps, true)?);
         }
-        activation(&fwd(self, x)?, act)
+        activation(&gn(x, shift, w, b, g, eps, false)?, act)
     }
 }
 

@@ -58,13 +58,11 @@ impl ResnetBlock2D {
         let act = self.s.act;
         let h = self.norm1.forward_act(x, act)?;
         let h = fwd(&self.conv1, &h)?;
-        let t = fwd(&self.time_emb_proj, temb_act)?
-            .unsqueeze(2)?
-            .unsqueeze(3)?;
+        let t = fwd(&self.time_emb_proj, temb_act)?;
         let h = match self.s.time_scale_shift {
-            TimeScaleShift::Default => self.norm2.forward_act(&h.broadcast_add(&t)?, act)?,
+            TimeScaleShift::Default => self.norm2.shifted_act(&h, Some(&t), act)?,
             TimeScaleShift::ScaleShift => {
-                let c = t.dim(1)? / 2;
+                let (t, c) = (t.unsqueeze(2)?.unsqueeze(3)?, t.dim(1)? / 2);
                 let (scale, shift) = (t.narrow(1, 0, c)?, t.narrow(1, c, c)?);
                 let h = fwd(&self.norm2, &h)?
                     .broadcast_mul(&(scale + 1.0)?)?
