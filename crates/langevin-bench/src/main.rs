@@ -176,6 +176,7 @@ fn run(a: Args) -> Result<()> {
     // Before any pool exists: rayon's global pool (ours, candle's, gemm's) and candle's own
     // thread count both follow RAYON_NUM_THREADS.
     std::env::set_var("RAYON_NUM_THREADS", a.threads.to_string());
+    langevin::kernels::tune_allocator();
     rayon::ThreadPoolBuilder::new()
         .num_threads(a.threads)
         .build_global()?;

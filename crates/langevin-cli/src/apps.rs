@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use clap::Args as ClapArgs;
-use langevin::apps::{img2img::img2img, inpaint::inpaint};
+use langevin::apps::img2img::img2img;
+use langevin::apps::inpaint::{inpaint, Resample};
 use langevin::data::images::pixels::{composite_on_white, push_planar};
 use langevin::data::images::Channels;
 use langevin::denoiser::{Cond, Denoiser, Guided};
@@ -25,6 +26,18 @@ pub struct InpaintArgs {
     pub mask: PathBuf,
     #[command(flatten)]
     pub sampler: SamplerArgs,
+    /// RePaint: passes through every stretch of `--jump` steps (1 = projection only; RePaint
+    /// used 10). Multiplies the network evaluations by about this much.
+    #[arg(long, default_value_t = 1)]
+    pub resample: usize,
+    /// RePaint: length of the stretch that is re-noised and denoised again.
+    #[arg(long, default_value_t = 10)]
+    pub jump: usize,
+    /// Condition on this class (class-conditional models), with --guidance.
+    #[arg(long)]
+    pub class: Option<u32>,
+    #[arg(long, default_value_t = 1.0)]
+    pub guidance: f64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Output PNG.
@@ -91,6 +104,38 @@ fn image_shape(run: &Run) -> Result<Vec<usize>> {
     Ok(shape)
 }
 
+/// The run's denoiser for `--class` / `--guidance`: the class label in `cond`, and the
+/// classifier-free guided wrapper (in `guided`) when the scale is not 1. Class-conditional
+/// models without `--class` sample with the null label.
+fn guided_denoiser<'a>(
+    run: &'a Run,
+    class: Option<u32>,
+    guidance: f64,
+    cond: &mut Cond,
+    guided: &'a mut Option<Guided<'a>>,
+) -> Result<&'a dyn Denoiser> {
+    *cond = match class {
+        Some(k) => Cond {
+            labels: Some(Tensor::new(&[k], &Device::Cpu)?),
+        },
+        None if guidance != 1.0 => bail!("--guidance needs --class"),
+        None => match null_label(run) {
+            Ok(null) => Cond {
+                labels: Some(Tensor::new(&[null], &Device::Cpu)?),
+            },
+            Err(_) => Cond::default(),
+        },
+    };
+    if guidance == 1.0 {
+        return Ok(&run.denoiser);
+    }
+    Ok(guided.insert(Guided {
+        inner: &run.denoiser,
+        null_label: null_label(run)?,
+        scale: guidance,
+    }))
+}
+
 pub fn run_inpaint(a: InpaintArgs) -> Result<()> {
     let run = Run::load(&a.model, &Device::Cpu)?;
     let shape = image_shape(&run)?;
@@ -98,15 +143,22 @@ pub fn run_inpaint(a: InpaintArgs) -> Result<()> {
     let m = read_image(&a.mask, &shape).with_context(|| "the mask must have the image's size")?;
     // White (> 0 in [-1, 1]) marks the region to fill: keep = 1 where the mask is dark.
     let keep = m.le(0.0)?.to_dtype(candle_core::DType::F32)?;
+    let (mut cond, mut guided) = (Cond::default(), None);
+    let den = guided_denoiser(&run, a.class, a.guidance, &mut cond, &mut guided)?;
+    let resample = Resample {
+        jump: a.jump,
+        count: a.resample,
+    };
     let out = inpaint(
-        &run.denoiser,
-        &Cond::default(),
+        den,
+        &cond,
         a.sampler.kind()?,
         &a.sampler.options(),
         &a.sampler.sigmas(&run)?,
         &x,
         &keep,
         a.seed,
+        resample,
     )?;
     write_images(&out, Some(&a.out), None, None)
 }
@@ -115,24 +167,8 @@ pub fn run_img2img(a: Img2ImgArgs) -> Result<()> {
     let run = Run::load(&a.model, &Device::Cpu)?;
     let shape = image_shape(&run)?;
     let x = read_image(&a.image, &shape)?;
-    let cond = match a.class {
-        Some(k) => Cond {
-            labels: Some(Tensor::new(&[k], &Device::Cpu)?),
-        },
-        None if a.guidance != 1.0 => bail!("--guidance needs --class"),
-        None => Cond::default(),
-    };
-    let guided;
-    let den: &dyn Denoiser = if a.guidance != 1.0 {
-        guided = Guided {
-            inner: &run.denoiser,
-            null_label: null_label(&run)?,
-            scale: a.guidance,
-        };
-        &guided
-    } else {
-        &run.denoiser
-    };
+    let (mut cond, mut guided) = (Cond::default(), None);
+    let den = guided_denoiser(&run, a.class, a.guidance, &mut cond, &mut guided)?;
     let out = img2img(
         den,
         &cond,

@@ -45,6 +45,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    langevin::kernels::tune_allocator();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(a) => demo::run(a),

@@ -2,12 +2,54 @@
 //! of RePaint's baseline): after every sampler step to σ_next, the known region is replaced by a
 //! fresh draw of q(x_σ | x0) = x0 + σ_next·z, so the model only ever fills the unknown region and
 //! the final sample (σ = 0) holds the given values exactly where they are known.
+//!
+//! With [`Resample`], RePaint (Lugmayr et al. 2022, "RePaint: Inpainting using Denoising
+//! Diffusion Probabilistic Models", §4.2): every `jump` steps the sample is noised back `jump`
+//! steps (x_σ' = x_σ + √(σ'² − σ²)·z) and denoised again, `count` passes in all, so the filled
+//! region has time to agree with the known one.
 use candle_core::Tensor;
 
 use crate::denoiser::{Cond, Denoiser};
 use crate::rng::NoiseSource;
 use crate::sampler::{initial_noise, Ctx, SamplerKind, SamplerOptions, StepInfo};
 use crate::{Error, Result};
+
+/// RePaint's resampling: after every `jump` sampler steps go back `jump` steps, `count` passes
+/// through each stretch in all (`count = 1`: plain projection). RePaint used jump 10, count 10.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resample {
+    pub jump: usize,
+    pub count: usize,
+}
+
+impl Resample {
+    /// No resampling.
+    pub const NONE: Self = Self { jump: 1, count: 1 };
+}
+
+/// The walk over σ indices 0..=n as segments (from, to): from < to denoises, from > to
+/// re-noises.
+pub fn repaint_path(n: usize, r: Resample) -> Vec<(usize, usize)> {
+    if r.count <= 1 || r.jump == 0 || r.jump >= n {
+        return vec![(0, n)];
+    }
+    let mut left = vec![0; n + 1];
+    for c in (r.jump..n).step_by(r.jump) {
+        left[c] = r.count - 1;
+    }
+    let (mut i, mut path) = (0, vec![]);
+    while i < n {
+        let next = ((i / r.jump + 1) * r.jump).min(n);
+        path.push((i, next));
+        i = next;
+        if i < n && left[i] > 0 {
+            left[i] -= 1;
+            path.push((i, i - r.jump));
+            i -= r.jump;
+        }
+    }
+    path
+}
 
 /// Fill the region where `keep` is 0, keeping `known` where `keep` is 1.
 ///
@@ -23,11 +65,18 @@ pub fn inpaint(
     known: &Tensor,
     keep: &Tensor,
     seed: u64,
+    resample: Resample,
 ) -> Result<Tensor> {
     if known.dims() != keep.dims() {
         return Err(Error::config(
             "mask",
             format!("has shape {:?}, the image {:?}", keep.dims(), known.dims()),
+        ));
+    }
+    if resample.jump == 0 || resample.count == 0 {
+        return Err(Error::config(
+            "resample",
+            format!("jump and count must be ≥ 1, got {resample:?}"),
         ));
     }
     let b = known.dim(0)?;
@@ -40,13 +89,24 @@ pub fn inpaint(
         let noisy = (known + (pn.randn_like(known)? * sigma)?)?;
         Ok(((noisy * keep)? + (x * &drop)?)?)
     };
-    let x = project(&x, sigmas[0], &mut proj_noise)?;
-    let mut cb = |s: &StepInfo| -> Result<Option<Tensor>> {
-        Ok(Some(project(s.x, s.sigma_next, &mut proj_noise)?))
-    };
-    let mut ctx = Ctx::new(model, cond, &mut noise, opts);
-    ctx.callback = Some(&mut cb);
-    kind.function()(&mut ctx, x, sigmas)
+    let mut x = project(&x, sigmas[0], &mut proj_noise)?;
+    // A third family for RePaint's re-noising.
+    let mut back_noise = NoiseSource::consecutive(seed.wrapping_add(2 << 40), b);
+    for (from, to) in repaint_path(sigmas.len() - 1, resample) {
+        if from < to {
+            let mut cb = |s: &StepInfo| -> Result<Option<Tensor>> {
+                Ok(Some(project(s.x, s.sigma_next, &mut proj_noise)?))
+            };
+            let mut ctx = Ctx::new(model, cond, &mut noise, opts);
+            ctx.callback = Some(&mut cb);
+            x = kind.function()(&mut ctx, x, &sigmas[from..=to])?;
+        } else {
+            let s = (sigmas[to].powi(2) - sigmas[from].powi(2)).sqrt();
+            x = (&x + (back_noise.randn_like(&x)? * s)?)?;
+            x = project(&x, sigmas[to], &mut proj_noise)?;
+        }
+    }
+    Ok(x)
 }
 
 #[cfg(test)]
@@ -73,7 +133,14 @@ mod tests {
         .unwrap();
         let keep = Tensor::from_vec([1f32, 0.0, 1.0, 0.0].repeat(n), (n, 4), &Device::Cpu).unwrap();
         let sig = sigmas::karras(50, 0.002, 80.0, 7.0).unwrap();
-        for kind in [SamplerKind::Heun, SamplerKind::EulerA, SamplerKind::Dpmpp2m] {
+        let repaint = Resample { jump: 5, count: 3 };
+        for (kind, resample) in [
+            (SamplerKind::Heun, Resample::NONE),
+            (SamplerKind::EulerA, Resample::NONE),
+            (SamplerKind::Dpmpp2m, Resample::NONE),
+            (SamplerKind::Heun, repaint),
+            (SamplerKind::Ddpm, repaint),
+        ] {
             let out = inpaint(
                 &den,
                 &Cond::default(),
@@ -83,23 +150,57 @@ mod tests {
                 &known,
                 &keep,
                 0,
+                resample,
             )
             .unwrap();
             let o: Vec<Vec<f32>> = out.to_vec2().unwrap();
             let k: Vec<Vec<f32>> = known.to_vec2().unwrap();
             for (r, kr) in o.iter().zip(&k) {
-                assert_eq!((r[0], r[2]), (kr[0], kr[2]), "{kind}: known pixels changed");
+                assert_eq!(
+                    (r[0], r[2]),
+                    (kr[0], kr[2]),
+                    "{kind} {resample:?}: known pixels changed"
+                );
             }
             let col: Vec<f64> = o.iter().map(|r| r[1] as f64).collect();
             let m = col.iter().sum::<f64>() / n as f64;
             let v = col.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1) as f64;
-            assert!((m - 1.0).abs() < 0.04, "{kind}: mean {m}");
+            assert!((m - 1.0).abs() < 0.04, "{kind} {resample:?}: mean {m}");
             // Ancestral steps lose variance at 50 coarse steps (see sampler tests); only the
             // ODE solvers are held to the variance here.
-            if kind != SamplerKind::EulerA {
-                assert!((v / 0.25 - 1.0).abs() < 0.12, "{kind}: variance {v}");
+            if !matches!(kind, SamplerKind::EulerA | SamplerKind::Ddpm) {
+                assert!(
+                    (v / 0.25 - 1.0).abs() < 0.12,
+                    "{kind} {resample:?}: variance {v}"
+                );
             }
         }
+    }
+
+    #[test]
+    fn repaint_path_visits_each_stretch_count_times_and_ends_at_zero() {
+        assert_eq!(repaint_path(10, Resample::NONE), vec![(0, 10)]);
+        let p = repaint_path(10, Resample { jump: 3, count: 2 });
+        assert_eq!(
+            p,
+            vec![
+                (0, 3),
+                (3, 0),
+                (0, 3),
+                (3, 6),
+                (6, 3),
+                (3, 6),
+                (6, 9),
+                (9, 6),
+                (6, 9),
+                (9, 10)
+            ]
+        );
+        // Denoising steps: each of the three full stretches twice, the last one once.
+        let p = repaint_path(50, Resample { jump: 10, count: 4 });
+        let steps: usize = p.iter().filter(|(a, b)| a < b).map(|(a, b)| b - a).sum();
+        assert_eq!(steps, 40 * 4 + 10);
+        assert_eq!(p.last().unwrap().1, 50);
     }
 
     #[test]
@@ -120,6 +221,7 @@ mod tests {
             &known,
             &keep,
             0,
+            Resample::NONE,
         )
         .unwrap_err();
         assert!(e.to_string().contains("mask"), "{e}");
