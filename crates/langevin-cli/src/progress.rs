@@ -1,8 +1,16 @@
-//! indicatif progress bars, hidden when stderr is not a terminal.
-use indicatif::{ProgressBar, ProgressStyle};
+//! indicatif progress bars; when stderr is not a terminal (a log file, CI), one plain line at
+//! most every 30 s instead.
+use std::io::{self, IsTerminal, Write};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle, TermLike};
 
 pub fn bar(len: u64, what: &str) -> ProgressBar {
     let pb = ProgressBar::new(len);
+    if !io::stderr().is_terminal() {
+        pb.set_draw_target(ProgressDrawTarget::term_like(Box::new(LogLines::default())));
+    }
     pb.set_style(
         ProgressStyle::with_template(
             "{prefix:>10} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta} {msg}",
@@ -12,4 +20,45 @@ pub fn bar(len: u64, what: &str) -> ProgressBar {
     );
     pb.set_prefix(what.to_string());
     pb
+}
+
+/// A "terminal" that writes the bar as a new stderr line, at most every 30 s.
+#[derive(Debug, Default)]
+struct LogLines {
+    last: Mutex<Option<Instant>>,
+}
+
+impl TermLike for LogLines {
+    fn width(&self) -> u16 {
+        100
+    }
+    fn move_cursor_up(&self, _: usize) -> io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_down(&self, _: usize) -> io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_right(&self, _: usize) -> io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_left(&self, _: usize) -> io::Result<()> {
+        Ok(())
+    }
+    fn write_line(&self, s: &str) -> io::Result<()> {
+        self.write_str(s)
+    }
+    fn write_str(&self, s: &str) -> io::Result<()> {
+        let mut last = self.last.lock().unwrap();
+        if s.trim().is_empty() || last.is_some_and(|t| t.elapsed() < Duration::from_secs(30)) {
+            return Ok(());
+        }
+        *last = Some(Instant::now());
+        writeln!(io::stderr(), "{}", s.trim_end())
+    }
+    fn clear_line(&self) -> io::Result<()> {
+        Ok(())
+    }
+    fn flush(&self) -> io::Result<()> {
+        io::stderr().flush()
+    }
 }

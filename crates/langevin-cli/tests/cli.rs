@@ -514,8 +514,9 @@ fn inpaint_keeps_unmasked_pixels_and_img2img_strength_zero_returns_the_input() {
         8,
         |x, _| if x >= 4 { 255 } else { 0 },
     );
-    ok(&langevin(
-        &[
+    // Projection alone, and RePaint (two passes through every stretch of two steps).
+    for extra in [&[][..], &["--resample", "2", "--jump", "2"][..]] {
+        let mut args = vec![
             "inpaint",
             "--model",
             "run",
@@ -529,18 +530,19 @@ fn inpaint_keeps_unmasked_pixels_and_img2img_strength_zero_returns_the_input() {
             "5",
             "--out",
             "out.png",
-        ],
-        &d,
-    ));
-    let out = image::open(d.join("out.png")).unwrap().to_luma8();
-    // The grid writer pads by 2 px; the single image sits at (2, 2).
-    for y in 0..8 {
-        for x in 0..4 {
-            assert_eq!(
-                out.get_pixel(x + 2, y + 2).0[0],
-                (x * 30 + y * 3) as u8,
-                "pixel ({x}, {y}) changed"
-            );
+        ];
+        args.extend_from_slice(extra);
+        ok(&langevin(&args, &d));
+        let out = image::open(d.join("out.png")).unwrap().to_luma8();
+        // The grid writer pads by 2 px; the single image sits at (2, 2).
+        for y in 0..8 {
+            for x in 0..4 {
+                assert_eq!(
+                    out.get_pixel(x + 2, y + 2).0[0],
+                    (x * 30 + y * 3) as u8,
+                    "{extra:?}: pixel ({x}, {y}) changed"
+                );
+            }
         }
     }
     grey_png(&d.join("small.png"), 4, 4, |_, _| 0);
