@@ -1,6 +1,7 @@
 //! The `langevin` command line: a thin layer over the library. Errors print as one line and
 //! exit with code 2.
 mod apps;
+mod augment;
 mod common;
 mod demo;
 mod eval;
@@ -38,6 +39,8 @@ enum Command {
     Inpaint(apps::InpaintArgs),
     /// Image-to-image / style transfer (SDEdit): noise the input to --strength and denoise.
     Img2img(apps::Img2ImgArgs),
+    /// Write N labelled synthetic samples (class folders of PNGs, or CSV rows), resumably.
+    Augment(augment::Args),
     /// Score samplers against held-out data (SWD, MMD² and their noise floor) over NFE budgets.
     Eval(eval::Args),
     /// Print or plot a noise schedule (β, ᾱ, σ, log-SNR).
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
         Command::Schedule(a) => schedule::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Inpaint(a) => apps::run_inpaint(a),
+        Command::Augment(a) => augment::run(a),
         Command::Img2img(a) => apps::run_img2img(a),
     };
     match result {

@@ -1,5 +1,5 @@
-//! indicatif progress bars; when stderr is not a terminal (a log file, CI), one plain line at
-//! most every 30 s instead.
+//! indicatif progress bars; when stderr is not a terminal (a log file, CI), one plain line
+//! every 30 s instead (none for work that ends sooner).
 use std::io::{self, IsTerminal, Write};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -9,7 +9,10 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle, TermLike};
 pub fn bar(len: u64, what: &str) -> ProgressBar {
     let pb = ProgressBar::new(len);
     if !io::stderr().is_terminal() {
-        pb.set_draw_target(ProgressDrawTarget::term_like(Box::new(LogLines::default())));
+        let lines = LogLines {
+            last: Mutex::new(Instant::now()),
+        };
+        pb.set_draw_target(ProgressDrawTarget::term_like(Box::new(lines)));
     }
     pb.set_style(
         ProgressStyle::with_template(
@@ -22,10 +25,10 @@ pub fn bar(len: u64, what: &str) -> ProgressBar {
     pb
 }
 
-/// A "terminal" that writes the bar as a new stderr line, at most every 30 s.
-#[derive(Debug, Default)]
+/// A "terminal" that writes the bar as a new stderr line every 30 s.
+#[derive(Debug)]
 struct LogLines {
-    last: Mutex<Option<Instant>>,
+    last: Mutex<Instant>,
 }
 
 impl TermLike for LogLines {
@@ -49,10 +52,10 @@ impl TermLike for LogLines {
     }
     fn write_str(&self, s: &str) -> io::Result<()> {
         let mut last = self.last.lock().unwrap();
-        if s.trim().is_empty() || last.is_some_and(|t| t.elapsed() < Duration::from_secs(30)) {
+        if s.trim().is_empty() || last.elapsed() < Duration::from_secs(30) {
             return Ok(());
         }
-        *last = Some(Instant::now());
+        *last = Instant::now();
         writeln!(io::stderr(), "{}", s.trim_end())
     }
     fn clear_line(&self) -> io::Result<()> {

@@ -140,17 +140,32 @@ fn quote(name: &str) -> String {
     }
 }
 
+/// The header line (no newline) for `columns`, quoted where needed; for streaming writers.
+pub fn header_line(columns: &[String]) -> String {
+    columns
+        .iter()
+        .map(|c| quote(c))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// One data line (no newline), values in Rust's shortest round-trip form.
+pub fn row_line(row: &[f64]) -> String {
+    row.iter()
+        .map(|v| v.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Write `t` as CSV with a header row of its column names, atomically. Values are written in
 /// Rust's shortest round-trip form, so [`load_csv`] reads back exactly the same numbers.
 pub fn save_csv(path: impl AsRef<Path>, t: &Table) -> Result<()> {
     let path = path.as_ref();
     let io = |e| Error::io(path, e);
     write_atomic(path, |w: &mut dyn Write| {
-        let header: Vec<String> = t.columns.iter().map(|c| quote(c)).collect();
-        writeln!(w, "{}", header.join(",")).map_err(io)?;
+        writeln!(w, "{}", header_line(&t.columns)).map_err(io)?;
         for row in t.data.chunks_exact(t.cols) {
-            let line: Vec<String> = row.iter().map(|v| v.to_string()).collect();
-            writeln!(w, "{}", line.join(",")).map_err(io)?;
+            writeln!(w, "{}", row_line(row)).map_err(io)?;
         }
         Ok(())
     })
