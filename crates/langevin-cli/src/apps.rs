@@ -6,6 +6,7 @@ use candle_core::{Device, Tensor};
 use clap::Args as ClapArgs;
 use langevin::apps::img2img::img2img;
 use langevin::apps::inpaint::{inpaint, Resample};
+use langevin::apps::superres::ilvr_upscale;
 use langevin::data::images::pixels::{composite_on_white, push_planar};
 use langevin::data::images::Channels;
 use langevin::denoiser::{Cond, Denoiser, Guided};
@@ -46,6 +47,30 @@ pub struct InpaintArgs {
 }
 
 #[derive(ClapArgs)]
+pub struct UpscaleArgs {
+    /// Image model run directory.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// The low-resolution image; the scale is the model's size over the image's.
+    #[arg(long)]
+    pub image: PathBuf,
+    /// Use an unconditional model, keeping the output's low frequencies equal to the input's
+    /// at every step (ILVR).
+    #[arg(long)]
+    pub zero_shot: bool,
+    #[command(flatten)]
+    pub sampler: SamplerArgs,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Output PNG.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Also write the output [1, C, H, W] in [-1, 1] as .npy.
+    #[arg(long)]
+    pub npy: Option<PathBuf>,
+}
+
+#[derive(ClapArgs)]
 pub struct Img2ImgArgs {
     /// Image model run directory.
     #[arg(long)]
@@ -70,19 +95,11 @@ pub struct Img2ImgArgs {
     pub out: PathBuf,
 }
 
-/// Read `path` as [1, C, H, W] in [-1, 1], checking it against the model's image shape.
-fn read_image(path: &Path, shape: &[usize]) -> Result<Tensor> {
-    let (c, h, w) = (shape[0], shape[1], shape[2]);
+/// Read `path` as [1, C, h, w] in [-1, 1] (grey for C = 1, RGB for C = 3), any size.
+fn read_any_image(path: &Path, c: usize) -> Result<Tensor> {
     let img =
         image::open(path).with_context(|| format!("{}: cannot read the image", path.display()))?;
-    if (img.height() as usize, img.width() as usize) != (h, w) {
-        bail!(
-            "{}: image is {}×{}, the model takes {h}×{w}",
-            path.display(),
-            img.height(),
-            img.width()
-        );
-    }
+    let (h, w) = (img.height() as usize, img.width() as usize);
     let mut v = vec![];
     push_planar(
         &composite_on_white(&img),
@@ -94,6 +111,20 @@ fn read_image(path: &Path, shape: &[usize]) -> Result<Tensor> {
         &mut v,
     );
     Ok(Tensor::from_vec(v, (1, c, h, w), &Device::Cpu)?)
+}
+
+/// Read `path` as [1, C, H, W] in [-1, 1], checking it against the model's image shape.
+fn read_image(path: &Path, shape: &[usize]) -> Result<Tensor> {
+    let (c, h, w) = (shape[0], shape[1], shape[2]);
+    let x = read_any_image(path, c)?;
+    let (_, _, ih, iw) = x.dims4()?;
+    if (ih, iw) != (h, w) {
+        bail!(
+            "{}: image is {ih}×{iw}, the model takes {h}×{w}",
+            path.display()
+        );
+    }
+    Ok(x)
 }
 
 fn image_shape(run: &Run) -> Result<Vec<usize>> {
@@ -161,6 +192,39 @@ pub fn run_inpaint(a: InpaintArgs) -> Result<()> {
         resample,
     )?;
     write_images(&out, Some(&a.out), None, None)
+}
+
+pub fn run_upscale(a: UpscaleArgs) -> Result<()> {
+    let run = Run::load(&a.model, &Device::Cpu)?;
+    let shape = image_shape(&run)?;
+    if !a.zero_shot {
+        bail!(
+            "{}: conditional super-resolution models (SR3) are not supported yet; pass --zero-shot to upscale with this unconditional model",
+            run.dir.display()
+        );
+    }
+    let low = read_any_image(&a.image, shape[0])?;
+    let (_, _, h, w) = low.dims4()?;
+    let (mh, mw) = (shape[1], shape[2]);
+    if h == 0 || w == 0 || mh % h != 0 || mw % w != 0 || mh / h != mw / w || mh / h < 2 {
+        bail!(
+            "{}: a {h}×{w} image does not upscale to the model's {mh}×{mw} by one integer factor ≥ 2",
+            a.image.display()
+        );
+    }
+    let (mut cond, mut guided) = (Cond::default(), None);
+    let den = guided_denoiser(&run, None, 1.0, &mut cond, &mut guided)?;
+    let out = ilvr_upscale(
+        den,
+        &cond,
+        a.sampler.kind()?,
+        &a.sampler.options(),
+        &a.sampler.sigmas(&run)?,
+        &low,
+        mh / h,
+        a.seed,
+    )?;
+    write_images(&out, Some(&a.out), None, a.npy.as_deref())
 }
 
 pub fn run_img2img(a: Img2ImgArgs) -> Result<()> {

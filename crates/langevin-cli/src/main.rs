@@ -39,6 +39,9 @@ enum Command {
     Inpaint(apps::InpaintArgs),
     /// Image-to-image / style transfer (SDEdit): noise the input to --strength and denoise.
     Img2img(apps::Img2ImgArgs),
+    /// Super-resolution: upscale a low-resolution image (--zero-shot: ILVR with an
+    /// unconditional model).
+    Upscale(apps::UpscaleArgs),
     /// Write N labelled synthetic samples (class folders of PNGs, or CSV rows), resumably.
     Augment(augment::Args),
     /// Score samplers against held-out data (SWD, MMD² and their noise floor) over NFE budgets.
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
         Command::Eval(a) => eval::run(a),
         Command::Inpaint(a) => apps::run_inpaint(a),
         Command::Augment(a) => augment::run(a),
+        Command::Upscale(a) => apps::run_upscale(a),
         Command::Img2img(a) => apps::run_img2img(a),
     };
     match result {

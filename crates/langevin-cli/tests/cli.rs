@@ -1,5 +1,5 @@
 //! End-to-end tests of the `langevin` binary: a temp dir per test and a command helper.
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 mod common;
 use common::{fails_with, langevin, ok, tmp};
@@ -504,6 +504,69 @@ fn inpaint_keeps_unmasked_pixels_and_img2img_strength_zero_returns_the_input() {
             }
         }
     }
+    // Zero-shot super-resolution: a 4×4 input, the 8×8 model; the output box-downsamples to
+    // the input (in floats, before 8-bit rounding; 1e-4 allows for f32 cancellation).
+    grey_png(&d.join("low.png"), 4, 4, |x, y| (x * 60 + y * 20) as u8);
+    ok(&langevin(
+        &[
+            "upscale",
+            "--model",
+            "run",
+            "--image",
+            "low.png",
+            "--zero-shot",
+            "--sampler",
+            "heun",
+            "--steps",
+            "4",
+            "--out",
+            "up.png",
+            "--npy",
+            "up.npy",
+        ],
+        &d,
+    ));
+    let (shape, up) = langevin::data::npy::load_npy_f32(&d.join("up.npy")).unwrap();
+    assert_eq!(shape, vec![1, 1, 8, 8]);
+    for y in 0..4 {
+        for x in 0..4 {
+            let block: f32 = (0..4)
+                .map(|k| up[(2 * y + k / 2) * 8 + 2 * x + k % 2])
+                .sum::<f32>()
+                / 4.0;
+            let want = (x * 60 + y * 20) as f32 / 127.5 - 1.0;
+            assert!(
+                (block - want).abs() < 1e-5,
+                "block ({x}, {y}): {block} vs {want}"
+            );
+        }
+    }
+    fails_with(
+        &langevin(
+            &[
+                "upscale", "--model", "run", "--image", "low.png", "--out", "u.png",
+            ],
+            &d,
+        ),
+        &["--zero-shot"],
+    );
+    grey_png(&d.join("odd.png"), 3, 3, |_, _| 0);
+    fails_with(
+        &langevin(
+            &[
+                "upscale",
+                "--model",
+                "run",
+                "--image",
+                "odd.png",
+                "--zero-shot",
+                "--out",
+                "u.png",
+            ],
+            &d,
+        ),
+        &["odd.png", "3×3", "integer factor"],
+    );
     grey_png(&d.join("small.png"), 4, 4, |_, _| 0);
     fails_with(
         &langevin(
