@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use clap::Args as ClapArgs;
 use langevin::data::csv::{header_line, row_line};
+use langevin::data::images::class_dir_name;
 use langevin::data::Table;
 use langevin::denoiser::{Cond, Denoiser, Guided};
 use langevin::io::atomic::write_atomic_bytes;
@@ -189,7 +190,9 @@ fn images(run: &Run, a: &Args) -> Result<()> {
     let label = |i: usize| if a.per_class { i / a.n } else { i % k };
     let path = |i: usize| {
         if conditional {
-            a.out.join(&names[label(i)]).join(format!("{i:06}.png"))
+            a.out
+                .join(class_dir_name(&names[label(i)]))
+                .join(format!("{i:06}.png"))
         } else {
             a.out.join(format!("{i:06}.png"))
         }
@@ -198,7 +201,7 @@ fn images(run: &Run, a: &Args) -> Result<()> {
     check_manifest(&a.out.join("augment.json"), a)?;
     if conditional {
         for n in names {
-            fs::create_dir_all(a.out.join(n))?;
+            fs::create_dir_all(a.out.join(class_dir_name(n)))?;
         }
     }
     // Files are written atomically, so an existing one is complete.

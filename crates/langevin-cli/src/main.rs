@@ -2,6 +2,7 @@
 //! exit with code 2.
 mod apps;
 mod augment;
+mod augment_eval;
 mod common;
 mod demo;
 mod eval;
@@ -44,6 +45,9 @@ enum Command {
     Upscale(apps::UpscaleArgs),
     /// Write N labelled synthetic samples (class folders of PNGs, or CSV rows), resumably.
     Augment(augment::Args),
+    /// Train a small classifier on a few real Fashion-MNIST images per class, with and without
+    /// synthetic ones, and report both test accuracies.
+    AugmentEval(augment_eval::Args),
     /// Score samplers against held-out data (SWD, MMD² and their noise floor) over NFE budgets.
     Eval(eval::Args),
     /// Print or plot a noise schedule (β, ᾱ, σ, log-SNR).
@@ -61,6 +65,7 @@ fn main() -> ExitCode {
         Command::Eval(a) => eval::run(a),
         Command::Inpaint(a) => apps::run_inpaint(a),
         Command::Augment(a) => augment::run(a),
+        Command::AugmentEval(a) => augment_eval::run(a),
         Command::Upscale(a) => apps::run_upscale(a),
         Command::Img2img(a) => apps::run_img2img(a),
     };

@@ -325,3 +325,9 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+/// The folder name for class `name` in a class-subfolder layout: path separators become `-`
+/// (Fashion-MNIST's "T-shirt/top" → "T-shirt-top").
+pub fn class_dir_name(name: &str) -> String {
+    name.replace(['/', '\\'], "-")
+}

@@ -21,7 +21,7 @@ pub mod set;
 pub use augment::{hflip, random_hflip};
 pub use digits::load_digits;
 pub use emoji::load_emoji;
-pub use folder::{load_folder, LoadOptions, OnError, IMAGE_EXTENSIONS};
+pub use folder::{class_dir_name, load_folder, LoadOptions, OnError, IMAGE_EXTENSIONS};
 pub use idx::{
     load_fashion_mnist, read_idx, IdxArray, Split, FASHION_MNIST_CLASSES, FASHION_MNIST_DIR,
 };
