@@ -127,6 +127,19 @@ fn read_image(path: &Path, shape: &[usize]) -> Result<Tensor> {
     Ok(x)
 }
 
+/// Write one image [1, C, H, W] in [-1, 1] as a plain PNG (no grid border), and optionally
+/// as .npy.
+fn write_single(x: &Tensor, out: &Path, npy: Option<&Path>) -> Result<()> {
+    let (_, c, h, w) = x.dims4()?;
+    let v: Vec<f32> = x.flatten_all()?.to_vec1()?;
+    langevin::data::images::save_png(out, &v, c, h, w)?;
+    println!("wrote {}", out.display());
+    if let Some(p) = npy {
+        write_images(x, None, None, Some(p))?;
+    }
+    Ok(())
+}
+
 fn image_shape(run: &Run) -> Result<Vec<usize>> {
     let shape = run.config.sample_shape()?;
     if shape.len() != 3 {
@@ -191,7 +204,7 @@ pub fn run_inpaint(a: InpaintArgs) -> Result<()> {
         a.seed,
         resample,
     )?;
-    write_images(&out, Some(&a.out), None, None)
+    write_single(&out, &a.out, None)
 }
 
 pub fn run_upscale(a: UpscaleArgs) -> Result<()> {
@@ -224,7 +237,7 @@ pub fn run_upscale(a: UpscaleArgs) -> Result<()> {
         mh / h,
         a.seed,
     )?;
-    write_images(&out, Some(&a.out), None, a.npy.as_deref())
+    write_single(&out, &a.out, a.npy.as_deref())
 }
 
 pub fn run_img2img(a: Img2ImgArgs) -> Result<()> {
@@ -243,5 +256,5 @@ pub fn run_img2img(a: Img2ImgArgs) -> Result<()> {
         a.strength,
         a.seed,
     )?;
-    write_images(&out, Some(&a.out), None, None)
+    write_single(&out, &a.out, None)
 }
