@@ -1,0 +1,31 @@
+//! The benchmark harness runs end to end on tiny shapes (no PyTorch): every workload gets a
+//! table row with a positive time, and the kernel table reports a matmul rate.
+use std::process::Command;
+
+#[test]
+fn quick_run_prints_every_table_row() {
+    let out = Command::new(env!("CARGO_BIN_EXE_langevin-bench"))
+        .args(["--quick", "--no-torch", "--threads", "1"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("PyTorch reference skipped (--no-torch)"), "{text}");
+    for row in [
+        "resblocks forward b4",
+        "resblocks train step b4",
+        "unet-small forward b1",
+        "unet-small train step b2",
+        "mlp forward b64",
+        "mlp train step b64",
+        "matmul 1024³",
+        "conv3×3 forward",
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("| {row}")))
+            .unwrap_or_else(|| panic!("no row '{row}' in\n{text}"));
+        let ms: f64 = line.split('|').nth(2).unwrap().trim().parse().unwrap();
+        assert!(ms > 0.0, "{line}");
+    }
+}
