@@ -9,8 +9,15 @@ fn quick_run_prints_every_table_row() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("PyTorch reference skipped (--no-torch)"), "{text}");
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("PyTorch reference skipped (--no-torch)"),
+        "{text}"
+    );
     for row in [
         "resblocks forward b4",
         "resblocks train step b4",

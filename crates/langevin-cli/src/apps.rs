@@ -12,7 +12,7 @@ use langevin::data::images::Channels;
 use langevin::denoiser::{Cond, Denoiser, Guided};
 use langevin::model::Run;
 
-use crate::sample::{null_label, write_images, SamplerArgs};
+use crate::sample::{draw_with, null_label, write_images, SamplerArgs};
 
 #[derive(ClapArgs)]
 pub struct InpaintArgs {
@@ -55,7 +55,7 @@ pub struct UpscaleArgs {
     #[arg(long)]
     pub image: PathBuf,
     /// Use an unconditional model, keeping the output's low frequencies equal to the input's
-    /// at every step (ILVR).
+    /// at every step (ILVR). Without it the model must be an SR3 model (train --superres F).
     #[arg(long)]
     pub zero_shot: bool,
     #[command(flatten)]
@@ -161,11 +161,13 @@ fn guided_denoiser<'a>(
     *cond = match class {
         Some(k) => Cond {
             labels: Some(Tensor::new(&[k], &Device::Cpu)?),
+            image: None,
         },
         None if guidance != 1.0 => bail!("--guidance needs --class"),
         None => match null_label(run) {
             Ok(null) => Cond {
                 labels: Some(Tensor::new(&[null], &Device::Cpu)?),
+                image: None,
             },
             Err(_) => Cond::default(),
         },
@@ -210,12 +212,6 @@ pub fn run_inpaint(a: InpaintArgs) -> Result<()> {
 pub fn run_upscale(a: UpscaleArgs) -> Result<()> {
     let run = Run::load(&a.model, &Device::Cpu)?;
     let shape = image_shape(&run)?;
-    if !a.zero_shot {
-        bail!(
-            "{}: conditional super-resolution models (SR3) are not supported yet; pass --zero-shot to upscale with this unconditional model",
-            run.dir.display()
-        );
-    }
     let low = read_any_image(&a.image, shape[0])?;
     let (_, _, h, w) = low.dims4()?;
     let (mh, mw) = (shape[1], shape[2]);
@@ -227,6 +223,39 @@ pub fn run_upscale(a: UpscaleArgs) -> Result<()> {
     }
     let (mut cond, mut guided) = (Cond::default(), None);
     let den = guided_denoiser(&run, None, 1.0, &mut cond, &mut guided)?;
+    match (run.config.data.superres_scale, a.zero_shot) {
+        (Some(f), false) => {
+            if f != mh / h {
+                bail!(
+                    "{}: the model upscales by {f} ({}×{} → {mh}×{mw}); the image is {h}×{w}",
+                    a.image.display(),
+                    mh / f,
+                    mw / f
+                );
+            }
+            cond.image = Some(langevin::apps::superres::upsample(&low, f)?);
+            let (out, _) = draw_with(
+                &run,
+                den,
+                &a.sampler,
+                1,
+                a.seed,
+                1,
+                None,
+                &cond,
+            )?;
+            return write_single(&out, &a.out, a.npy.as_deref());
+        }
+        (Some(_), true) => bail!(
+            "{}: --zero-shot needs an unconditional model; this one is an SR3 model (drop --zero-shot)",
+            run.dir.display()
+        ),
+        (None, false) => bail!(
+            "{}: not a super-resolution model (langevin train --superres F); pass --zero-shot to upscale with it unconditionally",
+            run.dir.display()
+        ),
+        (None, true) => {}
+    }
     let out = ilvr_upscale(
         den,
         &cond,

@@ -225,6 +225,7 @@ fn images(run: &Run, a: &Args) -> Result<()> {
             let labels: Vec<u32> = (start..start + b).map(|i| label(i) as u32).collect();
             Cond {
                 labels: Some(Tensor::new(labels.as_slice(), &Device::Cpu)?),
+                image: None,
             }
         } else {
             Cond::default()

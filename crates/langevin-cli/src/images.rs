@@ -50,6 +50,10 @@ pub struct ImageArgs {
     /// Write a grid of EMA samples every N steps (0 = only at the end).
     #[arg(long, default_value_t = 0)]
     pub sample_every: u64,
+    /// SR3 super-resolution: the network also sees each image box-downsampled by this factor
+    /// and upsampled back (extra input channels); sample with `langevin upscale`.
+    #[arg(long)]
+    pub superres: Option<usize>,
 }
 
 /// Is `spec` an image source?
@@ -141,7 +145,11 @@ pub fn unet_config(set: &ImageSet, a: &ImageArgs) -> Result<UNet2DConfig> {
         .collect();
     let cfg = UNet2DConfig {
         sample_size: Some(langevin::nn::unet::config::SampleSize::Square(set.height)),
-        in_channels: set.channels,
+        in_channels: if a.superres.is_some() {
+            2 * set.channels
+        } else {
+            set.channels
+        },
         out_channels: set.channels,
         down_block_types: down,
         up_block_types: up,

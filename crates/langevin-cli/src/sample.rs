@@ -249,6 +249,7 @@ fn diffusers_draw(
                 .as_ref()
                 .map(|l| l.narrow(0, start, b))
                 .transpose()?,
+            image: None,
         };
         outs.push(diffusers_loop(
             &mut sched,
@@ -290,6 +291,7 @@ pub fn run(a: Args) -> Result<()> {
     let cond = match a.class {
         Some(k) => Cond {
             labels: Some(Tensor::full(k, a.n, &Device::Cpu)?),
+            image: None,
         },
         None if a.guidance != 1.0 => bail!("--guidance needs --class"),
         None => Cond::default(),

@@ -28,6 +28,15 @@ pub fn run(a: &Args, spec: &str) -> Result<()> {
         t
     } else {
         let set = load_images(spec, &a.image, a.opt.seed)?;
+        if let Some(f) = a.image.superres {
+            if f < 2 || set.height % f != 0 || set.width % f != 0 {
+                anyhow::bail!(
+                    "--superres {f}: must be at least 2 and divide the {}×{} images",
+                    set.height,
+                    set.width
+                );
+            }
+        }
         let unet = unet_config(&set, &a.image)?;
         let prediction: Prediction = a.opt.prediction.parse()?;
         let run = RunConfig {
@@ -40,6 +49,7 @@ pub fn run(a: &Args, spec: &str) -> Result<()> {
                 source: spec.to_string(),
                 class_names: set.class_names.clone(),
                 image_size: Some((set.height, set.width)),
+                superres_scale: a.image.superres,
                 ..Default::default()
             },
         };
@@ -121,10 +131,30 @@ pub fn sample_grid(t: &Trainer, set: &ImageSet, path: &Path) -> Result<()> {
         sigma_data: 1.0,
         init_noise: None,
     };
+    // SR3 models upscale low-resolution versions of the first training images.
+    let image = match t.run.data.superres_scale {
+        Some(f) => {
+            let per = set.channels * set.height * set.width;
+            let m = n.min(set.n);
+            let hi = Tensor::from_vec(
+                set.images[..m * per].to_vec(),
+                (m, set.channels, set.height, set.width),
+                &Device::Cpu,
+            )?;
+            let lo = langevin::apps::superres::low_resolution(&hi, f)?;
+            Some(if m < n {
+                lo.repeat((n.div_ceil(m), 1, 1, 1))?.narrow(0, 0, n)?
+            } else {
+                lo
+            })
+        }
+        None => None,
+    };
     let x = if class_cond {
         let labels: Vec<u32> = (0..n).map(|i| (i / cols) as u32).collect();
         let cond = Cond {
             labels: Some(Tensor::new(labels.as_slice(), &Device::Cpu)?),
+            image: image.clone(),
         };
         let g = Guided {
             inner: &den,
@@ -133,7 +163,11 @@ pub fn sample_grid(t: &Trainer, set: &ImageSet, path: &Path) -> Result<()> {
         };
         generate(&g as &dyn Denoiser, &cond, &job, &mut |_| {})?.0
     } else {
-        generate(&den as &dyn Denoiser, &Cond::default(), &job, &mut |_| {})?.0
+        let cond = Cond {
+            labels: None,
+            image,
+        };
+        generate(&den as &dyn Denoiser, &cond, &job, &mut |_| {})?.0
     };
     let v: Vec<f32> = x.flatten_all()?.to_vec1()?;
     langevin::data::images::save_grid_png(path, &v, set.channels, set.height, set.width, cols)?;

@@ -622,3 +622,75 @@ fn inpaint_keeps_unmasked_pixels_and_img2img_strength_zero_returns_the_input() {
         &["strength"],
     );
 }
+
+#[test]
+fn sr3_model_trains_and_upscales_and_wrong_modes_are_clear_errors() {
+    let d = tmp("sr3");
+    ok(&langevin(
+        &[
+            "train",
+            "--data",
+            "digits",
+            "--out",
+            "sr",
+            "--steps",
+            "2",
+            "--batch-size",
+            "8",
+            "--channels",
+            "8,16",
+            "--norm-groups",
+            "4",
+            "--superres",
+            "2",
+        ],
+        &d,
+    ));
+    let cfg = std::fs::read_to_string(d.join("sr/config.json")).unwrap();
+    assert!(
+        cfg.contains("\"in_channels\": 2") && cfg.contains("\"superres_scale\": 2"),
+        "{cfg}"
+    );
+    grey_png(&d.join("low.png"), 4, 4, |x, y| (x * 60 + y * 20) as u8);
+    ok(&langevin(
+        &[
+            "upscale", "--model", "sr", "--image", "low.png", "--steps", "3", "--out", "up.png",
+        ],
+        &d,
+    ));
+    let up = image::open(d.join("up.png")).unwrap();
+    assert_eq!((up.width(), up.height()), (8, 8));
+    fails_with(
+        &langevin(
+            &[
+                "upscale",
+                "--model",
+                "sr",
+                "--image",
+                "low.png",
+                "--zero-shot",
+                "--out",
+                "u.png",
+            ],
+            &d,
+        ),
+        &["SR3", "--zero-shot"],
+    );
+    fails_with(
+        &langevin(
+            &[
+                "train",
+                "--data",
+                "digits",
+                "--out",
+                "bad",
+                "--steps",
+                "1",
+                "--superres",
+                "3",
+            ],
+            &d,
+        ),
+        &["--superres 3", "8×8"],
+    );
+}

@@ -60,6 +60,7 @@ fn check(cfg: UNet2DConfig, t: &[f64], labels: Option<&[u32]>, seed: u64) {
     let t = Tensor::new(t, &dev).unwrap();
     let cond = Cond {
         labels: labels.map(|l| Tensor::new(l, &dev).unwrap()),
+        image: None,
     };
     let r = randn(&[b, cfg.out_channels, 4, 4], &mut rng);
     let loss = || -> f64 {

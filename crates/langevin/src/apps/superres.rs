@@ -30,6 +30,13 @@ fn low_pass(x: &Tensor, f: usize) -> Result<Tensor> {
     upsample(&downsample(x, f)?, f)
 }
 
+/// The conditioning image of an SR3 model (Saharia et al. 2022, "Image Super-Resolution via
+/// Iterative Refinement"): `x` box-downsampled by `f` and upsampled back to its size. Training
+/// computes it from the clean batch; `langevin upscale` from the low-resolution input.
+pub fn low_resolution(x: &Tensor, f: usize) -> Result<Tensor> {
+    low_pass(x, f)
+}
+
 /// Upscale `low` [B, C, h, w] by `factor` with an unconditional image model of size
 /// [C, h·factor, w·factor]; row i uses seed `seed + i`.
 #[allow(clippy::too_many_arguments)]

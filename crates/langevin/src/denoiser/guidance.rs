@@ -24,9 +24,15 @@ impl Guided<'_> {
         let x2 = Tensor::cat(&[x, x], 0)?;
         let l2 = Tensor::cat(&[labels, &nulls], 0)?;
         let s2: Vec<f64> = sigmas.iter().chain(sigmas).copied().collect();
-        let d = self
-            .inner
-            .denoise_rows(&x2, &s2, &Cond { labels: Some(l2) })?;
+        let image = match &cond.image {
+            Some(im) => Some(Tensor::cat(&[im, im], 0)?),
+            None => None,
+        };
+        let c2 = Cond {
+            labels: Some(l2),
+            image,
+        };
+        let d = self.inner.denoise_rows(&x2, &s2, &c2)?;
         let (dc, du) = (d.narrow(0, 0, b)?, d.narrow(0, b, b)?);
         Ok((&du + ((dc - &du)? * self.scale)?)?)
     }
@@ -74,6 +80,7 @@ mod tests {
                 1.0,
                 &Cond {
                     labels: Some(labels),
+                    image: None,
                 },
             )
             .unwrap()

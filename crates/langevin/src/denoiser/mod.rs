@@ -18,6 +18,20 @@ use crate::Result;
 pub struct Cond {
     /// Class labels, [B] u32; `None` for unconditional models.
     pub labels: Option<Tensor>,
+    /// An image [B, C, H, W] concatenated to the network's input channels (SR3-style
+    /// super-resolution: the upsampled low-resolution input); `None` otherwise.
+    pub image: Option<Tensor>,
+}
+
+impl Cond {
+    /// Rows `start..start + len` of every conditioning tensor.
+    pub fn rows(&self, start: usize, len: usize) -> Result<Cond> {
+        let cut = |t: &Option<Tensor>| t.as_ref().map(|t| t.narrow(0, start, len)).transpose();
+        Ok(Cond {
+            labels: cut(&self.labels)?,
+            image: cut(&self.image)?,
+        })
+    }
 }
 
 /// A denoiser D(x, σ) ≈ E[x0 | x0 + σ·ε = x].
@@ -30,16 +44,7 @@ pub trait Denoiser {
     /// evaluates row by row; networks override it with one batched call.
     fn denoise_rows(&self, x: &Tensor, sigmas: &[f64], cond: &Cond) -> Result<Tensor> {
         let rows = (0..sigmas.len())
-            .map(|i| {
-                let c = Cond {
-                    labels: cond
-                        .labels
-                        .as_ref()
-                        .map(|l| l.narrow(0, i, 1))
-                        .transpose()?,
-                };
-                self.denoise(&x.narrow(0, i, 1)?, sigmas[i], &c)
-            })
+            .map(|i| self.denoise(&x.narrow(0, i, 1)?, sigmas[i], &cond.rows(i, 1)?))
             .collect::<Result<Vec<_>>>()?;
         Ok(Tensor::cat(&rows, 0)?)
     }

@@ -328,6 +328,7 @@ impl Eval<'_> {
                 Some(l) => Some(l.index_select(&Tensor::new(idx.as_slice(), l.device())?, 0)?),
                 None => None,
             },
+            image: None,
         };
         let x = var.as_tensor();
         let g = (x - self.den.denoise_rows(x, sigmas, &cond)?)?;

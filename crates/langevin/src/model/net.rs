@@ -57,7 +57,8 @@ impl NetworkConfig {
         })
     }
 
-    /// Shape of one sample, given the image size for UNets.
+    /// Shape of one sample, given the image size for UNets: the UNet's output channels (its
+    /// input may carry extra conditioning channels, as SR3 models do).
     pub fn sample_shape(&self, image_size: Option<(usize, usize)>) -> Result<Vec<usize>> {
         Ok(match self {
             NetworkConfig::Mlp(c) => vec![c.in_dim],
@@ -68,7 +69,7 @@ impl NetworkConfig {
                         "the UNet config has no sample_size; give the image size",
                     )
                 })?;
-                vec![c.in_channels, h, w]
+                vec![c.out_channels, h, w]
             }
         })
     }

@@ -37,6 +37,10 @@ pub struct DataInfo {
     /// Class names of labelled data (label i is `class_names[i]`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub class_names: Vec<String>,
+    /// SR3 super-resolution models: the network also sees the image box-downsampled by this
+    /// factor and upsampled back, as extra input channels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub superres_scale: Option<usize>,
     /// (height, width) of image data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_size: Option<(usize, usize)>,

@@ -66,13 +66,7 @@ pub fn generate(
             None => initial_noise(&mut noise, &shape, job.sigmas[0], job.sigma_data, &dev)?,
         };
         // Conditioning rows follow their samples into the batch.
-        let bcond = Cond {
-            labels: cond
-                .labels
-                .as_ref()
-                .map(|l| l.narrow(0, start, b))
-                .transpose()?,
-        };
+        let bcond = cond.rows(start, b)?;
         let mut ctx = Ctx::new(model, &bcond, &mut noise, job.opts);
         outs.push(job.kind.function()(&mut ctx, x, job.sigmas)?);
         nfe = ctx.nfe;

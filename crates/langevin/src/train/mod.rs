@@ -242,7 +242,13 @@ impl Trainer {
             &x0,
             &sigmas,
             &eps,
-            &Cond { labels },
+            &Cond {
+                labels,
+                image: match self.run.data.superres_scale {
+                    Some(s) => Some(crate::apps::superres::low_resolution(x0, s)?),
+                    None => None,
+                },
+            },
             weights.as_deref(),
         )?;
 

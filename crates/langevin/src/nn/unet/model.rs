@@ -212,8 +212,13 @@ impl UNet2DModel {
 }
 
 impl Network for UNet2DModel {
-    /// `c_noise` is diffusers' `timestep`; `cond.labels` the class labels.
+    /// `c_noise` is diffusers' `timestep`; `cond.labels` the class labels; `cond.image` is
+    /// concatenated to the input channels (SR3).
     fn forward(&self, x: &Tensor, c_noise: &Tensor, cond: &Cond) -> Result<Tensor> {
+        if let Some(im) = &cond.image {
+            let x = Tensor::cat(&[x, &im.to_dtype(x.dtype())?], 1)?;
+            return self.forward_diffusers(&x, c_noise, cond.labels.as_ref());
+        }
         self.forward_diffusers(x, c_noise, cond.labels.as_ref())
     }
 }
