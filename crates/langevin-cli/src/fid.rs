@@ -169,3 +169,50 @@ pub fn run(a: Args) -> Result<()> {
     );
     Ok(())
 }
+
+/// `langevin eval --metric fid|kid`: `n` samples from the image model `run` against the first
+/// `n` images of `spec`.
+pub fn eval_model(
+    run: &langevin::model::Run,
+    spec: &str,
+    sampler: &crate::sample::SamplerArgs,
+    n: usize,
+    seed: u64,
+    with_kid: bool,
+) -> Result<()> {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Defaults {
+        #[command(flatten)]
+        images: ImageArgs,
+    }
+    let net = InceptionV3::load(&require_weights()?)?;
+    let d = Defaults::parse_from(["langevin"]);
+    let set = image_set(spec, &d.images, seed)?;
+    let m = n.min(set.n);
+    let per = set.channels * set.height * set.width;
+    eprintln!("{spec}: {m} reference images");
+    let r = features(
+        &net,
+        &set.images[..m * per],
+        (m, set.channels, set.height, set.width),
+        32,
+        with_kid,
+    )?;
+    let (x, nfe) = crate::sample::draw_with(
+        run,
+        &run.denoiser,
+        sampler,
+        n,
+        seed,
+        32,
+        None,
+        &langevin::denoiser::Cond::default(),
+    )?;
+    let (b, c, h, w) = x.dims4()?;
+    let v = x.flatten_all()?.to_vec1::<f32>()?;
+    eprintln!("{b} samples ({nfe} NFE each)");
+    let g = features(&net, &v, (b, c, h, w), 32, with_kid)?;
+    println!("model vs {spec}: {}", report(&g, &r, with_kid, seed)?);
+    Ok(())
+}
