@@ -43,7 +43,8 @@ pub struct Args {
     #[arg(long)]
     pub plot: Option<PathBuf>,
     /// What to measure: swd (sample quality, with MMD²) or nll (negative log-likelihood of the
-    /// reference data in bits/dim, data units, through the probability-flow ODE).
+    /// reference data in bits/dim, data units, through the probability-flow ODE), or for image
+    /// models fid / kid (Inception-v3 features of --n samples vs --n images of --data).
     #[arg(long, default_value = "swd")]
     pub metric: String,
 }
@@ -73,6 +74,9 @@ pub fn run(a: Args) -> Result<()> {
     let run = Run::load(&a.model, &Device::Cpu)?;
     let info = run.config.data.clone();
     let spec = a.data.clone().unwrap_or(info.source.clone());
+    if let "fid" | "kid" = a.metric.as_str() {
+        return crate::fid::eval_model(&run, &spec, &a.sampler, a.n, a.seed, a.metric == "kid");
+    }
     let (reference, floor_draw) = references(&spec, a.n, a.seed)?;
     let std = info.standardizer.clone().ok_or_else(|| {
         anyhow::anyhow!(
@@ -85,7 +89,7 @@ pub fn run(a: Args) -> Result<()> {
     match a.metric.as_str() {
         "swd" => {}
         "nll" => return nll(&run, &r, &std, &spec, a.seed),
-        other => bail!("--metric {other}: expected swd or nll"),
+        other => bail!("--metric {other}: expected swd, nll, fid or kid"),
     }
     let h = median_bandwidth(&r, &f);
     let floor_swd = sliced_wasserstein(&r, &f, 256, 1);

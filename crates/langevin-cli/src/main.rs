@@ -6,6 +6,7 @@ mod augment_eval;
 mod common;
 mod demo;
 mod eval;
+mod fid;
 mod images;
 mod progress;
 mod sample;
@@ -50,6 +51,10 @@ enum Command {
     AugmentEval(augment_eval::Args),
     /// Score samplers against held-out data (SWD, MMD² and their noise floor) over NFE budgets.
     Eval(eval::Args),
+    /// Convert the FID Inception-v3 weights once into ~/.cache/langevin (needed by fid/kid).
+    FidSetup(fid::SetupArgs),
+    /// FID (and KID) between two image sets, e.g. the Fashion-MNIST train-vs-test floor.
+    Fid(fid::Args),
     /// Print or plot a noise schedule (β, ᾱ, σ, log-SNR).
     Schedule(schedule::Args),
 }
@@ -63,6 +68,8 @@ fn main() -> ExitCode {
         Command::Sample(a) => sample::run(a),
         Command::Schedule(a) => schedule::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::FidSetup(a) => fid::run_setup(a),
+        Command::Fid(a) => fid::run(a),
         Command::Inpaint(a) => apps::run_inpaint(a),
         Command::Augment(a) => augment::run(a),
         Command::AugmentEval(a) => augment_eval::run(a),

@@ -5,6 +5,9 @@
 //! independent draws of the true distribution (e.g. a training subset and the held-out set),
 //! at the sample sizes used for the real comparison; a model is as good as these metrics can
 //! tell once it reaches the floor. [`MetricReport::compute`] reports both side by side.
+pub mod fid;
+pub mod fid_setup;
+pub mod inception;
 pub mod mmd;
 pub mod nll;
 pub mod swd;
