@@ -5,6 +5,7 @@
 set -eu
 RUN=${1:-runs/fmnist}
 OUT=${2:-docs}
+SR=${3:-runs/fmnist-sr}   # an SR3 ×2 model (langevin train --superres 2), if present
 L=${LANGEVIN:-./target/release/langevin}
 T=$(mktemp -d)
 P="python3 scripts/pngtool.py"
@@ -20,13 +21,23 @@ for i in 1 2; do
 done
 $P row "$OUT/fmnist-inpaint.png" 3 "$T/in1.png" "$T/mask.png" "$T/proj1.png" "$T/repaint1.png" \
     "$T/in2.png" "$T/mask.png" "$T/proj2.png" "$T/repaint2.png"
-# Zero-shot ×2: a dress (#13) and a shirt (#4) box-downsampled to 16×16, then upscaled.
+# ×2: a dress (#13) and a shirt (#4) box-downsampled to 16×16, then upscaled zero-shot (ILVR)
+# and, with an SR3 model, by it; last the original.
+ROW=""
 for i in 13 4; do
     $P fmnist $i "$T/hi$i.png"
     $P down 2 "$T/hi$i.png" "$T/lo$i.png"
     $L upscale --model "$RUN" --image "$T/lo$i.png" --zero-shot $S --out "$T/up$i.png" --seed 1
+    ROW="$ROW $T/lo$i.png $T/up$i.png"
+    if [ -d "$SR" ]; then
+        # Stochastic sampling: this short-trained model leaves speckles under the ODE samplers.
+        $L upscale --model "$SR" --image "$T/lo$i.png" --sampler euler-a --steps 50 \
+            --out "$T/sr$i.png" --seed 1
+        ROW="$ROW $T/sr$i.png"
+    fi
+    ROW="$ROW $T/hi$i.png"
 done
-$P row "$OUT/fmnist-upscale.png" 3 "$T/lo13.png" "$T/up13.png" "$T/hi13.png" "$T/lo4.png" "$T/up4.png" "$T/hi4.png"
+$P row "$OUT/fmnist-upscale.png" 3 $ROW
 # Image-to-image: a sneaker (#9) toward "Bag" (class 8) and an ankle boot (#0) toward
 # "Sandal" (5), at two strengths, guidance 3.
 $P fmnist 9 "$T/sneaker.png"
