@@ -199,16 +199,23 @@ pub fn eval_model(
         32,
         with_kid,
     )?;
-    let (x, nfe) = crate::sample::draw_with(
-        run,
-        &run.denoiser,
-        sampler,
-        n,
-        seed,
-        32,
-        None,
-        &langevin::denoiser::Cond::default(),
-    )?;
+    // Class-conditional models draw every class in turn (the reference sets are balanced).
+    let k = run.config.data.class_names.len();
+    let class_cond = k > 0
+        && matches!(&run.config.network, langevin::model::NetworkConfig::Unet(c) if c.num_class_embeds.is_some());
+    let cond = if class_cond {
+        let labels: Vec<u32> = (0..n).map(|i| (i % k) as u32).collect();
+        langevin::denoiser::Cond {
+            labels: Some(candle_core::Tensor::new(
+                labels.as_slice(),
+                &candle_core::Device::Cpu,
+            )?),
+            image: None,
+        }
+    } else {
+        langevin::denoiser::Cond::default()
+    };
+    let (x, nfe) = crate::sample::draw_with(run, &run.denoiser, sampler, n, seed, 32, None, &cond)?;
     let (b, c, h, w) = x.dims4()?;
     let v = x.flatten_all()?.to_vec1::<f32>()?;
     eprintln!("{b} samples ({nfe} NFE each)");
