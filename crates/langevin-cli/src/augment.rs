@@ -178,7 +178,7 @@ fn complete_rows(path: &Path, columns: &[String]) -> Result<usize> {
 
 fn images(run: &Run, a: &Args) -> Result<()> {
     let names = &run.config.data.class_names;
-    let conditional = null_label(run).is_ok() || (!names.is_empty() && is_class_cond(run));
+    let conditional = !names.is_empty() && run.config.network.is_class_conditional();
     if (a.per_class || a.guidance != 1.0) && !conditional {
         bail!(
             "{}: --per-class and --guidance need a class-conditional model",
@@ -259,9 +259,4 @@ fn images(run: &Run, a: &Args) -> Result<()> {
         total - done
     );
     Ok(())
-}
-
-/// A UNet with a class embedding table.
-fn is_class_cond(run: &Run) -> bool {
-    matches!(&run.config.network, langevin::model::NetworkConfig::Unet(c) if c.num_class_embeds.is_some())
 }

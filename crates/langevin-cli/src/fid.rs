@@ -201,8 +201,7 @@ pub fn eval_model(
     )?;
     // Class-conditional models draw every class in turn (the reference sets are balanced).
     let k = run.config.data.class_names.len();
-    let class_cond = k > 0
-        && matches!(&run.config.network, langevin::model::NetworkConfig::Unet(c) if c.num_class_embeds.is_some());
+    let class_cond = k > 0 && run.config.network.is_class_conditional();
     let cond = if class_cond {
         let labels: Vec<u32> = (0..n).map(|i| (i % k) as u32).collect();
         langevin::denoiser::Cond {

@@ -77,8 +77,7 @@ pub fn run(a: &Args, spec: &str) -> Result<()> {
         set.num_classes(),
         n_params as f64 / 1e6
     );
-    let class_cond =
-        matches!(&trainer.run.network, NetworkConfig::Unet(c) if c.num_class_embeds.is_some());
+    let class_cond = trainer.run.network.is_class_conditional();
     let null = class_cond.then_some(set.num_classes() as u32);
     let mut loader = BatchLoader::resume(
         set.clone(),
@@ -112,8 +111,7 @@ pub fn run(a: &Args, spec: &str) -> Result<()> {
 pub fn sample_grid(t: &Trainer, set: &ImageSet, path: &Path) -> Result<()> {
     let den = t.ema_denoiser()?;
     let k = set.num_classes();
-    let class_cond =
-        matches!(&t.run.network, NetworkConfig::Unet(c) if c.num_class_embeds.is_some());
+    let class_cond = t.run.network.is_class_conditional();
     let (n, cols) = if class_cond { (k * 8, 8) } else { (64, 8) };
     let sigmas = t
         .run

@@ -26,6 +26,13 @@ fn rel(a: &Tensor, b: &Tensor) -> f64 {
     d.to_scalar::<f64>().unwrap() / m.to_scalar::<f64>().unwrap().max(1e-30)
 }
 
+/// [`rel`] of the outputs, then of each gradient.
+fn rel_all(y: &Tensor, g: &[Tensor], y0: &Tensor, g0: &[Tensor]) -> Vec<f64> {
+    std::iter::once(rel(y, y0))
+        .chain(g.iter().zip(g0).map(|(a, b)| rel(a, b)))
+        .collect()
+}
+
 /// (output, gradients of Σ y·r w.r.t. each input) for `f`.
 fn value_and_grads(
     f: impl Fn(&[Tensor]) -> Tensor,
@@ -90,12 +97,7 @@ fn conv2d_matches_candle_forward_and_backward() {
             i as u64,
         );
         assert_eq!(y1.dims(), y0.dims(), "case {i}");
-        let errs = [
-            rel(&y1, &y0),
-            rel(&g1[0], &g0[0]),
-            rel(&g1[1], &g0[1]),
-            rel(&g1[2], &g0[2]),
-        ];
+        let errs = rel_all(&y1, &g1, &y0, &g0);
         assert!(
             errs.iter().all(|&e| e <= 1e-5),
             "case {i} {:?}: forward, dx, dw, dbias relative errors {errs:?}",
@@ -205,12 +207,7 @@ fn group_norm_act_matches_candle_forward_and_backward() {
                 i as u64,
             );
             let (y0, g0) = value_and_grads(|t| gn_reference(t, g, silu), &inputs, i as u64);
-            let errs = [
-                rel(&y1, &y0),
-                rel(&g1[0], &g0[0]),
-                rel(&g1[1], &g0[1]),
-                rel(&g1[2], &g0[2]),
-            ];
+            let errs = rel_all(&y1, &g1, &y0, &g0);
             assert!(
                 errs.iter().all(|&e| e <= 1e-5),
                 "case {i} {:?} silu {silu}: y, dx, dγ, dβ relative errors {errs:?}",
@@ -266,8 +263,7 @@ fn shifted_group_norm_matches_add_then_norm_and_finite_differences() {
         &inputs,
         1,
     );
-    let mut errs = vec![rel(&y1, &y0)];
-    errs.extend((0..4).map(|i| rel(&g1[i], &g0[i])));
+    let errs = rel_all(&y1, &g1, &y0, &g0);
     assert!(
         errs.iter().all(|&e| e <= 1e-5),
         "y, dx, dshift, dγ, dβ: {errs:?}"

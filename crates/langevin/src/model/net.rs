@@ -24,6 +24,11 @@ pub enum Net {
 }
 
 impl NetworkConfig {
+    /// A UNet with a class-embedding table (it takes class labels).
+    pub fn is_class_conditional(&self) -> bool {
+        matches!(self, NetworkConfig::Unet(c) if c.num_class_embeds.is_some())
+    }
+
     /// Parse config.json's network part, dispatching on `_class_name`.
     pub fn from_json(v: &Value, path: &std::path::Path) -> Result<Self> {
         match v.get("_class_name").and_then(Value::as_str) {
