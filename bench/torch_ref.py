@@ -6,6 +6,11 @@ Reads the job list the Rust binary wrote (spec.json), loads the same weights and
 count and prints one JSON object per job on stdout. For forward jobs it also reports the
 largest relative difference between its output and langevin's on the same input.
 
+On a GPU (`langevin-bench --gpu --device cuda`) jobs carry "device" and "dtype": bf16 forward
+jobs time the weights cast to bf16 (and autocast as an extra), bf16 training jobs use autocast
+over f32 weights (mixed precision, as langevin's trainer), and `--compile` adds torch.compile.
+Every timed call is followed by torch.cuda.synchronize().
+
 Never run by tests. Needs torch, safetensors and (for the UNet jobs) diffusers.
 """
 import json
@@ -93,41 +98,81 @@ def build(job):
     return model, model
 
 
-def median_ms(fn, warmup, reps):
+def median_ms(fn, warmup, reps, device="cpu"):
+    """Median wall time; on a GPU each call is followed by a synchronisation."""
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     for _ in range(warmup):
         fn()
+    sync()
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
         fn()
+        sync()
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
 
 
-def run(job, warmup, reps):
+def count_gflop(fn):
+    """FLOPs of one call by PyTorch's FLOP counter (matmuls and convolutions, fwd + bwd)."""
+    try:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as fc:
+            fn()
+        return fc.get_total_flops() / 1e9
+    except Exception:  # noqa: BLE001 - the counter is optional
+        return None
+
+
+DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
+
+
+def run(job, warmup, reps, compile_too=False):
+    device = job.get("device", "cpu")
+    dtype = DTYPES[job.get("dtype", "f32")]
     f, model = build(job)
+    model.to(device)
     data = load_file(job["inputs"])
-    x, t = data["x"], data["t"]
-    out = {"name": job["name"]}
+    x, t = data["x"].to(device), data["t"].to(device)
+    out = {"name": job["name"], "extra": {}}
+    timed = lambda fn: median_ms(fn, warmup, reps, device)  # noqa: E731
     if job["mode"] == "forward":
         model.eval()
         with torch.no_grad():
-            y = f(x, t)
+            if dtype != torch.float32 and device == "cuda":
+                # Autocast over f32 weights first, then the weights cast (the faster eager form).
+                with torch.autocast("cuda", dtype=dtype):
+                    out["extra"]["PyTorch autocast"] = timed(lambda: f(x, t))
+                model.to(dtype)
+            xd = x.to(dtype)
+            y = f(xd, t).float().cpu()
             ref = data["y"]
             out["max_rel_diff"] = float((y - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
-            out["ms"] = median_ms(lambda: f(x, t), warmup, reps)
+            out["gflop"] = count_gflop(lambda: f(xd, t))
+            out["ms"] = timed(lambda: f(xd, t))
+            if compile_too and device == "cuda":
+                try:
+                    cf = torch.compile(lambda a, b: f(a, b))
+                    out["extra"]["PyTorch torch.compile"] = timed(lambda: cf(xd, t))
+                except Exception as e:  # noqa: BLE001
+                    print(f"torch.compile failed for {job['name']}: {e}", file=sys.stderr)
     else:
         model.train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
-        target = data["target"]
+        target = data["target"].to(device)
+        mixed = dtype != torch.float32 and device == "cuda"
 
         def step():
             opt.zero_grad(set_to_none=True)
-            loss = F.mse_loss(f(x, t), target)
+            with torch.autocast("cuda", dtype=dtype, enabled=mixed):
+                y = f(x, t)
+            loss = F.mse_loss(y.float(), target)
             loss.backward()
             opt.step()
 
-        out["ms"] = median_ms(step, warmup, reps)
+        out["gflop"] = count_gflop(step)
+        out["ms"] = timed(step)
     return out
 
 
@@ -144,9 +189,13 @@ def main():
     quiet_diffusers()
     spec = json.load(open(sys.argv[1]))
     torch.set_num_threads(spec["threads"])
+    # f32 means f32: no TF32 in matmuls or cuDNN convolutions (candle uses none either).
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
     print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads()}), flush=True)
     for job in spec["jobs"]:
-        print(json.dumps(run(job, spec["warmup"], job.get("reps", spec["reps"]))), flush=True)
+        r = run(job, spec["warmup"], job.get("reps", spec["reps"]), spec.get("compile", False))
+        print(json.dumps(r), flush=True)
 
 
 if __name__ == "__main__":

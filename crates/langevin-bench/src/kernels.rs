@@ -13,18 +13,17 @@ pub struct KernelRow {
     pub candle_ms: Option<f64>,
 }
 
-/// 1024³ f32 matmul: (GFLOP, ms).
-pub fn matmul(reps: usize) -> Result<KernelRow> {
-    let dev = Device::Cpu;
-    let a = Tensor::randn(0f32, 1.0, (1024, 1024), &dev)?;
-    let b = Tensor::randn(0f32, 1.0, (1024, 1024), &dev)?;
-    let ms = median_ms(1, reps, || {
+/// n³ matmul in `dtype` on `dev` (random data): the rate ceiling of the run.
+pub fn matmul(reps: usize, n: usize, dtype: candle_core::DType, dev: &Device) -> Result<KernelRow> {
+    let a = Tensor::randn(0f32, 1.0, (n, n), dev)?.to_dtype(dtype)?;
+    let b = Tensor::randn(0f32, 1.0, (n, n), dev)?.to_dtype(dtype)?;
+    let ms = median_ms(3, reps, || {
         a.matmul(&b)?;
-        Ok(())
+        Ok(dev.synchronize()?)
     })?;
     Ok(KernelRow {
-        op: "matmul 1024³".into(),
-        gflop: 2.0 * 1024f64.powi(3) / 1e9,
+        op: format!("matmul {n}³ {}", dtype.as_str()),
+        gflop: 2.0 * (n as f64).powi(3) / 1e9,
         ms,
         candle_ms: None,
     })

@@ -6,6 +6,7 @@
 //! ```
 //! See `docs/benchmarks.md` for results and `scripts/bench.sh` for the PyTorch install.
 mod kernels;
+mod parity;
 mod torch;
 mod workloads;
 
@@ -46,6 +47,22 @@ struct Args {
     /// Keep the weights and inputs here (default: a temporary folder, removed afterwards).
     #[arg(long)]
     dir: Option<std::path::PathBuf>,
+    /// cpu, cuda or cuda:N (a CUDA build: scripts/build-cuda.sh); PyTorch uses the same GPU.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// The GPU workload set: ddpm-cifar10-32 UNet forward b256 and training b128 in f32 and
+    /// bf16, the residual blocks in f32, and the bf16 matmul rate.
+    #[arg(long)]
+    gpu: bool,
+    /// Also time the PyTorch side with torch.compile (GPU set).
+    #[arg(long)]
+    compile: bool,
+    /// Instead of timing: run the diffusers parity fixtures on --device in f32 and bf16.
+    #[arg(long)]
+    parity: bool,
+    /// The fixtures folder for --parity (the test suite's).
+    #[arg(long, default_value = "crates/langevin/tests/fixtures")]
+    fixtures: std::path::PathBuf,
 }
 
 fn unet(json: &str) -> Result<UNet2DConfig> {
@@ -70,7 +87,41 @@ const SMALL: &str = r#"{"sample_size": 32, "in_channels": 1, "out_channels": 1,
  "down_block_types": ["DownBlock2D", "DownBlock2D", "AttnDownBlock2D"],
  "up_block_types": ["AttnUpBlock2D", "UpBlock2D", "UpBlock2D"]}"#;
 
+fn gpu_workloads(a: &Args) -> Result<Vec<Workload>> {
+    use candle_core::DType::{BF16, F32};
+    let w = |model: &str, arch: Arch, mode, batch, dtype| Workload {
+        model: model.into(),
+        arch,
+        mode,
+        batch,
+        reps: a.reps,
+        dtype,
+    };
+    let res = Arch::ResBlocks {
+        blocks: 4,
+        ch: 64,
+        groups: 32,
+        hw: 32,
+    };
+    let c = || -> Result<Arch> { Ok(Arch::Unet(Box::new(unet(CIFAR10)?))) };
+    let mut v = vec![
+        w("resblocks", res.clone(), Mode::Forward, 64, F32),
+        w("resblocks", res, Mode::Train, 64, F32),
+        w("unet-cifar10", c()?, Mode::Forward, 256, F32),
+        w("unet-cifar10", c()?, Mode::Forward, 256, BF16),
+        w("unet-cifar10", c()?, Mode::Train, 128, F32),
+        w("unet-cifar10", c()?, Mode::Train, 128, BF16),
+        w("unet-small", Arch::Unet(Box::new(unet(SMALL)?)), Mode::Forward, 256, F32),
+        w("unet-small", Arch::Unet(Box::new(unet(SMALL)?)), Mode::Train, 128, F32),
+    ];
+    v.retain(|w| a.only.as_ref().is_none_or(|o| w.name().contains(o.as_str())));
+    Ok(v)
+}
+
 fn workloads(a: &Args) -> Result<Vec<Workload>> {
+    if a.gpu {
+        return gpu_workloads(a);
+    }
     let q = a.quick;
     let heavy = a.reps.min(3);
     let w = |model: &str, arch: Arch, mode, batch, reps| Workload {
@@ -79,6 +130,7 @@ fn workloads(a: &Args) -> Result<Vec<Workload>> {
         mode,
         batch,
         reps,
+        dtype: candle_core::DType::F32,
     };
     let res = Arch::ResBlocks {
         blocks: 4,
@@ -170,9 +222,16 @@ struct Row {
     candle: Option<f64>,
     torch: Option<f64>,
     diff: Option<f64>,
+    /// FLOPs of one call (PyTorch's FLOP counter), for achieved TFLOP/s.
+    gflop: Option<f64>,
+    /// Further PyTorch variants: (label, ms).
+    extra: Vec<(String, f64)>,
 }
 
 fn run(a: Args) -> Result<()> {
+    if a.parity {
+        return parity::run(&a.fixtures, &langevin::compute::device(&a.device)?);
+    }
     // Before any pool exists: rayon's global pool (ours, candle's, gemm's) and candle's own
     // thread count both follow RAYON_NUM_THREADS.
     std::env::set_var("RAYON_NUM_THREADS", a.threads.to_string());
@@ -202,9 +261,10 @@ fn run(a: Args) -> Result<()> {
 
     let mut rows = Vec::new();
     let mut jobs = Vec::new();
+    let dev = langevin::compute::device(&a.device)?;
     for w in workloads(&a)? {
         eprintln!("langevin: {}", w.name());
-        let mut p = prepare(&w, &dir, 0)?;
+        let mut p = prepare(&w, &dir, 0, &dev)?;
         let ours = p.time(warmup, if a.quick { 1 } else { w.reps })?;
         let candle = if a.candle && w.model == "resblocks" {
             conv::set_enabled(false);
@@ -222,17 +282,21 @@ fn run(a: Args) -> Result<()> {
             candle,
             torch: None,
             diff: None,
+            gflop: None,
+            extra: vec![],
         });
     }
     let torch_version = if a.no_torch {
         println!("PyTorch reference skipped (--no-torch).\n");
         None
     } else {
-        match torch::run(&a.python, &dir, a.threads, warmup, reps, &jobs) {
+        match torch::run(&a.python, &dir, a.threads, warmup, reps, &jobs, a.compile) {
             Ok((version, results)) => {
                 for (row, r) in rows.iter_mut().zip(results) {
                     row.torch = r.ms;
                     row.diff = r.max_rel_diff;
+                    row.gflop = r.gflop;
+                    row.extra = r.extra;
                 }
                 Some(version)
             }
@@ -249,8 +313,11 @@ fn run(a: Args) -> Result<()> {
         );
     }
     print_table(&rows, a.candle);
+    if !dev.is_cpu() {
+        return gpu_tables(&rows, reps, &dev);
+    }
 
-    let mm = kernels::matmul(reps)?;
+    let mm = kernels::matmul(reps, 1024, candle_core::DType::F32, &dev)?;
     let (cb, cc, chw) = if a.quick { (4, 16, 8) } else { (64, 64, 32) };
     let convs = kernels::conv3x3(cb, cc, cc, chw, reps.min(3), a.candle)?;
     let peak = mm.gflop / mm.ms * 1e3;
@@ -266,6 +333,40 @@ fn run(a: Args) -> Result<()> {
             100.0 * rate / peak,
             k.candle_ms.map_or("–".into(), |c| format!("{c:.1}"))
         );
+    }
+    Ok(())
+}
+
+/// The GPU extras: PyTorch's other variants beside ours, and achieved TFLOP/s against the
+/// bf16 matmul rate measured in the same run.
+fn gpu_tables(rows: &[Row], reps: usize, dev: &candle_core::Device) -> Result<()> {
+    let mm = kernels::matmul(reps.max(10), 8192, candle_core::DType::BF16, dev)?;
+    let peak = mm.gflop / mm.ms; // TFLOP/s
+    let mm32 = kernels::matmul(reps.max(10), 8192, candle_core::DType::F32, dev)?;
+    println!(
+        "\nbf16 matmul 8192³ (cuBLAS through candle): {:.1} TFLOP/s; f32: {:.1} TFLOP/s\n",
+        peak,
+        mm32.gflop / mm32.ms
+    );
+    println!("| workload | variant | ms | items/s | TFLOP/s | of bf16 matmul rate | langevin speed vs this |");
+    println!("|---|---|---:|---:|---:|---:|---:|");
+    for r in rows {
+        let mut variants = vec![("langevin".to_string(), r.ours)];
+        if let Some(t) = r.torch {
+            variants.push(("PyTorch eager".into(), t));
+        }
+        variants.extend(r.extra.iter().cloned());
+        for (label, ms) in variants {
+            let tf = r.gflop.map(|g| g / ms);
+            println!(
+                "| {} | {label} | {ms:.2} | {:.0} | {} | {} | {:.2}× |",
+                r.name,
+                r.batch as f64 / ms * 1e3,
+                tf.map_or("–".into(), |t| format!("{t:.1}")),
+                tf.map_or("–".into(), |t| format!("{:.1}%", 100.0 * t / peak)),
+                ms / r.ours
+            );
+        }
     }
     Ok(())
 }

@@ -8,6 +8,9 @@ use serde_json::{json, Value};
 pub struct TorchResult {
     pub ms: Option<f64>,
     pub max_rel_diff: Option<f64>,
+    pub gflop: Option<f64>,
+    /// Other variants timed (torch.compile, autocast): (label, ms).
+    pub extra: Vec<(String, f64)>,
 }
 
 /// (torch version, one result per job, in order).
@@ -18,6 +21,7 @@ pub fn run(
     warmup: usize,
     reps: usize,
     jobs: &[Value],
+    compile: bool,
 ) -> Result<(String, Vec<TorchResult>)> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/torch_ref.py");
     let check = Command::new(python)
@@ -31,7 +35,7 @@ pub fn run(
         );
     }
     let spec = dir.join("spec.json");
-    let body = json!({"threads": threads, "warmup": warmup, "reps": reps, "jobs": jobs});
+    let body = json!({"threads": threads, "warmup": warmup, "reps": reps, "jobs": jobs, "compile": compile});
     std::fs::write(&spec, serde_json::to_vec_pretty(&body)?)?;
     eprintln!("PyTorch: {} jobs", jobs.len());
     let out = Command::new(python)
@@ -57,6 +61,15 @@ pub fn run(
             Ok(TorchResult {
                 ms: v["ms"].as_f64(),
                 max_rel_diff: v["max_rel_diff"].as_f64(),
+                gflop: v["gflop"].as_f64(),
+                extra: v["extra"]
+                    .as_object()
+                    .map(|m| {
+                        m.iter()
+                            .filter_map(|(k, v)| Some((k.clone(), v.as_f64()?)))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             })
         })
         .collect::<Result<Vec<_>>>()?;

@@ -16,6 +16,7 @@ use langevin::nn::mlp::{Mlp, MlpConfig};
 use langevin::nn::unet::{save_unet, varmap_tensors, UNet2DConfig, UNet2DModel};
 use langevin::nn::Network;
 use langevin::train::adamw::{AdamW, AdamWConfig};
+use langevin::train::CastVars;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
@@ -48,6 +49,8 @@ pub struct Workload {
     pub mode: Mode,
     pub batch: usize,
     pub reps: usize,
+    /// Compute dtype of the network (training keeps f32 master weights).
+    pub dtype: DType,
 }
 
 impl Workload {
@@ -56,7 +59,11 @@ impl Workload {
             Mode::Forward => "forward",
             Mode::Train => "train step",
         };
-        format!("{} {m} b{}", self.model, self.batch)
+        let dt = match self.dtype {
+            DType::F32 => String::new(),
+            d => format!(" {}", d.as_str()),
+        };
+        format!("{} {m} b{}{dt}", self.model, self.batch)
     }
 
     fn input_shape(&self) -> Vec<usize> {
@@ -164,13 +171,15 @@ impl Prepared {
     }
 }
 
-/// Build the network with seeded weights, write weights and inputs under `dir`, and return the
-/// timed step.
-pub fn prepare(w: &Workload, dir: &Path, seed: u64) -> Result<Prepared> {
-    let dev = Device::Cpu;
+/// Build the network with seeded weights (on the CPU), write weights and inputs under `dir`,
+/// and return the timed step on `dev` (each step ends with a device synchronisation).
+pub fn prepare(w: &Workload, dir: &Path, seed: u64, dev: &Device) -> Result<Prepared> {
+    let cpu = Device::Cpu;
+    let dt = w.dtype;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let vm = VarMap::new();
-    let net = build(&w.arch, VarBuilder::from_varmap(&vm, DType::F32, &dev))?;
+    // Creates the variables in `vm` (the returned network is not used).
+    let _ = build(&w.arch, VarBuilder::from_varmap(&vm, DType::F32, &cpu))?;
     let mut vars: Vec<(String, Var)> = vm
         .data()
         .lock()
@@ -189,7 +198,8 @@ pub fn prepare(w: &Workload, dir: &Path, seed: u64) -> Result<Prepared> {
     }
     let tensors = varmap_tensors(&vm);
     let tag = w.name().replace(' ', "-");
-    let mut job = json!({"name": w.name(), "mode": match w.mode { Mode::Forward => "forward", Mode::Train => "train" }, "reps": w.reps});
+    let mut job = json!({"name": w.name(), "mode": match w.mode { Mode::Forward => "forward", Mode::Train => "train" }, "reps": w.reps,
+        "device": if dev.is_cpu() { "cpu" } else { "cuda" }, "dtype": dt.as_str()});
     let model_path = match &w.arch {
         Arch::Unet(cfg) => {
             let p = dir.join(&tag);
@@ -227,27 +237,52 @@ pub fn prepare(w: &Workload, dir: &Path, seed: u64) -> Result<Prepared> {
     let t: Vec<f32> = (0..w.batch)
         .map(|_| rng.random_range(0..1000) as f32)
         .collect();
-    let t = Tensor::from_vec(t, w.batch, &dev)?;
+    let t = Tensor::from_vec(t, w.batch, &cpu)?;
     let mut inputs = HashMap::from([("x".to_string(), x.clone()), ("t".to_string(), t.clone())]);
+    let (x, t) = (x.to_device(dev)?, t.to_device(dev)?);
+    let sync = dev.clone();
     let step: Box<dyn FnMut() -> Result<()>> = match w.mode {
         Mode::Forward => {
             // Plain tensors, not variables: inference builds no graph.
-            let plain = build(&w.arch, VarBuilder::from_tensors(tensors, DType::F32, &dev))?;
-            inputs.insert("y".into(), plain(&x, &t)?);
+            let plain = build(&w.arch, VarBuilder::from_tensors(tensors, dt, dev))?;
+            let xd = x.to_dtype(dt)?;
+            let y = plain(&xd, &t)?.to_dtype(DType::F32)?.to_device(&cpu)?;
+            inputs.insert("y".into(), y);
             Box::new(move || {
-                plain(&x, &t)?;
-                Ok(())
+                plain(&xd, &t)?;
+                Ok(sync.synchronize()?)
             })
         }
         Mode::Train => {
             let target = randn(&w.input_shape(), &mut rng)?;
             inputs.insert("target".into(), target.clone());
+            let target = target.to_device(dev)?;
+            // f32 master weights on the device; a bf16/f16 network is rebuilt from them through
+            // a cast each step, so gradients reach the f32 variables (as the trainer does).
+            let vars = vars
+                .into_iter()
+                .map(|(k, v)| Ok((k, Var::from_tensor(&v.as_tensor().to_device(dev)?)?)))
+                .collect::<Result<Vec<_>>>()?;
+            let (arch, dev2) = (w.arch.clone(), dev.clone());
+            let cast = {
+                let vars = vars.clone();
+                move |d: DType| {
+                    let vb = VarBuilder::from_backend(Box::new(CastVars::new(vars.clone())), d, dev2.clone());
+                    build(&arch, vb)
+                }
+            };
+            let fixed = cast(DType::F32)?;
             let mut opt = AdamW::new(vars, AdamWConfig::default())?;
             Box::new(move || {
-                let loss = (net(&x, &t)? - &target)?.sqr()?.mean_all()?;
+                let y = if dt == DType::F32 {
+                    fixed(&x, &t)?
+                } else {
+                    cast(dt)?(&x.to_dtype(dt)?, &t)?.to_dtype(DType::F32)?
+                };
+                let loss = (y - &target)?.sqr()?.mean_all()?;
                 let grads = loss.backward()?;
                 opt.step(&grads, 1e-4, 1.0)?;
-                Ok(())
+                Ok(sync.synchronize()?)
             })
         }
     };

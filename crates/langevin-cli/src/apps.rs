@@ -27,6 +27,8 @@ pub struct InpaintArgs {
     pub mask: PathBuf,
     #[command(flatten)]
     pub sampler: SamplerArgs,
+    #[command(flatten)]
+    pub compute: crate::common::ComputeArgs,
     /// RePaint: passes through every stretch of `--jump` steps (1 = projection only; RePaint
     /// used 10). Multiplies the network evaluations by about this much.
     #[arg(long, default_value_t = 1)]
@@ -60,6 +62,8 @@ pub struct UpscaleArgs {
     pub zero_shot: bool,
     #[command(flatten)]
     pub sampler: SamplerArgs,
+    #[command(flatten)]
+    pub compute: crate::common::ComputeArgs,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Output PNG.
@@ -88,6 +92,8 @@ pub struct Img2ImgArgs {
     pub guidance: f64,
     #[command(flatten)]
     pub sampler: SamplerArgs,
+    #[command(flatten)]
+    pub compute: crate::common::ComputeArgs,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Output PNG.
@@ -183,12 +189,13 @@ fn guided_denoiser<'a>(
 }
 
 pub fn run_inpaint(a: InpaintArgs) -> Result<()> {
-    let run = Run::load(&a.model, &Device::Cpu)?;
+    let run = a.compute.load_run(&a.model)?;
+    let dev = langevin::nn::Network::device(&run.denoiser.net);
     let shape = image_shape(&run)?;
-    let x = read_image(&a.image, &shape)?;
+    let x = read_image(&a.image, &shape)?.to_device(&dev)?;
     let m = read_image(&a.mask, &shape).with_context(|| "the mask must have the image's size")?;
     // White (> 0 in [-1, 1]) marks the region to fill: keep = 1 where the mask is dark.
-    let keep = m.le(0.0)?.to_dtype(candle_core::DType::F32)?;
+    let keep = m.le(0.0)?.to_dtype(candle_core::DType::F32)?.to_device(&dev)?;
     let (mut cond, mut guided) = (Cond::default(), None);
     let den = guided_denoiser(&run, a.class, a.guidance, &mut cond, &mut guided)?;
     let resample = Resample {
@@ -210,9 +217,10 @@ pub fn run_inpaint(a: InpaintArgs) -> Result<()> {
 }
 
 pub fn run_upscale(a: UpscaleArgs) -> Result<()> {
-    let run = Run::load(&a.model, &Device::Cpu)?;
+    let run = a.compute.load_run(&a.model)?;
+    let dev = langevin::nn::Network::device(&run.denoiser.net);
     let shape = image_shape(&run)?;
-    let low = read_any_image(&a.image, shape[0])?;
+    let low = read_any_image(&a.image, shape[0])?.to_device(&dev)?;
     let (_, _, h, w) = low.dims4()?;
     let (mh, mw) = (shape[1], shape[2]);
     if h == 0 || w == 0 || mh % h != 0 || mw % w != 0 || mh / h != mw / w || mh / h < 2 {
@@ -270,9 +278,10 @@ pub fn run_upscale(a: UpscaleArgs) -> Result<()> {
 }
 
 pub fn run_img2img(a: Img2ImgArgs) -> Result<()> {
-    let run = Run::load(&a.model, &Device::Cpu)?;
+    let run = a.compute.load_run(&a.model)?;
+    let dev = langevin::nn::Network::device(&run.denoiser.net);
     let shape = image_shape(&run)?;
-    let x = read_image(&a.image, &shape)?;
+    let x = read_image(&a.image, &shape)?.to_device(&dev)?;
     let (mut cond, mut guided) = (Cond::default(), None);
     let den = guided_denoiser(&run, a.class, a.guidance, &mut cond, &mut guided)?;
     let out = img2img(

@@ -37,6 +37,8 @@ pub struct Args {
     pub guidance: f64,
     #[command(flatten)]
     pub sampler: SamplerArgs,
+    #[command(flatten)]
+    pub compute: crate::common::ComputeArgs,
     /// Sample i uses seed + i.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -79,7 +81,7 @@ pub fn run(a: Args) -> Result<()> {
     if a.n == 0 || a.batch_size == 0 {
         bail!("--n and --batch-size must be at least 1");
     }
-    let run = Run::load(&a.model, &Device::Cpu)?;
+    let run = a.compute.load_run(&a.model)?;
     if run.config.data.standardizer.is_some() {
         return tabular(&run, &a);
     }

@@ -132,3 +132,46 @@ pub fn write_table(path: &Path, t: &Table, title: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// The network's compute precision (`--dtype`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DtypeArg {
+    F32,
+    Bf16,
+    F16,
+}
+
+/// Where the network runs and in what precision.
+#[derive(ClapArgs, Clone, Debug)]
+pub struct ComputeArgs {
+    /// cpu, cuda or cuda:N (CUDA needs a build made with scripts/build-cuda.sh).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// The network's precision; samplers, losses and optimiser state stay f32 (training in
+    /// bf16/f16 is mixed precision with f32 master weights).
+    #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
+    pub dtype: DtypeArg,
+}
+
+impl ComputeArgs {
+    /// The device, checked against the dtype.
+    pub fn device(&self) -> Result<candle_core::Device> {
+        let dev = langevin::compute::device(&self.device)?;
+        langevin::compute::check(&dev, self.dtype())?;
+        Ok(dev)
+    }
+
+    pub fn dtype(&self) -> candle_core::DType {
+        let p = match self.dtype {
+            DtypeArg::F32 => langevin::compute::Precision::F32,
+            DtypeArg::Bf16 => langevin::compute::Precision::Bf16,
+            DtypeArg::F16 => langevin::compute::Precision::F16,
+        };
+        p.dtype()
+    }
+
+    /// Load a model directory onto the chosen device in the chosen precision.
+    pub fn load_run(&self, dir: &Path) -> Result<langevin::model::Run> {
+        Ok(langevin::model::Run::load_as(dir, &self.device()?, self.dtype())?)
+    }
+}

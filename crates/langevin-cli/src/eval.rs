@@ -31,6 +31,11 @@ pub struct Args {
     pub nfe: Vec<usize>,
     #[command(flatten)]
     pub sampler: SamplerArgs,
+    #[command(flatten)]
+    pub compute: crate::common::ComputeArgs,
+    /// Samples drawn per network batch (fid/kid; raise it on a GPU).
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
     /// Samples per evaluation (and size of each reference draw).
     #[arg(long, default_value_t = 2000)]
     pub n: usize,
@@ -71,11 +76,13 @@ fn references(spec: &str, n: usize, seed: u64) -> Result<(Table, Table)> {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let run = Run::load(&a.model, &Device::Cpu)?;
+    let run = a.compute.load_run(&a.model)?;
     let info = run.config.data.clone();
     let spec = a.data.clone().unwrap_or(info.source.clone());
     if let "fid" | "kid" = a.metric.as_str() {
-        return crate::fid::eval_model(&run, &spec, &a.sampler, a.n, a.seed, a.metric == "kid");
+        let dev = a.compute.device()?;
+        let kid = a.metric == "kid";
+        return crate::fid::eval_model(&run, &spec, &a.sampler, a.n, a.seed, kid, a.batch_size, &dev);
     }
     let (reference, floor_draw) = references(&spec, a.n, a.seed)?;
     let std = info.standardizer.clone().ok_or_else(|| {

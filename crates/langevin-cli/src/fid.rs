@@ -76,6 +76,9 @@ pub struct Args {
     /// Inception batch size.
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[command(flatten)]
@@ -143,7 +146,7 @@ pub fn report(
 
 pub fn run(a: Args) -> Result<()> {
     let w = require_weights()?;
-    let net = InceptionV3::load(&w)?;
+    let net = InceptionV3::load_on(&w, &langevin::compute::device(&a.device)?)?;
     let mut sets = vec![];
     for spec in [&a.a, &a.b] {
         let set = image_set(spec, &a.images, a.seed)?;
@@ -179,6 +182,8 @@ pub fn eval_model(
     n: usize,
     seed: u64,
     with_kid: bool,
+    batch_size: usize,
+    dev: &candle_core::Device,
 ) -> Result<()> {
     use clap::Parser;
     #[derive(Parser)]
@@ -186,7 +191,7 @@ pub fn eval_model(
         #[command(flatten)]
         images: ImageArgs,
     }
-    let net = InceptionV3::load(&require_weights()?)?;
+    let net = InceptionV3::load_on(&require_weights()?, dev)?;
     let d = Defaults::parse_from(["langevin"]);
     let set = image_set(spec, &d.images, seed)?;
     let m = n.min(set.n);
@@ -196,7 +201,7 @@ pub fn eval_model(
         &net,
         &set.images[..m * per],
         (m, set.channels, set.height, set.width),
-        32,
+        batch_size,
         with_kid,
     )?;
     // Class-conditional models draw every class in turn (the reference sets are balanced).
@@ -214,11 +219,11 @@ pub fn eval_model(
     } else {
         langevin::denoiser::Cond::default()
     };
-    let (x, nfe) = crate::sample::draw_with(run, &run.denoiser, sampler, n, seed, 32, None, &cond)?;
+    let (x, nfe) = crate::sample::draw_with(run, &run.denoiser, sampler, n, seed, batch_size, None, &cond)?;
     let (b, c, h, w) = x.dims4()?;
     let v = x.flatten_all()?.to_vec1::<f32>()?;
     eprintln!("{b} samples ({nfe} NFE each)");
-    let g = features(&net, &v, (b, c, h, w), 32, with_kid)?;
+    let g = features(&net, &v, (b, c, h, w), batch_size, with_kid)?;
     println!("model vs {spec}: {}", report(&g, &r, with_kid, seed)?);
     Ok(())
 }

@@ -107,6 +107,8 @@ pub struct Args {
     pub model: PathBuf,
     #[command(flatten)]
     pub sampler: SamplerArgs,
+    #[command(flatten)]
+    pub compute: crate::common::ComputeArgs,
     /// Number of samples.
     #[arg(long, default_value_t = 16)]
     pub n: usize,
@@ -240,7 +242,7 @@ fn diffusers_draw(
         bshape[0] = b;
         let z = match init {
             Some(z) => z.narrow(0, start, b)?,
-            None => noise.randn(&bshape, &Device::Cpu)?,
+            None => noise.randn(&bshape, &langevin::nn::Network::device(&run.denoiser.net))?,
         };
         let mut sched = folder_scheduler(&run.dir, class, a.sampler.steps)?;
         let c = Cond {
@@ -267,7 +269,7 @@ fn diffusers_draw(
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let run = Run::load(&a.model, &Device::Cpu)?;
+    let run = a.compute.load_run(&a.model)?;
     let init = match &a.init_noise {
         Some(p) => {
             let (shape, v) = langevin::data::npy::load_npy_f32(p)?;

@@ -39,6 +39,8 @@ pub struct Args {
     pub net: NetArgs,
     #[command(flatten)]
     pub image: ImageArgs,
+    #[command(flatten)]
+    pub compute: crate::common::ComputeArgs,
 }
 
 #[derive(ClapArgs, Clone)]
@@ -103,6 +105,7 @@ pub fn new_trainer(
     sched: &BetaArgs,
     opt: &OptArgs,
     net: &NetArgs,
+    dev: &Device,
 ) -> Result<Trainer> {
     let prediction: Prediction = opt.prediction.parse()?;
     let run = RunConfig {
@@ -124,7 +127,7 @@ pub fn new_trainer(
         },
     };
     report_schedule(&run.diffusion)?;
-    Ok(Trainer::new(run, opt.train_config(), &Device::Cpu)?)
+    Ok(Trainer::new(run, opt.train_config(), dev)?)
 }
 
 /// Warn about a terminal ᾱ far from 0 and say which steps carry too little noise to train on.
@@ -212,8 +215,9 @@ pub fn run(a: Args) -> Result<()> {
     if spec.as_deref().is_some_and(is_image_source) {
         return crate::train_images::run(&a, spec.as_deref().unwrap());
     }
+    let dev = a.compute.device()?;
     let (mut trainer, data) = if a.resume {
-        let mut t = Trainer::resume(&a.out, Some(a.opt.steps), &Device::Cpu)?;
+        let mut t = Trainer::resume(&a.out, Some(a.opt.steps), &dev)?;
         let info = t.run.data.clone();
         let spec = a.data.clone().unwrap_or(info.source.clone());
         let (table, _) = load_data(&spec, a.n_toy, t.cfg.seed)?;
@@ -246,11 +250,16 @@ pub fn run(a: Args) -> Result<()> {
         let spec = a.data.as_deref().unwrap();
         let (table, source) = load_data(spec, a.n_toy, a.opt.seed)?;
         let std = Standardizer::fit(&table);
-        let t = new_trainer(source, &table, &std, &a.schedule, &a.opt, &a.net)?;
+        let t = new_trainer(source, &table, &std, &a.schedule, &a.opt, &a.net, &dev)?;
         (
             t,
             TrainData::unlabelled(to_tensor(&std.transform(&table)?)?),
         )
+    };
+    trainer.set_compute_dtype(a.compute.dtype());
+    let data = TrainData {
+        x: data.x.to_device(&dev)?,
+        ..data
     };
     let secs = train_loop(&mut trainer, &data, &a.out)?;
     let tail = &trainer.losses[trainer.losses.len().saturating_sub(100)..];

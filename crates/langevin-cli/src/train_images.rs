@@ -16,7 +16,7 @@ use crate::images::{load_images, unet_config};
 use crate::train::{train_loop_with, Args};
 
 pub fn run(a: &Args, spec: &str) -> Result<()> {
-    let dev = Device::Cpu;
+    let dev = a.compute.device()?;
     let mut trainer = if a.resume {
         let t = Trainer::resume(&a.out, Some(a.opt.steps), &dev)?;
         eprintln!(
@@ -66,6 +66,7 @@ pub fn run(a: &Args, spec: &str) -> Result<()> {
         }
         Trainer::new(run, cfg, &dev)?
     };
+    trainer.set_compute_dtype(a.compute.dtype());
     let set = Arc::new(load_images(spec, &a.image, trainer.cfg.seed)?);
     let n_params: usize = trainer.model_parameters();
     eprintln!(

@@ -1,5 +1,6 @@
 //! langevin: diffusion models in Rust.
 pub mod apps;
+pub mod compute;
 pub mod data;
 pub mod denoiser;
 pub mod error;

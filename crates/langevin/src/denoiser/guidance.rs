@@ -39,6 +39,9 @@ impl Guided<'_> {
 }
 
 impl Denoiser for Guided<'_> {
+    fn device(&self) -> candle_core::Device {
+        self.inner.device()
+    }
     fn denoise(&self, x: &Tensor, sigma: f64, cond: &Cond) -> Result<Tensor> {
         self.both(x, &vec![sigma; x.dim(0)?], cond)
     }

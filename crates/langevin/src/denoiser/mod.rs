@@ -40,6 +40,11 @@ pub trait Denoiser {
     /// `x`: [B, ...]; returns the same shape.
     fn denoise(&self, x: &Tensor, sigma: f64, cond: &Cond) -> Result<Tensor>;
 
+    /// The device samplers keep their state on (the network's).
+    fn device(&self) -> candle_core::Device {
+        candle_core::Device::Cpu
+    }
+
     /// D with one σ per row (adaptive solvers give each sample its own step). The default
     /// evaluates row by row; networks override it with one batched call.
     fn denoise_rows(&self, x: &Tensor, sigmas: &[f64], cond: &Cond) -> Result<Tensor> {

@@ -114,10 +114,20 @@ impl<N: Network> Precond<N> {
         })
     }
 
-    /// Raw network output F(c_in·x, c_noise) with one σ per row.
+    /// Raw network output F(c_in·x, c_noise) with one σ per row. The input and conditioning
+    /// move to the network's device and dtype (e.g. bf16 weights); F comes back in x's dtype
+    /// on x's device, so samplers and losses always work in x's precision.
     pub fn raw(&self, x: &Tensor, sc: &RowScalings, cond: &Cond) -> Result<Tensor> {
-        self.net
-            .forward(&x.broadcast_mul(&sc.c_in)?, &sc.c_noise, cond)
+        let (dev, dt) = (self.net.device(), self.net.dtype());
+        let xin = x.broadcast_mul(&sc.c_in)?.to_device(&dev)?.to_dtype(dt)?;
+        let cond = Cond {
+            labels: cond.labels.as_ref().map(|l| l.to_device(&dev)).transpose()?,
+            image: (cond.image.as_ref())
+                .map(|im| im.to_device(&dev)?.to_dtype(dt))
+                .transpose()?,
+        };
+        let f = self.net.forward(&xin, &sc.c_noise.to_device(&dev)?, &cond)?;
+        Ok(f.to_dtype(x.dtype())?.to_device(x.device())?)
     }
 
     /// The training target F* = (x0 - c_skip·x)/c_out.
@@ -127,6 +137,10 @@ impl<N: Network> Precond<N> {
 }
 
 impl<N: Network> Denoiser for Precond<N> {
+    fn device(&self) -> candle_core::Device {
+        self.net.device()
+    }
+
     fn denoise(&self, x: &Tensor, sigma: f64, cond: &Cond) -> Result<Tensor> {
         self.denoise_rows(x, &vec![sigma; x.dim(0)?], cond)
     }

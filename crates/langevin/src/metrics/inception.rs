@@ -162,6 +162,8 @@ impl Block {
 pub struct InceptionV3 {
     stem: Vec<ConvBn>,
     blocks: Vec<Block>,
+    /// Where the weights live (images are moved here).
+    dev: Device,
 }
 
 impl InceptionV3 {
@@ -234,12 +236,21 @@ impl InceptionV3 {
                 max,
             ));
         }
-        Ok(Self { stem, blocks })
+        let dev = t
+            .values()
+            .next()
+            .map_or(Device::Cpu, |x| x.device().clone());
+        Ok(Self { stem, blocks, dev })
     }
 
     /// Load converted weights (see [`crate::metrics::fid_setup`]).
     pub fn load(path: &Path) -> Result<Self> {
-        let t = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| {
+        Self::load_on(path, &Device::Cpu)
+    }
+
+    /// [`InceptionV3::load`] onto `dev` (f32).
+    pub fn load_on(path: &Path, dev: &Device) -> Result<Self> {
+        let t = candle_core::safetensors::load(path, dev).map_err(|e| {
             Error::config(
                 "inception weights",
                 format!("{}: {e}; run `langevin fid-setup`", path.display()),
@@ -337,7 +348,7 @@ pub fn stream_features(
         let x = Tensor::from_slice(
             &images[start * per..(start + b) * per],
             (b, c, h, w),
-            &Device::Cpu,
+            &net.dev,
         )?;
         let f = net.features(&x)?.flatten_all()?.to_vec1::<f32>()?;
         sink(&f)?;

@@ -87,4 +87,16 @@ impl Network for Net {
             Net::Unet(u) => u.forward(x, c_noise, cond),
         }
     }
+    fn device(&self) -> candle_core::Device {
+        match self {
+            Net::Mlp(m) => m.device(),
+            Net::Unet(u) => u.device(),
+        }
+    }
+    fn dtype(&self) -> candle_core::DType {
+        match self {
+            Net::Mlp(m) => m.dtype(),
+            Net::Unet(u) => u.dtype(),
+        }
+    }
 }

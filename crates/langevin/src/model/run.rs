@@ -15,7 +15,7 @@ use crate::data::Standardizer;
 use crate::denoiser::Precond;
 use crate::io::write_atomic_bytes;
 use crate::nn::unet::config::SampleSize;
-use crate::nn::unet::folder::{read_unet_weights, unet_from_tensors};
+use crate::nn::unet::folder::{read_unet_weights, unet_from_tensors_as};
 use crate::scheduler::SchedulerConfig;
 use crate::{Error, Result};
 
@@ -174,8 +174,15 @@ pub struct Run {
 }
 
 impl Run {
-    /// Load config.json and the weights (single, sharded or fp16 file) from `dir`.
+    /// Load config.json and the weights (single, sharded or fp16 file) from `dir`, in f32.
     pub fn load(dir: impl AsRef<Path>, dev: &Device) -> Result<Self> {
+        Self::load_as(dir, dev, DType::F32)
+    }
+
+    /// [`Run::load`] with the weights on `dev` in `dtype` (the network's compute precision;
+    /// samplers still work in f32).
+    pub fn load_as(dir: impl AsRef<Path>, dev: &Device, dtype: DType) -> Result<Self> {
+        crate::compute::check(dev, dtype)?;
         let dir = dir.as_ref().to_path_buf();
         if !dir.is_dir() {
             return Err(Error::Checkpoint {
@@ -187,14 +194,14 @@ impl Run {
         let (tensors, wpath) = read_unet_weights(&dir, dev)?;
         let net = match &config.network {
             NetworkConfig::Unet(c) => {
-                Net::Unet(unet_from_tensors(c.clone(), tensors, &wpath, dev)?)
+                Net::Unet(unet_from_tensors_as(c.clone(), tensors, &wpath, dev, dtype)?)
             }
             mlp => {
                 let f32s = tensors
                     .into_iter()
                     .map(|(k, t)| Ok((k, t.to_dtype(DType::F32)?)))
                     .collect::<Result<HashMap<_, _>>>()?;
-                mlp.build(VarBuilder::from_tensors(f32s, DType::F32, dev))
+                mlp.build(VarBuilder::from_tensors(f32s, dtype, dev))
                     .map_err(|e| Error::Checkpoint {
                         path: wpath.clone(),
                         msg: e.to_string(),

@@ -93,4 +93,10 @@ impl Network for Mlp {
         }
         Ok(self.out_proj.forward(&h.silu()?)?)
     }
+    fn device(&self) -> candle_core::Device {
+        self.in_proj.weight().device().clone()
+    }
+    fn dtype(&self) -> candle_core::DType {
+        self.in_proj.weight().dtype()
+    }
 }

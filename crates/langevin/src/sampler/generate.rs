@@ -1,5 +1,5 @@
 //! Drawing many samples in batches: sample i uses seed `seed + i` whatever the batch size.
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 
 use super::{initial_noise, Ctx, SamplerKind, SamplerOptions};
 use crate::denoiser::{Cond, Denoiser};
@@ -48,7 +48,7 @@ pub fn generate(
             ));
         }
     }
-    let dev = Device::Cpu;
+    let dev = model.device();
     let mut outs = vec![];
     let mut nfe = 0;
     let mut start = 0;
@@ -61,7 +61,8 @@ pub fn generate(
         let x = match job.init_noise {
             Some(z) => {
                 let s0 = job.sigmas[0];
-                (z.narrow(0, start, b)? * (s0 * s0 + job.sigma_data * job.sigma_data).sqrt())?
+                let z = z.narrow(0, start, b)?.to_device(&dev)?;
+                (z * (s0 * s0 + job.sigma_data * job.sigma_data).sqrt())?
             }
             None => initial_noise(&mut noise, &shape, job.sigmas[0], job.sigma_data, &dev)?,
         };

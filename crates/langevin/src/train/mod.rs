@@ -119,6 +119,45 @@ pub struct Trainer {
     /// (step, loss) history.
     pub losses: Vec<(u64, f64)>,
     dev: Device,
+    /// The network's compute dtype; the weights, gradients and optimiser stay f32.
+    compute: DType,
+}
+
+/// The f32 training variables seen through a cast: a network built from this backend computes
+/// in the requested dtype, and its gradients flow back through the cast to the f32 variables
+/// (mixed-precision training with f32 master weights).
+pub struct CastVars(HashMap<String, Var>);
+
+impl CastVars {
+    pub fn new(vars: impl IntoIterator<Item = (String, Var)>) -> Self {
+        Self(vars.into_iter().collect())
+    }
+}
+
+impl candle_nn::var_builder::SimpleBackend for CastVars {
+    fn get(
+        &self,
+        s: candle_core::Shape,
+        name: &str,
+        _h: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let t = self.get_unchecked(name, dtype, dev)?;
+        if t.shape() != &s {
+            candle_core::bail!("{name}: shape {:?}, expected {s:?}", t.shape())
+        }
+        Ok(t)
+    }
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let v = self.0.get(name).ok_or_else(|| candle_core::Error::CannotFindTensor {
+            path: name.to_string(),
+        })?;
+        v.as_tensor().to_dtype(dtype)?.to_device(dev)
+    }
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.0.contains_key(name)
+    }
 }
 
 fn sorted_vars(varmap: &VarMap) -> Vec<(String, Var)> {
@@ -173,7 +212,18 @@ impl Trainer {
             schedule,
             losses: vec![],
             dev: dev.clone(),
+            compute: DType::F32,
         })
+    }
+
+    /// Compute the network in `dtype` (bf16/f16 mixed precision: f32 master weights, f32 loss,
+    /// optimiser and EMA); f32 is the default.
+    pub fn set_compute_dtype(&mut self, dtype: DType) {
+        self.compute = dtype;
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.dev
     }
 
     pub fn step(&self) -> u64 {
@@ -190,7 +240,7 @@ impl Trainer {
         let n = data.x.dim(0)?;
         let b = self.cfg.batch_size;
         let idx: Vec<u32> = (0..b).map(|_| self.rng.random_range(0..n as u32)).collect();
-        let idx = Tensor::new(idx.as_slice(), &self.dev)?;
+        let idx = Tensor::new(idx.as_slice(), data.x.device())?;
         let mut x0 = data.x.index_select(&idx, 0)?;
         if data.hflip && x0.rank() == 4 {
             let flips: Vec<f32> = (0..b)
@@ -213,6 +263,7 @@ impl Trainer {
         null_label: Option<u32>,
     ) -> Result<StepReport> {
         let b = x0.dim(0)?;
+        let x0 = &x0.to_device(&self.dev)?.to_dtype(DType::F32)?;
         let labels = match labels {
             Some(l) => {
                 let l: Vec<u32> = l.to_vec1()?;
@@ -237,9 +288,20 @@ impl Trainer {
             .cfg
             .loss_weighting
             .weights(self.model.prediction, &sigmas);
+        let low_precision = (self.compute != DType::F32)
+            .then(|| -> Result<Precond<Net>> {
+                let vars = CastVars::new(self.vars.iter().cloned());
+                let vb = VarBuilder::from_backend(Box::new(vars), self.compute, self.dev.clone());
+                Ok(Precond {
+                    net: self.run.network.build(vb)?,
+                    prediction: self.model.prediction,
+                    noise_cond: self.model.noise_cond.clone(),
+                })
+            })
+            .transpose()?;
         let loss = loss::denoising_loss(
-            &self.model,
-            &x0,
+            low_precision.as_ref().unwrap_or(&self.model),
+            x0,
             &sigmas,
             &eps,
             &Cond {

@@ -167,13 +167,24 @@ pub fn unet_from_tensors(
     path: &Path,
     dev: &Device,
 ) -> Result<UNet2DModel> {
+    unet_from_tensors_as(config, tensors, path, dev, DType::F32)
+}
+
+/// [`unet_from_tensors`] with the weights cast to `dtype` (the compute precision).
+pub fn unet_from_tensors_as(
+    config: UNet2DConfig,
+    tensors: HashMap<String, Tensor>,
+    path: &Path,
+    dev: &Device,
+    dtype: DType,
+) -> Result<UNet2DModel> {
     let used = Arc::new(Mutex::new(HashSet::new()));
     let names: Vec<String> = tensors.keys().cloned().collect();
     let backend = CheckedWeights {
         tensors,
         used: used.clone(),
     };
-    let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, dev.clone());
+    let vb = VarBuilder::from_backend(Box::new(backend), dtype, dev.clone());
     let model = UNet2DModel::new(config, vb).map_err(|e| match e {
         Error::Candle(e) => checkpoint_err(path, e),
         e => e,
@@ -199,6 +210,11 @@ pub fn unet_from_tensors(
 
 /// Load a diffusers `UNet2DModel` folder (`config.json` + weights; see the module docs).
 pub fn load_unet(dir: impl AsRef<Path>, dev: &Device) -> Result<UNet2DModel> {
+    load_unet_as(dir, dev, DType::F32)
+}
+
+/// [`load_unet`] with the weights cast to `dtype`.
+pub fn load_unet_as(dir: impl AsRef<Path>, dev: &Device, dtype: DType) -> Result<UNet2DModel> {
     let dir = dir.as_ref();
     if !dir.is_dir() {
         return Err(checkpoint_err(dir, "not a model folder"));
@@ -207,7 +223,7 @@ pub fn load_unet(dir: impl AsRef<Path>, dev: &Device) -> Result<UNet2DModel> {
     let text = std::fs::read_to_string(&cpath).map_err(|e| Error::io(&cpath, e))?;
     let config = UNet2DConfig::from_json(&text, &cpath)?;
     let (tensors, wpath) = read_unet_weights(dir, dev)?;
-    unet_from_tensors(config, tensors, &wpath, dev)
+    unet_from_tensors_as(config, tensors, &wpath, dev, dtype)
 }
 
 /// Write a folder diffusers' `UNet2DModel.from_pretrained` can load: `config.json` (with

@@ -18,5 +18,8 @@ pub use config::{
     Activation, ClassEmbedType, DownBlockType, TimeEmbeddingType, TimeScaleShift, UNet2DConfig,
     UpBlockType,
 };
-pub use folder::{load_unet, read_unet_weights, save_unet, unet_from_tensors, varmap_tensors};
+pub use folder::{
+    load_unet, load_unet_as, read_unet_weights, save_unet, unet_from_tensors, unet_from_tensors_as,
+    varmap_tensors,
+};
 pub use model::UNet2DModel;

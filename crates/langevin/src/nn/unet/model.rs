@@ -221,4 +221,10 @@ impl Network for UNet2DModel {
         }
         self.forward_diffusers(x, c_noise, cond.labels.as_ref())
     }
+    fn device(&self) -> candle_core::Device {
+        self.conv_in.weight().device().clone()
+    }
+    fn dtype(&self) -> candle_core::DType {
+        self.conv_in.weight().dtype()
+    }
 }

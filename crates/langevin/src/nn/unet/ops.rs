@@ -52,6 +52,12 @@ pub struct Conv2d {
     padding: usize,
 }
 
+impl Conv2d {
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+}
+
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         kernels::conv2d(x, &self.weight, Some(&self.bias), self.stride, self.padding)
