@@ -97,6 +97,23 @@ pub fn run(fixtures: &Path, dev: &Device) -> Result<()> {
         let got = generate(&run.denoiser, &Cond::default(), &job, &mut |_| {})?.0;
         rows.push(("DPM-Solver++ 2M, 20 Karras steps, vs CPU f32".into(), dt.as_str(), rel_err(&got, &want)?, bound(dt)));
     }
+    // Inception-v3 FID features against the TorchScript reference (when the weights exist).
+    let w = langevin::metrics::fid_setup::weights_path();
+    if w.is_file() {
+        let stored = candle_core::safetensors::load(&w, &cpu)?;
+        let half = stored.values().any(|t| t.dtype() == DType::F16);
+        let net = langevin::metrics::inception::InceptionV3::load_on(&w, dev)?;
+        let t = candle_core::safetensors::load(fixtures.join("fid/parity.safetensors"), &cpu)?;
+        for k in ["grey", "rgb"] {
+            let got = net.features(&t[k].to_device(dev)?)?;
+            let e = rel_err(&got, &t[&format!("{k}_features")])?;
+            // Weights stored in f16 (to fit the device transfer) round each weight by ≤ 5e-4.
+            let (label, b) = if half { ("f32 (f16-stored weights)", 5e-3) } else { ("f32", 1e-4) };
+            rows.push((format!("Inception-v3 FID features, {k}"), label, e, b));
+        }
+    } else {
+        println!("Inception weights not found at {}: FID feature check skipped", w.display());
+    }
     println!("\n| check on {dev:?} | dtype | max rel. error | bound | |\n|---|---|---:|---:|---|");
     let mut bad = 0;
     for (what, dt, e, b) in &rows {

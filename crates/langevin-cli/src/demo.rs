@@ -56,6 +56,7 @@ pub fn run(a: Args) -> Result<()> {
         ema_decay: 0.995,
         seed: a.seed,
         checkpoint_every: 0,
+        time_limit: None,
     };
     let net = NetArgs {
         hidden: 128,
@@ -66,7 +67,7 @@ pub fn run(a: Args) -> Result<()> {
     let run_dir = a.out.join("model");
     eprintln!("training an MLP on {toy} ({} steps)…", a.steps);
     let data = TrainData::unlabelled(to_tensor(&std.transform(&train)?)?);
-    let secs = train_loop(&mut trainer, &data, &run_dir)?;
+    let secs = train_loop(&mut trainer, &data, &run_dir, None)?;
     eprintln!("trained in {secs:.1} s");
 
     let run = Run::load(&run_dir, &Device::Cpu)?;

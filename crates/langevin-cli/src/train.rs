@@ -68,6 +68,9 @@ pub struct OptArgs {
     /// Checkpoint every N steps (0 = only at the end).
     #[arg(long, default_value_t = 1000)]
     pub checkpoint_every: u64,
+    /// Stop after this many minutes (with a checkpoint; --resume continues).
+    #[arg(long)]
+    pub time_limit: Option<f64>,
 }
 
 #[derive(ClapArgs, Clone)]
@@ -150,17 +153,23 @@ pub fn report_schedule(d: &Diffusion) -> Result<()> {
 }
 
 /// Train to `trainer.cfg.steps`, checkpointing into `out`; writes loss.png at each checkpoint.
-pub fn train_loop(trainer: &mut Trainer, data: &TrainData, out: &Path) -> Result<f64> {
-    train_loop_with(trainer, out, &mut |t| Ok(t.train_step(data)?), &mut |_| {
-        Ok(())
-    })
+pub fn train_loop(
+    trainer: &mut Trainer,
+    data: &TrainData,
+    out: &Path,
+    time_limit: Option<f64>,
+) -> Result<f64> {
+    let mut step = |t: &mut Trainer| Ok(t.train_step(data)?);
+    train_loop_with(trainer, out, time_limit, &mut step, &mut |_| Ok(()))
 }
 
 /// Train to `trainer.cfg.steps` with `step` drawing each batch; `on_checkpoint` runs after each
-/// checkpoint (sample grids).
+/// checkpoint (sample grids). With `time_limit` (minutes) training stops after that long with
+/// a checkpoint, resumable with `--resume`.
 pub fn train_loop_with(
     trainer: &mut Trainer,
     out: &Path,
+    time_limit: Option<f64>,
     step: &mut dyn FnMut(&mut Trainer) -> Result<StepReport>,
     on_checkpoint: &mut dyn FnMut(&Trainer) -> Result<()>,
 ) -> Result<f64> {
@@ -177,9 +186,17 @@ pub fn train_loop_with(
             pb.set_message(format!("loss {avg:.4} lr {:.1e}", r.lr));
         }
         pb.inc(1);
-        if (every > 0 && r.step % every == 0) || r.step == total {
+        let out_of_time = time_limit.is_some_and(|m| start.elapsed().as_secs_f64() > 60.0 * m);
+        if (every > 0 && r.step % every == 0) || r.step == total || out_of_time {
             checkpoint(trainer, out)?;
             on_checkpoint(trainer)?;
+        }
+        if out_of_time && r.step < total {
+            eprintln!(
+                "--time-limit reached at step {} of {total}; checkpoint written (continue with --resume)",
+                r.step
+            );
+            break;
         }
     }
     pb.finish_and_clear();
@@ -261,7 +278,7 @@ pub fn run(a: Args) -> Result<()> {
         x: data.x.to_device(&dev)?,
         ..data
     };
-    let secs = train_loop(&mut trainer, &data, &a.out)?;
+    let secs = train_loop(&mut trainer, &data, &a.out, a.opt.time_limit)?;
     let tail = &trainer.losses[trainer.losses.len().saturating_sub(100)..];
     let avg = tail.iter().map(|l| l.1).sum::<f64>() / tail.len().max(1) as f64;
     println!(

@@ -256,6 +256,11 @@ impl InceptionV3 {
                 format!("{}: {e}; run `langevin fid-setup`", path.display()),
             )
         })?;
+        // Weights stored in half precision (a smaller file to carry) compute in f32 all the same.
+        let t = t
+            .into_iter()
+            .map(|(k, v)| Ok((k, v.to_dtype(DType::F32)?)))
+            .collect::<Result<HashMap<_, _>>>()?;
         Self::from_tensors(&t)
     }
 
