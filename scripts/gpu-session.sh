@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Runs on the lent GPU machine (the device tool), from the repository root, with what
+# scripts/build-cuda.sh built here carried along. docs/gpu.md says how it was called.
+#
+#   scripts/gpu-session.sh STAGE...     stages: smoke parity bench train fid emoji-demo pack
+#
+# Expects under .gpu/ (ignored by git; carried with the call):
+#   bin.tar.xz                 stripped `langevin` + `langevin-bench` (CUDA build)
+#   fmnist/                    Fashion-MNIST IDX .gz files (Debian's dataset-fashion-mnist)
+#   emoji32/                   the emoji package, images pre-shrunk to 32×32 (smaller to carry)
+#   cache/langevin/inception-fid.safetensors   FID weights (stored f16 to fit the transfer)
+# and .whl/ with the diffusers wheel for the PyTorch side of the benchmark.
+set -uo pipefail
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+G=$PWD/.gpu
+mkdir -p "$G/bin"
+if [ ! -x "$G/bin/langevin" ] || [ "$G/bin.tar.xz" -nt "$G/bin/langevin" ]; then
+    tar -xJf "$G/bin.tar.xz" -C "$G/bin" || exit 1
+fi
+NV=$(python3 -c "import nvidia, os; p = list(nvidia.__path__)[0]; print(':'.join(os.path.join(p, d, 'lib') for d in sorted(os.listdir(p)) if os.path.isdir(os.path.join(p, d, 'lib'))))")
+export LD_LIBRARY_PATH=/usr/local/cuda/lib64:$NV:${LD_LIBRARY_PATH:-}
+export XDG_CACHE_HOME=$G/cache
+if [ -d "$G/fmnist" ] && [ ! -e /usr/share/datasets/fashion-mnist ]; then
+    mkdir -p /usr/share/datasets && ln -s "$G/fmnist" /usr/share/datasets/fashion-mnist
+fi
+if ls .whl/*.whl >/dev/null 2>&1 && [ ! -d /tmp/site/diffusers ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl
+fi
+export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
+L=$G/bin/langevin
+B=$G/bin/langevin-bench
+RUNS=runs/gpu
+mkdir -p $RUNS
+
+# The four training runs share the GPU: the README model with the linear schedule (the
+# Fashion-MNIST model), the same with the cosine and geometric schedules (equal budget), and
+# the emoji model.
+train_fmnist() { # name, schedule args...
+    local name=$1
+    shift
+    $L train --data fashion-mnist --out $RUNS/$name --channels 32,64,64 --attention \
+        --class-cond --hflip --min-snr 5 --batch-size 128 --lr 1e-3 --warmup 200 \
+        --ema-decay 0.9995 --steps "${STEPS:-6000}" --checkpoint-every 1000 \
+        --time-limit "${MINUTES:-4}" --device cuda "$@" >"$OUT/train-$name.log" 2>&1
+}
+
+for stage in "$@"; do
+    echo "=== $stage ($(date +%T))"
+    case $stage in
+    smoke)
+        nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv
+        $L sample --help >/dev/null && echo "langevin starts"
+        ;;
+    parity)
+        $B --parity --device cuda 2>&1 | tee "$OUT/parity.md"
+        ;;
+    bench)
+        $B --gpu --device cuda --compile --reps 10 2>&1 | tee "$OUT/bench-gpu.md"
+        ;;
+    train)
+        train_fmnist fmnist &
+        train_fmnist fmnist-cosine --schedule cosine &
+        train_fmnist fmnist-geometric --schedule geometric --beta 0.5 &
+        $L train --data emoji:$G/emoji32 --out $RUNS/emoji --image-size 32 --channels 32,64,128 \
+            --attention --class-cond --hflip --min-snr 5 --batch-size 128 --lr 1e-3 --warmup 200 \
+            --ema-decay 0.9995 --steps "${STEPS:-6000}" --checkpoint-every 1000 \
+            --time-limit "${MINUTES:-4}" --device cuda >"$OUT/train-emoji.log" 2>&1 &
+        wait
+        tail -n 3 "$OUT"/train-*.log
+        ;;
+    fid)
+        F=$OUT/fid.log
+        M=$RUNS/fmnist
+        ev() { $L eval --model "$1" --metric fid --data fashion-mnist:test --n "${N:-5000}" \
+            --batch-size 1000 --device cuda "${@:2}" 2>&1 | grep -E "FID|NFE|images in" | tee -a "$F"; }
+        $L fid --a fashion-mnist:train --b fashion-mnist:test --n 10000 --kid --batch 500 \
+            --device cuda 2>&1 | tee -a "$F"
+        for s in "ddpm 1000" "ddim 50" "dpmpp-2m 10" "dpmpp-2m 20" "heun 18" "unipc-bh2 10"; do
+            set -- $s
+            echo "## $M sampler $1 steps $2" | tee -a "$F"
+            ev $M --sampler "$1" --steps "$2"
+        done
+        echo "## $M sampler langevin steps 100 langevin-steps 3" | tee -a "$F"
+        ev $M --sampler langevin --steps 100 --langevin-steps 3
+        echo "## $M dpmpp-2m 20 bf16" | tee -a "$F"
+        ev $M --sampler dpmpp-2m --steps 20 --dtype bf16
+        for m in fmnist-cosine fmnist-geometric; do
+            echo "## $RUNS/$m sampler dpmpp-2m steps 20" | tee -a "$F"
+            ev $RUNS/$m --sampler dpmpp-2m --steps 20
+        done
+        ;;
+    pack)
+        # Weights, configs and pictures of each run (not the resumable train state), one
+        # archive per run (the transfer takes 8 files of at most 16 MB), and the logs.
+        for r in $RUNS/*/; do
+            n=$(basename "$r")
+            tar -czf "$OUT/run-$n.tar.gz" --exclude=train_state.safetensors --exclude='samples-*.png' -C $RUNS "$n"
+        done
+        (cd "$OUT" && ls train-*.log >/dev/null 2>&1 && tar -czf logs.tar.gz train-*.log && rm train-*.log)
+        ls -la "$OUT"
+        ;;
+    *)
+        echo "unknown stage $stage" >&2
+        exit 2
+        ;;
+    esac
+done
