@@ -3,6 +3,7 @@
 //! of the output, to ≤ 1e-5 relative in f32; and central finite differences in f64.
 use candle_core::{DType, Device, Tensor, Var};
 use langevin::kernels::group_norm::shifted_group_norm_act;
+use langevin::kernels::conv::conv2d_gemm;
 use langevin::kernels::{conv2d, group_norm_act};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -93,6 +94,37 @@ fn conv2d_matches_candle_forward_and_backward() {
                 y.broadcast_add(&t[2].reshape((1, (), 1, 1)).unwrap())
                     .unwrap()
             },
+            &inputs,
+            i as u64,
+        );
+        assert_eq!(y1.dims(), y0.dims(), "case {i}");
+        let errs = rel_all(&y1, &g1, &y0, &g0);
+        assert!(
+            errs.iter().all(|&e| e <= 1e-5),
+            "case {i} {:?}: forward, dx, dw, dbias relative errors {errs:?}",
+            CONV_CASES[i]
+        );
+    }
+}
+
+/// The GEMM form used for training on GPUs gives the own kernel's output and all three
+/// gradients on every shape (odd sizes and stride 2 included).
+#[test]
+fn conv2d_gemm_matches_the_kernel_forward_and_backward() {
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    for (i, &(b, c, h, w, o, k, s, p)) in CONV_CASES.iter().enumerate() {
+        let inputs = [
+            randn(&[b, c, h, w], DType::F32, &mut rng),
+            randn(&[o, c, k, k], DType::F32, &mut rng),
+            randn(&[o], DType::F32, &mut rng),
+        ];
+        let (y1, g1) = value_and_grads(
+            |t| conv2d_gemm(&t[0], &t[1], Some(&t[2]), s, p).unwrap(),
+            &inputs,
+            i as u64,
+        );
+        let (y0, g0) = value_and_grads(
+            |t| conv2d(&t[0], &t[1], Some(&t[2]), s, p).unwrap(),
             &inputs,
             i as u64,
         );

@@ -51,12 +51,64 @@ pub fn conv2d(
             Some(b) => x.apply_op3(&w, &b.contiguous()?, op),
             None => x.apply_op2(&w, op),
         }
+    } else if kh == kw && (x.track_op() || w.track_op()) {
+        // Training on other devices: candle's conv2d backward computes the weight gradient as
+        // a convolution with an H×W kernel, which cuDNN's heuristic pairs with workspaces that
+        // exhaust a 141 GB GPU (measured on an H200); the GEMM form differentiates into GEMMs.
+        conv2d_gemm(x, w, bias, stride, padding)
     } else {
         let y = x.conv2d(w, padding, stride, 1, 1)?;
         match bias {
             Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
             None => Ok(y),
         }
+    }
+}
+
+/// [`conv2d`] as im2col + one matrix product, in candle ops on any device, so that its
+/// backward pass is two matrix products and copies: y[o, (b, p)] = W[o, (c, ky, kx)] ·
+/// cols[(c, ky, kx), (b, p)], the columns being k² strided slices of the zero-padded input.
+pub fn conv2d_gemm(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+) -> candle_core::Result<Tensor> {
+    let (b, c, h, wd) = x.dims4()?;
+    let (o, c2, k, _) = w.dims4()?;
+    if c2 != c {
+        candle_core::bail!("conv2d: input has {c} channels, weight expects {c2}")
+    }
+    let s = stride;
+    let (ho, wo) = ((h + 2 * padding - k) / s + 1, (wd + 2 * padding - k) / s + 1);
+    // Extra zeros past the far edges so every strided slice of length s·ho fits.
+    let eh = (k - 1 + s * ho).saturating_sub(h + 2 * padding);
+    let ew = (k - 1 + s * wo).saturating_sub(wd + 2 * padding);
+    let xp = x
+        .pad_with_zeros(2, padding, padding + eh)?
+        .pad_with_zeros(3, padding, padding + ew)?;
+    let mut cols = Vec::with_capacity(k * k);
+    for ky in 0..k {
+        for kx in 0..k {
+            let t = xp.narrow(2, ky, s * ho)?.narrow(3, kx, s * wo)?;
+            let t = if s > 1 {
+                t.reshape((b, c, ho, s, wo, s))?
+                    .narrow(3, 0, 1)?
+                    .narrow(5, 0, 1)?
+                    .reshape((b, c, ho, wo))?
+            } else {
+                t
+            };
+            cols.push(t.transpose(0, 1)?); // [c, b, ho, wo]
+        }
+    }
+    let cols = Tensor::stack(&cols, 1)?.reshape((c * k * k, b * ho * wo))?;
+    let y = w.reshape((o, c * k * k))?.matmul(&cols)?;
+    let y = y.reshape((o, b, ho, wo))?.transpose(0, 1)?.contiguous()?;
+    match bias {
+        Some(bb) => y.broadcast_add(&bb.reshape((1, (), 1, 1))?),
+        None => Ok(y),
     }
 }
 
