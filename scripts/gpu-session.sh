@@ -21,9 +21,12 @@ fi
 NV=$(python3 -c "import nvidia, os; p = list(nvidia.__path__)[0]; print(':'.join(os.path.join(p, d, 'lib') for d in sorted(os.listdir(p)) if os.path.isdir(os.path.join(p, d, 'lib'))))")
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:$NV:${LD_LIBRARY_PATH:-}
 export XDG_CACHE_HOME=$G/cache
-if [ -d "$G/fmnist" ] && [ ! -e /usr/share/datasets/fashion-mnist ]; then
-    mkdir -p /usr/share/datasets && ln -s "$G/fmnist" /usr/share/datasets/fashion-mnist
-fi
+# The full set, or (to fit the transfer) the test set with the first 10,000 training images.
+for d in fmnist fmnist-small; do
+    if [ -d "$G/$d" ] && [ ! -e /usr/share/datasets/fashion-mnist ]; then
+        mkdir -p /usr/share/datasets && ln -s "$G/$d" /usr/share/datasets/fashion-mnist
+    fi
+done
 if ls .whl/*.whl >/dev/null 2>&1 && [ ! -d /tmp/site/diffusers ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/site .whl/*.whl
@@ -59,6 +62,14 @@ for stage in "$@"; do
     bench)
         $B --gpu --device cuda --compile --reps 10 2>&1 | tee "$OUT/bench-gpu.md"
         ;;
+    profile)
+        # Time components by leaving them out / swapping them: cuDNN vs GEMM-form convolution.
+        for conv in cudnn gemm; do
+            echo "## convolution: $conv" | tee -a "$OUT/profile.md"
+            LANGEVIN_GPU_CONV=$conv $B --gpu --device cuda --no-torch --reps 10 --only forward 2>&1 |
+                grep -E "^\| (resblocks|unet)" | head -4 | tee -a "$OUT/profile.md"
+        done
+        ;;
     train)
         train_fmnist fmnist &
         train_fmnist fmnist-cosine --schedule cosine &
@@ -70,26 +81,42 @@ for stage in "$@"; do
         wait
         tail -n 3 "$OUT"/train-*.log
         ;;
-    fid)
+    floor)
         F=$OUT/fid.log
-        M=$RUNS/fmnist
-        ev() { $L eval --model "$1" --metric fid --data fashion-mnist:test --n "${N:-5000}" \
+        for n in 10000 1000; do
+            echo "## floor n=$n" | tee -a "$F"
+            $L fid --a fashion-mnist:train --b fashion-mnist:test --n $n --kid --batch 500 \
+                --device cuda 2>&1 | grep -E "FID|images in" | tee -a "$F"
+        done
+        ;;
+    fid | fid-ddpm | fid-gpu-models)
+        F=$OUT/fid.log
+        ev() { $L eval --model "$1" --metric fid --data fashion-mnist:test --n "${N:-1000}" \
             --batch-size 1000 --device cuda "${@:2}" 2>&1 | grep -E "FID|NFE|images in" | tee -a "$F"; }
-        $L fid --a fashion-mnist:train --b fashion-mnist:test --n 10000 --kid --batch 500 \
-            --device cuda 2>&1 | tee -a "$F"
-        for s in "ddpm 1000" "ddim 50" "dpmpp-2m 10" "dpmpp-2m 20" "heun 18" "unipc-bh2 10"; do
-            set -- $s
-            echo "## $M sampler $1 steps $2" | tee -a "$F"
-            ev $M --sampler "$1" --steps "$2"
-        done
-        echo "## $M sampler langevin steps 100 langevin-steps 3" | tee -a "$F"
-        ev $M --sampler langevin --steps 100 --langevin-steps 3
-        echo "## $M dpmpp-2m 20 bf16" | tee -a "$F"
-        ev $M --sampler dpmpp-2m --steps 20 --dtype bf16
-        for m in fmnist-cosine fmnist-geometric; do
-            echo "## $RUNS/$m sampler dpmpp-2m steps 20" | tee -a "$F"
-            ev $RUNS/$m --sampler dpmpp-2m --steps 20
-        done
+        M=$G/models/fmnist
+        case $stage in
+        fid)
+            for s in "ddim 50" "dpmpp-2m 10" "dpmpp-2m 20" "heun 18" "unipc-bh2 10"; do
+                set -- $s
+                echo "## $M sampler $1 steps $2" | tee -a "$F"
+                ev $M --sampler "$1" --steps "$2"
+            done
+            echo "## $M sampler langevin steps 100 langevin-steps 2" | tee -a "$F"
+            ev $M --sampler langevin --steps 100 --langevin-steps 2
+            echo "## $M dpmpp-2m 20 bf16" | tee -a "$F"
+            ev $M --sampler dpmpp-2m --steps 20 --dtype bf16
+            ;;
+        fid-gpu-models)
+            for m in gpu-fmnist gpu-fmnist-cosine gpu-fmnist-geometric; do
+                echo "## $G/models/$m sampler dpmpp-2m steps 20" | tee -a "$F"
+                ev $G/models/$m --sampler dpmpp-2m --steps 20
+            done
+            ;;
+        fid-ddpm)
+            echo "## $M sampler ddpm steps 1000" | tee -a "$F"
+            ev $M --sampler ddpm --steps 1000
+            ;;
+        esac
         ;;
     pack)
         # Weights, configs and pictures of each run (not the resumable train state), one

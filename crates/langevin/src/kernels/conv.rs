@@ -51,7 +51,7 @@ pub fn conv2d(
             Some(b) => x.apply_op3(&w, &b.contiguous()?, op),
             None => x.apply_op2(&w, op),
         }
-    } else if kh == kw && (x.track_op() || w.track_op()) {
+    } else if kh == kw && (x.track_op() || w.track_op() || gemm_on_gpu()) {
         // Training on other devices: candle's conv2d backward computes the weight gradient as
         // a convolution with an H×W kernel, which cuDNN's heuristic pairs with workspaces that
         // exhaust a 141 GB GPU (measured on an H200); the GEMM form differentiates into GEMMs.
@@ -63,6 +63,13 @@ pub fn conv2d(
             None => Ok(y),
         }
     }
+}
+
+/// `LANGEVIN_GPU_CONV=gemm` runs inference convolutions off the CPU in the GEMM form too
+/// (instead of candle's cuDNN call), for comparing the two on a GPU.
+fn gemm_on_gpu() -> bool {
+    static GEMM: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *GEMM.get_or_init(|| std::env::var("LANGEVIN_GPU_CONV").is_ok_and(|v| v == "gemm"))
 }
 
 /// [`conv2d`] as im2col + one matrix product, in candle ops on any device, so that its
