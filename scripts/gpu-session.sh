@@ -67,8 +67,16 @@ for stage in "$@"; do
         for conv in cudnn gemm; do
             echo "## convolution: $conv" | tee -a "$OUT/profile.md"
             LANGEVIN_GPU_CONV=$conv $B --gpu --device cuda --no-torch --reps 10 --only forward 2>&1 |
-                grep -E "^\| (resblocks|unet)" | head -4 | tee -a "$OUT/profile.md"
+                grep -E "^\| (resblocks|unet)" | head -4 | tee -a "$OUT/profile.md" >/tmp/profile-$conv
+            awk -F'|' '/unet-small forward b256 /{print $3 + 0}' /tmp/profile-$conv >/tmp/ms-$conv
         done
+        # The faster form for the later sampling stages on this machine.
+        if awk "BEGIN{exit !($(cat /tmp/ms-gemm) < $(cat /tmp/ms-cudnn))}"; then
+            echo gemm >/tmp/bestconv
+        else
+            echo cudnn >/tmp/bestconv
+        fi
+        echo "faster convolution for sampling: $(cat /tmp/bestconv)" | tee -a "$OUT/profile.md"
         ;;
     train)
         train_fmnist fmnist &
