@@ -100,7 +100,7 @@ for stage in "$@"; do
     fid | fid-ddpm | fid-gpu-models)
         F=$OUT/fid.log
         ev() { $L eval --model "$1" --metric fid --data fashion-mnist:test --n "${N:-1000}" \
-            --batch-size 1000 --device cuda "${@:2}" 2>&1 | grep -E "FID|NFE|images in" | tee -a "$F"; }
+            --batch-size 1000 --device cuda "${@:2}" 2>&1 | grep --line-buffered -E "FID|NFE|images in" | tee -a "$F"; }
         M=$G/models/fmnist
         case $stage in
         fid)
