@@ -95,6 +95,23 @@ fn bad_parameters_exit_2_with_a_one_line_error() {
         &langevin(&["sample", "--model", "nowhere", "--out", "s.csv"], &d),
         &["nowhere"],
     );
+    // Devices and precisions: half precision needs a GPU; a CPU build says how to get CUDA.
+    let toy = ["train", "--data", "toy:two-moons", "--out", "r", "--steps", "5"];
+    fails_with(
+        &langevin(&[&toy[..], &["--dtype", "bf16"]].concat(), &d),
+        &["bf16", "--device cuda"],
+    );
+    fails_with(
+        &langevin(&[&toy[..], &["--device", "tpu"]].concat(), &d),
+        &["tpu", "cuda:N"],
+    );
+    if !cfg!(feature = "cuda") {
+        fails_with(
+            &langevin(&[&toy[..], &["--device", "cuda:1"]].concat(), &d),
+            &["cuda:1", "scripts/build-cuda.sh"],
+        );
+    }
+    assert!(!d.join("r").exists(), "a refused run must not write its output folder");
 }
 
 #[test]
