@@ -111,10 +111,26 @@ fn gpu_workloads(a: &Args) -> Result<Vec<Workload>> {
         w("unet-cifar10", c()?, Mode::Forward, 256, BF16),
         w("unet-cifar10", c()?, Mode::Train, 128, F32),
         w("unet-cifar10", c()?, Mode::Train, 128, BF16),
-        w("unet-small", Arch::Unet(Box::new(unet(SMALL)?)), Mode::Forward, 256, F32),
-        w("unet-small", Arch::Unet(Box::new(unet(SMALL)?)), Mode::Train, 128, F32),
+        w(
+            "unet-small",
+            Arch::Unet(Box::new(unet(SMALL)?)),
+            Mode::Forward,
+            256,
+            F32,
+        ),
+        w(
+            "unet-small",
+            Arch::Unet(Box::new(unet(SMALL)?)),
+            Mode::Train,
+            128,
+            F32,
+        ),
     ];
-    v.retain(|w| a.only.as_ref().is_none_or(|o| w.name().contains(o.as_str())));
+    v.retain(|w| {
+        a.only
+            .as_ref()
+            .is_none_or(|o| w.name().contains(o.as_str()))
+    });
     Ok(v)
 }
 

@@ -45,7 +45,11 @@ pub fn run(fixtures: &Path, dev: &Device) -> Result<()> {
     let cpu = Device::Cpu;
     let mut rows: Vec<(String, &'static str, f64, f64)> = vec![];
     // candle's CPU backend has no bf16 matmul: bf16 is checked on GPUs only.
-    let dtypes: &[DType] = if dev.is_cpu() { &[DType::F32] } else { &[DType::F32, DType::BF16] };
+    let dtypes: &[DType] = if dev.is_cpu() {
+        &[DType::F32]
+    } else {
+        &[DType::F32, DType::BF16]
+    };
     for &dt in dtypes {
         for name in UNETS {
             let dir = fixtures.join("unet").join(name);
@@ -58,7 +62,12 @@ pub fn run(fixtures: &Path, dev: &Device) -> Result<()> {
                 None => None,
             };
             let y = m.forward_diffusers(&x, &t, labels.as_ref())?;
-            rows.push((format!("UNet2DModel {name}"), dt.as_str(), rel_err(&y, &io["out"])?, bound(dt)));
+            rows.push((
+                format!("UNet2DModel {name}"),
+                dt.as_str(),
+                rel_err(&y, &io["out"])?,
+                bound(dt),
+            ));
         }
         let pipe = fixtures.join("pipeline");
         let npy = |f: &str| -> Result<Tensor> {
@@ -75,12 +84,28 @@ pub fn run(fixtures: &Path, dev: &Device) -> Result<()> {
             let want = npy(&format!("{class}-{steps}.npy"))?;
             let mut sched = folder_scheduler(&run.dir, SchedulerClass::parse(class)?, steps)?;
             let mut noise = NoiseSource::consecutive(0, z.dim(0)?);
-            let got = diffusers_loop(&mut sched, &run.denoiser.net, &z, &Cond::default(), &mut noise, &mut |_, _| {})?;
-            rows.push((format!("diffusers loop {class} {steps}"), dt.as_str(), rel_err(&got, &want)?, bound(dt)));
+            let got = diffusers_loop(
+                &mut sched,
+                &run.denoiser.net,
+                &z,
+                &Cond::default(),
+                &mut noise,
+                &mut |_, _| {},
+            )?;
+            rows.push((
+                format!("diffusers loop {class} {steps}"),
+                dt.as_str(),
+                rel_err(&got, &want)?,
+                bound(dt),
+            ));
         }
         // Our own sampler against the same run on the CPU in f32 (same seeds).
         let reference = Run::load(pipe.join("model"), &cpu)?;
-        let sigmas = reference.config.diffusion.sigmas(20, langevin::model::Spacing::Karras { rho: 7.0 }, (None, None))?;
+        let sigmas = reference.config.diffusion.sigmas(
+            20,
+            langevin::model::Spacing::Karras { rho: 7.0 },
+            (None, None),
+        )?;
         let opts = SamplerOptions::default();
         let job = Job {
             kind: SamplerKind::Dpmpp2m,
@@ -95,7 +120,12 @@ pub fn run(fixtures: &Path, dev: &Device) -> Result<()> {
         };
         let want = generate(&reference.denoiser, &Cond::default(), &job, &mut |_| {})?.0;
         let got = generate(&run.denoiser, &Cond::default(), &job, &mut |_| {})?.0;
-        rows.push(("DPM-Solver++ 2M, 20 Karras steps, vs CPU f32".into(), dt.as_str(), rel_err(&got, &want)?, bound(dt)));
+        rows.push((
+            "DPM-Solver++ 2M, 20 Karras steps, vs CPU f32".into(),
+            dt.as_str(),
+            rel_err(&got, &want)?,
+            bound(dt),
+        ));
     }
     // Inception-v3 FID features against the TorchScript reference (when the weights exist).
     let w = langevin::metrics::fid_setup::weights_path();
@@ -108,18 +138,28 @@ pub fn run(fixtures: &Path, dev: &Device) -> Result<()> {
             let got = net.features(&t[k].to_device(dev)?)?;
             let e = rel_err(&got, &t[&format!("{k}_features")])?;
             // Weights stored in f16 (to fit the device transfer) round each weight by ≤ 5e-4.
-            let (label, b) = if half { ("f32 (f16-stored weights)", 5e-3) } else { ("f32", 1e-4) };
+            let (label, b) = if half {
+                ("f32 (f16-stored weights)", 5e-3)
+            } else {
+                ("f32", 1e-4)
+            };
             rows.push((format!("Inception-v3 FID features, {k}"), label, e, b));
         }
     } else {
-        println!("Inception weights not found at {}: FID feature check skipped", w.display());
+        println!(
+            "Inception weights not found at {}: FID feature check skipped",
+            w.display()
+        );
     }
     println!("\n| check on {dev:?} | dtype | max rel. error | bound | |\n|---|---|---:|---:|---|");
     let mut bad = 0;
     for (what, dt, e, b) in &rows {
         let ok = e.is_finite() && e <= b;
         bad += usize::from(!ok);
-        println!("| {what} | {dt} | {e:.2e} | {b:.0e} | {} |", if ok { "ok" } else { "FAIL" });
+        println!(
+            "| {what} | {dt} | {e:.2e} | {b:.0e} | {} |",
+            if ok { "ok" } else { "FAIL" }
+        );
     }
     if bad > 0 {
         bail!("{bad} parity check(s) over their bound");

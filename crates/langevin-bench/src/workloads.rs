@@ -267,7 +267,11 @@ pub fn prepare(w: &Workload, dir: &Path, seed: u64, dev: &Device) -> Result<Prep
             let cast = {
                 let vars = vars.clone();
                 move |d: DType| {
-                    let vb = VarBuilder::from_backend(Box::new(CastVars::new(vars.clone())), d, dev2.clone());
+                    let vb = VarBuilder::from_backend(
+                        Box::new(CastVars::new(vars.clone())),
+                        d,
+                        dev2.clone(),
+                    );
                     build(&arch, vb)
                 }
             };

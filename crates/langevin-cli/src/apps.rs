@@ -195,7 +195,10 @@ pub fn run_inpaint(a: InpaintArgs) -> Result<()> {
     let x = read_image(&a.image, &shape)?.to_device(&dev)?;
     let m = read_image(&a.mask, &shape).with_context(|| "the mask must have the image's size")?;
     // White (> 0 in [-1, 1]) marks the region to fill: keep = 1 where the mask is dark.
-    let keep = m.le(0.0)?.to_dtype(candle_core::DType::F32)?.to_device(&dev)?;
+    let keep = m
+        .le(0.0)?
+        .to_dtype(candle_core::DType::F32)?
+        .to_device(&dev)?;
     let (mut cond, mut guided) = (Cond::default(), None);
     let den = guided_denoiser(&run, a.class, a.guidance, &mut cond, &mut guided)?;
     let resample = Resample {

@@ -172,6 +172,10 @@ impl ComputeArgs {
 
     /// Load a model directory onto the chosen device in the chosen precision.
     pub fn load_run(&self, dir: &Path) -> Result<langevin::model::Run> {
-        Ok(langevin::model::Run::load_as(dir, &self.device()?, self.dtype())?)
+        Ok(langevin::model::Run::load_as(
+            dir,
+            &self.device()?,
+            self.dtype(),
+        )?)
     }
 }

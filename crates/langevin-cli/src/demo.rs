@@ -63,7 +63,15 @@ pub fn run(a: Args) -> Result<()> {
         blocks: 3,
         temb_dim: 64,
     };
-    let mut trainer = new_trainer(format!("toy:{toy}"), &train, &std, &sched, &opt, &net, &Device::Cpu)?;
+    let mut trainer = new_trainer(
+        format!("toy:{toy}"),
+        &train,
+        &std,
+        &sched,
+        &opt,
+        &net,
+        &Device::Cpu,
+    )?;
     let run_dir = a.out.join("model");
     eprintln!("training an MLP on {toy} ({} steps)…", a.steps);
     let data = TrainData::unlabelled(to_tensor(&std.transform(&train)?)?);

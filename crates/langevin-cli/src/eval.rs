@@ -82,7 +82,16 @@ pub fn run(a: Args) -> Result<()> {
     if let "fid" | "kid" = a.metric.as_str() {
         let dev = a.compute.device()?;
         let kid = a.metric == "kid";
-        return crate::fid::eval_model(&run, &spec, &a.sampler, a.n, a.seed, kid, a.batch_size, &dev);
+        return crate::fid::eval_model(
+            &run,
+            &spec,
+            &a.sampler,
+            a.n,
+            a.seed,
+            kid,
+            a.batch_size,
+            &dev,
+        );
     }
     let (reference, floor_draw) = references(&spec, a.n, a.seed)?;
     let std = info.standardizer.clone().ok_or_else(|| {

@@ -219,7 +219,16 @@ pub fn eval_model(
     } else {
         langevin::denoiser::Cond::default()
     };
-    let (x, nfe) = crate::sample::draw_with(run, &run.denoiser, sampler, n, seed, batch_size, None, &cond)?;
+    let (x, nfe) = crate::sample::draw_with(
+        run,
+        &run.denoiser,
+        sampler,
+        n,
+        seed,
+        batch_size,
+        None,
+        &cond,
+    )?;
     let (b, c, h, w) = x.dims4()?;
     let v = x.flatten_all()?.to_vec1::<f32>()?;
     eprintln!("{b} samples ({nfe} NFE each)");

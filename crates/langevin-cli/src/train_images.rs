@@ -97,7 +97,13 @@ pub fn run(a: &Args, spec: &str) -> Result<()> {
         }
         Ok(r)
     };
-    let secs = train_loop_with(&mut trainer, &a.out, a.opt.time_limit, &mut step, &mut |_| Ok(()))?;
+    let secs = train_loop_with(
+        &mut trainer,
+        &a.out,
+        a.opt.time_limit,
+        &mut step,
+        &mut |_| Ok(()),
+    )?;
     sample_grid(&trainer, &set, &a.out.join("samples.png"))?;
     println!(
         "trained {} steps in {secs:.1} s; wrote {} (samples.png, loss.png)",

@@ -96,7 +96,15 @@ fn bad_parameters_exit_2_with_a_one_line_error() {
         &["nowhere"],
     );
     // Devices and precisions: half precision needs a GPU; a CPU build says how to get CUDA.
-    let toy = ["train", "--data", "toy:two-moons", "--out", "r", "--steps", "5"];
+    let toy = [
+        "train",
+        "--data",
+        "toy:two-moons",
+        "--out",
+        "r",
+        "--steps",
+        "5",
+    ];
     fails_with(
         &langevin(&[&toy[..], &["--dtype", "bf16"]].concat(), &d),
         &["bf16", "--device cuda"],
@@ -111,7 +119,10 @@ fn bad_parameters_exit_2_with_a_one_line_error() {
             &["cuda:1", "scripts/build-cuda.sh"],
         );
     }
-    assert!(!d.join("r").exists(), "a refused run must not write its output folder");
+    assert!(
+        !d.join("r").exists(),
+        "a refused run must not write its output folder"
+    );
 }
 
 #[test]

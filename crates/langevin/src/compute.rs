@@ -35,7 +35,12 @@ impl std::str::FromStr for Precision {
             "f32" | "fp32" | "float32" => Precision::F32,
             "bf16" | "bfloat16" => Precision::Bf16,
             "f16" | "fp16" | "float16" => Precision::F16,
-            _ => return Err(Error::config("dtype", format!("unknown dtype '{s}'; expected f32, bf16 or f16"))),
+            _ => {
+                return Err(Error::config(
+                    "dtype",
+                    format!("unknown dtype '{s}'; expected f32, bf16 or f16"),
+                ))
+            }
         })
     }
 }
@@ -46,7 +51,10 @@ pub fn check(dev: &Device, dtype: DType) -> Result<()> {
     if dev.is_cpu() && matches!(dtype, DType::BF16 | DType::F16) {
         return Err(Error::config(
             "dtype",
-            format!("{} runs on CUDA devices (--device cuda); on the CPU use f32", dtype.as_str()),
+            format!(
+                "{} runs on CUDA devices (--device cuda); on the CPU use f32",
+                dtype.as_str()
+            ),
         ));
     }
     Ok(())

@@ -2,8 +2,8 @@
 //! padding, batch 1, 1×1): forward values and the gradients of a random linear functional
 //! of the output, to ≤ 1e-5 relative in f32; and central finite differences in f64.
 use candle_core::{DType, Device, Tensor, Var};
-use langevin::kernels::group_norm::shifted_group_norm_act;
 use langevin::kernels::conv::conv2d_gemm;
+use langevin::kernels::group_norm::shifted_group_norm_act;
 use langevin::kernels::{conv2d, group_norm_act};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;

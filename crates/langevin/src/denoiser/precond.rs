@@ -121,12 +121,18 @@ impl<N: Network> Precond<N> {
         let (dev, dt) = (self.net.device(), self.net.dtype());
         let xin = x.broadcast_mul(&sc.c_in)?.to_device(&dev)?.to_dtype(dt)?;
         let cond = Cond {
-            labels: cond.labels.as_ref().map(|l| l.to_device(&dev)).transpose()?,
+            labels: cond
+                .labels
+                .as_ref()
+                .map(|l| l.to_device(&dev))
+                .transpose()?,
             image: (cond.image.as_ref())
                 .map(|im| im.to_device(&dev)?.to_dtype(dt))
                 .transpose()?,
         };
-        let f = self.net.forward(&xin, &sc.c_noise.to_device(&dev)?, &cond)?;
+        let f = self
+            .net
+            .forward(&xin, &sc.c_noise.to_device(&dev)?, &cond)?;
         Ok(f.to_dtype(x.dtype())?.to_device(x.device())?)
     }
 

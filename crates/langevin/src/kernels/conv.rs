@@ -88,13 +88,16 @@ pub fn conv2d_gemm(
         candle_core::bail!("conv2d: input has {c} channels, weight expects {c2}")
     }
     let s = stride;
-    let (ho, wo) = ((h + 2 * padding - k) / s + 1, (wd + 2 * padding - k) / s + 1);
+    let (ho, wo) = (
+        (h + 2 * padding - k) / s + 1,
+        (wd + 2 * padding - k) / s + 1,
+    );
     // Extra zeros past the far edges so every strided slice of length s·ho fits.
     let eh = (k - 1 + s * ho).saturating_sub(h + 2 * padding);
     let ew = (k - 1 + s * wo).saturating_sub(wd + 2 * padding);
-    let xp = x
-        .pad_with_zeros(2, padding, padding + eh)?
-        .pad_with_zeros(3, padding, padding + ew)?;
+    let xp =
+        x.pad_with_zeros(2, padding, padding + eh)?
+            .pad_with_zeros(3, padding, padding + ew)?;
     let mut cols = Vec::with_capacity(k * k);
     for ky in 0..k {
         for kx in 0..k {

@@ -186,8 +186,10 @@ fn kernel_sum(x: &[&[f32]], y: &[&[f32]], d: usize, within: bool) -> Result<f64>
 /// of `x` and `y` (Bińkowski et al. 2018).
 fn mmd2_poly(x: &[&[f32]], y: &[&[f32]], d: usize) -> Result<f64> {
     let (m, n) = (x.len() as f64, y.len() as f64);
-    Ok(kernel_sum(x, x, d, true)? / (m * (m - 1.0)) + kernel_sum(y, y, d, true)? / (n * (n - 1.0))
-        - 2.0 * kernel_sum(x, y, d, false)? / (m * n))
+    Ok(
+        kernel_sum(x, x, d, true)? / (m * (m - 1.0)) + kernel_sum(y, y, d, true)? / (n * (n - 1.0))
+            - 2.0 * kernel_sum(x, y, d, false)? / (m * n),
+    )
 }
 
 /// KID between feature sets `a` and `b` (row-major, `dim` columns): the unbiased polynomial
@@ -257,8 +259,12 @@ mod tests {
         }
         let mut rng = seeded(5);
         let d = 16;
-        let a: Vec<f32> = (0..7 * d).map(|_| rng.sample::<f32, _>(StandardNormal)).collect();
-        let b: Vec<f32> = (0..9 * d).map(|_| rng.sample::<f32, _>(StandardNormal) + 0.3).collect();
+        let a: Vec<f32> = (0..7 * d)
+            .map(|_| rng.sample::<f32, _>(StandardNormal))
+            .collect();
+        let b: Vec<f32> = (0..9 * d)
+            .map(|_| rng.sample::<f32, _>(StandardNormal) + 0.3)
+            .collect();
         let (x, y): (Vec<&[f32]>, Vec<&[f32]>) = (a.chunks(d).collect(), b.chunks(d).collect());
         let (m, n, df) = (7.0, 9.0, d as f64);
         let mut want = 0.0;
@@ -282,7 +288,10 @@ mod tests {
             }
         }
         let got = mmd2_poly(&x, &y, d).unwrap();
-        assert!((got - want).abs() < 1e-5 * want.abs().max(1.0), "{got} vs {want}");
+        assert!(
+            (got - want).abs() < 1e-5 * want.abs().max(1.0),
+            "{got} vs {want}"
+        );
     }
 
     #[test]

@@ -36,9 +36,16 @@ pub fn diffusers_loop(
 ) -> Result<Tensor> {
     // The loop runs on the network's device in f32; the network sees its own dtype.
     let (dev, dt) = (net.device(), net.dtype());
-    let mut x = (init_noise.to_device(&dev)?.to_dtype(candle_core::DType::F32)? * sched.init_noise_sigma())?;
+    let mut x = (init_noise
+        .to_device(&dev)?
+        .to_dtype(candle_core::DType::F32)?
+        * sched.init_noise_sigma())?;
     let cond = &Cond {
-        labels: cond.labels.as_ref().map(|l| l.to_device(&dev)).transpose()?,
+        labels: cond
+            .labels
+            .as_ref()
+            .map(|l| l.to_device(&dev))
+            .transpose()?,
         image: (cond.image.as_ref())
             .map(|im| im.to_device(&dev)?.to_dtype(dt))
             .transpose()?,
@@ -48,7 +55,9 @@ pub fn diffusers_loop(
     for (i, &t) in timesteps.iter().enumerate() {
         let input = sched.scale_model_input(&x, i)?;
         let tt = Tensor::full(t as f32, b, x.device())?;
-        let out = net.forward(&input.to_dtype(dt)?, &tt, cond)?.to_dtype(x.dtype())?;
+        let out = net
+            .forward(&input.to_dtype(dt)?, &tt, cond)?
+            .to_dtype(x.dtype())?;
         let z = noise.randn_like(&x)?;
         x = sched.step(&out, i, &x, Some(&z))?;
         on_step(i + 1, timesteps.len());

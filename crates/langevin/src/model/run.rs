@@ -193,9 +193,13 @@ impl Run {
         let config = RunConfig::load(&dir)?;
         let (tensors, wpath) = read_unet_weights(&dir, dev)?;
         let net = match &config.network {
-            NetworkConfig::Unet(c) => {
-                Net::Unet(unet_from_tensors_as(c.clone(), tensors, &wpath, dev, dtype)?)
-            }
+            NetworkConfig::Unet(c) => Net::Unet(unet_from_tensors_as(
+                c.clone(),
+                tensors,
+                &wpath,
+                dev,
+                dtype,
+            )?),
             mlp => {
                 let f32s = tensors
                     .into_iter()

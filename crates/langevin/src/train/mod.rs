@@ -150,9 +150,12 @@ impl candle_nn::var_builder::SimpleBackend for CastVars {
         Ok(t)
     }
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        let v = self.0.get(name).ok_or_else(|| candle_core::Error::CannotFindTensor {
-            path: name.to_string(),
-        })?;
+        let v = self
+            .0
+            .get(name)
+            .ok_or_else(|| candle_core::Error::CannotFindTensor {
+                path: name.to_string(),
+            })?;
         v.as_tensor().to_dtype(dtype)?.to_device(dev)
     }
     fn contains_tensor(&self, name: &str) -> bool {

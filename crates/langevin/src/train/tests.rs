@@ -170,7 +170,12 @@ fn compute_dtype_trains_the_f32_weights() {
     let before: Vec<f32> = b.vars[0].1.flatten_all().unwrap().to_vec1().unwrap();
     for _ in 0..20 {
         let (ra, rb) = (a.train_step(&d).unwrap(), b.train_step(&d).unwrap());
-        assert!((ra.loss - rb.loss).abs() <= 1e-4 * ra.loss.abs().max(1e-3), "{} vs {}", ra.loss, rb.loss);
+        assert!(
+            (ra.loss - rb.loss).abs() <= 1e-4 * ra.loss.abs().max(1e-3),
+            "{} vs {}",
+            ra.loss,
+            rb.loss
+        );
     }
     for ((name, va), (_, vb)) in a.vars.iter().zip(&b.vars) {
         assert_eq!(vb.dtype(), DType::F32, "{name}: master weights stay f32");
@@ -178,9 +183,19 @@ fn compute_dtype_trains_the_f32_weights() {
             va.flatten_all().unwrap().to_vec1().unwrap(),
             vb.flatten_all().unwrap().to_vec1().unwrap(),
         );
-        let diff = x.iter().zip(&y).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
-        assert!(diff < 1e-4, "{name}: f32 and f64-compute weights differ by {diff}");
+        let diff = x
+            .iter()
+            .zip(&y)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            diff < 1e-4,
+            "{name}: f32 and f64-compute weights differ by {diff}"
+        );
     }
     let after: Vec<f32> = b.vars[0].1.flatten_all().unwrap().to_vec1().unwrap();
-    assert!(before != after, "the f64-compute run did not update the f32 weights");
+    assert!(
+        before != after,
+        "the f64-compute run did not update the f32 weights"
+    );
 }
