@@ -32,6 +32,17 @@ impl Cond {
             image: cut(&self.image)?,
         })
     }
+
+    /// The conditioning as a network on `dev` computing in `dtype` takes it: labels moved,
+    /// the image moved and cast.
+    pub fn to_network(&self, dev: &candle_core::Device, dtype: candle_core::DType) -> Result<Cond> {
+        Ok(Cond {
+            labels: self.labels.as_ref().map(|l| l.to_device(dev)).transpose()?,
+            image: (self.image.as_ref())
+                .map(|im| im.to_device(dev)?.to_dtype(dtype))
+                .transpose()?,
+        })
+    }
 }
 
 /// A denoiser D(x, σ) ≈ E[x0 | x0 + σ·ε = x].

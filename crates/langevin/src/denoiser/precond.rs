@@ -120,16 +120,7 @@ impl<N: Network> Precond<N> {
     pub fn raw(&self, x: &Tensor, sc: &RowScalings, cond: &Cond) -> Result<Tensor> {
         let (dev, dt) = (self.net.device(), self.net.dtype());
         let xin = x.broadcast_mul(&sc.c_in)?.to_device(&dev)?.to_dtype(dt)?;
-        let cond = Cond {
-            labels: cond
-                .labels
-                .as_ref()
-                .map(|l| l.to_device(&dev))
-                .transpose()?,
-            image: (cond.image.as_ref())
-                .map(|im| im.to_device(&dev)?.to_dtype(dt))
-                .transpose()?,
-        };
+        let cond = cond.to_network(&dev, dt)?;
         let f = self
             .net
             .forward(&xin, &sc.c_noise.to_device(&dev)?, &cond)?;

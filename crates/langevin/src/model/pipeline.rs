@@ -40,16 +40,7 @@ pub fn diffusers_loop(
         .to_device(&dev)?
         .to_dtype(candle_core::DType::F32)?
         * sched.init_noise_sigma())?;
-    let cond = &Cond {
-        labels: cond
-            .labels
-            .as_ref()
-            .map(|l| l.to_device(&dev))
-            .transpose()?,
-        image: (cond.image.as_ref())
-            .map(|im| im.to_device(&dev)?.to_dtype(dt))
-            .transpose()?,
-    };
+    let cond = &cond.to_network(&dev, dt)?;
     let b = x.dim(0)?;
     let timesteps = sched.timesteps().to_vec();
     for (i, &t) in timesteps.iter().enumerate() {

@@ -28,7 +28,6 @@ pub struct Job<'a> {
 /// Run `job` with `model`; `on_batch(done)` is called after each batch. Returns the samples
 /// [n, ...] and the number of network evaluations per sample. `cond.labels`, if any, has one
 /// row per sample.
-
 pub fn generate(
     model: &dyn Denoiser,
     cond: &Cond,
