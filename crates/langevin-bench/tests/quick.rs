@@ -36,3 +36,24 @@ fn quick_run_prints_every_table_row() {
         assert!(ms > 0.0, "{line}");
     }
 }
+
+/// The GPU parity run works on the CPU too: the test suite's diffusers fixtures through the same
+/// tool, every check within its bound (f32 only: the CPU has no bf16 matmul).
+#[test]
+fn parity_run_passes_on_the_cpu() {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../langevin/tests/fixtures");
+    let out = Command::new(env!("CARGO_BIN_EXE_langevin-bench"))
+        .args(["--parity", "--device", "cpu", "--fixtures", fixtures])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows = text.lines().filter(|l| l.ends_with("| ok |")).count();
+    assert!(rows >= 10, "expected at least 10 passing checks:\n{text}");
+    assert!(!text.contains("FAIL"), "{text}");
+    assert!(text.contains("parity checks within their bounds"), "{text}");
+}
