@@ -50,6 +50,7 @@ pub fn run(a: &Args, spec: &str) -> Result<()> {
                 class_names: set.class_names.clone(),
                 image_size: Some((set.height, set.width)),
                 superres_scale: a.image.superres,
+                hflip: a.image.hflip,
                 ..Default::default()
             },
         };
@@ -83,7 +84,7 @@ pub fn run(a: &Args, spec: &str) -> Result<()> {
     let mut loader = BatchLoader::resume(
         set.clone(),
         trainer.cfg.batch_size,
-        a.image.hflip,
+        a.image.hflip || trainer.run.data.hflip,
         trainer.cfg.seed,
         trainer.step(),
     )?;

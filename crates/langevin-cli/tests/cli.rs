@@ -411,6 +411,7 @@ fn image_model_trains_resumes_and_samples_with_guidance() {
         "--norm-groups",
         "4",
         "--class-cond",
+        "--hflip",
         "--checkpoint-every",
         "2",
     ];
@@ -419,6 +420,10 @@ fn image_model_trains_resumes_and_samples_with_guidance() {
         serde_json::from_str(&std::fs::read_to_string(d.join("run/config.json")).unwrap()).unwrap();
     assert_eq!(cfg["_class_name"], "UNet2DModel");
     assert_eq!(cfg["num_class_embeds"], 11, "10 digits + the null class");
+    assert_eq!(
+        cfg["langevin"]["data"]["hflip"], true,
+        "--resume must flip as the run did"
+    );
     assert!(d.join("run/samples.png").is_file());
     let mut resume = train.to_vec();
     resume[6] = "4";

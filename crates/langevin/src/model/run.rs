@@ -41,6 +41,9 @@ pub struct DataInfo {
     /// factor and upsampled back, as extra input channels.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub superres_scale: Option<usize>,
+    /// Training images were flipped horizontally at random (kept so `--resume` does the same).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hflip: bool,
     /// (height, width) of image data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_size: Option<(usize, usize)>,
