@@ -342,9 +342,9 @@ fn run(a: Args) -> Result<()> {
     for k in std::iter::once(&mm).chain(&convs) {
         let rate = k.gflop / k.ms * 1e3;
         println!(
-            "| {} | {:.1} | {:.1} | {:.0}% | {} |",
+            "| {} | {} | {:.1} | {:.0}% | {} |",
             k.op,
-            k.ms,
+            ms(k.ms),
             rate,
             100.0 * rate / peak,
             k.candle_ms.map_or("–".into(), |c| format!("{c:.1}"))
@@ -387,6 +387,15 @@ fn gpu_tables(rows: &[Row], reps: usize, dev: &candle_core::Device) -> Result<()
     Ok(())
 }
 
+/// Milliseconds with three significant digits below 1 ms (tiny shapes must not print 0.0).
+fn ms(t: f64) -> String {
+    if t < 1.0 {
+        format!("{t:.3}")
+    } else {
+        format!("{t:.1}")
+    }
+}
+
 fn print_table(rows: &[Row], candle: bool) {
     let c_head = if candle { " candle ops, ms |" } else { "" };
     let c_rule = if candle { "---:|" } else { "" };
@@ -396,9 +405,9 @@ fn print_table(rows: &[Row], candle: bool) {
     for r in rows {
         let ips = |ms: f64| format!("{:.1}", r.batch as f64 / ms * 1e3);
         println!(
-            "| {} | {:.1} | {} | {} | {} | {} | {} |{}",
+            "| {} | {} | {} | {} | {} | {} | {} |{}",
             r.name,
-            r.ours,
+            ms(r.ours),
             r.torch.map_or_else(dash, |t| format!("{t:.1}")),
             r.torch.map_or_else(dash, |t| format!("{:.2}×", t / r.ours)),
             ips(r.ours),
