@@ -133,14 +133,6 @@ pub fn write_table(path: &Path, t: &Table, title: &str) -> Result<()> {
     Ok(())
 }
 
-/// The network's compute precision (`--dtype`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum DtypeArg {
-    F32,
-    Bf16,
-    F16,
-}
-
 /// Where the network runs and in what precision.
 #[derive(ClapArgs, Clone, Debug)]
 pub struct ComputeArgs {
@@ -149,8 +141,9 @@ pub struct ComputeArgs {
     pub device: String,
     /// The network's precision; samplers, losses and optimiser state stay f32 (training in
     /// bf16/f16 is mixed precision with f32 master weights).
-    #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
-    pub dtype: DtypeArg,
+    /// f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: langevin::compute::Precision,
 }
 
 impl ComputeArgs {
@@ -162,12 +155,7 @@ impl ComputeArgs {
     }
 
     pub fn dtype(&self) -> candle_core::DType {
-        let p = match self.dtype {
-            DtypeArg::F32 => langevin::compute::Precision::F32,
-            DtypeArg::Bf16 => langevin::compute::Precision::Bf16,
-            DtypeArg::F16 => langevin::compute::Precision::F16,
-        };
-        p.dtype()
+        self.dtype.dtype()
     }
 
     /// Load a model directory onto the chosen device in the chosen precision.
