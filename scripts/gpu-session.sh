@@ -62,6 +62,43 @@ for stage in "$@"; do
     bench)
         $B --gpu --device cuda --compile --reps 10 2>&1 | tee "$OUT/bench-gpu.md"
         ;;
+    bench-forward)
+        # The sampling-path workloads with PyTorch eager and torch.compile, then ours with the
+        # fused kernels switched off (LANGEVIN_FUSED=0: candle's composed ops), in one run.
+        $B --gpu --device cuda ${COMPILE:+--compile} --reps 10 --only forward 2>&1 | tee "$OUT/bench-forward.md"
+        echo "## LANGEVIN_FUSED=0 (before)" | tee -a "$OUT/bench-forward.md"
+        LANGEVIN_FUSED=0 $B --gpu --device cuda --no-torch --reps 5 --only forward 2>&1 |
+            grep -E "^\| (unet|resblocks)" | tee -a "$OUT/bench-forward.md"
+        ;;
+    kprofile)
+        # Per-kernel time over three forwards (the output check, one warm-up, one timed) of
+        # the ddpm-cifar10-32 UNet at batch 256, fused (default) and LANGEVIN_FUSED=0.
+        for fused in 1 0; do
+            for dt in "" " bf16"; do
+                tag=fused$fused${dt// /-}
+                LANGEVIN_FUSED=$fused ncu --clock-control none --metrics gpu__time_duration.sum --csv \
+                    --launch-count 20000 $B --gpu --device cuda --no-torch --reps 1 \
+                    --exact --only "unet-cifar10 forward b256$dt" >/tmp/ncu-$tag.csv 2>/tmp/ncu-$tag.err
+                echo "## LANGEVIN_FUSED=$fused unet-cifar10 forward b256$dt (3 forwards)" | tee -a "$OUT/kernels.md"
+                python3 scripts/ncu-summary.py /tmp/ncu-$tag.csv 25 2>&1 | tee -a "$OUT/kernels.md"
+                tail -n 3 /tmp/ncu-$tag.err
+            done
+        done
+        ;;
+    e2e)
+        # End to end: 10,000 images, DPM-Solver++ 2M, 20 steps, bf16, batch 1000, the same
+        # model folder on both sides (diffusers' own loop against `langevin sample`).
+        M=/tmp/e2e
+        $B --gpu --device cuda --no-torch --reps 1 --only "unet-cifar10 forward b256 bf16" --dir $M >/dev/null 2>&1
+        MD=$(ls -d $M/unet-cifar10-forward-b256-bf16 2>/dev/null || ls -d $M/*/ | head -1)
+        N=${N:-10000}
+        python3 bench/sample_ref.py "$MD" $N 20 1000 2>&1 | tail -n 1 | tee -a "$OUT/e2e.md"
+        t0=$(date +%s%N)
+        $L sample --model "$MD" --sampler dpmpp-2m --steps 20 --n $N --batch-size 1000 \
+            --device cuda --dtype bf16 --npy /tmp/e2e.npy 2>&1 | tail -n 2 | tee -a "$OUT/e2e.md"
+        t1=$(date +%s%N)
+        echo "langevin sample: $N images in $(((t1 - t0) / 1000000)) ms (process wall time, load included)" | tee -a "$OUT/e2e.md"
+        ;;
     profile)
         # Time components by leaving them out / swapping them: cuDNN vs GEMM-form convolution.
         for conv in cudnn gemm; do

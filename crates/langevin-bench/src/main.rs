@@ -5,6 +5,7 @@
 //! cargo run --release -p langevin-bench -- --threads 2 --python .venv-bench/bin/python
 //! ```
 //! See `docs/benchmarks.md` for results and `scripts/bench.sh` for the PyTorch install.
+mod gpu_checks;
 mod kernels;
 mod parity;
 mod torch;
@@ -41,6 +42,9 @@ struct Args {
     /// Only workloads whose name contains this.
     #[arg(long)]
     only: Option<String>,
+    /// With --only: the name must equal it.
+    #[arg(long)]
+    exact: bool,
     /// Tiny shapes, one repetition: a smoke test of the harness.
     #[arg(long)]
     quick: bool,
@@ -81,6 +85,16 @@ const CIFAR10: &str = r#"{"sample_size": 32, "in_channels": 3, "out_channels": 3
  "time_embedding_type": "positional", "flip_sin_to_cos": false, "freq_shift": 1,
  "downsample_padding": 0, "center_input_sample": false}"#;
 
+/// The same UNet with diffusers' default `attention_head_dim = 8` (32 heads of 8 channels at
+/// 256 channels): the multi-head form most diffusers UNet2DModel configurations use.
+const CIFAR10_MH: &str = r#"{"sample_size": 32, "in_channels": 3, "out_channels": 3,
+ "block_out_channels": [128, 256, 256, 256], "layers_per_block": 2,
+ "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"],
+ "up_block_types": ["UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"],
+ "attention_head_dim": 8, "norm_num_groups": 32, "norm_eps": 1e-6, "act_fn": "silu",
+ "time_embedding_type": "positional", "flip_sin_to_cos": false, "freq_shift": 1,
+ "downsample_padding": 0, "center_input_sample": false}"#;
+
 /// The README's Fashion-MNIST model (`langevin train --data fashion-mnist` defaults).
 const SMALL: &str = r#"{"sample_size": 32, "in_channels": 1, "out_channels": 1,
  "block_out_channels": [32, 64, 64], "layers_per_block": 1, "norm_num_groups": 8,
@@ -109,6 +123,13 @@ fn gpu_workloads(a: &Args) -> Result<Vec<Workload>> {
         w("resblocks", res, Mode::Train, 64, F32),
         w("unet-cifar10", c()?, Mode::Forward, 256, F32),
         w("unet-cifar10", c()?, Mode::Forward, 256, BF16),
+        w(
+            "unet-cifar10-heads8",
+            Arch::Unet(Box::new(unet(CIFAR10_MH)?)),
+            Mode::Forward,
+            256,
+            BF16,
+        ),
         w("unet-cifar10", c()?, Mode::Train, 128, F32),
         w("unet-cifar10", c()?, Mode::Train, 128, BF16),
         w(
@@ -121,6 +142,13 @@ fn gpu_workloads(a: &Args) -> Result<Vec<Workload>> {
         w(
             "unet-small",
             Arch::Unet(Box::new(unet(SMALL)?)),
+            Mode::Forward,
+            256,
+            BF16,
+        ),
+        w(
+            "unet-small",
+            Arch::Unet(Box::new(unet(SMALL)?)),
             Mode::Train,
             128,
             F32,
@@ -129,7 +157,7 @@ fn gpu_workloads(a: &Args) -> Result<Vec<Workload>> {
     v.retain(|w| {
         a.only
             .as_ref()
-            .is_none_or(|o| w.name().contains(o.as_str()))
+            .is_none_or(|o| w.name().contains(o.as_str()) && (!a.exact || w.name() == *o))
     });
     Ok(v)
 }
@@ -214,7 +242,7 @@ fn workloads(a: &Args) -> Result<Vec<Workload>> {
         .filter(|w| {
             a.only
                 .as_ref()
-                .is_none_or(|o| w.name().contains(o.as_str()))
+                .is_none_or(|o| w.name().contains(o.as_str()) && (!a.exact || w.name() == *o))
         })
         .collect())
 }

@@ -127,6 +127,9 @@ pub fn run(fixtures: &Path, dev: &Device) -> Result<()> {
             bound(dt),
         ));
     }
+    if dev.is_cuda() {
+        rows.extend(crate::gpu_checks::run(dev)?);
+    }
     // Inception-v3 FID features against the TorchScript reference (when the weights exist).
     let w = langevin::metrics::fid_setup::weights_path();
     if w.is_file() {

@@ -243,7 +243,9 @@ pub fn prepare(w: &Workload, dir: &Path, seed: u64, dev: &Device) -> Result<Prep
     let sync = dev.clone();
     let step: Box<dyn FnMut() -> Result<()>> = match w.mode {
         Mode::Forward => {
-            // Plain tensors, not variables: inference builds no graph.
+            // Plain tensors, not variables (a variable's tensor tracks gradients, and so does
+            // its cast): inference builds no graph, as `langevin sample` loading a folder.
+            let tensors = tensors.into_iter().map(|(k, t)| (k, t.detach())).collect();
             let plain = build(&w.arch, VarBuilder::from_tensors(tensors, dt, dev))?;
             let xd = x.to_dtype(dt)?;
             let y = plain(&xd, &t)?.to_dtype(DType::F32)?.to_device(&cpu)?;

@@ -141,9 +141,9 @@ pub struct ComputeArgs {
     pub device: String,
     /// The network's precision; samplers, losses and optimiser state stay f32 (training in
     /// bf16/f16 is mixed precision with f32 master weights).
-    /// f32, bf16 or f16.
-    #[arg(long, default_value = "f32")]
-    pub dtype: langevin::compute::Precision,
+    /// f32, bf16 or f16. Default: f32, except that sampling an image model on CUDA uses bf16.
+    #[arg(long)]
+    pub dtype: Option<langevin::compute::Precision>,
 }
 
 impl ComputeArgs {
@@ -154,16 +154,18 @@ impl ComputeArgs {
         Ok(dev)
     }
 
+    /// The chosen precision, f32 by default (training and tabular models).
     pub fn dtype(&self) -> candle_core::DType {
-        self.dtype.dtype()
+        self.dtype.unwrap_or_default().dtype()
     }
 
-    /// Load a model directory onto the chosen device in the chosen precision.
+    /// Load a model directory onto the chosen device for sampling, in the chosen precision
+    /// (by default bf16 for image models on CUDA, f32 otherwise).
     pub fn load_run(&self, dir: &Path) -> Result<langevin::model::Run> {
-        Ok(langevin::model::Run::load_as(
+        Ok(langevin::model::Run::load_for_sampling(
             dir,
             &self.device()?,
-            self.dtype(),
+            self.dtype.map(|p| p.dtype()),
         )?)
     }
 }

@@ -55,6 +55,12 @@ pub fn shifted_group_norm_act(
             .contiguous()?
             .apply_op3(&shift, &affine, GroupNormOp { groups, eps, silu });
     }
+    let untracked = |t: &Tensor| !t.track_op();
+    if super::gpu::fast_path(x)
+        && [gamma, beta].into_iter().chain(shift).all(|t| same(t) && untracked(t))
+    {
+        return super::gpu::group_norm(x, shift, gamma, beta, groups, eps, silu);
+    }
     let x = match shift {
         Some(s) => {
             let mut dims = vec![b, c];

@@ -1,8 +1,10 @@
 //! Own CPU kernels for the hot spots candle is slow at (measured in `docs/benchmarks.md`):
 //! convolution forward and backward, and group normalisation fused with SiLU. Each is a candle
 //! custom op with its backward pass, so autograd sees one node; on other devices or dtypes the
-//! wrappers fall back to candle's own ops.
+//! wrappers fall back to candle's own ops, or to the fused CUDA kernels of [`gpu`] for
+//! inference on NVIDIA GPUs.
 pub mod conv;
+pub mod gpu;
 pub mod group_norm;
 mod real;
 

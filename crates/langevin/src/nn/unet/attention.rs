@@ -5,6 +5,7 @@ use candle_core::Tensor;
 use candle_nn::{Linear, VarBuilder};
 
 use super::ops::{fwd, group_norm, linear, softmax_last_dim, GroupNorm};
+use crate::kernels::gpu;
 use crate::Result;
 
 /// `out = (to_out.0(softmax(q·kᵀ/√d)·v) + x) / rescale_output_factor` over the H·W positions,
@@ -50,6 +51,9 @@ impl Attention {
     /// # Shapes
     /// `x`: [B, C, H, W] → [B, C, H, W].
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if gpu::fast_path(x) && !self.to_q.weight().track_op() {
+            return self.forward_channels_first(x);
+        }
         let (b, c, h, w) = x.dims4()?;
         let (n, heads) = (h * w, self.heads);
         let d = c / heads;
@@ -83,5 +87,73 @@ impl Attention {
         } else {
             (out / self.rescale_output_factor)?
         })
+    }
+
+    /// The same attention on the channel-first map, with no transposes (the fused CUDA
+    /// inference path): [B, C, H, W] is [B·heads, d, N] as it stands, so q, k, v are 1×1
+    /// convolutions (bias and 1/√d in the epilogue), the scores qᵀk and the output v·pᵀ are
+    /// batched matrix products over transposed views (cuBLAS reads them as they are), and
+    /// `to_out` adds its bias and the residual in one pass. Softmax is candle's fused kernel.
+    fn forward_channels_first(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = x.dims4()?;
+        let (n, heads) = (h * w, self.heads);
+        let d = c / heads;
+        let hs = match &self.group_norm {
+            Some(g) => fwd(g, x)?,
+            None => x.clone(),
+        };
+        let proj = |l: &Linear, scale: f64, res: Option<&Tensor>| -> Result<Tensor> {
+            let y = hs_conv(l, &hs, c)?;
+            let y = gpu::bias_residual(&y, l.bias(), res, scale)?;
+            Ok(y)
+        };
+        let q = proj(&self.to_q, 1.0 / (d as f64).sqrt(), None)?.reshape((b * heads, d, n))?;
+        let k = proj(&self.to_k, 1.0, None)?.reshape((b * heads, d, n))?;
+        let v = proj(&self.to_v, 1.0, None)?.reshape((b * heads, d, n))?;
+        let p = candle_nn::ops::softmax_last_dim(&q.t()?.matmul(&k)?)?; // [B·heads, N, N]
+        let o = v.matmul(&p.t()?)?.reshape((b, c, h, w))?; // [B·heads, d, N]
+        let y = hs_conv(&self.to_out, &o, c)?;
+        Ok(gpu::bias_residual(
+            &y,
+            self.to_out.bias(),
+            Some(x),
+            1.0 / self.rescale_output_factor,
+        )?)
+    }
+}
+
+/// `l` as a 1×1 convolution (no bias) over a [B, C, H, W] map.
+fn hs_conv(l: &Linear, x: &Tensor, c: usize) -> Result<Tensor> {
+    let wt = l.weight().reshape((c, c, 1, 1))?;
+    Ok(x.conv2d(&wt, 0, 1, 1, 1)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+    use candle_nn::VarMap;
+
+    /// The channel-first form (the CUDA inference path) is the same function as the
+    /// transposing one, for one and several heads, with and without the group norm.
+    #[test]
+    fn channel_first_attention_matches_the_transposing_form() {
+        let dev = Device::Cpu;
+        for (head_dim, groups, rescale) in [(None, Some(4), 1.0), (Some(4), None, 2.0)] {
+            let vm = VarMap::new();
+            let vb = VarBuilder::from_varmap(&vm, DType::F64, &dev);
+            let a = Attention::new(16, head_dim, groups, 1e-6, rescale, vb).unwrap();
+            // Non-zero biases, so that their placement is checked too.
+            for (_, v) in vm.data().lock().unwrap().iter() {
+                let r = Tensor::randn(0f64, 0.5, v.shape(), &dev).unwrap();
+                v.set(&r).unwrap();
+            }
+            let x = Tensor::randn(0f64, 1.0, (2, 16, 3, 5), &dev).unwrap();
+            let want = a.forward(&x).unwrap();
+            let got = a.forward_channels_first(&x).unwrap();
+            let d = (got - &want).unwrap().abs().unwrap().max_all().unwrap();
+            let d = d.to_scalar::<f64>().unwrap();
+            assert!(d < 1e-12, "heads {head_dim:?}: max |Δ| {d}");
+        }
     }
 }

@@ -1,10 +1,12 @@
 //! Differentiable building blocks shared by the UNet modules. Every op here has a correct
 //! backward pass (no fused softmax / layer norm, no `upsample_nearest2d` from candle);
-//! convolution and group norm run on the own CPU kernels of [`crate::kernels`].
+//! convolution and group norm run on the own CPU kernels of [`crate::kernels`], and for
+//! inference on CUDA on the fused kernels of [`crate::kernels::gpu`] (the op picks).
 use candle_core::{Module, Tensor, D};
 use candle_nn::{Init, Linear, VarBuilder};
 
 use crate::kernels;
+use crate::kernels::gpu;
 
 use super::config::Activation;
 use crate::Result;
@@ -38,6 +40,9 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 /// # Shapes
 /// `x`: [B, C, H, W] → [B, C, 2H, 2W].
 pub fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
+    if gpu::fast_path(x) {
+        return Ok(gpu::upsample2x(x)?);
+    }
     let (b, c, h, w) = x.dims4()?;
     Ok(x.reshape((b, c, h, 1, w, 1))?
         .broadcast_as((b, c, h, 2, w, 2))?
@@ -56,10 +61,53 @@ impl Conv2d {
     pub fn weight(&self) -> &Tensor {
         &self.weight
     }
+
+    pub fn bias(&self) -> &Tensor {
+        &self.bias
+    }
+
+    /// Whether this convolution of `x` runs the fused CUDA inference path.
+    pub fn fused(&self, x: &Tensor) -> bool {
+        gpu::fast_path(x) && !self.weight.track_op() && self.weight.dtype() == x.dtype()
+    }
+
+    /// The convolution without its bias, for callers that fold the bias into the next op
+    /// (on the fused path only; elsewhere the bias is added as usual).
+    pub fn forward_unbiased(&self, x: &Tensor) -> Result<Tensor> {
+        if self.fused(x) {
+            return Ok(x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?);
+        }
+        fwd(self, x)
+    }
+
+    /// `(conv(x) + bias + residual) / divisor`: on the fused path the bias, residual and
+    /// division are one pass after cuDNN's convolution; elsewhere they are the plain ops in
+    /// that order.
+    pub fn forward_residual(
+        &self,
+        x: &Tensor,
+        residual: Option<&Tensor>,
+        divisor: f64,
+    ) -> Result<Tensor> {
+        if self.fused(x) {
+            let y = x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?;
+            return Ok(gpu::bias_residual(&y, Some(&self.bias), residual, 1.0 / divisor)?);
+        }
+        let y = fwd(self, x)?;
+        let y = match residual {
+            Some(r) => (y + r)?,
+            None => y,
+        };
+        Ok(if divisor == 1.0 { y } else { (y / divisor)? })
+    }
 }
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if self.fused(x) {
+            let y = x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?;
+            return gpu::bias_residual(&y, Some(&self.bias), None, 1.0);
+        }
         kernels::conv2d(x, &self.weight, Some(&self.bias), self.stride, self.padding)
     }
 }

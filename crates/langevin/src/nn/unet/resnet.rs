@@ -57,11 +57,20 @@ impl ResnetBlock2D {
     pub fn forward(&self, x: &Tensor, temb_act: &Tensor) -> Result<Tensor> {
         let act = self.s.act;
         let h = self.norm1.forward_act(x, act)?;
-        let h = fwd(&self.conv1, &h)?;
         let t = fwd(&self.time_emb_proj, temb_act)?;
         let h = match self.s.time_scale_shift {
-            TimeScaleShift::Default => self.norm2.shifted_act(&h, Some(&t), act)?,
+            // On the fused CUDA path conv1's bias joins the time shift (both per channel).
+            TimeScaleShift::Default if self.conv1.fused(&h) => {
+                let h = self.conv1.forward_unbiased(&h)?;
+                let shift = t.broadcast_add(self.conv1.bias())?;
+                self.norm2.shifted_act(&h, Some(&shift), act)?
+            }
+            TimeScaleShift::Default => {
+                let h = fwd(&self.conv1, &h)?;
+                self.norm2.shifted_act(&h, Some(&t), act)?
+            }
             TimeScaleShift::ScaleShift => {
+                let h = fwd(&self.conv1, &h)?;
                 let (t, c) = (t.unsqueeze(2)?.unsqueeze(3)?, t.dim(1)? / 2);
                 let (scale, shift) = (t.narrow(1, 0, c)?, t.narrow(1, c, c)?);
                 let h = fwd(&self.norm2, &h)?
@@ -70,16 +79,12 @@ impl ResnetBlock2D {
                 activation(&h, act)?
             }
         };
-        let h = fwd(&self.conv2, &h)?;
         let skip = match &self.conv_shortcut {
             Some(c) => fwd(c, x)?,
             None => x.clone(),
         };
-        let out = (skip + h)?;
-        Ok(if self.s.output_scale_factor == 1.0 {
-            out
-        } else {
-            (out / self.s.output_scale_factor)?
-        })
+        // (conv2(h) + skip) / output_scale_factor, one pass after the convolution on CUDA.
+        self.conv2
+            .forward_residual(&h, Some(&skip), self.s.output_scale_factor)
     }
 }

@@ -1,0 +1,79 @@
+//! The fused CUDA kernels of `langevin::kernels::gpu` against the composed candle ops they
+//! replace, on the GPU, in f32 and bf16 (part of `langevin-bench --parity --device cuda`).
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor};
+use langevin::kernels::gpu;
+
+/// One row per check: (what, dtype, max relative error, bound).
+pub type Row = (String, &'static str, f64, f64);
+
+fn rel(a: &Tensor, b: &Tensor) -> Result<f64> {
+    let a = a.to_dtype(DType::F64)?;
+    let b = b.to_dtype(DType::F64)?;
+    let d = (&a - &b)?.abs()?.max_all()?.to_scalar::<f64>()?;
+    let m = b.abs()?.max_all()?.to_scalar::<f64>()?;
+    Ok(d / m.max(1e-30))
+}
+
+/// Group norm (with and without the time shift and SiLU, small and large groups), the bias +
+/// residual epilogue and ×2 upsampling, each against candle's composition of the same op on
+/// the same device.
+pub fn run(dev: &Device) -> Result<Vec<Row>> {
+    let mut rows = vec![];
+    for dt in [DType::F32, DType::BF16] {
+        let name = dt.as_str();
+        let bound = if dt == DType::F32 { 1e-5 } else { 2e-2 };
+        for &(b, c, hw, g) in &[(3, 64, 16, 32), (2, 256, 4, 32), (2, 32, 64, 8), (5, 96, 7, 3)] {
+            let x = Tensor::randn(0f32, 1.0, (b, c, hw, hw), dev)?
+                .affine(3.0, 2.0)?
+                .to_dtype(dt)?;
+            let shift = Tensor::randn(0f32, 1.0, (b, c), dev)?.to_dtype(dt)?;
+            let gamma = Tensor::randn(1f32, 0.3, c, dev)?.to_dtype(dt)?;
+            let beta = Tensor::randn(0f32, 0.3, c, dev)?.to_dtype(dt)?;
+            for (sh, silu) in [(None, false), (Some(&shift), true)] {
+                let got = gpu::group_norm(&x, sh, &gamma, &beta, g, 1e-5, silu)?;
+                // Reference in f32 from the same (rounded) inputs.
+                let f = |t: &Tensor| t.to_dtype(DType::F32);
+                let xs = match sh {
+                    Some(s) => f(&x)?.broadcast_add(&f(s)?.reshape((b, c, 1, 1))?)?,
+                    None => f(&x)?,
+                };
+                let gn = candle_nn::GroupNorm::new(f(&gamma)?, f(&beta)?, c, g, 1e-5)?;
+                let mut want = candle_core::Module::forward(&gn, &xs)?;
+                if silu {
+                    want = want.silu()?;
+                }
+                rows.push((
+                    format!(
+                        "fused group norm [{b},{c},{hw},{hw}] g{g}{}",
+                        if silu { " + shift + SiLU" } else { "" }
+                    ),
+                    name,
+                    rel(&got, &want)?,
+                    bound,
+                ));
+            }
+            let bias = Tensor::randn(0f32, 1.0, c, dev)?.to_dtype(dt)?;
+            let res = Tensor::randn(0f32, 1.0, (b, c, hw, hw), dev)?.to_dtype(dt)?;
+            let got = gpu::bias_residual(&x, Some(&bias), Some(&res), 0.5)?;
+            let f = |t: &Tensor| t.to_dtype(DType::F32);
+            let want = ((f(&x)?.broadcast_add(&f(&bias)?.reshape((1, c, 1, 1))?)? + f(&res)?)?
+                * 0.5)?;
+            rows.push((
+                format!("fused bias + residual [{b},{c},{hw},{hw}]"),
+                name,
+                rel(&got, &want)?,
+                bound,
+            ));
+            let got = gpu::upsample2x(&x)?;
+            let want = x.upsample_nearest2d(2 * hw, 2 * hw)?;
+            rows.push((
+                format!("upsample ×2 [{b},{c},{hw},{hw}]"),
+                name,
+                rel(&got, &want)?,
+                0.0,
+            ));
+        }
+    }
+    Ok(rows)
+}

@@ -1,0 +1,429 @@
+//! Fused CUDA kernels for inference (group norm + time shift + SiLU, bias + residual + scale
+//! epilogue, ×2 nearest upsampling) as candle custom ops over `cuda/fused.cu`.
+//!
+//! Written because candle runs group norm as ~10 kernels and every bias or residual add as a
+//! separate broadcast pass (docs/benchmarks.md has the per-kernel profile). The ops have no
+//! backward pass: [`fast_path`] routes only untracked (inference) tensors here; training keeps
+//! the composed candle ops. Each op is checked against that composition on the GPU by
+//! `langevin-bench --parity --device cuda` (`kernel_checks`).
+use std::sync::OnceLock;
+
+use candle_core::{DType, Tensor};
+
+/// Whether `x` takes the fused CUDA kernels: a CUDA tensor of f32 or bf16 that no gradient
+/// is tracked through, in a build with the `cuda` feature, unless `LANGEVIN_FUSED=0`.
+pub fn fast_path(x: &Tensor) -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    cfg!(feature = "cuda")
+        && x.device().is_cuda()
+        && matches!(x.dtype(), DType::F32 | DType::BF16)
+        && !x.track_op()
+        && *ON.get_or_init(|| std::env::var("LANGEVIN_FUSED").map_or(true, |v| v != "0"))
+}
+
+/// `silu?(group_norm(x + shift) · γ + β)` (as `kernels::group_norm::shifted_group_norm_act`).
+///
+/// # Shapes
+/// `x`: [B, C, …]; `shift`: [B, C]; `gamma`, `beta`: [C].
+pub fn group_norm(
+    x: &Tensor,
+    shift: Option<&Tensor>,
+    gamma: &Tensor,
+    beta: &Tensor,
+    groups: usize,
+    eps: f64,
+    silu: bool,
+) -> candle_core::Result<Tensor> {
+    let (b, c) = (x.dim(0)?, x.dim(1)?);
+    let shift = shift.map(|s| s.reshape((b, c))?.contiguous()).transpose()?;
+    x.contiguous()?.apply_op3(
+        &gamma.contiguous()?,
+        &beta.contiguous()?,
+        imp::GroupNorm {
+            groups,
+            eps: eps as f32,
+            silu,
+            shift,
+        },
+    )
+}
+
+/// `(x + bias[c] + residual) · scale` in one pass.
+///
+/// # Shapes
+/// `x`, `residual`: [B, C, …]; `bias`: [C].
+pub fn bias_residual(
+    x: &Tensor,
+    bias: Option<&Tensor>,
+    residual: Option<&Tensor>,
+    scale: f64,
+) -> candle_core::Result<Tensor> {
+    if let Some(r) = residual {
+        if r.dims() != x.dims() {
+            candle_core::bail!("bias_residual: residual {:?} vs {:?}", r.dims(), x.dims())
+        }
+    }
+    if !x.device().is_cuda() {
+        // The composed reference (also what the GPU kernel is checked against).
+        let mut dims = vec![1; x.rank()];
+        dims[1] = x.dim(1)?;
+        let y = match bias {
+            Some(bb) => x.broadcast_add(&bb.reshape(dims)?)?,
+            None => x.clone(),
+        };
+        let y = match residual {
+            Some(r) => (y + r)?,
+            None => y,
+        };
+        return y.affine(scale, 0.0);
+    }
+    x.contiguous()?.apply_op1(imp::BiasResidual {
+        bias: bias.map(|t| t.contiguous()).transpose()?,
+        residual: residual.map(|t| t.contiguous()).transpose()?,
+        scale: scale as f32,
+    })
+}
+
+/// Nearest-neighbour ×2 upsampling, [B, C, H, W] → [B, C, 2H, 2W].
+pub fn upsample2x(x: &Tensor) -> candle_core::Result<Tensor> {
+    x.contiguous()?.apply_op1(imp::Upsample2x)
+}
+
+#[cfg(feature = "cuda")]
+mod imp {
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::cudarc::driver::{
+        CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
+    };
+    use candle_core::cuda_backend::{CudaDType, WrapErr};
+    use candle_core::{CudaStorage, CustomOp1, CustomOp3, DType, Layout, Shape, WithDType};
+    use candle_core::{Storage, Tensor};
+
+    const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fused.ptx"));
+
+    /// The kernel `name` for `dt` (`group_norm_f32`, …), loaded once per device.
+    macro_rules! func {
+        ($dev:expr, $name:expr, $dt:expr) => {{
+            let suffix = match $dt {
+                DType::F32 => "f32",
+                DType::BF16 => "bf16",
+                d => candle_core::bail!("fused CUDA kernels: unsupported dtype {d:?}"),
+            };
+            $dev.get_or_load_custom_func(&format!("{}_{suffix}", $name), "langevin_fused", PTX)?
+        }};
+    }
+
+    /// The contiguous data of `s` from `l`'s offset.
+    fn view<'a, T: CudaDType + DeviceRepr + WithDType>(
+        s: &'a CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<CudaView<'a, T>> {
+        if !l.is_contiguous() {
+            candle_core::bail!("fused CUDA kernels need contiguous inputs")
+        }
+        Ok(s.as_cuda_slice::<T>()?.slice(l.start_offset()..))
+    }
+
+    /// Runs `f` with the CUDA storage of an optional side tensor (a bias, shift or residual).
+    fn with_side<R>(
+        t: &Option<Tensor>,
+        f: impl FnOnce(Option<(&CudaStorage, &Layout)>) -> candle_core::Result<R>,
+    ) -> candle_core::Result<R> {
+        match t {
+            None => f(None),
+            Some(t) => {
+                let (s, l) = t.storage_and_layout();
+                match &*s {
+                    Storage::Cuda(s) => f(Some((s, l))),
+                    _ => candle_core::bail!("fused CUDA kernels: a side input is not on the GPU"),
+                }
+            }
+        }
+    }
+
+    fn blocks(n: usize, threads: usize) -> u32 {
+        n.div_ceil(threads).min(65535 * 8) as u32
+    }
+
+    pub struct GroupNorm {
+        pub groups: usize,
+        pub eps: f32,
+        pub silu: bool,
+        pub shift: Option<Tensor>,
+    }
+
+    impl GroupNorm {
+        fn run<T: CudaDType + DeviceRepr + WithDType>(
+            &self,
+            x: (&CudaStorage, &Layout),
+            gamma: (&CudaStorage, &Layout),
+            beta: (&CudaStorage, &Layout),
+        ) -> candle_core::Result<CudaSlice<T>> {
+            let dev = x.0.device();
+            let dims = x.1.dims();
+            let (b, c) = (dims[0], dims[1]);
+            let s: usize = dims[2..].iter().product();
+            if c % self.groups != 0 || gamma.1.dims() != [c] || beta.1.dims() != [c] {
+                candle_core::bail!("group norm: {c} channels, {} groups, γ {:?}", self.groups, gamma.1.dims())
+            }
+            let n = (c / self.groups) * s;
+            let threads = (n / 4).next_multiple_of(32).clamp(32, 512) as u32;
+            let f = func!(dev, "group_norm", T::DTYPE);
+            let (xv, gv, bv) = (view::<T>(x.0, x.1)?, view::<T>(gamma.0, gamma.1)?, view::<T>(beta.0, beta.1)?);
+            // SAFETY: every element is written by the kernel.
+            let out = unsafe { dev.alloc::<T>(b * c * s)? };
+            with_side(&self.shift, |sh| {
+                let shv = sh.map(|(s, l)| view::<T>(s, l)).transpose()?;
+                if let (Some(v), Some((_, l))) = (&shv, sh) {
+                    if l.dims() != [b, c] {
+                        candle_core::bail!("group norm: shift {:?}, want [{b}, {c}]", l.dims())
+                    }
+                    let _ = v;
+                }
+                let null = 0u64;
+                let (ci, gi, si, silu) = (c as i32, self.groups as i32, s as i32, self.silu as i32);
+                let mut a = f.builder();
+                a.arg(&xv);
+                match &shv {
+                    Some(v) => a.arg(v),
+                    None => a.arg(&null),
+                };
+                a.arg(&gv).arg(&bv).arg(&out).arg(&ci).arg(&gi).arg(&si).arg(&self.eps).arg(&silu);
+                let cfg = LaunchConfig {
+                    grid_dim: ((b * self.groups) as u32, 1, 1),
+                    block_dim: (threads, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                // SAFETY: the argument list matches `group_norm_*` in fused.cu; sizes checked.
+                unsafe { a.launch(cfg) }.w()?;
+                Ok(())
+            })?;
+            Ok(out)
+        }
+    }
+
+    impl CustomOp3 for GroupNorm {
+        fn name(&self) -> &'static str {
+            "langevin-gpu-group-norm"
+        }
+        fn cpu_fwd(
+            &self,
+            _: &candle_core::CpuStorage,
+            _: &Layout,
+            _: &candle_core::CpuStorage,
+            _: &Layout,
+            _: &candle_core::CpuStorage,
+            _: &Layout,
+        ) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
+            candle_core::bail!("{} runs on CUDA only", self.name())
+        }
+        fn cuda_fwd(
+            &self,
+            x: &CudaStorage,
+            xl: &Layout,
+            g: &CudaStorage,
+            gl: &Layout,
+            b: &CudaStorage,
+            bl: &Layout,
+        ) -> candle_core::Result<(CudaStorage, Shape)> {
+            let dev = x.device().clone();
+            let slice = match x.dtype() {
+                DType::F32 => CudaStorage::wrap_cuda_slice(self.run::<f32>((x, xl), (g, gl), (b, bl))?, dev),
+                DType::BF16 => CudaStorage::wrap_cuda_slice(
+                    self.run::<half::bf16>((x, xl), (g, gl), (b, bl))?,
+                    dev,
+                ),
+                d => candle_core::bail!("{}: unsupported dtype {d:?}", self.name()),
+            };
+            Ok((slice, xl.shape().clone()))
+        }
+    }
+
+    pub struct BiasResidual {
+        pub bias: Option<Tensor>,
+        pub residual: Option<Tensor>,
+        pub scale: f32,
+    }
+
+    impl BiasResidual {
+        fn run<T: CudaDType + DeviceRepr + WithDType>(
+            &self,
+            x: &CudaStorage,
+            xl: &Layout,
+        ) -> candle_core::Result<CudaSlice<T>> {
+            let dev = x.device();
+            let dims = xl.dims();
+            let (c, s) = (dims[1], dims[2..].iter().product::<usize>());
+            let n = xl.shape().elem_count();
+            let xv = view::<T>(x, xl)?;
+            let f = func!(dev, "bias_residual", T::DTYPE);
+            // SAFETY: every element is written by the kernel.
+            let out = unsafe { dev.alloc::<T>(n)? };
+            with_side(&self.bias, |bias| {
+                with_side(&self.residual, |res| {
+                    if let Some((_, l)) = bias {
+                        if l.dims() != [c] {
+                            candle_core::bail!("bias_residual: bias {:?}, want [{c}]", l.dims())
+                        }
+                    }
+                    let bv = bias.map(|(s, l)| view::<T>(s, l)).transpose()?;
+                    let rv = res.map(|(s, l)| view::<T>(s, l)).transpose()?;
+                    let null = 0u64;
+                    let (ci, si) = (c as i32, s as i32);
+                    let mut a = f.builder();
+                    a.arg(&xv);
+                    match &bv {
+                        Some(v) => a.arg(v),
+                        None => a.arg(&null),
+                    };
+                    match &rv {
+                        Some(v) => a.arg(v),
+                        None => a.arg(&null),
+                    };
+                    a.arg(&out).arg(&n).arg(&ci).arg(&si).arg(&self.scale);
+                    let cfg = LaunchConfig {
+                        grid_dim: (blocks(n, 256), 1, 1),
+                        block_dim: (256, 1, 1),
+                        shared_mem_bytes: 0,
+                    };
+                    // SAFETY: the argument list matches `bias_residual_*` in fused.cu.
+                    unsafe { a.launch(cfg) }.w()?;
+                    Ok(())
+                })
+            })?;
+            Ok(out)
+        }
+    }
+
+    impl CustomOp1 for BiasResidual {
+        fn name(&self) -> &'static str {
+            "langevin-gpu-bias-residual"
+        }
+        fn cpu_fwd(
+            &self,
+            _: &candle_core::CpuStorage,
+            _: &Layout,
+        ) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
+            candle_core::bail!("{} runs on CUDA only", self.name())
+        }
+        fn cuda_fwd(&self, x: &CudaStorage, l: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+            let dev = x.device().clone();
+            let st = match x.dtype() {
+                DType::F32 => CudaStorage::wrap_cuda_slice(self.run::<f32>(x, l)?, dev),
+                DType::BF16 => CudaStorage::wrap_cuda_slice(self.run::<half::bf16>(x, l)?, dev),
+                d => candle_core::bail!("{}: unsupported dtype {d:?}", self.name()),
+            };
+            Ok((st, l.shape().clone()))
+        }
+    }
+
+    pub struct Upsample2x;
+
+    impl Upsample2x {
+        fn run<T: CudaDType + DeviceRepr + WithDType>(
+            &self,
+            x: &CudaStorage,
+            xl: &Layout,
+        ) -> candle_core::Result<CudaSlice<T>> {
+            let dev = x.device();
+            let (_, _, h, w) = xl.shape().dims4()?;
+            let n = xl.shape().elem_count() * 4;
+            let xv = view::<T>(x, xl)?;
+            let f = func!(dev, "upsample2x", T::DTYPE);
+            // SAFETY: every element is written by the kernel.
+            let out = unsafe { dev.alloc::<T>(n)? };
+            let (hi, wi) = (h as i32, w as i32);
+            let mut a = f.builder();
+            a.arg(&xv).arg(&out).arg(&n).arg(&hi).arg(&wi);
+            let cfg = LaunchConfig {
+                grid_dim: (blocks(n, 256), 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: the argument list matches `upsample2x_*` in fused.cu.
+            unsafe { a.launch(cfg) }.w()?;
+            Ok(out)
+        }
+    }
+
+    impl CustomOp1 for Upsample2x {
+        fn name(&self) -> &'static str {
+            "langevin-gpu-upsample2x"
+        }
+        fn cpu_fwd(
+            &self,
+            _: &candle_core::CpuStorage,
+            _: &Layout,
+        ) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
+            candle_core::bail!("{} runs on CUDA only", self.name())
+        }
+        fn cuda_fwd(&self, x: &CudaStorage, l: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+            let dev = x.device().clone();
+            let (b, c, h, w) = l.shape().dims4()?;
+            let st = match x.dtype() {
+                DType::F32 => CudaStorage::wrap_cuda_slice(self.run::<f32>(x, l)?, dev),
+                DType::BF16 => CudaStorage::wrap_cuda_slice(self.run::<half::bf16>(x, l)?, dev),
+                d => candle_core::bail!("{}: unsupported dtype {d:?}", self.name()),
+            };
+            Ok((st, Shape::from((b, c, 2 * h, 2 * w))))
+        }
+    }
+}
+
+/// Without the `cuda` feature the ops exist (so callers need no `cfg`) but [`fast_path`] is
+/// never true, and calling one is an error.
+#[cfg(not(feature = "cuda"))]
+mod imp {
+    use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor};
+
+    pub struct GroupNorm {
+        pub groups: usize,
+        pub eps: f32,
+        pub silu: bool,
+        pub shift: Option<Tensor>,
+    }
+    pub struct BiasResidual {
+        pub bias: Option<Tensor>,
+        pub residual: Option<Tensor>,
+        pub scale: f32,
+    }
+    pub struct Upsample2x;
+
+    fn no_cuda<T>() -> candle_core::Result<T> {
+        candle_core::bail!("the fused kernels need a build with the `cuda` feature")
+    }
+    impl CustomOp3 for GroupNorm {
+        fn name(&self) -> &'static str {
+            "langevin-gpu-group-norm"
+        }
+        fn cpu_fwd(
+            &self,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> candle_core::Result<(CpuStorage, Shape)> {
+            let _ = (self.groups, self.eps, self.silu, &self.shift);
+            no_cuda()
+        }
+    }
+    impl CustomOp1 for BiasResidual {
+        fn name(&self) -> &'static str {
+            "langevin-gpu-bias-residual"
+        }
+        fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+            let _ = (&self.bias, &self.residual, self.scale);
+            no_cuda()
+        }
+    }
+    impl CustomOp1 for Upsample2x {
+        fn name(&self) -> &'static str {
+            "langevin-gpu-upsample2x"
+        }
+        fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+            no_cuda()
+        }
+    }
+}
