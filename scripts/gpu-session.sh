@@ -65,15 +65,22 @@ for stage in "$@"; do
     bench-forward)
         # The sampling-path workloads with PyTorch eager and torch.compile, then ours with the
         # fused kernels switched off (LANGEVIN_FUSED=0: candle's composed ops), in one run.
-        $B --gpu --device cuda ${COMPILE:+--compile} --reps 10 --only forward 2>&1 | tee "$OUT/bench-forward.md"
-        echo "## LANGEVIN_FUSED=0 (before)" | tee -a "$OUT/bench-forward.md"
-        LANGEVIN_FUSED=0 $B --gpu --device cuda --no-torch --reps 5 --only forward 2>&1 |
-            grep -E "^\| (unet|resblocks)" | tee -a "$OUT/bench-forward.md"
+        $B --gpu --device cuda --reps 10 --only forward 2>&1 | tee "$OUT/bench-forward.md"
+        # torch.compile for the two targets that name it (compilation takes a minute each).
+        for w in "unet-cifar10 forward b256 bf16" "unet-small forward b256 bf16"; do
+            $B --gpu --device cuda --compile --reps 10 --exact --only "$w" 2>&1 |
+                grep -E "^\| $w \|" | tee -a "$OUT/bench-forward.md"
+        done
+        if [ -n "${BEFORE:-}" ]; then
+            echo "## LANGEVIN_FUSED=0 (before)" | tee -a "$OUT/bench-forward.md"
+            LANGEVIN_FUSED=0 $B --gpu --device cuda --no-torch --reps 5 --only forward 2>&1 |
+                grep -E "^\| (unet|resblocks)" | tee -a "$OUT/bench-forward.md"
+        fi
         ;;
     kprofile)
         # Per-kernel time over three forwards (the output check, one warm-up, one timed) of
         # the ddpm-cifar10-32 UNet at batch 256, fused (default) and LANGEVIN_FUSED=0.
-        for fused in 1 0; do
+        for fused in ${FUSED:-1 0}; do
             for dt in "" " bf16"; do
                 tag=fused$fused${dt// /-}
                 LANGEVIN_FUSED=$fused ncu --clock-control none --metrics gpu__time_duration.sum --csv \

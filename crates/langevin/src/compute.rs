@@ -85,8 +85,16 @@ pub fn device(spec: &str) -> Result<Device> {
             ),
         ));
     }
-    Device::new_cuda(ordinal)
-        .map_err(|e| Error::config("device", format!("cannot open '{spec}': {e}")))
+    let dev = Device::new_cuda(ordinal)
+        .map_err(|e| Error::config("device", format!("cannot open '{spec}': {e}")))?;
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(d) = &dev {
+        // SAFETY: langevin runs all work of a device on its one stream, where allocation,
+        // use and release are ordered; cudarc's per-tensor events (a host-side cost on every
+        // op) guard only cross-stream use.
+        unsafe { d.disable_event_tracking() };
+    }
+    Ok(dev)
 }
 
 #[cfg(test)]

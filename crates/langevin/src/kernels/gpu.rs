@@ -84,6 +84,15 @@ pub fn bias_residual(
     })
 }
 
+/// `conv2d(x, w)` without bias for the fused path: cuDNN with cached plans
+/// ([`super::cudnn_conv`]) in a `cudnn` build, candle's convolution otherwise.
+pub fn conv2d(x: &Tensor, w: &Tensor, padding: usize, stride: usize) -> candle_core::Result<Tensor> {
+    if cfg!(feature = "cudnn") && x.device().is_cuda() {
+        return super::cudnn_conv::conv2d(x, w, padding, stride);
+    }
+    x.conv2d(w, padding, stride, 1, 1)
+}
+
 /// Nearest-neighbour ×2 upsampling, [B, C, H, W] → [B, C, 2H, 2W].
 pub fn upsample2x(x: &Tensor) -> candle_core::Result<Tensor> {
     x.contiguous()?.apply_op1(imp::Upsample2x)

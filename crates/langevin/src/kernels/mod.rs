@@ -4,6 +4,7 @@
 //! wrappers fall back to candle's own ops, or to the fused CUDA kernels of [`gpu`] for
 //! inference on NVIDIA GPUs.
 pub mod conv;
+pub mod cudnn_conv;
 pub mod gpu;
 pub mod group_norm;
 mod real;

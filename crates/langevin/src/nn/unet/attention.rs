@@ -125,7 +125,7 @@ impl Attention {
 /// `l` as a 1×1 convolution (no bias) over a [B, C, H, W] map.
 fn hs_conv(l: &Linear, x: &Tensor, c: usize) -> Result<Tensor> {
     let wt = l.weight().reshape((c, c, 1, 1))?;
-    Ok(x.conv2d(&wt, 0, 1, 1, 1)?)
+    Ok(gpu::conv2d(x, &wt, 0, 1)?)
 }
 
 #[cfg(test)]

@@ -75,7 +75,7 @@ impl Conv2d {
     /// (on the fused path only; elsewhere the bias is added as usual).
     pub fn forward_unbiased(&self, x: &Tensor) -> Result<Tensor> {
         if self.fused(x) {
-            return Ok(x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?);
+            return Ok(gpu::conv2d(x, &self.weight, self.padding, self.stride)?);
         }
         fwd(self, x)
     }
@@ -90,7 +90,7 @@ impl Conv2d {
         divisor: f64,
     ) -> Result<Tensor> {
         if self.fused(x) {
-            let y = x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?;
+            let y = gpu::conv2d(x, &self.weight, self.padding, self.stride)?;
             return Ok(gpu::bias_residual(&y, Some(&self.bias), residual, 1.0 / divisor)?);
         }
         let y = fwd(self, x)?;
@@ -105,7 +105,7 @@ impl Conv2d {
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         if self.fused(x) {
-            let y = x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?;
+            let y = gpu::conv2d(x, &self.weight, self.padding, self.stride)?;
             return gpu::bias_residual(&y, Some(&self.bias), None, 1.0);
         }
         kernels::conv2d(x, &self.weight, Some(&self.bias), self.stride, self.padding)
