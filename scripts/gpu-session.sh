@@ -67,7 +67,7 @@ for stage in "$@"; do
         # fused kernels switched off (LANGEVIN_FUSED=0: candle's composed ops), in one run.
         $B --gpu --device cuda --reps 10 --only forward 2>&1 | tee "$OUT/bench-forward.md"
         # torch.compile for the two targets that name it (compilation takes a minute each).
-        for w in "unet-cifar10 forward b256 bf16" "unet-small forward b256 bf16"; do
+        [ -n "${NO_COMPILE:-}" ] || for w in "unet-cifar10 forward b256 bf16" "unet-small forward b256 bf16"; do
             $B --gpu --device cuda --compile --reps 10 --exact --only "$w" 2>&1 |
                 grep -E "^\| $w \|" | tee -a "$OUT/bench-forward.md"
         done
