@@ -247,7 +247,9 @@ pub(crate) fn upscale_with(
     let (_, _, h, w) = low.dims4()?;
     let (mh, mw) = (shape[1], shape[2]);
     if h == 0 || w == 0 || mh % h != 0 || mw % w != 0 || mh / h != mw / w || mh / h < 2 {
-        bail!("a {h}×{w} image does not upscale to the model's {mh}×{mw} by one integer factor ≥ 2");
+        bail!(
+            "a {h}×{w} image does not upscale to the model's {mh}×{mw} by one integer factor ≥ 2"
+        );
     }
     match (run.config.data.superres_scale, zero_shot) {
         (Some(f), false) => {

@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 
 mod common;
 mod serve_support;
-use common::tmp;
+use common::{langevin, ok, tmp};
 use serve_support::{grey_png, tiny_run, Server};
 
 fn decode(bytes: &[u8]) -> image::GrayImage {
@@ -60,13 +60,19 @@ fn serve_pages_runs_and_uploads_with_4xx_for_bad_input() {
     }
     assert_eq!(s.get("/nope").status, 404);
     let info = s.get("/api/info").json();
-    assert!(info["samplers"].as_array().unwrap().contains(&json!("dpmpp-2m")));
+    assert!(info["samplers"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("dpmpp-2m")));
 
     let runs = s.get("/api/runs").json();
     let runs = runs.as_array().unwrap();
     assert_eq!(runs.len(), 1, "{runs:?}");
     let r = &runs[0];
-    assert_eq!((&r["name"], &r["shape"]), (&json!("digits"), &json!([1, 8, 8])));
+    assert_eq!(
+        (&r["name"], &r["shape"]),
+        (&json!("digits"), &json!([1, 8, 8]))
+    );
     assert_eq!((&r["classes"], &r["guidance"]), (&json!(10), &json!(true)));
     assert_eq!(r["config"]["_class_name"], "UNet2DModel");
     assert_eq!(r["samples_png"], true);
@@ -81,16 +87,26 @@ fn serve_pages_runs_and_uploads_with_4xx_for_bad_input() {
     let name = upload(&s, "t1", &img);
     let back = s.get(&format!("/api/clients/t1/files/{name}"));
     assert_eq!(decode(&back.body), decode(&img));
-    assert!(d.join("out/t1").join(&name).is_file(), "one folder per client");
+    assert!(
+        d.join("out/t1").join(&name).is_file(),
+        "one folder per client"
+    );
     let bad = s.post("/api/clients/t1/uploads", b"not an image", "image/png");
     assert_eq!(bad.status, 400);
     assert!(bad.error().contains("PNG/JPEG"), "{}", bad.error());
     let huge = s.post("/api/clients/t1/uploads", &vec![0u8; 3 << 20], "image/png");
     assert_eq!(huge.status, 413);
     assert!(huge.error().contains("limit"), "{}", huge.error());
-    let wide = s.post("/api/clients/t1/uploads", &grey_png(2000, 1, |_, _| 0), "image/png");
+    let wide = s.post(
+        "/api/clients/t1/uploads",
+        &grey_png(2000, 1, |_, _| 0),
+        "image/png",
+    );
     assert_eq!(wide.status, 400, "{}", wide.text());
-    assert_eq!(s.post("/api/clients/a.b/uploads", &img, "image/png").status, 400);
+    assert_eq!(
+        s.post("/api/clients/a.b/uploads", &img, "image/png").status,
+        400
+    );
     // Names that would leave the client's folder never reach the file system.
     for path in [
         "/api/clients/t1/files/..%2F..%2Fsecret.png",
@@ -102,7 +118,10 @@ fn serve_pages_runs_and_uploads_with_4xx_for_bad_input() {
     }
     assert_eq!(s.get("/api/clients/t1/files/none.png").status, 404);
     assert_eq!(s.get("/api/jobs/999").status, 404);
-    assert_eq!(s.post("/api/jobs/abc/cancel", b"", "text/plain").status, 404);
+    assert_eq!(
+        s.post("/api/jobs/abc/cancel", b"", "text/plain").status,
+        404
+    );
 }
 
 #[test]
@@ -119,30 +138,90 @@ fn serve_jobs_run_the_library_and_bad_jobs_are_refused() {
     let base = json!({"client": c, "run": "digits", "sampler": "euler", "steps": 3, "seed": 5});
     let with = |extra: Value| {
         let mut b = base.clone();
-        b.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        b.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
         b
     };
 
     // Refused before queueing, each with its reason.
     for (body, status, needle) in [
-        (with(json!({"kind": "sample", "run": "nope"})), 404, "unknown run"),
-        (with(json!({"kind": "sample", "run": "../runs/digits"})), 400, "run name"),
-        (with(json!({"kind": "sample", "run": "/etc"})), 400, "run name"),
-        (with(json!({"kind": "sample", "client": "../x"})), 400, "client id"),
+        (
+            with(json!({"kind": "sample", "run": "nope"})),
+            404,
+            "unknown run",
+        ),
+        (
+            with(json!({"kind": "sample", "run": "../runs/digits"})),
+            400,
+            "run name",
+        ),
+        (
+            with(json!({"kind": "sample", "run": "/etc"})),
+            400,
+            "run name",
+        ),
+        (
+            with(json!({"kind": "sample", "client": "../x"})),
+            400,
+            "client id",
+        ),
         (with(json!({"kind": "sample", "steps": 0})), 400, "steps"),
         (with(json!({"kind": "sample", "steps": 5000})), 400, "steps"),
         (with(json!({"kind": "sample", "count": 500})), 400, "count"),
-        (with(json!({"kind": "sample", "class": 10})), 400, "class 10 out of range"),
-        (with(json!({"kind": "sample", "guidance": 3.0})), 400, "guidance needs a class"),
-        (with(json!({"kind": "sample", "class": 1, "guidance": 99.0})), 400, "guidance"),
-        (with(json!({"kind": "sample", "sampler": "magic"})), 422, "unknown variant"),
+        (
+            with(json!({"kind": "sample", "class": 10})),
+            400,
+            "class 10 out of range",
+        ),
+        (
+            with(json!({"kind": "sample", "guidance": 3.0})),
+            400,
+            "guidance needs a class",
+        ),
+        (
+            with(json!({"kind": "sample", "class": 1, "guidance": 99.0})),
+            400,
+            "guidance",
+        ),
+        (
+            with(json!({"kind": "sample", "sampler": "magic"})),
+            422,
+            "unknown variant",
+        ),
         (with(json!({"kind": "paint"})), 422, "unknown variant"),
-        (with(json!({"kind": "inpaint", "image": img, "mask": "missing.png"})), 404, "upload it first"),
-        (with(json!({"kind": "inpaint", "image": big, "mask": mask})), 400, "16×16, the model takes 8×8"),
-        (with(json!({"kind": "inpaint", "image": img, "mask": mask, "repaint": {"jump": 9, "count": 2}})), 400, "repaint.jump"),
-        (with(json!({"kind": "img2img", "image": img, "strength": 1.5})), 400, "strength"),
-        (with(json!({"kind": "img2img", "image": "../../secret.png", "strength": 0.5})), 400, "file name"),
-        (with(json!({"kind": "upscale", "image": img})), 400, "does not upscale"),
+        (
+            with(json!({"kind": "inpaint", "image": img, "mask": "missing.png"})),
+            404,
+            "upload it first",
+        ),
+        (
+            with(json!({"kind": "inpaint", "image": big, "mask": mask})),
+            400,
+            "16×16, the model takes 8×8",
+        ),
+        (
+            with(
+                json!({"kind": "inpaint", "image": img, "mask": mask, "repaint": {"jump": 9, "count": 2}}),
+            ),
+            400,
+            "repaint.jump",
+        ),
+        (
+            with(json!({"kind": "img2img", "image": img, "strength": 1.5})),
+            400,
+            "strength",
+        ),
+        (
+            with(json!({"kind": "img2img", "image": "../../secret.png", "strength": 0.5})),
+            400,
+            "file name",
+        ),
+        (
+            with(json!({"kind": "upscale", "image": img})),
+            400,
+            "does not upscale",
+        ),
     ] {
         let r = s.post_json("/api/jobs", &body);
         assert_eq!(r.status, status, "{body}: {}", r.text());
@@ -152,36 +231,77 @@ fn serve_jobs_run_the_library_and_bad_jobs_are_refused() {
     assert_eq!(r.status, 400, "{}", r.text());
 
     // Sampling: image i uses seed + i, so job (seed 5, 3 images) ends with job (seed 7, 1).
-    let a = done_images(&s, submit(&s, with(json!({"kind": "sample", "count": 3, "class": 7, "guidance": 2.0}))));
-    let b = done_images(&s, submit(&s, with(json!({"kind": "sample", "count": 1, "class": 7, "guidance": 2.0, "seed": 7}))));
+    let a = done_images(
+        &s,
+        submit(
+            &s,
+            with(json!({"kind": "sample", "count": 3, "class": 7, "guidance": 2.0})),
+        ),
+    );
+    let b = done_images(
+        &s,
+        submit(
+            &s,
+            with(json!({"kind": "sample", "count": 1, "class": 7, "guidance": 2.0, "seed": 7})),
+        ),
+    );
     assert_eq!((a.len(), a[0].dimensions()), (3, (8, 8)));
     assert_eq!(a[2], b[0]);
     assert_ne!(a[0], a[1]);
 
     // Inpainting (projection and RePaint) keeps the unmasked half exactly.
     for repaint in [Value::Null, json!({"jump": 1, "count": 2})] {
-        let id = submit(&s, with(json!({"kind": "inpaint", "image": img, "mask": mask, "repaint": repaint})));
+        let id = submit(
+            &s,
+            with(json!({"kind": "inpaint", "image": img, "mask": mask, "repaint": repaint})),
+        );
         let out = &done_images(&s, id)[0];
         for y in 0..8 {
             for x in 0..4 {
-                assert_eq!(out.get_pixel(x, y).0[0], gradient(x, y), "{repaint}: ({x}, {y})");
+                assert_eq!(
+                    out.get_pixel(x, y).0[0],
+                    gradient(x, y),
+                    "{repaint}: ({x}, {y})"
+                );
             }
         }
     }
-    // Image-to-image at strength 0 returns the input; zero-shot upscaling keeps the input's
-    // 2×2 block means (up to 8-bit rounding).
-    let same = done_images(&s, submit(&s, with(json!({"kind": "img2img", "image": img, "strength": 0.0}))));
+    // Image-to-image at strength 0 returns the input.
+    let same = done_images(
+        &s,
+        submit(
+            &s,
+            with(json!({"kind": "img2img", "image": img, "strength": 0.0})),
+        ),
+    );
     assert_eq!(same[0], decode(&grey_png(8, 8, gradient)));
-    let up = &done_images(&s, submit(&s, with(json!({"kind": "upscale", "image": low}))))[0];
-    assert_eq!(up.dimensions(), (8, 8));
-    for (bx, by) in [(0, 0), (1, 2), (3, 3)] {
-        let m: f64 = (0..4)
-            .map(|k| up.get_pixel(2 * bx + k % 2, 2 * by + k / 2).0[0] as f64)
-            .sum::<f64>()
-            / 4.0;
-        let want = (bx * 60 + by * 20) as f64;
-        assert!((m - want).abs() <= 1.0, "block ({bx}, {by}): {m} vs {want}");
-    }
+    // Zero-shot upscaling gives exactly what `langevin upscale` gives (the server adds no
+    // numerics of its own).
+    let up = &done_images(
+        &s,
+        submit(&s, with(json!({"kind": "upscale", "image": low}))),
+    )[0];
+    std::fs::copy(d.join("out").join(c).join(&low), d.join("low.png")).unwrap();
+    ok(&langevin(
+        &[
+            "upscale",
+            "--model",
+            "runs/digits",
+            "--image",
+            "low.png",
+            "--zero-shot",
+            "--sampler",
+            "euler",
+            "--steps",
+            "3",
+            "--seed",
+            "5",
+            "--out",
+            "cli-up.png",
+        ],
+        &d,
+    ));
+    assert_eq!(up, &image::open(d.join("cli-up.png")).unwrap().to_luma8());
 }
 
 #[test]
@@ -189,9 +309,7 @@ fn serve_streams_progress_queues_and_cancels() {
     let d = tmp("serve-queue");
     tiny_run(&d.join("runs"), "digits", false);
     let s = Server::start(&d, &["--max-queue", "2"]);
-    let job = |steps: usize, count: usize| {
-        json!({"client": "q", "run": "digits", "kind": "sample", "sampler": "euler", "steps": steps, "count": count})
-    };
+    let job = |steps: usize, count: usize| json!({"client": "q", "run": "digits", "kind": "sample", "sampler": "euler", "steps": steps, "count": count});
     // Server-sent events: snapshots until the job is done, then the stream ends.
     let id = submit(&s, job(300, 2));
     let sse = s.get(&format!("/api/jobs/{id}/events"));
@@ -203,11 +321,23 @@ fn serve_streams_progress_queues_and_cancels() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     let last = snaps.last().unwrap();
-    assert_eq!((&last["state"], &last["progress"]), (&json!("done"), &json!(1.0)));
+    assert_eq!(
+        (&last["state"], &last["progress"]),
+        (&json!("done"), &json!(1.0))
+    );
     assert_eq!(last["images"].as_array().unwrap().len(), 2);
-    let p: Vec<f64> = snaps.iter().map(|s| s["progress"].as_f64().unwrap()).collect();
-    assert!(p.windows(2).all(|w| w[0] <= w[1]), "progress went back: {p:?}");
-    assert!(p.iter().any(|&v| v > 0.0 && v < 1.0), "no intermediate progress: {p:?}");
+    let p: Vec<f64> = snaps
+        .iter()
+        .map(|s| s["progress"].as_f64().unwrap())
+        .collect();
+    assert!(
+        p.windows(2).all(|w| w[0] <= w[1]),
+        "progress went back: {p:?}"
+    );
+    assert!(
+        p.iter().any(|&v| v > 0.0 && v < 1.0),
+        "no intermediate progress: {p:?}"
+    );
 
     // One job runs, two wait, the next is refused; cancel stops waiting and running jobs.
     let long = submit(&s, job(1000, 64));
@@ -226,10 +356,18 @@ fn serve_streams_progress_queues_and_cancels() {
     assert_eq!((c.status, &c.json()["state"]), (200, &json!("cancelled")));
     assert_eq!(s.get(&format!("/api/jobs/{w2}")).json()["position"], 0);
     let t = Instant::now();
-    assert_eq!(s.post(&format!("/api/jobs/{long}/cancel"), b"", "text/plain").status, 200);
+    assert_eq!(
+        s.post(&format!("/api/jobs/{long}/cancel"), b"", "text/plain")
+            .status,
+        200
+    );
     let snap = s.wait_job(long, 30);
     assert_eq!(snap["state"], "cancelled", "{snap}");
-    assert!(t.elapsed() < Duration::from_secs(10), "cancel took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "cancel took {:?}",
+        t.elapsed()
+    );
     assert!(snap["images"].as_array().unwrap().len() < 64);
     // The queue moves on.
     assert_eq!(s.wait_job(w2, 60)["state"], "done");
@@ -267,7 +405,10 @@ fn serve_under_load_answers_every_request_and_finishes_every_job() {
             })
         })
         .collect();
-    let ids: Vec<u64> = threads.into_iter().filter_map(|t| t.join().unwrap()).collect();
+    let ids: Vec<u64> = threads
+        .into_iter()
+        .filter_map(|t| t.join().unwrap())
+        .collect();
     assert_eq!(ids.len(), 20);
     for id in ids {
         assert_eq!(s.wait_job(id, 300)["state"], "done", "job {id}");
@@ -275,6 +416,13 @@ fn serve_under_load_answers_every_request_and_finishes_every_job() {
     let after = s.rss_kib();
     // Ten 3 MiB uploads were refused without being kept, 20 tiny jobs ran: growth stays far
     // below what buffering them all would take.
-    assert!(after < before + 200 * 1024, "RSS grew from {before} KiB to {after} KiB");
-    assert_eq!(std::fs::read_dir(d.join("out")).unwrap().count(), 2 + 10, "one folder per client");
+    assert!(
+        after < before + 200 * 1024,
+        "RSS grew from {before} KiB to {after} KiB"
+    );
+    assert_eq!(
+        std::fs::read_dir(d.join("out")).unwrap().count(),
+        2 + 10,
+        "one folder per client"
+    );
 }

@@ -139,16 +139,17 @@ impl Cdp {
         let deadline = Instant::now() + Duration::from_secs(secs);
         while self.eval(js) != json!(true) {
             let state = self.eval("document.getElementById('status').textContent + ' | ' + document.getElementById('notice').textContent");
-            assert!(Instant::now() < deadline, "timed out waiting for {js}; page says {state}");
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {js}; page says {state}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 
     /// A pointer stroke (mouse press, moves, release) through page coordinates.
     fn stroke(&mut self, from: (f64, f64), to: (f64, f64)) {
-        let mouse = |kind: &str, (x, y): (f64, f64), buttons: u32| {
-            json!({"type": kind, "x": x, "y": y, "button": "left", "buttons": buttons, "clickCount": 1})
-        };
+        let mouse = |kind: &str, (x, y): (f64, f64), buttons: u32| json!({"type": kind, "x": x, "y": y, "button": "left", "buttons": buttons, "clickCount": 1});
         self.call("Input.dispatchMouseEvent", mouse("mousePressed", from, 1));
         for k in 1..=10 {
             let t = k as f64 / 10.0;
@@ -159,28 +160,50 @@ impl Cdp {
     }
 }
 
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
 #[test]
 fn browser_samples_paints_a_mask_and_inpainting_keeps_the_unpainted_pixels() {
     let Some(exe) = find_chromium() else {
         if std::env::var("CI").as_deref() == Ok("true") {
             panic!("chromium is not installed, and CI must run the browser test (.ci/run installs it with apt-get)");
         }
-        eprintln!("\n*** SKIPPED browser test: no chromium on PATH (apt-get install chromium) ***\n");
+        eprintln!(
+            "\n*** SKIPPED browser test: no chromium on PATH (apt-get install chromium) ***\n"
+        );
         return;
     };
     let d = tmp("serve-browser");
-    tiny_run(&d.join("runs"), "digits", true);
+    // The README's screenshot uses a longer-trained 8×8 digits model (LANGEVIN_SCREENSHOT_MODEL).
+    match std::env::var_os("LANGEVIN_SCREENSHOT_MODEL") {
+        Some(model) => copy_dir(Path::new(&model), &d.join("runs/digits")),
+        None => tiny_run(&d.join("runs"), "digits", true),
+    }
     let server = Server::start(&d, &[]);
     let browser = Browser::start(&exe, &d.join("profile"));
     let mut cdp = browser.page();
     cdp.call("Page.enable", json!({}));
-    cdp.call("Page.navigate", json!({"url": format!("http://127.0.0.1:{}/", server.port)}));
+    cdp.call(
+        "Page.navigate",
+        json!({"url": format!("http://127.0.0.1:{}/", server.port)}),
+    );
     cdp.wait_for("document.querySelectorAll('#runs button.run').length === 1 && !!(window.studio && studio.run)", 60);
 
     // Sample three images; they arrive through the event stream into the gallery.
     cdp.eval("document.getElementById('sampler').value = 'euler'; document.getElementById('steps').value = '4'; document.getElementById('count').value = '3'; document.getElementById('class').value = '3'; document.getElementById('run-sample').click(); true");
     cdp.wait_for("document.body.dataset.jobState === 'done' && [...document.querySelectorAll('#gallery img')].filter(i => i.complete && i.naturalWidth === 8).length === 3", 120);
-    assert_eq!(cdp.eval("document.getElementById('progress').value"), json!(1));
+    assert_eq!(
+        cdp.eval("document.getElementById('progress').value"),
+        json!(1)
+    );
 
     // Inpaint: upload a gradient through the file input, paint the right part of the canvas
     // (three columns of the 8×8 image), paint a stroke elsewhere and erase it again.
@@ -189,12 +212,23 @@ fn browser_samples_paints_a_mask_and_inpainting_keeps_the_unpainted_pixels() {
     std::fs::write(&input, grey_png(8, 8, gradient)).unwrap();
     cdp.eval("document.querySelector('#tabs button[data-tab=inpaint]').click(); true");
     let root = cdp.call("DOM.getDocument", json!({}))["root"]["nodeId"].clone();
-    let node = cdp.call("DOM.querySelector", json!({"nodeId": root, "selector": "#inpaint-file"}))["nodeId"].clone();
-    cdp.call("DOM.setFileInputFiles", json!({"nodeId": node, "files": [input.display().to_string()]}));
+    let node = cdp.call(
+        "DOM.querySelector",
+        json!({"nodeId": root, "selector": "#inpaint-file"}),
+    )["nodeId"]
+        .clone();
+    cdp.call(
+        "DOM.setFileInputFiles",
+        json!({"nodeId": node, "files": [input.display().to_string()]}),
+    );
     cdp.wait_for("!!studio.inputs.inpaint && paint.image.getContext('2d').getImageData(250, 250, 1, 1).data[3] === 255", 30);
     let rect = cdp.eval("(() => { const r = document.getElementById('inpaint-mask').getBoundingClientRect(); return [r.left, r.top, r.width, r.height]; })()");
     let r: Vec<f64> = serde_json::from_value(rect).unwrap();
-    assert_eq!((r[2], r[3]), (256.0, 256.0), "the painter shows 8×8 at 32 px per pixel");
+    assert_eq!(
+        (r[2], r[3]),
+        (256.0, 256.0),
+        "the painter shows 8×8 at 32 px per pixel"
+    );
     let at = |fx: f64, fy: f64| (r[0] + fx * r[2], r[1] + fy * r[3]);
     cdp.eval("document.getElementById('brush').value = '40'; true");
     cdp.stroke(at(0.75, 0.01), at(0.75, 0.99));
@@ -210,13 +244,26 @@ fn browser_samples_paints_a_mask_and_inpainting_keeps_the_unpainted_pixels() {
     let client = cdp.eval("client");
     let folder = d.join("out").join(client.as_str().unwrap());
     let mask_name = cdp.eval("studio.inputs.mask.name");
-    let mask = image::open(folder.join(mask_name.as_str().unwrap())).unwrap().to_luma8();
+    let mask = image::open(folder.join(mask_name.as_str().unwrap()))
+        .unwrap()
+        .to_luma8();
     for (x, y, p) in mask.enumerate_pixels() {
-        assert_eq!(p.0[0], if x >= 5 { 255 } else { 0 }, "mask pixel ({x}, {y})");
+        assert_eq!(
+            p.0[0],
+            if x >= 5 { 255 } else { 0 },
+            "mask pixel ({x}, {y})"
+        );
     }
     let url = cdp.eval("document.getElementById('inpaint-out').src");
-    let path = url.as_str().unwrap().split(&format!(":{}", server.port)).nth(1).unwrap();
-    let out = image::load_from_memory(&server.get(path).body).unwrap().to_luma8();
+    let path = url
+        .as_str()
+        .unwrap()
+        .split(&format!(":{}", server.port))
+        .nth(1)
+        .unwrap();
+    let out = image::load_from_memory(&server.get(path).body)
+        .unwrap()
+        .to_luma8();
     let mut changed = 0;
     for (x, y, p) in out.enumerate_pixels() {
         if x < 5 {
@@ -233,7 +280,12 @@ fn browser_samples_paints_a_mask_and_inpainting_keeps_the_unpainted_pixels() {
         .decode(shot["data"].as_str().unwrap())
         .unwrap();
     let img = image::load_from_memory(&png).unwrap();
-    assert!(img.width() >= 1000, "screenshot {}×{}", img.width(), img.height());
+    assert!(
+        img.width() >= 1000,
+        "screenshot {}×{}",
+        img.width(),
+        img.height()
+    );
     if let Ok(p) = std::env::var("LANGEVIN_SCREENSHOT") {
         std::fs::write(p, &png).unwrap();
     }

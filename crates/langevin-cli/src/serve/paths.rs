@@ -143,7 +143,17 @@ mod tests {
         for ok in ["digits", "run-1", "a.b_c"] {
             assert!(plain_name(ok), "{ok}");
         }
-        for bad in ["", "..", ".hidden", "a/b", "/etc", "a\\b", "../x", "a b", &"x".repeat(101)] {
+        for bad in [
+            "",
+            "..",
+            ".hidden",
+            "a/b",
+            "/etc",
+            "a\\b",
+            "../x",
+            "a b",
+            &"x".repeat(101),
+        ] {
             assert!(!plain_name(bad), "{bad}");
         }
         assert!(check_client("abc-DEF_09").is_ok());

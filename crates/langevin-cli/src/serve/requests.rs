@@ -90,11 +90,18 @@ pub enum AppRequest {
     },
 }
 
-fn range<T: PartialOrd + std::fmt::Display>(what: &str, v: T, lo: T, hi: T) -> Result<(), ApiError> {
+fn range<T: PartialOrd + std::fmt::Display>(
+    what: &str,
+    v: T,
+    lo: T,
+    hi: T,
+) -> Result<(), ApiError> {
     if v >= lo && v <= hi {
         Ok(())
     } else {
-        Err(ApiError::bad(format!("{what} must lie in [{lo}, {hi}], got {v}")))
+        Err(ApiError::bad(format!(
+            "{what} must lie in [{lo}, {hi}], got {v}"
+        )))
     }
 }
 
@@ -126,7 +133,9 @@ fn check_class(info: &RunInfo, class: Option<u32>, guidance: f64) -> Result<(), 
 fn read(out: &Path, client: &str, name: &str, c: usize) -> Result<Tensor, ApiError> {
     let path = paths::client_file(out, client, name)?;
     if !path.is_file() {
-        return Err(ApiError::not_found(format!("no image {name:?}: upload it first")));
+        return Err(ApiError::not_found(format!(
+            "no image {name:?}: upload it first"
+        )));
     }
     crate::apps::read_any_image(&path, c).map_err(|e| ApiError::bad(format!("{name}: {e:#}")))
 }
@@ -198,9 +207,13 @@ pub fn task(runs: &Path, out: &Path, req: JobRequest) -> Result<(String, Task), 
             let x = read(out, &req.client, &image, shape[0])?;
             same_size(&image, &x, &shape)?;
             let m = read(out, &req.client, &mask, shape[0])?;
-            same_size(&mask, &m, &shape).map_err(|e| e.context("the mask must have the image's size"))?;
+            same_size(&mask, &m, &shape)
+                .map_err(|e| e.context("the mask must have the image's size"))?;
             // White (> 0 in [-1, 1]) marks the region to fill, as in `langevin inpaint`.
-            let keep = m.le(0.0).and_then(|k| k.to_dtype(DType::F32)).map_err(internal)?;
+            let keep = m
+                .le(0.0)
+                .and_then(|k| k.to_dtype(DType::F32))
+                .map_err(internal)?;
             What::Inpaint {
                 image: x,
                 keep,

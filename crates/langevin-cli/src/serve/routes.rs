@@ -108,7 +108,11 @@ async fn info(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
 
 async fn runs(State(app): State<Arc<App>>) -> Json<Vec<paths::RunInfo>> {
     let runs = app.runs.clone();
-    Json(blocking(move || Ok(paths::list_runs(&runs))).await.unwrap_or_default())
+    Json(
+        blocking(move || Ok(paths::list_runs(&runs)))
+            .await
+            .unwrap_or_default(),
+    )
 }
 
 fn png(bytes: Vec<u8>) -> Response {
@@ -224,7 +228,10 @@ async fn submit(
     let (client, task) = blocking(move || requests::task(&runs, &out, req)).await?;
     let job = app.queue.push(client, task).map_err(|full| ApiError {
         status: StatusCode::SERVICE_UNAVAILABLE,
-        msg: format!("{} jobs are waiting; try again when some have finished", full.0),
+        msg: format!(
+            "{} jobs are waiting; try again when some have finished",
+            full.0
+        ),
     })?;
     let snap = job.snap.borrow().clone();
     Ok((StatusCode::ACCEPTED, Json(snap)))
@@ -254,17 +261,18 @@ async fn events(
     Path(id): Path<String>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     let rx = find(&app, &id)?.snap.subscribe();
-    let stream = futures_util::stream::unfold((rx, true, false), |(mut rx, first, done)| async move {
-        if done || (!first && rx.changed().await.is_err()) {
-            return None;
-        }
-        let snap = rx.borrow_and_update().clone();
-        let finished = snap.state.finished();
-        let ev = Event::default()
-            .event("job")
-            .json_data(&snap)
-            .unwrap_or_else(|_| Event::default().data("{}"));
-        Some((Ok(ev), (rx, false, finished)))
-    });
+    let stream =
+        futures_util::stream::unfold((rx, true, false), |(mut rx, first, done)| async move {
+            if done || (!first && rx.changed().await.is_err()) {
+                return None;
+            }
+            let snap = rx.borrow_and_update().clone();
+            let finished = snap.state.finished();
+            let ev = Event::default()
+                .event("job")
+                .json_data(&snap)
+                .unwrap_or_else(|_| Event::default().data("{}"));
+            Some((Ok(ev), (rx, false, finished)))
+        });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }

@@ -99,7 +99,11 @@ impl Denoiser for Observed<'_> {
 /// How far along `sigmas` (decreasing, ending in 0) σ is, 0..=1 in log σ.
 fn fraction(sigmas: &[f64], sigma: f64) -> f64 {
     let hi = sigmas[0];
-    let lo = sigmas.iter().copied().filter(|s| *s > 0.0).fold(hi, f64::min);
+    let lo = sigmas
+        .iter()
+        .copied()
+        .filter(|s| *s > 0.0)
+        .fold(hi, f64::min);
     if hi <= lo || sigma <= 0.0 {
         return 1.0;
     }
@@ -144,7 +148,12 @@ impl Worker {
                 Err(e) if cancelled(e) => s.state = State::Cancelled,
                 Err(e) => {
                     s.state = State::Failed;
-                    s.error = Some(e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": "));
+                    s.error = Some(
+                        e.chain()
+                            .map(|c| c.to_string())
+                            .collect::<Vec<_>>()
+                            .join(": "),
+                    );
                 }
             });
             queue.finished(&job);
@@ -233,13 +242,18 @@ impl Worker {
             What::Upscale { low } => {
                 let low = low.to_device(&dev)?;
                 let zero_shot = run.config.data.superres_scale.is_none();
-                save(0, &upscale_with(run, &den, cond.clone(), &low, zero_shot, &sargs, t.seed)?)?;
+                save(
+                    0,
+                    &upscale_with(run, &den, cond.clone(), &low, zero_shot, &sargs, t.seed)?,
+                )?;
             }
             What::Img2img {
                 image, strength, ..
             } => {
                 let x = image.to_device(&dev)?;
-                let out = img2img(&den, &cond, t.sampler, &opts, &sigmas, &x, *strength, t.seed)?;
+                let out = img2img(
+                    &den, &cond, t.sampler, &opts, &sigmas, &x, *strength, t.seed,
+                )?;
                 save(0, &out)?;
             }
         }

@@ -14,8 +14,19 @@ use crate::common::{langevin, ok};
 pub fn tiny_run(runs: &Path, name: &str, class_cond: bool) {
     std::fs::create_dir_all(runs).unwrap();
     let mut args = vec![
-        "train", "--data", "digits", "--out", name, "--steps", "2", "--batch-size", "8",
-        "--channels", "8,16", "--norm-groups", "4",
+        "train",
+        "--data",
+        "digits",
+        "--out",
+        name,
+        "--steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--channels",
+        "8,16",
+        "--norm-groups",
+        "4",
     ];
     if class_cond {
         args.push("--class-cond");
@@ -82,7 +93,10 @@ impl Server {
             if ["done", "failed", "cancelled"].contains(&s["state"].as_str().unwrap_or("")) {
                 return s;
             }
-            assert!(Instant::now() < deadline, "job {id} unfinished after {secs} s: {s}");
+            assert!(
+                Instant::now() < deadline,
+                "job {id} unfinished after {secs} s: {s}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -115,7 +129,11 @@ pub struct Reply {
 impl Reply {
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!("{e}: {} {}", self.status, String::from_utf8_lossy(&self.body))
+            panic!(
+                "{e}: {} {}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
         })
     }
     pub fn text(&self) -> String {
@@ -123,7 +141,10 @@ impl Reply {
     }
     /// The JSON error message of a 4xx/5xx reply.
     pub fn error(&self) -> String {
-        self.json()["error"].as_str().unwrap_or_default().to_string()
+        self.json()["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
 }
 
@@ -142,8 +163,25 @@ pub fn request(port: u16, method: &str, path: &str, ctype: Option<&str>, body: &
     head += "\r\n";
     s.write_all(head.as_bytes()).unwrap();
     s.write_all(body).unwrap();
-    let mut raw = vec![];
-    s.read_to_end(&mut raw).unwrap();
+    // Read to the end, or to Content-Length where given (some servers keep the connection).
+    let (mut raw, mut buf) = (vec![], [0u8; 65536]);
+    loop {
+        let n = s.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&buf[..n]);
+        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            if len.is_some_and(|len| raw.len() >= end + 4 + len) {
+                break;
+            }
+        }
+    }
     parse(&raw)
 }
 
@@ -155,7 +193,10 @@ fn parse(raw: &[u8]) -> Reply {
     let headers = String::from_utf8_lossy(&raw[..split]).to_string();
     let status = headers.split(' ').nth(1).unwrap().parse().unwrap();
     let mut body = raw[split + 4..].to_vec();
-    if headers.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if headers
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         body = dechunk(&body);
     }
     Reply {

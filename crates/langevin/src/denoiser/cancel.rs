@@ -91,7 +91,11 @@ mod tests {
         };
         let e = generate(&den, &Cond::default(), &job, &mut |_| {}).unwrap_err();
         assert!(matches!(e, Error::Cancelled), "{e}");
-        assert_eq!(inner.calls.get(), 3, "no evaluation after the flag was raised");
+        assert_eq!(
+            inner.calls.get(),
+            3,
+            "no evaluation after the flag was raised"
+        );
         // With the flag down the same job runs to the end: 20 Euler steps per batch.
         flag.store(false, Ordering::Relaxed);
         inner.calls.set(100);

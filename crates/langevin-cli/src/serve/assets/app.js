@@ -72,7 +72,7 @@ function selectRun(name) {
   $("model-config").textContent = JSON.stringify(r.config, null, 2);
   const names = r.class_names || [];
   let opts = `<option value="">none</option>`;
-  for (let k = 0; k < r.classes; k++) opts += `<option value="${k}">${k}${names[k] ? " " + names[k] : ""}</option>`;
+  for (let k = 0; k < r.classes; k++) opts += `<option value="${k}">${k}${names[k] && names[k] !== String(k) ? " " + names[k] : ""}</option>`;
   $("class").innerHTML = opts;
   if (r.shape) resizePaint(r.shape[1], r.shape[2]);
 }
