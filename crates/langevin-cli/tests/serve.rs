@@ -128,8 +128,48 @@ fn serve_pages_runs_and_uploads_with_4xx_for_bad_input() {
 fn serve_jobs_run_the_library_and_bad_jobs_are_refused() {
     let d = tmp("serve-jobs");
     tiny_run(&d.join("runs"), "digits", true);
+    // A diffusers model folder (RGB 8×8) is listed and samples; a symbolic link that leads
+    // out of --runs is neither listed nor served.
+    let fixture = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../langevin/tests/fixtures/pipeline/model");
+    std::fs::create_dir_all(d.join("runs/unet")).unwrap();
+    for f in [
+        "config.json",
+        "diffusion_pytorch_model.safetensors",
+        "scheduler_config.json",
+    ] {
+        std::fs::copy(fixture.join(f), d.join("runs/unet").join(f)).unwrap();
+    }
+    std::os::unix::fs::symlink(&fixture, d.join("runs/linked")).unwrap();
     let s = Server::start(&d, &[]);
     let c = "t2";
+    let runs = s.get("/api/runs").json();
+    let names: Vec<&str> = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["digits", "unet"]);
+    assert_eq!(
+        (&runs[1]["diffusers"], &runs[1]["shape"]),
+        (&json!(true), &json!([3, 8, 8]))
+    );
+    let linked = s.post_json(
+        "/api/jobs",
+        &json!({"client": c, "run": "linked", "kind": "sample"}),
+    );
+    assert_eq!(linked.status, 404, "{}", linked.text());
+    let rgb = s.wait_job(
+        submit(
+            &s,
+            json!({"client": c, "run": "unet", "kind": "sample", "steps": 3}),
+        ),
+        60,
+    );
+    assert_eq!(rgb["state"], "done", "{rgb}");
+    let px = image::load_from_memory(&s.get(rgb["images"][0].as_str().unwrap()).body).unwrap();
+    assert_eq!((px.color(), px.width()), (image::ColorType::Rgb8, 8));
     let gradient = |x: u32, y: u32| (x * 30 + y * 3) as u8;
     let img = upload(&s, c, &grey_png(8, 8, gradient));
     let mask = upload(&s, c, &grey_png(8, 8, |x, _| if x >= 4 { 255 } else { 0 }));

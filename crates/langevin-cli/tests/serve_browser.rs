@@ -274,6 +274,45 @@ fn browser_samples_paints_a_mask_and_inpainting_keeps_the_unpainted_pixels() {
     }
     assert!(changed > 0, "the painted region was not filled");
 
+    // Image-to-image on a picked sample (the gallery's button), upscaling an uploaded 4×4
+    // image: each input and output side by side.
+    cdp.eval("document.querySelector('#gallery figure:last-child button[data-to=img2img]').click(); true");
+    cdp.wait_for("document.getElementById('tab-img2img').classList.contains('active') && document.getElementById('img2img-in').naturalWidth === 8", 30);
+    cdp.eval("document.getElementById('run-img2img').click(); true");
+    cdp.wait_for("studio.last.kind === 'img2img' && studio.last.state === 'done' && document.getElementById('img2img-out').naturalWidth === 8", 120);
+    let low = d.join("low.png");
+    std::fs::write(&low, grey_png(4, 4, |x, y| (x * 60 + y * 20) as u8)).unwrap();
+    cdp.eval("document.querySelector('#tabs button[data-tab=upscale]').click(); true");
+    let node = cdp.call(
+        "DOM.querySelector",
+        json!({"nodeId": root, "selector": "#upscale-file"}),
+    )["nodeId"]
+        .clone();
+    cdp.call(
+        "DOM.setFileInputFiles",
+        json!({"nodeId": node, "files": [low.display().to_string()]}),
+    );
+    cdp.wait_for(
+        "document.getElementById('upscale-in').naturalWidth === 4",
+        30,
+    );
+    cdp.eval("document.getElementById('run-upscale').click(); true");
+    cdp.wait_for("studio.last.kind === 'upscale' && studio.last.state === 'done' && document.getElementById('upscale-out').naturalWidth === 8", 120);
+
+    // Cancel: a long sampling job stops on the server when the button is pressed.
+    cdp.eval("document.querySelector('#tabs button[data-tab=sample]').click(); document.getElementById('steps').value = '1000'; document.getElementById('count').value = '64'; document.getElementById('run-sample').click(); true");
+    cdp.wait_for("studio.last.kind === 'sample' && studio.last.state === 'running' && !document.getElementById('cancel').disabled", 60);
+    let long = cdp.eval("studio.job").as_u64().unwrap();
+    cdp.eval("document.getElementById('cancel').click(); true");
+    cdp.wait_for("studio.last.state === 'cancelled'", 30);
+    assert_eq!(
+        server.get(&format!("/api/jobs/{long}")).json()["state"],
+        "cancelled"
+    );
+
+    // Back to the inpainting view for the screenshot.
+    cdp.eval("document.getElementById('steps').value = '4'; document.querySelector('#tabs button[data-tab=inpaint]').click(); true");
+
     // A screenshot of the page as it stands (the README's picture is made this way).
     let shot = cdp.call("Page.captureScreenshot", json!({"format": "png"}));
     let png = base64::engine::general_purpose::STANDARD

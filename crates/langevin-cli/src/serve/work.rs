@@ -110,11 +110,20 @@ fn fraction(sigmas: &[f64], sigma: f64) -> f64 {
     ((hi / sigma).ln() / (hi / lo).ln()).clamp(0.0, 1.0)
 }
 
-/// One worker per device: owns the loaded model (the last one used stays loaded).
+/// One worker per device: owns the loaded model (the last one used stays loaded, and is
+/// reloaded when its folder changes, e.g. by training on).
 pub struct Worker {
     pub compute: ComputeArgs,
     pub out: PathBuf,
-    loaded: Option<Run>,
+    loaded: Option<(Run, Option<std::time::SystemTime>)>,
+}
+
+/// The newest modification time of the files in `dir`.
+fn changed_at(dir: &Path) -> Option<std::time::SystemTime> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok()?.metadata().ok()?.modified().ok())
+        .max()
 }
 
 impl Worker {
@@ -161,11 +170,13 @@ impl Worker {
     }
 
     fn load(&mut self, dir: &Path) -> Result<&Run> {
-        if self.loaded.as_ref().map(|r| r.dir.as_path()) != Some(dir) {
+        let stamp = changed_at(dir);
+        let fresh = matches!(&self.loaded, Some((r, t)) if r.dir == dir && *t == stamp);
+        if !fresh {
             self.loaded = None;
-            self.loaded = Some(self.compute.load_run(dir)?);
+            self.loaded = Some((self.compute.load_run(dir)?, stamp));
         }
-        Ok(self.loaded.as_ref().unwrap())
+        Ok(&self.loaded.as_ref().unwrap().0)
     }
 
     fn run(&mut self, job: &Job) -> Result<()> {
