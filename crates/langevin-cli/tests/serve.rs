@@ -107,6 +107,8 @@ fn serve_pages_runs_and_uploads_with_4xx_for_bad_input() {
         s.post("/api/clients/a.b/uploads", &img, "image/png").status,
         400
     );
+    let plain = s.post("/api/clients/t1/uploads", &img, "text/plain");
+    assert_eq!(plain.status, 415, "{}", plain.text());
     // Names that would leave the client's folder never reach the file system.
     for path in [
         "/api/clients/t1/files/..%2F..%2Fsecret.png",

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -156,13 +156,25 @@ async fn blocking<T: Send + 'static>(
     })?
 }
 
-/// A PNG or JPEG image as the body; stored (as PNG) in the client's folder.
+/// A PNG or JPEG image as the body; stored (as PNG) in the client's folder. The content type
+/// must say so: an image type is not one a cross-site form may send without the browser
+/// asking this server first (which it never allows).
 async fn upload(
     State(app): State<Arc<App>>,
     Path(client): Path<String>,
+    headers: HeaderMap,
     body: Body,
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
     paths::check_client(&client)?;
+    let ctype = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    if !matches!(ctype, Some("image/png" | "image/jpeg")) {
+        return Err(ApiError {
+            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            msg: format!("upload: Content-Type must be image/png or image/jpeg, got {ctype:?}"),
+        });
+    }
     let mut stream = body.into_data_stream();
     let (mut data, mut total) = (Vec::new(), 0usize);
     while let Some(chunk) = stream.next().await {

@@ -42,6 +42,14 @@ pub fn grey_png(w: u32, h: u32, f: impl Fn(u32, u32) -> u8) -> Vec<u8> {
     v.into_inner()
 }
 
+/// The binary under test: `LANGEVIN_TEST_BIN` if set (a target folder shared between
+/// checkouts may hold another checkout's `langevin`), else cargo's.
+pub fn bin() -> PathBuf {
+    std::env::var_os("LANGEVIN_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_langevin").into())
+}
+
 /// The server, killed when dropped.
 pub struct Server {
     pub child: Child,
@@ -53,7 +61,7 @@ impl Server {
     /// `langevin serve --runs RUNS --out OUT --port 0 EXTRA…`; waits for the address line.
     pub fn start(dir: &Path, extra: &[&str]) -> Server {
         let out = dir.join("out");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_langevin"))
+        let mut child = Command::new(bin())
             .args(["serve", "--runs", "runs", "--out", "out", "--port", "0"])
             .args(extra)
             .current_dir(dir)

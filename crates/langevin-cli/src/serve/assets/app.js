@@ -168,7 +168,8 @@ $("cancel").onclick = async () => {
 // ---- inputs -------------------------------------------------------------------------------
 
 async function upload(file) {
-  return api(`/api/clients/${client}/uploads`, { method: "POST", body: file });
+  const type = file.type === "image/jpeg" ? "image/jpeg" : "image/png";
+  return api(`/api/clients/${client}/uploads`, { method: "POST", headers: { "content-type": type }, body: file });
 }
 
 function setInput(tab, img) {
