@@ -59,6 +59,14 @@ fn serve_pages_runs_and_uploads_with_4xx_for_bad_input() {
         assert!(r.status == 200 && r.headers.contains(kind), "{path}: {r:?}");
     }
     assert_eq!(s.get("/nope").status, 404);
+    // A page elsewhere reaching this port through DNS rebinding names its own host.
+    let rebound =
+        serve_support::request_to("evil.example:80", s.port, "GET", "/api/runs", None, b"");
+    assert_eq!(rebound.status, 403, "{}", rebound.text());
+    assert_eq!(
+        serve_support::request_to("localhost", s.port, "GET", "/", None, b"").status,
+        200
+    );
     let info = s.get("/api/info").json();
     assert!(info["samplers"]
         .as_array()

@@ -54,6 +54,7 @@ pub fn run(a: Args) -> Result<()> {
         device: a.compute.device.clone(),
         queue,
         uploads: Default::default(),
+        loopback: a.host.is_loopback(),
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

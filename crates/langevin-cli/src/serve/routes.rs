@@ -36,6 +36,10 @@ pub struct App {
     pub device: String,
     pub queue: Arc<Queue>,
     pub uploads: AtomicU64,
+    /// Bound to a loopback address: answer only requests addressed to this machine by name
+    /// (a Host header of localhost, 127.0.0.1 or [::1]), which a web page elsewhere cannot
+    /// make through DNS rebinding.
+    pub loopback: bool,
 }
 
 /// An HTTP error with a message for the page.
@@ -89,7 +93,32 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/jobs/{id}/events", get(events))
         .route("/api/jobs/{id}/cancel", post(cancel))
         .fallback(|| async { ApiError::not_found("no such page or endpoint") })
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            local_only,
+        ))
         .with_state(app)
+}
+
+/// Refuse requests whose Host names another machine while serving loopback only.
+async fn local_only(
+    State(app): State<Arc<App>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok());
+    let name = host.map(|h| h.rsplit_once(':').map_or(h, |(n, _)| n));
+    if app.loopback && !matches!(name, Some("localhost" | "127.0.0.1" | "[::1]")) {
+        return ApiError {
+            status: StatusCode::FORBIDDEN,
+            msg: format!("Host {host:?}: this server answers requests to localhost only"),
+        }
+        .into_response();
+    }
+    next.run(req).await
 }
 
 async fn info(State(app): State<Arc<App>>) -> Json<serde_json::Value> {

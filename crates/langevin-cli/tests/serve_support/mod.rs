@@ -158,11 +158,30 @@ impl Reply {
 
 /// One request on its own connection (`Connection: close`), read to the end; 60 s timeouts.
 pub fn request(port: u16, method: &str, path: &str, ctype: Option<&str>, body: &[u8]) -> Reply {
+    request_to(
+        &format!("127.0.0.1:{port}"),
+        port,
+        method,
+        path,
+        ctype,
+        body,
+    )
+}
+
+/// [`request`] with the Host header `host`.
+pub fn request_to(
+    host: &str,
+    port: u16,
+    method: &str,
+    path: &str,
+    ctype: Option<&str>,
+    body: &[u8],
+) -> Reply {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     s.set_write_timeout(Some(Duration::from_secs(60))).unwrap();
     let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
     );
     if let Some(t) = ctype {
