@@ -128,6 +128,7 @@ fn serve_pages_runs_and_uploads_with_4xx_for_bad_input() {
     }
     assert_eq!(s.get("/api/clients/t1/files/none.png").status, 404);
     assert_eq!(s.get("/api/jobs/999").status, 404);
+    assert_eq!(s.get("/api/jobs/999/events").status, 404);
     assert_eq!(
         s.post("/api/jobs/abc/cancel", b"", "text/plain").status,
         404

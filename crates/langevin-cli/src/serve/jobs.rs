@@ -44,7 +44,8 @@ pub struct Snapshot {
 pub struct Job {
     pub id: u64,
     pub client: String,
-    pub task: Task,
+    /// Taken by the worker when the job starts, so finished jobs hold no images.
+    pub task: Mutex<Option<Task>>,
     pub cancel: AtomicBool,
     pub snap: watch::Sender<Snapshot>,
 }
@@ -105,7 +106,7 @@ impl Queue {
         let job = Arc::new(Job {
             id,
             client,
-            task,
+            task: Mutex::new(Some(task)),
             cancel: AtomicBool::new(false),
             snap,
         });
@@ -129,6 +130,7 @@ impl Queue {
         job.cancel.store(true, std::sync::atomic::Ordering::Relaxed);
         if let Some(i) = q.waiting.iter().position(|j| j.id == id) {
             q.waiting.remove(i);
+            job.task.lock().unwrap().take();
             job.update(|s| s.state = State::Cancelled);
             Self::renumber(&q);
             Self::retire(&mut q, id);

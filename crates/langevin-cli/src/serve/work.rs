@@ -180,7 +180,8 @@ impl Worker {
     }
 
     fn run(&mut self, job: &Job) -> Result<()> {
-        let t = &job.task;
+        let task = job.task.lock().unwrap().take();
+        let t = task.as_ref().context("the job has no task (already run)")?;
         let folder = self.out.join(&job.client);
         std::fs::create_dir_all(&folder).with_context(|| folder.display().to_string())?;
         let run = self.load(&t.dir)?;
