@@ -127,6 +127,13 @@ fn serve_pages_runs_and_uploads_with_4xx_for_bad_input() {
         assert_eq!(r.status, 400, "{path}: {}", r.text());
     }
     assert_eq!(s.get("/api/clients/t1/files/none.png").status, 404);
+    let listed = s.get("/api/clients/t1/files").json();
+    assert_eq!(
+        listed,
+        json!([{"name": name, "url": format!("/api/clients/t1/files/{name}")}])
+    );
+    assert_eq!(s.get("/api/clients/nobody/files").json(), json!([]));
+    assert_eq!(s.get("/api/clients/a.b/files").status, 400);
     assert_eq!(s.get("/api/jobs/999").status, 404);
     assert_eq!(s.get("/api/jobs/999/events").status, 404);
     assert_eq!(

@@ -106,8 +106,8 @@ struct Cdp {
 }
 
 impl Cdp {
-    /// Call a DevTools method and return its result (events in between are skipped).
-    fn call(&mut self, method: &str, params: Value) -> Value {
+    /// Call a DevTools method: its result, or its error (events in between are skipped).
+    fn try_call(&mut self, method: &str, params: Value) -> Result<Value, Value> {
         self.next += 1;
         let id = self.next;
         let msg = json!({"id": id, "method": method, "params": params}).to_string();
@@ -118,31 +118,42 @@ impl Cdp {
             };
             let v: Value = serde_json::from_str(t.as_str()).unwrap();
             if v["id"] == id {
-                assert!(v.get("error").is_none(), "{method}: {v}");
-                return v["result"].clone();
+                return match v.get("error") {
+                    Some(e) => Err(e.clone()),
+                    None => Ok(v["result"].clone()),
+                };
             }
         }
     }
 
-    /// Evaluate JavaScript in the page (awaiting promises); its value.
-    fn eval(&mut self, js: &str) -> Value {
-        let r = self.call(
-            "Runtime.evaluate",
-            json!({"expression": js, "awaitPromise": true, "returnByValue": true}),
-        );
-        assert!(r.get("exceptionDetails").is_none(), "{js}: {r}");
-        r["result"]["value"].clone()
+    fn call(&mut self, method: &str, params: Value) -> Value {
+        self.try_call(method, params)
+            .unwrap_or_else(|e| panic!("{method}: {e}"))
     }
 
-    /// Poll `js` until it is true (at most `secs` seconds).
+    /// Evaluate JavaScript in the page (awaiting promises): its value, or the exception.
+    fn try_eval(&mut self, js: &str) -> Result<Value, Value> {
+        let params = json!({"expression": js, "awaitPromise": true, "returnByValue": true});
+        let r = self.try_call("Runtime.evaluate", params)?;
+        match r.get("exceptionDetails") {
+            Some(e) => Err(e.clone()),
+            None => Ok(r["result"]["value"].clone()),
+        }
+    }
+
+    fn eval(&mut self, js: &str) -> Value {
+        self.try_eval(js).unwrap_or_else(|e| panic!("{js}: {e}"))
+    }
+
+    /// Poll `js` until it is true (at most `secs` seconds). While the page loads, evaluation
+    /// may fail; that counts as not yet.
     fn wait_for(&mut self, js: &str, secs: u64) {
         let deadline = Instant::now() + Duration::from_secs(secs);
-        while self.eval(js) != json!(true) {
-            let state = self.eval("document.getElementById('status').textContent + ' | ' + document.getElementById('notice').textContent");
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {js}; page says {state}"
-            );
+        while self.try_eval(js) != Ok(json!(true)) {
+            if Instant::now() >= deadline {
+                let state = self.try_eval("document.getElementById('status').textContent + ' | ' + document.getElementById('notice').textContent");
+                panic!("timed out waiting for {js}; page says {state:?}");
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -327,5 +338,28 @@ fn browser_samples_paints_a_mask_and_inpainting_keeps_the_unpainted_pixels() {
     assert_eq!(
         server.get(&format!("/api/jobs/{long}")).json()["state"],
         "cancelled"
+    );
+
+    // After a reload the page shows this browser's earlier results again.
+    let results = std::fs::read_dir(&folder)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("job-")
+        })
+        .count();
+    assert!(
+        results >= 6,
+        "3 samples, inpaint, img2img, upscale: {results}"
+    );
+    cdp.call("Page.reload", json!({}));
+    cdp.wait_for(
+        &format!(
+            "!!window.studio && document.querySelectorAll('#gallery img').length === {results}"
+        ),
+        60,
     );
 }

@@ -87,6 +87,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/runs", get(runs))
         .route("/api/runs/{run}/{file}", get(run_file))
         .route("/api/clients/{client}/uploads", post(upload))
+        .route("/api/clients/{client}/files", get(client_files))
         .route("/api/clients/{client}/files/{name}", get(client_file))
         .route("/api/jobs", post(submit))
         .route("/api/jobs/{id}", get(job))
@@ -173,6 +174,40 @@ async fn client_file(
         .await
         .map_err(|_| ApiError::not_found(format!("no file {name:?}")))?;
     Ok(png(bytes))
+}
+
+/// Most files listed for a client (the newest).
+const MAX_LISTED: usize = 200;
+
+/// The client's images, oldest first: `[{name, url}]`.
+async fn client_files(
+    State(app): State<Arc<App>>,
+    Path(client): Path<String>,
+) -> ApiResult<Json<Vec<serde_json::Value>>> {
+    paths::check_client(&client)?;
+    let dir = app.out.join(&client);
+    let mut files: Vec<(std::time::SystemTime, String)> = blocking(move || {
+        Ok(std::fs::read_dir(dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter_map(|e| {
+                        let name = e.file_name().into_string().ok()?;
+                        let ok = paths::plain_name(&name) && name.ends_with(".png");
+                        ok.then_some((e.metadata().ok()?.modified().ok()?, name))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    })
+    .await?;
+    files.sort();
+    let skip = files.len().saturating_sub(MAX_LISTED);
+    Ok(Json(
+        files[skip..]
+            .iter()
+            .map(|(_, name)| json!({"name": name, "url": format!("/api/clients/{client}/files/{name}")}))
+            .collect(),
+    ))
 }
 
 /// Run blocking work (file system, image decoding) off the async threads.

@@ -116,6 +116,8 @@ pub struct Worker {
     pub compute: ComputeArgs,
     pub out: PathBuf,
     loaded: Option<(Run, Option<std::time::SystemTime>)>,
+    /// When the server started (Unix seconds), in the names of result files.
+    started: u64,
 }
 
 /// The newest modification time of the files in `dir`.
@@ -132,6 +134,9 @@ impl Worker {
             compute,
             out,
             loaded: None,
+            started: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
         }
     }
 
@@ -180,6 +185,7 @@ impl Worker {
     }
 
     fn run(&mut self, job: &Job) -> Result<()> {
+        let self_started = self.started;
         let task = job.task.lock().unwrap().take();
         let t = task.as_ref().context("the job has no task (already run)")?;
         let folder = self.out.join(&job.client);
@@ -222,7 +228,8 @@ impl Worker {
         let save = |i: usize, x: &Tensor| -> Result<()> {
             let (_, c, h, w) = x.dims4()?;
             let v: Vec<f32> = x.flatten_all()?.to_vec1()?;
-            let name = format!("job-{}-{i}.png", job.id);
+            // Job ids restart with the server; its start time keeps older results.
+            let name = format!("job-{}-{}-{i}.png", self_started, job.id);
             langevin::data::images::save_png(folder.join(&name), &v, c, h, w)?;
             let url = format!("/api/clients/{}/files/{name}", job.client);
             job.update(|s| s.images.push(url));

@@ -327,4 +327,11 @@ $("run-img2img").onclick = () => {
   startJob(body, $("img2img-out"));
 };
 
-loadRuns().catch((e) => notice(e.message));
+// Results of earlier visits (this browser's folder on the server).
+async function loadGallery() {
+  for (const f of await api(`/api/clients/${client}/files`)) {
+    if (f.name.startsWith("job-")) addToGallery(f.url);
+  }
+}
+
+loadRuns().then(loadGallery).catch((e) => notice(e.message));
