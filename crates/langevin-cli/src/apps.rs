@@ -102,7 +102,7 @@ pub struct Img2ImgArgs {
 }
 
 /// Read `path` as [1, C, h, w] in [-1, 1] (grey for C = 1, RGB for C = 3), any size.
-fn read_any_image(path: &Path, c: usize) -> Result<Tensor> {
+pub(crate) fn read_any_image(path: &Path, c: usize) -> Result<Tensor> {
     let img =
         image::open(path).with_context(|| format!("{}: cannot read the image", path.display()))?;
     let (h, w) = (img.height() as usize, img.width() as usize);
@@ -146,7 +146,7 @@ fn write_single(x: &Tensor, out: &Path, npy: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-fn image_shape(run: &Run) -> Result<Vec<usize>> {
+pub(crate) fn image_shape(run: &Run) -> Result<Vec<usize>> {
     let shape = run.config.sample_shape()?;
     if shape.len() != 3 {
         bail!("{}: not an image model", run.dir.display());
@@ -157,7 +157,7 @@ fn image_shape(run: &Run) -> Result<Vec<usize>> {
 /// The run's denoiser for `--class` / `--guidance`: the class label in `cond`, and the
 /// classifier-free guided wrapper (in `guided`) when the scale is not 1. Class-conditional
 /// models without `--class` sample with the null label.
-fn guided_denoiser<'a>(
+pub(crate) fn guided_denoiser<'a>(
     run: &'a Run,
     class: Option<u32>,
     guidance: f64,
@@ -224,38 +224,45 @@ pub fn run_upscale(a: UpscaleArgs) -> Result<()> {
     let dev = langevin::nn::Network::device(&run.denoiser.net);
     let shape = image_shape(&run)?;
     let low = read_any_image(&a.image, shape[0])?.to_device(&dev)?;
+    let (mut cond, mut guided) = (Cond::default(), None);
+    let den = guided_denoiser(&run, None, 1.0, &mut cond, &mut guided)?;
+    let out = upscale_with(&run, den, cond, &low, a.zero_shot, &a.sampler, a.seed)
+        .with_context(|| a.image.display().to_string())?;
+    write_single(&out, &a.out, a.npy.as_deref())
+}
+
+/// Upscale `low` [1, C, h, w] to the model's size with `den` (the run's denoiser, possibly
+/// wrapped): SR3 models condition on the upsampled input, `zero_shot` runs ILVR with an
+/// unconditional model. Shared by `langevin upscale` and `langevin serve`.
+pub(crate) fn upscale_with(
+    run: &Run,
+    den: &dyn Denoiser,
+    mut cond: Cond,
+    low: &Tensor,
+    zero_shot: bool,
+    sampler: &SamplerArgs,
+    seed: u64,
+) -> Result<Tensor> {
+    let shape = image_shape(run)?;
     let (_, _, h, w) = low.dims4()?;
     let (mh, mw) = (shape[1], shape[2]);
     if h == 0 || w == 0 || mh % h != 0 || mw % w != 0 || mh / h != mw / w || mh / h < 2 {
         bail!(
-            "{}: a {h}×{w} image does not upscale to the model's {mh}×{mw} by one integer factor ≥ 2",
-            a.image.display()
+            "a {h}×{w} image does not upscale to the model's {mh}×{mw} by one integer factor ≥ 2"
         );
     }
-    let (mut cond, mut guided) = (Cond::default(), None);
-    let den = guided_denoiser(&run, None, 1.0, &mut cond, &mut guided)?;
-    match (run.config.data.superres_scale, a.zero_shot) {
+    match (run.config.data.superres_scale, zero_shot) {
         (Some(f), false) => {
             if f != mh / h {
                 bail!(
-                    "{}: the model upscales by {f} ({}×{} → {mh}×{mw}); the image is {h}×{w}",
-                    a.image.display(),
+                    "the model upscales by {f} ({}×{} → {mh}×{mw}); the image is {h}×{w}",
                     mh / f,
                     mw / f
                 );
             }
-            cond.image = Some(langevin::apps::superres::upsample(&low, f)?);
-            let (out, _) = draw_with(
-                &run,
-                den,
-                &a.sampler,
-                1,
-                a.seed,
-                1,
-                None,
-                &cond,
-            )?;
-            return write_single(&out, &a.out, a.npy.as_deref());
+            cond.image = Some(langevin::apps::superres::upsample(low, f)?);
+            let (out, _) = draw_with(run, den, sampler, 1, seed, 1, None, &cond)?;
+            return Ok(out);
         }
         (Some(_), true) => bail!(
             "{}: --zero-shot needs an unconditional model; this one is an SR3 model (drop --zero-shot)",
@@ -267,17 +274,16 @@ pub fn run_upscale(a: UpscaleArgs) -> Result<()> {
         ),
         (None, true) => {}
     }
-    let out = ilvr_upscale(
+    Ok(ilvr_upscale(
         den,
         &cond,
-        a.sampler.kind()?,
-        &a.sampler.options(),
-        &a.sampler.sigmas(&run)?,
-        &low,
+        sampler.kind()?,
+        &sampler.options(),
+        &sampler.sigmas(run)?,
+        low,
         mh / h,
-        a.seed,
-    )?;
-    write_single(&out, &a.out, a.npy.as_deref())
+        seed,
+    )?)
 }
 
 pub fn run_img2img(a: Img2ImgArgs) -> Result<()> {

@@ -11,6 +11,7 @@ mod images;
 mod progress;
 mod sample;
 mod schedule;
+mod serve;
 mod train;
 mod train_images;
 
@@ -57,6 +58,8 @@ enum Command {
     Fid(fid::Args),
     /// Print or plot a noise schedule (β, ᾱ, σ, log-SNR).
     Schedule(schedule::Args),
+    /// A local web studio: sample, inpaint with a painted mask, upscale, image-to-image.
+    Serve(serve::Args),
 }
 
 fn main() -> ExitCode {
@@ -75,6 +78,7 @@ fn main() -> ExitCode {
         Command::AugmentEval(a) => augment_eval::run(a),
         Command::Upscale(a) => apps::run_upscale(a),
         Command::Img2img(a) => apps::run_img2img(a),
+        Command::Serve(a) => serve::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -45,6 +45,10 @@ pub enum Error {
 
     #[error("plot: {0}")]
     Plot(String),
+
+    /// A [`crate::denoiser::Cancellable`] job whose flag was raised.
+    #[error("cancelled")]
+    Cancelled,
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

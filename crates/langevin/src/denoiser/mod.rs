@@ -3,11 +3,13 @@
 //! x is in the variance-exploding form x = x0 + σ·ε. Networks trained with any target are adapted
 //! to this interface by [`precond::Precond`]; [`GaussianDenoiser`] is the exact denoiser of
 //! Gaussian data, used to test samplers analytically.
+pub mod cancel;
 pub mod guidance;
 pub mod precond;
 
 use candle_core::Tensor;
 
+pub use cancel::Cancellable;
 pub use guidance::Guided;
 pub use precond::{NoiseCond, Precond, Prediction};
 
