@@ -23,7 +23,12 @@ pub fn run(dev: &Device) -> Result<Vec<Row>> {
     for dt in [DType::F32, DType::BF16] {
         let name = dt.as_str();
         let bound = if dt == DType::F32 { 1e-5 } else { 2e-2 };
-        for &(b, c, hw, g) in &[(3, 64, 16, 32), (2, 256, 4, 32), (2, 32, 64, 8), (5, 96, 7, 3)] {
+        for &(b, c, hw, g) in &[
+            (3, 64, 16, 32),
+            (2, 256, 4, 32),
+            (2, 32, 64, 8),
+            (5, 96, 7, 3),
+        ] {
             let x = Tensor::randn(0f32, 1.0, (b, c, hw, hw), dev)?
                 .affine(3.0, 2.0)?
                 .to_dtype(dt)?;
@@ -57,8 +62,8 @@ pub fn run(dev: &Device) -> Result<Vec<Row>> {
             let res = Tensor::randn(0f32, 1.0, (b, c, hw, hw), dev)?.to_dtype(dt)?;
             let got = gpu::bias_residual(&x, Some(&bias), Some(&res), 0.5)?;
             let f = |t: &Tensor| t.to_dtype(DType::F32);
-            let want = ((f(&x)?.broadcast_add(&f(&bias)?.reshape((1, c, 1, 1))?)? + f(&res)?)?
-                * 0.5)?;
+            let want =
+                ((f(&x)?.broadcast_add(&f(&bias)?.reshape((1, c, 1, 1))?)? + f(&res)?)? * 0.5)?;
             rows.push((
                 format!("fused bias + residual [{b},{c},{hw},{hw}]"),
                 name,

@@ -13,7 +13,12 @@ use candle_core::Tensor;
 ///
 /// # Shapes
 /// `x`: [B, C, H, W]; `w`: [O, C, k, k]; returns [B, O, H', W'].
-pub fn conv2d(x: &Tensor, w: &Tensor, padding: usize, stride: usize) -> candle_core::Result<Tensor> {
+pub fn conv2d(
+    x: &Tensor,
+    w: &Tensor,
+    padding: usize,
+    stride: usize,
+) -> candle_core::Result<Tensor> {
     x.contiguous()?
         .apply_op2(&w.contiguous()?, imp::CudnnConv { padding, stride })
 }
@@ -24,12 +29,12 @@ mod imp {
     use std::collections::HashMap;
     use std::sync::Arc;
 
+    use candle_core::backend::BackendDevice;
     use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::cudarc::cudnn::safe::{
         ConvDescriptor, ConvForward, Cudnn, FilterDescriptor, TensorDescriptor,
     };
     use candle_core::cuda_backend::cudarc::cudnn::{sys, CudnnDataType};
-    use candle_core::backend::BackendDevice;
     use candle_core::cuda_backend::cudarc::driver::{
         CudaSlice, CudaView, DeviceRepr, ValidAsZeroBits,
     };
@@ -120,7 +125,11 @@ mod imp {
         };
         let heuristic = fwd.pick_algorithm().map_err(wrap)?;
         use sys::cudnnConvolutionFwdAlgo_t as A;
-        let mut best = (f64::INFINITY, heuristic, fwd.get_workspace_size(heuristic).map_err(wrap)?);
+        let mut best = (
+            f64::INFINITY,
+            heuristic,
+            fwd.get_workspace_size(heuristic).map_err(wrap)?,
+        );
         for algo in [
             A::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM,
             A::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM,
@@ -271,7 +280,11 @@ mod imp {
             let (b, c, h, wd) = xl.shape().dims4()?;
             let (o, c2, k, k2) = wl.shape().dims4()?;
             if c != c2 || k != k2 {
-                candle_core::bail!("cudnn conv2d: input {:?}, weight {:?}", xl.dims(), wl.dims())
+                candle_core::bail!(
+                    "cudnn conv2d: input {:?}, weight {:?}",
+                    xl.dims(),
+                    wl.dims()
+                )
             }
             let (p, s) = (self.padding, self.stride);
             let ho = (h + 2 * p - k) / s + 1;
@@ -281,7 +294,11 @@ mod imp {
             use sys::cudnnMathType_t::{CUDNN_DEFAULT_MATH, CUDNN_FMA_MATH, CUDNN_TENSOR_OP_MATH};
             let st = match x.dtype() {
                 DType::F32 => {
-                    let math = if tf32() { CUDNN_DEFAULT_MATH } else { CUDNN_FMA_MATH };
+                    let math = if tf32() {
+                        CUDNN_DEFAULT_MATH
+                    } else {
+                        CUDNN_FMA_MATH
+                    };
                     let y = self.run::<f32>(x, xl, w, wl, dims, |s| &mut s.f32_plans, math)?;
                     CudaStorage::wrap_cuda_slice(y, dev)
                 }
@@ -302,7 +319,6 @@ mod imp {
             Ok((st, Shape::from((b, o, ho, wo))))
         }
     }
-
 }
 
 /// Without cuDNN the op exists but is never chosen ([`super::gpu::fast_path`] routes

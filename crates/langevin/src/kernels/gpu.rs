@@ -86,7 +86,12 @@ pub fn bias_residual(
 
 /// `conv2d(x, w)` without bias for the fused path: cuDNN with cached plans
 /// ([`super::cudnn_conv`]) in a `cudnn` build, candle's convolution otherwise.
-pub fn conv2d(x: &Tensor, w: &Tensor, padding: usize, stride: usize) -> candle_core::Result<Tensor> {
+pub fn conv2d(
+    x: &Tensor,
+    w: &Tensor,
+    padding: usize,
+    stride: usize,
+) -> candle_core::Result<Tensor> {
     if cfg!(feature = "cudnn") && x.device().is_cuda() {
         return super::cudnn_conv::conv2d(x, w, padding, stride);
     }
@@ -173,12 +178,20 @@ mod imp {
             let (b, c) = (dims[0], dims[1]);
             let s: usize = dims[2..].iter().product();
             if c % self.groups != 0 || gamma.1.dims() != [c] || beta.1.dims() != [c] {
-                candle_core::bail!("group norm: {c} channels, {} groups, γ {:?}", self.groups, gamma.1.dims())
+                candle_core::bail!(
+                    "group norm: {c} channels, {} groups, γ {:?}",
+                    self.groups,
+                    gamma.1.dims()
+                )
             }
             let n = (c / self.groups) * s;
             let threads = (n / 4).next_multiple_of(32).clamp(32, 512) as u32;
             let f = func!(dev, "group_norm", T::DTYPE);
-            let (xv, gv, bv) = (view::<T>(x.0, x.1)?, view::<T>(gamma.0, gamma.1)?, view::<T>(beta.0, beta.1)?);
+            let (xv, gv, bv) = (
+                view::<T>(x.0, x.1)?,
+                view::<T>(gamma.0, gamma.1)?,
+                view::<T>(beta.0, beta.1)?,
+            );
             // SAFETY: every element is written by the kernel.
             let out = unsafe { dev.alloc::<T>(b * c * s)? };
             with_side(&self.shift, |sh| {
@@ -197,7 +210,14 @@ mod imp {
                     Some(v) => a.arg(v),
                     None => a.arg(&null),
                 };
-                a.arg(&gv).arg(&bv).arg(&out).arg(&ci).arg(&gi).arg(&si).arg(&self.eps).arg(&silu);
+                a.arg(&gv)
+                    .arg(&bv)
+                    .arg(&out)
+                    .arg(&ci)
+                    .arg(&gi)
+                    .arg(&si)
+                    .arg(&self.eps)
+                    .arg(&silu);
                 let cfg = LaunchConfig {
                     grid_dim: ((b * self.groups) as u32, 1, 1),
                     block_dim: (threads, 1, 1),
@@ -237,7 +257,9 @@ mod imp {
         ) -> candle_core::Result<(CudaStorage, Shape)> {
             let dev = x.device().clone();
             let slice = match x.dtype() {
-                DType::F32 => CudaStorage::wrap_cuda_slice(self.run::<f32>((x, xl), (g, gl), (b, bl))?, dev),
+                DType::F32 => {
+                    CudaStorage::wrap_cuda_slice(self.run::<f32>((x, xl), (g, gl), (b, bl))?, dev)
+                }
                 DType::BF16 => CudaStorage::wrap_cuda_slice(
                     self.run::<half::bf16>((x, xl), (g, gl), (b, bl))?,
                     dev,
@@ -315,7 +337,11 @@ mod imp {
         ) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
             candle_core::bail!("{} runs on CUDA only", self.name())
         }
-        fn cuda_fwd(&self, x: &CudaStorage, l: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        fn cuda_fwd(
+            &self,
+            x: &CudaStorage,
+            l: &Layout,
+        ) -> candle_core::Result<(CudaStorage, Shape)> {
             let dev = x.device().clone();
             let st = match x.dtype() {
                 DType::F32 => CudaStorage::wrap_cuda_slice(self.run::<f32>(x, l)?, dev),
@@ -366,7 +392,11 @@ mod imp {
         ) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
             candle_core::bail!("{} runs on CUDA only", self.name())
         }
-        fn cuda_fwd(&self, x: &CudaStorage, l: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        fn cuda_fwd(
+            &self,
+            x: &CudaStorage,
+            l: &Layout,
+        ) -> candle_core::Result<(CudaStorage, Shape)> {
             let dev = x.device().clone();
             let (b, c, h, w) = l.shape().dims4()?;
             let st = match x.dtype() {

@@ -57,7 +57,10 @@ pub fn shifted_group_norm_act(
     }
     let untracked = |t: &Tensor| !t.track_op();
     if super::gpu::fast_path(x)
-        && [gamma, beta].into_iter().chain(shift).all(|t| same(t) && untracked(t))
+        && [gamma, beta]
+            .into_iter()
+            .chain(shift)
+            .all(|t| same(t) && untracked(t))
     {
         return super::gpu::group_norm(x, shift, gamma, beta, groups, eps, silu);
     }

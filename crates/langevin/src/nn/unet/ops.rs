@@ -91,7 +91,12 @@ impl Conv2d {
     ) -> Result<Tensor> {
         if self.fused(x) {
             let y = gpu::conv2d(x, &self.weight, self.padding, self.stride)?;
-            return Ok(gpu::bias_residual(&y, Some(&self.bias), residual, 1.0 / divisor)?);
+            return Ok(gpu::bias_residual(
+                &y,
+                Some(&self.bias),
+                residual,
+                1.0 / divisor,
+            )?);
         }
         let y = fwd(self, x)?;
         let y = match residual {
