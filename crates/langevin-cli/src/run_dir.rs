@@ -60,7 +60,10 @@ pub fn check_out(out: &Path, resume: bool, overwrite: bool) -> Result<()> {
     let others = std::fs::read_dir(out)
         .map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?
         .flatten()
-        .any(|e| e.file_name() != LOCK_FILE);
+        .any(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name != LOCK_FILE && !langevin::io::lock::is_temp_name(&name)
+        });
     if others {
         bail!(
             "{}: folder is not empty and holds no run; choose a new --out (or pass --overwrite to write into it)",

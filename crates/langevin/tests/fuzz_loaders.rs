@@ -2,8 +2,8 @@
 //! IDX, CSV and PNG folders. Inputs are the checked-in corpus (`tests/fuzz/corpus/`) mutated
 //! by a seeded mutator; every result must be `Ok` or `Err`, never a panic (an abort would end
 //! the process and fail the test too). `LANGEVIN_FUZZ_ITERS` sets the executions per target
-//! (default 300, a few seconds in all); `LANGEVIN_FUZZ_SEED` the seed. A crashing input is
-//! written to the temp dir and named in the failure.
+//! (default 300, a few seconds in all); `LANGEVIN_FUZZ_SEED` the seed; `LANGEVIN_FUZZ_CORPUS`
+//! another corpus folder. A crashing input is written to the temp dir and named in the failure.
 mod fuzz;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -40,7 +40,11 @@ fn scratch(tag: &str) -> PathBuf {
 }
 
 fn corpus(target: &str) -> Vec<Vec<u8>> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz/corpus").join(target);
+    let root = std::env::var_os("LANGEVIN_FUZZ_CORPUS").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz/corpus"),
+        PathBuf::from,
+    );
+    let dir = root.join(target);
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.unwrap().path())
