@@ -31,17 +31,17 @@ pub struct InpaintArgs {
     pub compute: crate::common::ComputeArgs,
     /// RePaint: passes through every stretch of `--jump` steps (1 = projection only; RePaint
     /// used 10). Multiplies the network evaluations by about this much.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = crate::ranges::count, allow_negative_numbers = true)]
     pub resample: usize,
     /// RePaint: length of the stretch that is re-noised and denoised again.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = crate::ranges::count, allow_negative_numbers = true)]
     pub jump: usize,
     /// Condition on this class (class-conditional models), with --guidance.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::ranges::label, allow_negative_numbers = true)]
     pub class: Option<u32>,
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = crate::ranges::non_negative, allow_negative_numbers = true)]
     pub guidance: f64,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = crate::ranges::whole, allow_negative_numbers = true)]
     pub seed: u64,
     /// Output PNG.
     #[arg(long)]
@@ -64,7 +64,7 @@ pub struct UpscaleArgs {
     pub sampler: SamplerArgs,
     #[command(flatten)]
     pub compute: crate::common::ComputeArgs,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = crate::ranges::whole, allow_negative_numbers = true)]
     pub seed: u64,
     /// Output PNG.
     #[arg(long)]
@@ -83,18 +83,18 @@ pub struct Img2ImgArgs {
     #[arg(long)]
     pub image: PathBuf,
     /// How far to noise the input: 0 returns it, 1 ignores it (SDEdit).
-    #[arg(long, default_value_t = 0.6)]
+    #[arg(long, default_value_t = 0.6, value_parser = crate::ranges::unit, allow_negative_numbers = true)]
     pub strength: f64,
     /// Steer towards this class (class-conditional models), with --guidance.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::ranges::label, allow_negative_numbers = true)]
     pub class: Option<u32>,
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = crate::ranges::non_negative, allow_negative_numbers = true)]
     pub guidance: f64,
     #[command(flatten)]
     pub sampler: SamplerArgs,
     #[command(flatten)]
     pub compute: crate::common::ComputeArgs,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = crate::ranges::whole, allow_negative_numbers = true)]
     pub seed: u64,
     /// Output PNG.
     #[arg(long)]
@@ -164,7 +164,7 @@ pub(crate) fn guided_denoiser<'a>(
     cond: &mut Cond,
     guided: &'a mut Option<Guided<'a>>,
 ) -> Result<&'a dyn Denoiser> {
-    *cond = match class {
+    *cond = match crate::sample::check_class(run, class)? {
         Some(k) => Cond {
             labels: Some(Tensor::new(&[k], &Device::Cpu)?),
             image: None,

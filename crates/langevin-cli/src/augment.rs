@@ -26,23 +26,23 @@ pub struct Args {
     #[arg(long)]
     pub model: PathBuf,
     /// Number of samples (of every class with --per-class).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::ranges::count, allow_negative_numbers = true)]
     pub n: usize,
     /// N samples of every class (class-conditional models); otherwise N in all, the labels
     /// taking turns.
     #[arg(long)]
     pub per_class: bool,
     /// Classifier-free guidance scale for class-conditional models.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = crate::ranges::non_negative, allow_negative_numbers = true)]
     pub guidance: f64,
     #[command(flatten)]
     pub sampler: SamplerArgs,
     #[command(flatten)]
     pub compute: crate::common::ComputeArgs,
     /// Sample i uses seed + i.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = crate::ranges::whole, allow_negative_numbers = true)]
     pub seed: u64,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = crate::ranges::count, allow_negative_numbers = true)]
     pub batch_size: usize,
     /// A folder (image models: `CLASS/000123.png`) or a .csv file (tabular models).
     #[arg(long)]
@@ -58,9 +58,22 @@ fn manifest(a: &Args) -> serde_json::Value {
     })
 }
 
-/// Write the manifest, or check it against the one a previous run left.
+/// Write the manifest, or check it against the one a previous run left. An existing output
+/// without a manifest was not written by `augment`, and is left alone.
 fn check_manifest(path: &Path, a: &Args) -> Result<()> {
     let want = manifest(a);
+    let out_has_data = if a.out.is_dir() {
+        fs::read_dir(&a.out)?.next().is_some()
+    } else {
+        a.out.exists()
+    };
+    if !path.exists() && out_has_data {
+        bail!(
+            "{}: already exists and was not written by `langevin augment` (no {}); choose another --out, or move the file away",
+            a.out.display(),
+            path.display()
+        );
+    }
     if path.exists() {
         let text = fs::read_to_string(path)?;
         let have: serde_json::Value =
@@ -78,9 +91,6 @@ fn check_manifest(path: &Path, a: &Args) -> Result<()> {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    if a.n == 0 || a.batch_size == 0 {
-        bail!("--n and --batch-size must be at least 1");
-    }
     let run = a.compute.load_run(&a.model)?;
     if run.config.data.standardizer.is_some() {
         return tabular(&run, &a);
@@ -199,8 +209,8 @@ fn images(run: &Run, a: &Args) -> Result<()> {
             a.out.join(format!("{i:06}.png"))
         }
     };
-    fs::create_dir_all(&a.out).with_context(|| format!("{}: cannot create", a.out.display()))?;
     check_manifest(&a.out.join("augment.json"), a)?;
+    fs::create_dir_all(&a.out).with_context(|| format!("{}: cannot create", a.out.display()))?;
     if conditional {
         for n in names {
             fs::create_dir_all(a.out.join(class_dir_name(n)))?;

@@ -20,18 +20,18 @@ pub struct Args {
     #[arg(long, default_value = FASHION_MNIST_DIR)]
     pub fashion_mnist: PathBuf,
     /// Real training images per class.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = crate::ranges::count, allow_negative_numbers = true)]
     pub per_class: usize,
     /// Synthetic images in class subfolders (as `langevin augment` writes them).
     #[arg(long)]
     pub synthetic: PathBuf,
     /// Optimiser steps per classifier (the same for both training sets).
-    #[arg(long, default_value_t = 1500)]
+    #[arg(long, default_value_t = 1500, value_parser = crate::ranges::count, allow_negative_numbers = true)]
     pub steps: usize,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = crate::ranges::count, allow_negative_numbers = true)]
     pub batch_size: usize,
     /// Classifiers per training set (seeds 0..N).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = crate::ranges::steps, allow_negative_numbers = true)]
     pub seeds: u64,
 }
 

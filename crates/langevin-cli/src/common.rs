@@ -36,16 +36,16 @@ pub struct BetaArgs {
     #[arg(long, value_enum, default_value_t = ScheduleName::Linear)]
     pub schedule: ScheduleName,
     /// Number of discrete steps T.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = crate::ranges::count, allow_negative_numbers = true)]
     pub timesteps: usize,
     /// β of the geometric schedule β_t = β(1-β)^(T-1-t), in (0, 1).
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.5, value_parser = crate::ranges::open_unit, allow_negative_numbers = true)]
     pub beta: f64,
     /// First β of linear / scaled-linear / sigmoid schedules.
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, default_value_t = 1e-4, value_parser = crate::ranges::open_unit, allow_negative_numbers = true)]
     pub beta_start: f64,
     /// Last β of linear / scaled-linear / sigmoid schedules.
-    #[arg(long, default_value_t = 0.02)]
+    #[arg(long, default_value_t = 0.02, value_parser = crate::ranges::open_unit, allow_negative_numbers = true)]
     pub beta_end: f64,
 }
 
@@ -94,12 +94,17 @@ pub fn load_data(spec: &str, n_toy: usize, seed: u64) -> Result<(Table, String)>
         None => spec.parse::<Toy2d>().ok(),
     };
     if let Some(toy) = toy {
+        // The table (f64), its standardised copy and the f32 tensor: about 40 bytes a point.
+        langevin::memory::check(&format!("--n-toy {n_toy}"), (n_toy as u64).saturating_mul(40), None, || {
+            "lower --n-toy".into()
+        })?;
         let mut rng = langevin::rng::seeded(seed);
         return Ok((toy.sample(n_toy, &mut rng), format!("toy:{toy}")));
     }
     let t = load_table(Path::new(spec))?;
-
-    Ok((t, spec.to_string()))
+    // Stored absolute, so `--resume` and `eval` find the file from any directory.
+    let source = std::fs::canonicalize(spec).map_or(spec.to_string(), |p| p.display().to_string());
+    Ok((t, source))
 }
 
 /// Write a table by extension: .csv, .npy, or .png (scatter plot of the first two columns).

@@ -21,12 +21,12 @@ pub struct Args {
     #[arg(long, default_value = "swiss-roll")]
     pub data: String,
     /// Training steps.
-    #[arg(long, default_value_t = 3000)]
+    #[arg(long, default_value_t = 3000, value_parser = crate::ranges::steps, allow_negative_numbers = true)]
     pub steps: u64,
     /// Samples drawn per sampler (and size of each reference draw).
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 2000, value_parser = crate::ranges::count2, allow_negative_numbers = true)]
     pub n: usize,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = crate::ranges::whole, allow_negative_numbers = true)]
     pub seed: u64,
     /// Where the run directory and the plot go.
     #[arg(long, default_value = "langevin-demo")]
@@ -105,7 +105,7 @@ pub fn run(a: Args) -> Result<()> {
             sampler: name.into(),
             steps,
             schedule: "auto".into(),
-            eta: 0.0,
+            eta: None,
             churn: 0.0,
             langevin_steps: 10,
             langevin_eps: None,

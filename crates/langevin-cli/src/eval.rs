@@ -27,19 +27,19 @@ pub struct Args {
     #[arg(long, value_delimiter = ',')]
     pub samplers: Vec<String>,
     /// Network-evaluation budgets (comma-separated; default: --steps of --sampler).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = crate::ranges::count, allow_negative_numbers = true)]
     pub nfe: Vec<usize>,
     #[command(flatten)]
     pub sampler: SamplerArgs,
     #[command(flatten)]
     pub compute: crate::common::ComputeArgs,
     /// Samples drawn per network batch (fid/kid; raise it on a GPU).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = crate::ranges::count, allow_negative_numbers = true)]
     pub batch_size: usize,
     /// Samples per evaluation (and size of each reference draw).
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 2000, value_parser = crate::ranges::count2, allow_negative_numbers = true)]
     pub n: usize,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = crate::ranges::whole, allow_negative_numbers = true)]
     pub seed: u64,
     /// Write the results as a Markdown table.
     #[arg(long)]
@@ -93,6 +93,11 @@ pub fn run(a: Args) -> Result<()> {
             &dev,
         );
     }
+    // Two reference draws, their standardised copies and the samples, in f64.
+    let per: u64 = run.config.sample_shape()?.iter().map(|&d| d as u64).product::<u64>() * 8 * 6;
+    langevin::memory::check(&format!("--n {}", a.n), per.saturating_mul(a.n as u64), None, || {
+        "lower --n".into()
+    })?;
     let (reference, floor_draw) = references(&spec, a.n, a.seed)?;
     let std = info.standardizer.clone().ok_or_else(|| {
         anyhow::anyhow!(

@@ -68,18 +68,18 @@ pub struct Args {
     #[arg(long)]
     pub b: String,
     /// Images used from each set (the first n; at most the set size).
-    #[arg(long, default_value_t = 10000)]
+    #[arg(long, default_value_t = 10000, value_parser = crate::ranges::count2, allow_negative_numbers = true)]
     pub n: usize,
     /// Also compute KID (keeps the features in memory: n × 2048 f32 per set).
     #[arg(long)]
     pub kid: bool,
     /// Inception batch size.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = crate::ranges::count, allow_negative_numbers = true)]
     pub batch: usize,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = crate::ranges::whole, allow_negative_numbers = true)]
     pub seed: u64,
     #[command(flatten)]
     pub images: ImageArgs,

@@ -14,29 +14,29 @@ use langevin::nn::unet::UNet2DConfig;
 #[derive(ClapArgs, Clone)]
 pub struct ImageArgs {
     /// UNet widths per resolution level (comma-separated).
-    #[arg(long, value_delimiter = ',', default_value = "32,64,64")]
+    #[arg(long, value_delimiter = ',', default_value = "32,64,64", value_parser = crate::ranges::count, allow_negative_numbers = true)]
     pub channels: Vec<usize>,
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = crate::ranges::count, allow_negative_numbers = true)]
     pub layers_per_block: usize,
     /// Self-attention at the lowest resolution (and in the mid block).
     #[arg(long)]
     pub attention: bool,
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = crate::ranges::count, allow_negative_numbers = true)]
     pub norm_groups: usize,
     /// Condition on class labels (adds a null class for classifier-free guidance).
     #[arg(long)]
     pub class_cond: bool,
     /// Probability of dropping the label during training (classifier-free guidance).
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, value_parser = crate::ranges::unit, allow_negative_numbers = true)]
     pub label_dropout: f64,
     /// Min-SNR-γ loss weighting (e.g. 5).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::ranges::positive, allow_negative_numbers = true)]
     pub min_snr: Option<f64>,
     /// Random horizontal flips.
     #[arg(long)]
     pub hflip: bool,
     /// Resize (shorter side) and centre-crop folder / emoji images to this size.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::ranges::pixels, allow_negative_numbers = true)]
     pub image_size: Option<u32>,
     /// Greyscale folder images.
     #[arg(long)]
@@ -45,14 +45,14 @@ pub struct ImageArgs {
     #[arg(long)]
     pub strict: bool,
     /// Keep only this many images per class (a quick subset).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::ranges::count, allow_negative_numbers = true)]
     pub per_class: Option<usize>,
     /// Write a grid of EMA samples every N steps (0 = only at the end).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = crate::ranges::whole, allow_negative_numbers = true)]
     pub sample_every: u64,
     /// SR3 super-resolution: the network also sees each image box-downsampled by this factor
     /// and upsampled back (extra input channels); sample with `langevin upscale`.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::ranges::factor, allow_negative_numbers = true)]
     pub superres: Option<usize>,
 }
 
@@ -62,6 +62,19 @@ pub fn is_image_source(spec: &str) -> bool {
         spec.split(':').next(),
         Some("fashion-mnist" | "digits" | "emoji")
     ) || Path::new(spec).is_dir()
+}
+
+/// `spec` with its folder made absolute, as stored in a run (so `--resume` and `eval` work
+/// from any directory); built-in names stay as they are.
+pub fn absolute_source(spec: &str) -> String {
+    let abs = |d: &str| {
+        std::fs::canonicalize(d).map_or(d.to_string(), |p| p.display().to_string())
+    };
+    match spec.split_once(':') {
+        Some((k @ ("fashion-mnist" | "emoji"), d)) => format!("{k}:{}", abs(d)),
+        _ if Path::new(spec).is_dir() => abs(spec),
+        _ => spec.to_string(),
+    }
 }
 
 /// Load an image set: `fashion-mnist[:DIR]` (padded to 32×32), `digits` (8×8), `emoji[:DIR]`,

@@ -9,6 +9,8 @@ mod eval;
 mod fid;
 mod images;
 mod progress;
+mod ranges;
+mod run_dir;
 mod sample;
 mod schedule;
 mod serve;
@@ -83,7 +85,16 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            if let Some(i) = e.downcast_ref::<run_dir::Interrupted>() {
+                return ExitCode::from((128 + i.signal) as u8);
+            }
+            // A cause already printed by its wrapper (as in `path: OS error`) is not repeated.
+            let mut chain: Vec<String> = vec![];
+            for c in e.chain().map(|c| c.to_string()) {
+                if !chain.last().is_some_and(|l| l.ends_with(&c)) {
+                    chain.push(c);
+                }
+            }
             eprintln!("error: {}", chain.join(": "));
             ExitCode::from(2)
         }

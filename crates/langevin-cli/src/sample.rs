@@ -32,35 +32,36 @@ pub struct SamplerArgs {
     pub sampler: String,
     /// Number of noise levels (Heun uses 2 network evaluations per level but the last;
     /// annealed Langevin --langevin-steps per level).
-    #[arg(long, default_value_t = 25)]
+    #[arg(long, default_value_t = 25, value_parser = crate::ranges::levels, allow_negative_numbers = true)]
     pub steps: usize,
     /// Spacing of the noise levels: model (the training schedule's timesteps), karras,
     /// exponential, or auto (model for ddpm/ddim, exponential otherwise).
     #[arg(long, default_value = "auto")]
     pub schedule: String,
-    /// DDIM / Euler-ancestral η.
-    #[arg(long, default_value_t = 0.0)]
-    pub eta: f64,
+    /// η of DDIM (default 0, deterministic) and of the ancestral / SDE samplers (default 1;
+    /// 0 makes them deterministic).
+    #[arg(long, value_parser = crate::ranges::non_negative, allow_negative_numbers = true)]
+    pub eta: Option<f64>,
     /// EDM churn S_churn for euler / heun.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = crate::ranges::non_negative, allow_negative_numbers = true)]
     pub churn: f64,
     /// Annealed Langevin: updates per noise level.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = crate::ranges::levels, allow_negative_numbers = true)]
     pub langevin_steps: usize,
     /// Annealed Langevin: NCSN's ε in α_i = ε·σ_i²/σ_min² (default σ_min², i.e. α_i = σ_i²).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::ranges::positive, allow_negative_numbers = true)]
     pub langevin_eps: Option<f64>,
     /// Predictor-corrector: target signal-to-noise ratio of the Langevin corrector.
-    #[arg(long, default_value_t = 0.16)]
+    #[arg(long, default_value_t = 0.16, value_parser = crate::ranges::positive, allow_negative_numbers = true)]
     pub snr: f64,
     /// Predictor-corrector: corrector steps per level.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = crate::ranges::levels, allow_negative_numbers = true)]
     pub corrector_steps: usize,
     /// Smallest noise level (karras / exponential spacing; default: the model's).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::ranges::positive, allow_negative_numbers = true)]
     pub sigma_min: Option<f64>,
     /// Largest noise level (karras / exponential spacing; default: the model's).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::ranges::positive, allow_negative_numbers = true)]
     pub sigma_max: Option<f64>,
     /// Start from N(0, σ_max²) instead of the variance-preserving N(0, (σ_max² + 1)·I).
     #[arg(long)]
@@ -110,22 +111,22 @@ pub struct Args {
     #[command(flatten)]
     pub compute: crate::common::ComputeArgs,
     /// Number of samples.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = crate::ranges::count, allow_negative_numbers = true)]
     pub n: usize,
     /// Sample i uses seed + i.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = crate::ranges::whole, allow_negative_numbers = true)]
     pub seed: u64,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = crate::ranges::count, allow_negative_numbers = true)]
     pub batch_size: usize,
     /// Standard-normal starting noise [n, ...] as .npy (scaled like drawn noise), e.g. to start
     /// from the same point as another framework.
     #[arg(long)]
     pub init_noise: Option<PathBuf>,
     /// Class to draw (class-conditional models).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::ranges::label, allow_negative_numbers = true)]
     pub class: Option<u32>,
     /// Classifier-free guidance scale w (1 = plain conditional; needs --class).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = crate::ranges::non_negative, allow_negative_numbers = true)]
     pub guidance: f64,
     /// Output: tabular models write .csv, .npy or .png (scatter); image models a PNG grid.
     #[arg(long)]
@@ -170,6 +171,10 @@ pub fn draw_with(
         sigma_data: if s.ve_prior { 0.0 } else { 1.0 },
         init_noise: init,
     };
+    let need = langevin::memory::sampling_bytes(&run.config.network, &job.sample_shape, n, batch_size);
+    langevin::memory::check(&format!("drawing {n} samples in batches of {batch_size}"), need, None, || {
+        "lower --n (write in parts with --seed offsets, or use `langevin augment`, which streams) or --batch-size".into()
+    })?;
     let pb = bar(n as u64, kind.name());
     let (x, nfe) = generate(den, cond, &job, &mut |done| pb.set_position(done as u64))?;
     pb.finish_and_clear();
@@ -290,12 +295,16 @@ pub fn run(a: Args) -> Result<()> {
         }
         None => None,
     };
-    let cond = match a.class {
+    let cond = match check_class(&run, a.class)? {
         Some(k) => Cond {
             labels: Some(Tensor::full(k, a.n, &Device::Cpu)?),
             image: None,
         },
         None if a.guidance != 1.0 => bail!("--guidance needs --class"),
+        None if run.config.network.is_class_conditional() => {
+            let (n, _) = class_range(&run);
+            bail!("--class: {} is class-conditional; pass --class K with K in 0..{n}", run.dir.display())
+        }
         None => Cond::default(),
     };
     if run.config.data.standardizer.is_some() {
@@ -356,6 +365,37 @@ pub fn run(a: Args) -> Result<()> {
 }
 
 /// The null class of a class-conditional UNet (the last embedding row, trained by label dropout).
+/// (number of real classes, their names) of a class-conditional model.
+pub fn class_range(run: &Run) -> (usize, &[String]) {
+    let names = &run.config.data.class_names;
+    match &run.config.network {
+        NetworkConfig::Unet(c) => match c.num_class_embeds {
+            Some(_) if !names.is_empty() => (names.len(), names),
+            Some(n) => (n, names),
+            None => (0, names),
+        },
+        NetworkConfig::Mlp(_) => (0, names),
+    }
+}
+
+/// `--class K` must name one of the model's classes (the null class is not one).
+pub fn check_class(run: &Run, class: Option<u32>) -> Result<Option<u32>> {
+    let Some(k) = class else { return Ok(None) };
+    if !run.config.network.is_class_conditional() {
+        bail!("--class {k}: {} is not class-conditional (train with --class-cond)", run.dir.display());
+    }
+    let (n, names) = class_range(run);
+    if k as usize >= n {
+        let list = if names.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", names.iter().enumerate().map(|(i, s)| format!("{i} {s}")).collect::<Vec<_>>().join(", "))
+        };
+        bail!("--class {k}: out of range; the model has {n} classes, 0..{n}{list}");
+    }
+    Ok(Some(k))
+}
+
 pub fn null_label(run: &Run) -> Result<u32> {
     match &run.config.network {
         NetworkConfig::Unet(c) => match c.num_class_embeds {

@@ -17,7 +17,7 @@ pub struct Args {
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Inference steps for --config.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, value_parser = crate::ranges::levels, allow_negative_numbers = true)]
     pub steps: usize,
     /// Print the schedule as JSON.
     #[arg(long)]
@@ -29,7 +29,7 @@ pub struct Args {
     #[arg(long)]
     pub plot: Option<PathBuf>,
     /// With --plot and the geometric schedule: the β values to compare.
-    #[arg(long, value_delimiter = ',', default_value = "0.01,0.1,0.5,0.9,0.99")]
+    #[arg(long, value_delimiter = ',', default_value = "0.01,0.1,0.5,0.9,0.99", value_parser = crate::ranges::open_unit, allow_negative_numbers = true)]
     pub compare_betas: Vec<f64>,
 }
 

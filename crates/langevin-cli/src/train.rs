@@ -2,7 +2,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use clap::Args as ClapArgs;
 use langevin::data::Standardizer;
@@ -28,8 +28,11 @@ pub struct Args {
     /// Continue the run in --out from its last checkpoint.
     #[arg(long)]
     pub resume: bool,
+    /// Replace an existing run in --out (without it, an existing run is refused).
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
     /// Points drawn from a toy set.
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(long, default_value_t = 20_000, value_parser = crate::ranges::count, allow_negative_numbers = true)]
     pub n_toy: usize,
     #[command(flatten)]
     pub schedule: BetaArgs,
@@ -48,38 +51,38 @@ pub struct OptArgs {
     /// What the network predicts: eps, x0, v, score or edm.
     #[arg(long, default_value = "eps")]
     pub prediction: String,
-    #[arg(long, default_value_t = 4000)]
+    #[arg(long, default_value_t = 4000, value_parser = crate::ranges::steps, allow_negative_numbers = true)]
     pub steps: u64,
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, value_parser = crate::ranges::count, allow_negative_numbers = true)]
     pub batch_size: usize,
-    #[arg(long, default_value_t = 2e-3)]
+    #[arg(long, default_value_t = 2e-3, value_parser = crate::ranges::positive, allow_negative_numbers = true)]
     pub lr: f64,
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = crate::ranges::whole, allow_negative_numbers = true)]
     pub warmup: u64,
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = crate::ranges::non_negative, allow_negative_numbers = true)]
     pub weight_decay: f64,
     /// Clip the global gradient norm (0 = off).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = crate::ranges::non_negative, allow_negative_numbers = true)]
     pub grad_clip: f64,
-    #[arg(long, default_value_t = 0.995)]
+    #[arg(long, default_value_t = 0.995, value_parser = crate::ranges::decay, allow_negative_numbers = true)]
     pub ema_decay: f64,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = crate::ranges::whole, allow_negative_numbers = true)]
     pub seed: u64,
     /// Checkpoint every N steps (0 = only at the end).
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = crate::ranges::whole, allow_negative_numbers = true)]
     pub checkpoint_every: u64,
     /// Stop after this many minutes (with a checkpoint; --resume continues).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::ranges::positive, allow_negative_numbers = true)]
     pub time_limit: Option<f64>,
 }
 
 #[derive(ClapArgs, Clone)]
 pub struct NetArgs {
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = crate::ranges::count, allow_negative_numbers = true)]
     pub hidden: usize,
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = crate::ranges::count, allow_negative_numbers = true)]
     pub blocks: usize,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = crate::ranges::count, allow_negative_numbers = true)]
     pub temb_dim: usize,
 }
 
@@ -165,7 +168,8 @@ pub fn train_loop(
 
 /// Train to `trainer.cfg.steps` with `step` drawing each batch; `on_checkpoint` runs after each
 /// checkpoint (sample grids). With `time_limit` (minutes) training stops after that long with
-/// a checkpoint, resumable with `--resume`.
+/// a checkpoint, resumable with `--resume`; so does SIGINT / SIGTERM (then the error is
+/// [`Interrupted`]). A failed step (a diverged loss) leaves the last checkpoint as it was.
 pub fn train_loop_with(
     trainer: &mut Trainer,
     out: &Path,
@@ -174,12 +178,23 @@ pub fn train_loop_with(
     on_checkpoint: &mut dyn FnMut(&Trainer) -> Result<()>,
 ) -> Result<f64> {
     let total = trainer.cfg.steps;
+    let signal = crate::run_dir::catch_signals()?;
+    let mut last_saved = out
+        .join(langevin::model::run::TRAIN_STATE)
+        .exists()
+        .then(|| trainer.step());
     let pb = bar(total, "train");
     pb.set_position(trainer.step());
     let start = Instant::now();
     let every = trainer.cfg.checkpoint_every;
     while trainer.step() < total {
-        let r = step(trainer)?;
+        let r = step(trainer).with_context(|| match last_saved {
+            Some(s) => format!(
+                "{}: training stopped; the run keeps its last checkpoint (step {s})",
+                out.display()
+            ),
+            None => format!("{}: training stopped before its first checkpoint", out.display()),
+        })?;
         if r.step % 50 == 0 || r.step == total {
             let recent = &trainer.losses[trainer.losses.len().saturating_sub(50)..];
             let avg = recent.iter().map(|l| l.1).sum::<f64>() / recent.len() as f64;
@@ -187,9 +202,22 @@ pub fn train_loop_with(
         }
         pb.inc(1);
         let out_of_time = time_limit.is_some_and(|m| start.elapsed().as_secs_f64() > 60.0 * m);
-        if (every > 0 && r.step % every == 0) || r.step == total || out_of_time {
+        let caught = signal.caught();
+        if (every > 0 && r.step % every == 0) || r.step == total || out_of_time || caught.is_some()
+        {
             checkpoint(trainer, out)?;
+            last_saved = Some(r.step);
             on_checkpoint(trainer)?;
+        }
+        if let Some(sig) = caught {
+            pb.finish_and_clear();
+            eprintln!(
+                "{} at step {} of {total}; checkpoint written to {} (continue with --resume)",
+                crate::run_dir::signal_name(sig),
+                r.step,
+                out.display()
+            );
+            return Err(crate::run_dir::Interrupted { signal: sig }.into());
         }
         if out_of_time && r.step < total {
             eprintln!(
@@ -224,6 +252,7 @@ pub fn to_tensor(t: &langevin::data::Table) -> Result<Tensor> {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    crate::run_dir::check_out(&a.out, a.resume, a.overwrite)?;
     let spec = match (&a.data, a.resume) {
         (Some(d), _) => Some(d.clone()),
         (None, true) => Some(langevin::model::RunConfig::load(&a.out)?.data.source),
@@ -235,8 +264,10 @@ pub fn run(a: Args) -> Result<()> {
     let dev = a.compute.device()?;
     let (mut trainer, data) = if a.resume {
         let mut t = Trainer::resume(&a.out, Some(a.opt.steps), &dev)?;
+        crate::run_dir::check_resume_steps(&a.out, t.step(), a.opt.steps)?;
         let info = t.run.data.clone();
         let spec = a.data.clone().unwrap_or(info.source.clone());
+        crate::run_dir::check_stored_source(&spec, a.data.is_none())?;
         let (table, _) = load_data(&spec, a.n_toy, t.cfg.seed)?;
         let Some(std) = info.standardizer else {
             bail!(
@@ -273,6 +304,14 @@ pub fn run(a: Args) -> Result<()> {
             TrainData::unlabelled(to_tensor(&std.transform(&table)?)?),
         )
     };
+    langevin::memory::check_training(
+        &format!("a training batch of {}", trainer.cfg.batch_size),
+        &trainer.run.network,
+        &[data.x.dim(1)?],
+        trainer.cfg.batch_size,
+        "",
+    )?;
+    let _lock = crate::run_dir::lock(&a.out, a.resume, a.overwrite, &trainer)?;
     trainer.set_compute_dtype(a.compute.dtype());
     let data = TrainData {
         x: data.x.to_device(&dev)?,

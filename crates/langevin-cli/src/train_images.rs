@@ -19,6 +19,7 @@ pub fn run(a: &Args, spec: &str) -> Result<()> {
     let dev = a.compute.device()?;
     let mut trainer = if a.resume {
         let t = Trainer::resume(&a.out, Some(a.opt.steps), &dev)?;
+        crate::run_dir::check_resume_steps(&a.out, t.step(), a.opt.steps)?;
         eprintln!(
             "resuming {} at step {} of {}",
             a.out.display(),
@@ -46,7 +47,7 @@ pub fn run(a: &Args, spec: &str) -> Result<()> {
                 noise: noise_dist(&a.schedule)?,
             },
             data: DataInfo {
-                source: spec.to_string(),
+                source: crate::images::absolute_source(spec),
                 class_names: set.class_names.clone(),
                 image_size: Some((set.height, set.width)),
                 superres_scale: a.image.superres,
@@ -79,6 +80,18 @@ pub fn run(a: &Args, spec: &str) -> Result<()> {
         set.num_classes(),
         n_params as f64 / 1e6
     );
+    let shape = [set.channels, set.height, set.width];
+    langevin::memory::check_training(
+        &format!(
+            "a training batch of {} images {}×{}×{}",
+            trainer.cfg.batch_size, set.channels, set.height, set.width
+        ),
+        &trainer.run.network,
+        &shape,
+        trainer.cfg.batch_size,
+        " or shrink the images with --image-size",
+    )?;
+    let _lock = crate::run_dir::lock(&a.out, a.resume, a.overwrite, &trainer)?;
     let class_cond = trainer.run.network.is_class_conditional();
     let null = class_cond.then_some(set.num_classes() as u32);
     let mut loader = BatchLoader::resume(

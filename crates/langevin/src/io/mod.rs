@@ -1,3 +1,5 @@
 //! File I/O helpers shared by every writer.
 pub mod atomic;
+pub mod lock;
 pub use atomic::{write_atomic, write_atomic_bytes};
+pub use lock::RunLock;

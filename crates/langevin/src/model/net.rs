@@ -29,8 +29,60 @@ impl NetworkConfig {
         matches!(self, NetworkConfig::Unet(c) if c.num_class_embeds.is_some())
     }
 
-    /// Parse config.json's network part, dispatching on `_class_name`.
+    /// Parse config.json's network part, dispatching on `_class_name`; sizes beyond
+    /// [`NetworkConfig::check_sizes`]'s limits are refused before anything is allocated.
     pub fn from_json(v: &Value, path: &std::path::Path) -> Result<Self> {
+        let net = Self::parse_json(v, path)?;
+        net.check_sizes().map_err(|e| Error::Checkpoint {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        })?;
+        Ok(net)
+    }
+
+    /// Limits on every size field, far above any real model, so that a corrupt or hostile
+    /// config.json cannot ask for more memory than exists.
+    pub fn check_sizes(&self) -> Result<()> {
+        let limit = |field: &str, v: usize, max: usize| {
+            if v > max {
+                Err(Error::config(field, format!("{v} is larger than the limit {max}")))
+            } else {
+                Ok(())
+            }
+        };
+        match self {
+            NetworkConfig::Mlp(c) => {
+                limit("in_dim", c.in_dim, 1 << 20)?;
+                limit("hidden", c.hidden, 1 << 16)?;
+                limit("blocks", c.blocks, 1024)?;
+                limit("temb_dim", c.temb_dim, 1 << 16)
+            }
+            NetworkConfig::Unet(c) => {
+                limit("block_out_channels (levels)", c.block_out_channels.len(), 16)?;
+                for &ch in &c.block_out_channels {
+                    limit("block_out_channels", ch, 1 << 14)?;
+                }
+                limit("layers_per_block", c.layers_per_block, 64)?;
+                limit("in_channels", c.in_channels, 1 << 12)?;
+                limit("out_channels", c.out_channels, 1 << 12)?;
+                limit("norm_num_groups", c.norm_num_groups, 1 << 14)?;
+                limit("num_class_embeds", c.num_class_embeds.unwrap_or(0), 1 << 20)?;
+                limit("time_embedding_dim", c.time_embedding_dim.unwrap_or(0), 1 << 16)?;
+                limit("attention_head_dim", c.attention_head_dim.unwrap_or(0), 1 << 14)?;
+                limit("num_train_timesteps", c.num_train_timesteps.unwrap_or(0), crate::schedule::MAX_TIMESTEPS)?;
+                if let Some(s) = &c.sample_size {
+                    let (h, w) = match s {
+                        crate::nn::unet::config::SampleSize::Square(n) => (*n, *n),
+                        crate::nn::unet::config::SampleSize::Rect([h, w]) => (*h, *w),
+                    };
+                    limit("sample_size", h.max(w), 1 << 16)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn parse_json(v: &Value, path: &std::path::Path) -> Result<Self> {
         match v.get("_class_name").and_then(Value::as_str) {
             Some("LangevinMlp") => serde_json::from_value(v.clone())
                 .map(NetworkConfig::Mlp)

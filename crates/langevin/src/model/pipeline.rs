@@ -14,10 +14,9 @@ use crate::Result;
 /// `Class.from_config(pipe.scheduler.config)`), with `steps` inference steps set.
 pub fn folder_scheduler(dir: &Path, class: SchedulerClass, steps: usize) -> Result<Scheduler> {
     let path = dir.join(super::run::SCHEDULER);
-    let mut v: serde_json::Value = {
-        let sc = SchedulerConfig::from_file(&path)?;
-        serde_json::from_str(&sc.to_json_string()).expect("own JSON")
-    };
+    // The value form keeps non-finite floats (diffusers writes `lambda_min_clipped: -Infinity`)
+    // as marker strings that `from_value` reads back; the text form is Python's JSON dialect.
+    let mut v = SchedulerConfig::from_file(&path)?.to_value();
     v["_class_name"] = class.name().into();
     let mut s = Scheduler::new(SchedulerConfig::from_value(&v)?)?;
     s.set_timesteps(steps)?;
@@ -54,4 +53,29 @@ pub fn diffusers_loop(
         on_step(i + 1, timesteps.len());
     }
     Ok(x)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scheduler::SchedulerClass;
+
+    /// Regression: a folder whose scheduler_config.json holds `-Infinity` (diffusers' default
+    /// `lambda_min_clipped` for DPMSolverMultistepScheduler) panicked here.
+    #[test]
+    fn folder_scheduler_reads_negative_infinity() {
+        let dir = std::env::temp_dir().join(format!("langevin-pipe-inf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join(crate::model::run::SCHEDULER),
+            r#"{"_class_name": "DPMSolverMultistepScheduler", "num_train_timesteps": 1000,
+               "lambda_min_clipped": -Infinity}"#,
+        )
+        .unwrap();
+        for class in [SchedulerClass::parse("DPMSolverMultistepScheduler").unwrap(), SchedulerClass::parse("DDIMScheduler").unwrap()] {
+            let s = folder_scheduler(&dir, class, 10).unwrap();
+            assert_eq!(s.timesteps().len(), 10);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -81,7 +81,8 @@ impl RunConfig {
         let network = NetworkConfig::from_json(&v, &path)?;
         if let Some(extras) = v.get("langevin") {
             let e: Extras = serde_json::from_value(extras.clone())
-                .map_err(|source| Error::Json { path, source })?;
+                .map_err(|source| Error::Json { path: path.clone(), source })?;
+            check_data_info(&e.data, &network, &path)?;
             return Ok(Self {
                 network,
                 diffusion: e.diffusion,
@@ -137,6 +138,44 @@ impl RunConfig {
     }
 }
 
+/// The column statistics must cover every column with finite means and positive finite
+/// standard deviations, or samples would come back silently unscaled.
+fn check_data_info(d: &DataInfo, net: &NetworkConfig, path: &Path) -> Result<()> {
+    let bad = |msg: String| Error::Checkpoint {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let Some(s) = &d.standardizer else {
+        return Ok(());
+    };
+    let cols = match net {
+        NetworkConfig::Mlp(c) => c.in_dim,
+        NetworkConfig::Unet(_) => {
+            return Err(bad("langevin.data.standardizer: only tabular (LangevinMlp) models have column statistics".into()))
+        }
+    };
+    if s.mean.len() != cols || s.std.len() != cols {
+        return Err(bad(format!(
+            "langevin.data.standardizer: has {} means and {} standard deviations, expected {cols} each (in_dim)",
+            s.mean.len(),
+            s.std.len()
+        )));
+    }
+    if !d.columns.is_empty() && d.columns.len() != cols {
+        return Err(bad(format!(
+            "langevin.data.columns: has {} names, expected {cols} (in_dim)",
+            d.columns.len()
+        )));
+    }
+    if let Some(i) = s.mean.iter().position(|m| !m.is_finite()) {
+        return Err(bad(format!("langevin.data.standardizer.mean[{i}]: must be a finite number")));
+    }
+    if let Some(i) = s.std.iter().position(|v| !(v.is_finite() && *v > 0.0)) {
+        return Err(bad(format!("langevin.data.standardizer.std[{i}]: must be a finite number > 0")));
+    }
+    Ok(())
+}
+
 /// Serialise named tensors (sorted by name) with optional metadata, atomically.
 pub fn save_tensors(
     path: &Path,
@@ -150,6 +189,33 @@ pub fn save_tensors(
         msg: e.to_string(),
     })?;
     write_atomic_bytes(path, &bytes)
+}
+
+/// The JSON header of a safetensors file (8-byte little-endian length, then JSON), read without
+/// loading the tensors; a length past the file's end or over 100 MB is an error, not an
+/// allocation.
+pub fn read_safetensors_header(
+    f: &mut (impl std::io::Read + std::io::Seek),
+    path: &Path,
+) -> Result<serde_json::Value> {
+    let bad = |msg: String| Error::Safetensors {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let file_len = f.seek(std::io::SeekFrom::End(0)).map_err(|e| Error::io(path, e))?;
+    f.seek(std::io::SeekFrom::Start(0)).map_err(|e| Error::io(path, e))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)
+        .map_err(|_| bad(format!("{file_len} bytes is too short for a header")))?;
+    let n = u64::from_le_bytes(len);
+    if n > 100_000_000 || n > file_len.saturating_sub(8) {
+        return Err(bad(format!(
+            "header length {n} does not fit the {file_len}-byte file"
+        )));
+    }
+    let mut text = vec![0u8; n as usize];
+    f.read_exact(&mut text).map_err(|e| Error::io(path, e))?;
+    serde_json::from_slice(&text).map_err(|e| bad(format!("header is not JSON: {e}")))
 }
 
 /// Read named tensors and the metadata map.

@@ -8,7 +8,7 @@ use crate::Result;
 /// x_s = √ᾱ_s·x̂0 + √(1-ᾱ_s-σ_η²)·ε̂ + σ_η·z in variance-preserving coordinates,
 /// σ_η = η·√((1-ᾱ_s)/(1-ᾱ_t))·√(1-ᾱ_t/ᾱ_s) (eq. 16). η = 0 is the deterministic sampler.
 pub fn ddim(ctx: &mut Ctx, mut x: Tensor, sigmas: &[f64]) -> Result<Tensor> {
-    let eta = ctx.opts.eta;
+    let eta = ctx.opts.eta.unwrap_or(0.0);
     for i in 0..sigmas.len() - 1 {
         let (sigma, sigma_next) = (sigmas[i], sigmas[i + 1]);
         let x0 = ctx.denoise(&x, sigma)?;

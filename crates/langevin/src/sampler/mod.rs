@@ -41,8 +41,9 @@ use crate::{Error, Result};
 /// Knobs of all samplers; each sampler reads the ones its paper defines.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SamplerOptions {
-    /// DDIM's η (0 = deterministic, 1 = DDPM-like).
-    pub eta: f64,
+    /// η: DDIM's stochasticity (0 = deterministic, 1 = DDPM-like) and the ancestral and SDE
+    /// samplers' noise fraction; `None` is each sampler's own default (DDIM 0, ancestral 1).
+    pub eta: Option<f64>,
     /// EDM churn S_churn, S_tmin, S_tmax, S_noise (Karras et al. 2022, Algorithm 2).
     pub s_churn: f64,
     pub s_tmin: f64,
@@ -70,7 +71,7 @@ pub struct SamplerOptions {
 impl Default for SamplerOptions {
     fn default() -> Self {
         Self {
-            eta: 0.0,
+            eta: None,
             s_churn: 0.0,
             s_tmin: 0.0,
             s_tmax: f64::INFINITY,
@@ -133,13 +134,10 @@ impl<'a> Ctx<'a> {
         self.model.denoise(x, sigma, self.cond)
     }
 
-    /// η of ancestral and SDE samplers: the option, or 1 (full ancestral noise) when it is 0.
+    /// η of ancestral and SDE samplers: the option, or 1 (full ancestral noise) when none is
+    /// given; an explicit 0 makes them deterministic.
     pub fn ancestral_eta(&self) -> f64 {
-        if self.opts.eta > 0.0 {
-            self.opts.eta
-        } else {
-            1.0
-        }
+        self.opts.eta.unwrap_or(1.0)
     }
 
     pub fn randn_like(&mut self, x: &Tensor) -> Result<Tensor> {

@@ -94,7 +94,7 @@ fn ddim_deterministic_200_steps() {
 #[test]
 fn ddim_eta_one_1000_steps() {
     let o = SamplerOptions {
-        eta: 1.0,
+        eta: Some(1.0),
         ..Default::default()
     };
     check(SamplerKind::Ddim, o, &ddpm_sigmas(1000), 0.07);
@@ -173,7 +173,7 @@ fn sample_i_depends_only_on_seed_i() {
     ] {
         let o = SamplerOptions {
             s_churn: 10.0,
-            eta: 1.0,
+            eta: Some(1.0),
             ..Default::default()
         };
         let sig = karras(8);
@@ -414,4 +414,28 @@ fn solvers_have_their_convergence_order() {
             "{kind}: error {e1:.2e} -> {e2:.2e}, ratio {ratio:.2}"
         );
     }
+}
+
+/// Regression: Euler-ancestral treated an explicit η = 0 as 1. With η = 0 it adds no noise and
+/// is the plain Euler sampler; with no η given it stays ancestral.
+#[test]
+fn euler_ancestral_with_eta_zero_is_euler() {
+    let sig = karras(8);
+    let zero = SamplerOptions {
+        eta: Some(0.0),
+        ..Default::default()
+    };
+    let a: Vec<Vec<f32>> = run(SamplerKind::EulerA, zero, &sig, vec![1, 2]).to_vec2().unwrap();
+    let e: Vec<Vec<f32>> = run(SamplerKind::Euler, SamplerOptions::default(), &sig, vec![1, 2])
+        .to_vec2()
+        .unwrap();
+    for (ra, re) in a.iter().zip(&e) {
+        for (x, y) in ra.iter().zip(re) {
+            assert!((x - y).abs() < 1e-5, "{x} vs {y}");
+        }
+    }
+    let anc: Vec<Vec<f32>> = run(SamplerKind::EulerA, SamplerOptions::default(), &sig, vec![1, 2])
+        .to_vec2()
+        .unwrap();
+    assert!((anc[0][0] - e[0][0]).abs() > 1e-4, "default η must stay ancestral");
 }

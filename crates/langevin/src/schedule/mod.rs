@@ -60,13 +60,24 @@ fn check_range(field: &str, v: f64) -> Result<()> {
     }
 }
 
+/// The most discrete training steps a schedule may have (diffusers' models use 1000; the
+/// limit keeps a corrupt config from asking for a table larger than memory).
+pub const MAX_TIMESTEPS: usize = 1_000_000;
+
 impl BetaSchedule {
     /// β_0..β_{T-1}.
+    /// The β_t table of `t` steps (1 ≤ t ≤ [`MAX_TIMESTEPS`]).
     pub fn betas(&self, t: usize) -> Result<Vec<f64>> {
         if t == 0 && !matches!(self, BetaSchedule::Custom { .. }) {
             return Err(Error::config(
                 "num_train_timesteps",
                 "must be at least 1, got 0",
+            ));
+        }
+        if t > MAX_TIMESTEPS {
+            return Err(Error::config(
+                "num_train_timesteps",
+                format!("must be at most {MAX_TIMESTEPS}, got {t}"),
             ));
         }
         let betas = match self {

@@ -453,6 +453,12 @@ impl SchedulerConfig {
         if self.num_train_timesteps == 0 && self.trained_betas.is_none() {
             return Err(Error::config("num_train_timesteps", "must be at least 1"));
         }
+        if self.num_train_timesteps > crate::schedule::MAX_TIMESTEPS {
+            return Err(Error::config(
+                "num_train_timesteps",
+                format!("must be at most {}", crate::schedule::MAX_TIMESTEPS),
+            ));
+        }
         if self.class == SchedulerClass::DpmSolverMultistep {
             if !matches!(self.solver_type, SolverType::Midpoint | SolverType::Heun) {
                 // diffusers silently maps bh1/bh2 to midpoint; keep the user's value visible.

@@ -1,11 +1,11 @@
 //! Training: denoising score matching on any prediction target, AdamW with warmup + cosine
 //! learning rate, gradient clipping, EMA, atomic checkpoints and bit-identical resume.
 pub mod adamw;
+pub mod checkpoint;
 pub mod ema;
 pub mod loss;
 
 use std::collections::HashMap;
-use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
@@ -14,7 +14,6 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::denoiser::{Cond, Precond};
-use crate::model::run::{load_tensors, save_tensors, TRAIN_STATE, WEIGHTS};
 use crate::model::{Net, RunConfig};
 use crate::schedule::Schedule;
 use crate::{Error, Result};
@@ -178,6 +177,13 @@ fn sorted_vars(varmap: &VarMap) -> Vec<(String, Var)> {
 impl Trainer {
     /// A fresh model initialised from `cfg.seed`.
     pub fn new(run: RunConfig, cfg: TrainConfig, dev: &Device) -> Result<Self> {
+        run.network.check_sizes()?;
+        crate::memory::check(
+            "the network's weights, gradients, AdamW moments and EMA",
+            crate::memory::parameter_bytes(&run.network).saturating_mul(5),
+            None,
+            || "make the network smaller (--hidden, --blocks, --channels)".into(),
+        )?;
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, dev);
         let net = run.network.build(vb)?;
@@ -317,24 +323,27 @@ impl Trainer {
             weights.as_deref(),
         )?;
 
+        let step = self.opt.t;
+        let lr = self.cfg.lr_at(step);
+        // A non-finite loss or gradient stops training before it reaches the weights, so the
+        // model in memory and every checkpoint on disk stay as they were.
+        let loss_value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        if !loss_value.is_finite() {
+            return Err(Error::Diverged { quantity: "loss", value: loss_value, step: step + 1, lr });
+        }
         let grads = loss.backward()?;
         let grad_norm = self.opt.grad_norm(&grads)?;
+        if !grad_norm.is_finite() {
+            return Err(Error::Diverged { quantity: "gradient norm", value: grad_norm, step: step + 1, lr });
+        }
         let scale = if self.cfg.grad_clip > 0.0 && grad_norm > self.cfg.grad_clip {
             self.cfg.grad_clip / grad_norm
         } else {
             1.0
         };
-        let step = self.opt.t;
-        let lr = self.cfg.lr_at(step);
         self.opt.step(&grads, lr, scale)?;
         self.ema.update(&self.vars, self.opt.t)?;
-        let loss = loss.to_scalar::<f32>()? as f64;
-        if !loss.is_finite() {
-            return Err(Error::config(
-                "training",
-                format!("loss became {loss} at step {}; lower --lr", step + 1),
-            ));
-        }
+        let loss = loss_value;
         self.losses.push((step + 1, loss));
         Ok(StepReport {
             step: step + 1,
@@ -342,106 +351,6 @@ impl Trainer {
             lr,
             grad_norm,
         })
-    }
-
-    /// Write config.json, the EMA weights and the resumable train state into `dir`.
-    pub fn save(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let ema: HashMap<String, Tensor> = self.ema.weights.iter().cloned().collect();
-        save_tensors(&dir.join(WEIGHTS), &ema, None)?;
-        let mut state: HashMap<String, Tensor> = HashMap::new();
-        for (name, var, m, v) in &self.opt.params {
-            state.insert(format!("param.{name}"), var.as_tensor().clone());
-            state.insert(format!("adam_m.{name}"), m.clone());
-            state.insert(format!("adam_v.{name}"), v.clone());
-        }
-        let losses: Vec<f64> = self
-            .losses
-            .iter()
-            .flat_map(|(s, l)| [*s as f64, *l])
-            .collect();
-        state.insert(
-            "losses".into(),
-            Tensor::from_vec(losses, (self.losses.len(), 2), &Device::Cpu)?,
-        );
-        let mut meta = HashMap::new();
-        meta.insert("step".into(), self.opt.t.to_string());
-        meta.insert(
-            "rng_seed".into(),
-            self.rng
-                .get_seed()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect(),
-        );
-        meta.insert("rng_stream".into(), self.rng.get_stream().to_string());
-        meta.insert("rng_word_pos".into(), self.rng.get_word_pos().to_string());
-        meta.insert(
-            "train_config".into(),
-            serde_json::to_string(&self.cfg).unwrap(),
-        );
-        save_tensors(&dir.join(TRAIN_STATE), &state, Some(meta))?;
-        // config.json last: its presence marks a complete checkpoint.
-        self.run.save(dir)
-    }
-
-    /// Continue from the checkpoint in `dir`; `cfg.steps` may extend the run.
-    pub fn resume(dir: &Path, steps: Option<u64>, dev: &Device) -> Result<Self> {
-        let path = dir.join(TRAIN_STATE);
-        let bad = |msg: String| Error::Checkpoint {
-            path: path.clone(),
-            msg,
-        };
-        let run = RunConfig::load(dir)?;
-        let (state, meta) = load_tensors(&path, dev)?;
-        let get = |k: &str| {
-            meta.get(k)
-                .ok_or_else(|| bad(format!("metadata field '{k}' missing")))
-        };
-        let mut cfg: TrainConfig =
-            serde_json::from_str(get("train_config")?).map_err(|e| bad(e.to_string()))?;
-        if let Some(s) = steps {
-            cfg.steps = s;
-        }
-        let mut t = Self::new(run, cfg, dev)?;
-        let (ema, _) = load_tensors(&dir.join(WEIGHTS), dev)?;
-        let take = |map: &HashMap<String, Tensor>, k: &str| {
-            map.get(k)
-                .cloned()
-                .ok_or_else(|| bad(format!("tensor '{k}' missing")))
-        };
-        for (i, (name, var, m, v)) in t.opt.params.iter_mut().enumerate() {
-            var.set(&take(&state, &format!("param.{name}"))?)?;
-            *m = take(&state, &format!("adam_m.{name}"))?;
-            *v = take(&state, &format!("adam_v.{name}"))?;
-            t.ema.weights[i].1 = take(&ema, name)?;
-        }
-        t.opt.t = get("step")?.parse().map_err(|_| bad("bad step".into()))?;
-        let seed_hex = get("rng_seed")?;
-        let mut seed = [0u8; 32];
-        for (i, b) in seed.iter_mut().enumerate() {
-            *b = u8::from_str_radix(
-                seed_hex
-                    .get(2 * i..2 * i + 2)
-                    .ok_or_else(|| bad("bad rng_seed".into()))?,
-                16,
-            )
-            .map_err(|_| bad("bad rng_seed".into()))?;
-        }
-        t.rng = ChaCha8Rng::from_seed(seed);
-        t.rng.set_stream(
-            get("rng_stream")?
-                .parse()
-                .map_err(|_| bad("bad rng_stream".into()))?,
-        );
-        t.rng.set_word_pos(
-            get("rng_word_pos")?
-                .parse()
-                .map_err(|_| bad("bad rng_word_pos".into()))?,
-        );
-        let l: Vec<Vec<f64>> = take(&state, "losses")?.to_vec2()?;
-        t.losses = l.iter().map(|r| (r[0] as u64, r[1])).collect();
-        Ok(t)
     }
 
     /// The EMA weights as a denoiser (what gets sampled).

@@ -150,15 +150,14 @@ mod tests {
     #[test]
     fn real_emoji_when_unpacked() {
         let Some(home) = std::env::var_os("HOME") else {
-            eprintln!("SKIPPED real_emoji_when_unpacked: HOME unset");
+            crate::data::skip_missing_test_data("real_emoji_when_unpacked", "HOME unset");
             return;
         };
         let dir = Path::new(&home).join(".cache/langevin/emoji-google");
         if !dir.join("package/emoji.json").exists() {
-            eprintln!(
-                "SKIPPED real_emoji_when_unpacked: {} absent \
-                 (run scripts/fetch_image_data.sh)",
-                dir.display()
+            crate::data::skip_missing_test_data(
+                "real_emoji_when_unpacked",
+                &format!("{} absent (run scripts/fetch_image_data.sh)", dir.display()),
             );
             return;
         }

@@ -333,9 +333,9 @@ mod tests {
     fn real_fashion_mnist_when_installed() {
         let dir = Path::new(FASHION_MNIST_DIR);
         if !dir.exists() {
-            eprintln!(
-                "SKIPPED real_fashion_mnist_when_installed: {FASHION_MNIST_DIR} is absent \
-                 (run scripts/fetch_image_data.sh)"
+            crate::data::skip_missing_test_data(
+                "real_fashion_mnist_when_installed",
+                &format!("{FASHION_MNIST_DIR} is absent (run scripts/fetch_image_data.sh)"),
             );
             return;
         }
