@@ -195,13 +195,12 @@ mod imp {
             // SAFETY: every element is written by the kernel.
             let out = unsafe { dev.alloc::<T>(b * c * s)? };
             with_side(&self.shift, |sh| {
-                let shv = sh.map(|(s, l)| view::<T>(s, l)).transpose()?;
-                if let (Some(v), Some((_, l))) = (&shv, sh) {
+                if let Some((_, l)) = sh {
                     if l.dims() != [b, c] {
                         candle_core::bail!("group norm: shift {:?}, want [{b}, {c}]", l.dims())
                     }
-                    let _ = v;
                 }
+                let shv = sh.map(|(s, l)| view::<T>(s, l)).transpose()?;
                 let null = 0u64;
                 let (ci, gi, si, silu) = (c as i32, self.groups as i32, s as i32, self.silu as i32);
                 let mut a = f.builder();
