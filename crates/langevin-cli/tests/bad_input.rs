@@ -111,11 +111,7 @@ fn cases() -> Vec<(Vec<&'static str>, Vec<&'static str>)> {
         .concat()
     };
     let sample = |extra: &[&'static str]| -> Vec<&'static str> {
-        [
-            &["sample", "--model", "run", "--out", "s.csv"][..],
-            extra,
-        ]
-        .concat()
+        [&["sample", "--model", "run", "--out", "s.csv"][..], extra].concat()
     };
     vec![
         // Numeric arguments, checked at parse time with the allowed range.
@@ -210,7 +206,10 @@ fn cases() -> Vec<(Vec<&'static str>, Vec<&'static str>)> {
             vec!["fid", "--a", "digits", "--b", "digits", "--n", "1"],
             vec!["--n", "≥ 2"],
         ),
-        (vec!["schedule", "--steps", "0"], vec!["--steps", "1..=100000"]),
+        (
+            vec!["schedule", "--steps", "0"],
+            vec!["--steps", "1..=100000"],
+        ),
         // Run folders are never replaced or reused by accident.
         (
             vec![

@@ -74,7 +74,10 @@ fn signal(child: &Child, sig: i32) {
 fn contents(path: &Path) -> (serde_json::Value, Vec<u8>) {
     let b = std::fs::read(path).unwrap();
     let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
-    (serde_json::from_slice(&b[8..8 + n]).unwrap(), b[8 + n..].to_vec())
+    (
+        serde_json::from_slice(&b[8..8 + n]).unwrap(),
+        b[8 + n..].to_vec(),
+    )
 }
 
 /// The step recorded in a safetensors file's metadata.

@@ -91,7 +91,13 @@ pub fn training_bytes(net: &NetworkConfig, sample: &[usize], batch: usize) -> u6
 
 /// Check a training step at `batch` (`what` describes the batch) against available memory;
 /// the advice says how large a batch would fit.
-pub fn check_training(what: &str, net: &NetworkConfig, sample: &[usize], batch: usize, extra_advice: &str) -> Result<()> {
+pub fn check_training(
+    what: &str,
+    net: &NetworkConfig,
+    sample: &[usize],
+    batch: usize,
+    extra_advice: &str,
+) -> Result<()> {
     let fixed = training_bytes(net, sample, 0);
     let per = training_bytes(net, sample, 1) - fixed;
     check(what, training_bytes(net, sample, batch), None, || {
@@ -112,7 +118,11 @@ pub fn parameter_bytes(net: &NetworkConfig) -> u64 {
         NetworkConfig::Unet(c) => c
             .block_out_channels
             .iter()
-            .map(|&ch| (ch as u64).saturating_mul(ch as u64).saturating_mul(9 * 2 * (2 * c.layers_per_block as u64 + 2)))
+            .map(|&ch| {
+                (ch as u64)
+                    .saturating_mul(ch as u64)
+                    .saturating_mul(9 * 2 * (2 * c.layers_per_block as u64 + 2))
+            })
             .fold(0u64, u64::saturating_add),
     };
     floats.saturating_mul(4)

@@ -3,7 +3,8 @@
 //! by a seeded mutator; every result must be `Ok` or `Err`, never a panic (an abort would end
 //! the process and fail the test too). `LANGEVIN_FUZZ_ITERS` sets the executions per target
 //! (default 300, a few seconds in all); `LANGEVIN_FUZZ_SEED` the seed; `LANGEVIN_FUZZ_CORPUS`
-//! another corpus folder. A crashing input is written to the temp dir and named in the failure.
+//! another corpus folder; `LANGEVIN_FUZZ_SECS` stops each target after that many seconds
+//! (for long local runs). A crashing input is written to the temp dir and named in the failure.
 mod fuzz;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -56,18 +57,35 @@ fn corpus(target: &str) -> Vec<Vec<u8>> {
 
 /// Run `exec` on `iters()` mutations of the corpus; JSON seeds are also mutated value-wise.
 /// Returns (executions, how many loaded without error).
-fn fuzz(target: &str, seeds: &[Vec<u8>], json: bool, exec: &mut dyn FnMut(&[u8]) -> bool) -> (usize, usize) {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed() ^ target.len() as u64 ^ (target.as_bytes()[0] as u64) << 8);
+fn fuzz(
+    target: &str,
+    seeds: &[Vec<u8>],
+    json: bool,
+    exec: &mut dyn FnMut(&[u8]) -> bool,
+) -> (usize, usize) {
+    let mut rng = ChaCha8Rng::seed_from_u64(
+        seed() ^ target.len() as u64 ^ (target.as_bytes()[0] as u64) << 8,
+    );
     let parsed: Vec<Option<serde_json::Value>> = seeds
         .iter()
         .map(|s| json.then(|| serde_json::from_slice(s).ok()).flatten())
         .collect();
     let start = std::time::Instant::now();
     let (mut oks, n) = (0, iters());
+    let budget = std::env::var("LANGEVIN_FUZZ_SECS")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok());
+    let mut done = 0;
     for i in 0..n {
+        if budget.is_some_and(|b| start.elapsed().as_secs_f64() > b) {
+            break;
+        }
+        done += 1;
         let k = rng.random_range(0..seeds.len());
         let input = match &parsed[k] {
-            Some(v) if rng.random::<f64>() < 0.6 => serde_json::to_vec(&fuzz::mutate::mutate_json(v, &mut rng)).unwrap(),
+            Some(v) if rng.random::<f64>() < 0.6 => {
+                serde_json::to_vec(&fuzz::mutate::mutate_json(v, &mut rng)).unwrap()
+            }
             _ if i < seeds.len() => seeds[i].clone(),
             _ => fuzz::mutate::mutate_bytes(&seeds[k], &mut rng),
         };
@@ -80,26 +98,38 @@ fn fuzz(target: &str, seeds: &[Vec<u8>], json: bool, exec: &mut dyn FnMut(&[u8])
             }
         }
     }
+    let secs = start.elapsed().as_secs_f64();
     eprintln!(
-        "fuzz {target}: {n} executions, {oks} loaded, {:.0} exec/s",
-        n as f64 / start.elapsed().as_secs_f64()
+        "fuzz {target}: {done} executions in {secs:.0} s, {oks} loaded, 0 crashes, {:.0} exec/s",
+        done as f64 / secs
     );
-    (n, oks)
+    (done, oks)
 }
 
 /// A tiny MLP run folder (config.json, weights, scheduler config, train state).
 fn tiny_run(dir: &Path) {
     let run = RunConfig {
-        network: NetworkConfig::Mlp(MlpConfig { in_dim: 2, hidden: 8, blocks: 1, temb_dim: 4 }),
+        network: NetworkConfig::Mlp(MlpConfig {
+            in_dim: 2,
+            hidden: 8,
+            blocks: 1,
+            temb_dim: 4,
+        }),
         diffusion: Diffusion::default(),
         data: DataInfo {
             source: "toy:two-moons".into(),
             columns: vec!["x".into(), "y".into()],
-            standardizer: Some(langevin::data::Standardizer { mean: vec![0.0, 1.0], std: vec![1.0, 2.0] }),
+            standardizer: Some(langevin::data::Standardizer {
+                mean: vec![0.0, 1.0],
+                std: vec![1.0, 2.0],
+            }),
             ..Default::default()
         },
     };
-    Trainer::new(run, TrainConfig::default(), &Device::Cpu).unwrap().save(dir).unwrap();
+    Trainer::new(run, TrainConfig::default(), &Device::Cpu)
+        .unwrap()
+        .save(dir)
+        .unwrap();
 }
 
 #[test]
@@ -111,9 +141,13 @@ fn fuzz_config_json() {
     let path = dir.join("config.json");
     let (_, oks) = fuzz("config", &seeds, true, &mut |b| {
         std::fs::write(&path, b).unwrap();
-        let Ok(cfg) = RunConfig::load(&dir) else { return false };
+        let Ok(cfg) = RunConfig::load(&dir) else {
+            return false;
+        };
         let _ = cfg.sample_shape();
-        let _ = cfg.diffusion.sigmas(5, langevin::model::Spacing::Exponential, (None, None));
+        let _ = cfg
+            .diffusion
+            .sigmas(5, langevin::model::Spacing::Exponential, (None, None));
         Run::load(&dir, &Device::Cpu).is_ok()
     });
     assert!(oks > 0, "no input loaded: the harness tests nothing");
@@ -124,10 +158,16 @@ fn fuzz_config_json() {
 fn fuzz_scheduler_config_json() {
     let seeds = corpus("scheduler");
     let (_, oks) = fuzz("scheduler", &seeds, true, &mut |b| {
-        let Ok(text) = std::str::from_utf8(b) else { return false };
-        let Ok(cfg) = SchedulerConfig::from_json_str(text) else { return false };
+        let Ok(text) = std::str::from_utf8(b) else {
+            return false;
+        };
+        let Ok(cfg) = SchedulerConfig::from_json_str(text) else {
+            return false;
+        };
         let _ = Diffusion::from_scheduler_config(&cfg);
-        let Ok(mut s) = Scheduler::new(cfg) else { return false };
+        let Ok(mut s) = Scheduler::new(cfg) else {
+            return false;
+        };
         s.set_timesteps(1).is_ok() & s.set_timesteps(7).is_ok()
     });
     assert!(oks > 0);
@@ -141,7 +181,7 @@ fn fuzz_safetensors() {
     tiny_run(&run);
     seeds.push(std::fs::read(run.join("train_state.safetensors")).unwrap());
     let path = dir.join("diffusion_pytorch_model.safetensors");
-    let (_, oks) = fuzz("safetensors", &seeds, false, &mut |b| {
+    let (done, oks) = fuzz("safetensors", &seeds, false, &mut |b| {
         std::fs::write(&path, b).unwrap();
         let _ = langevin::train::checkpoint::recorded_step(&path);
         let _ = langevin::nn::unet::folder::read_unet_weights(&dir, &Device::Cpu);
@@ -151,9 +191,11 @@ fn fuzz_safetensors() {
     let state = run.join("train_state.safetensors");
     let good = std::fs::read(&state).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(seed());
-    for _ in 0..iters() / 10 {
+    for _ in 0..done / 10 {
         std::fs::write(&state, fuzz::mutate::mutate_bytes(&good, &mut rng)).unwrap();
-        let r = catch_unwind(AssertUnwindSafe(|| Trainer::resume(&run, None, &Device::Cpu).map(|_| ())));
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            Trainer::resume(&run, None, &Device::Cpu).map(|_| ())
+        }));
         assert!(r.is_ok(), "resume panicked on a mutated train state");
     }
     assert!(oks > 0);
@@ -208,7 +250,11 @@ fn fuzz_png_folder() {
         strict = !strict;
         let opts = |size| LoadOptions {
             size,
-            channels: if strict { Channels::Grey } else { Channels::Rgb },
+            channels: if strict {
+                Channels::Grey
+            } else {
+                Channels::Rgb
+            },
             on_error: if strict { OnError::Stop } else { OnError::Skip },
         };
         let a = load_folder(&dir, opts(None)).is_ok();
