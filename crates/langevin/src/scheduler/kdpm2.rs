@@ -22,6 +22,10 @@ use crate::{Error, Result};
 fn sigma_to_t_f32(sigma: f32, log_sigmas: &[f32]) -> f32 {
     let log_sigma = sigma.max(1e-10).ln();
     let n = log_sigmas.len();
+    // A one-step table has nothing to interpolate (found by the loader fuzzer).
+    if n < 2 {
+        return 0.0;
+    }
     let (mut count, mut best, mut low) = (0usize, 0usize, 0usize);
     for (i, ls) in log_sigmas.iter().enumerate() {
         if log_sigma - ls >= 0.0 {

@@ -105,6 +105,10 @@ pub fn np_interp_index(x: f64, fp: &[f64]) -> f64 {
 pub fn sigma_to_t(sigma: f64, log_sigmas: &[f64]) -> f64 {
     let log_sigma = sigma.max(1e-10).ln();
     let n = log_sigmas.len();
+    // A one-step table has nothing to interpolate (found by the loader fuzzer).
+    if n < 2 {
+        return 0.0;
+    }
     // np.cumsum(dists >= 0).argmax(): the first index where the running count peaks.
     let (mut count, mut best, mut low) = (0usize, 0usize, 0usize);
     for (i, ls) in log_sigmas.iter().enumerate() {
