@@ -95,9 +95,12 @@ pub fn load_data(spec: &str, n_toy: usize, seed: u64) -> Result<(Table, String)>
     };
     if let Some(toy) = toy {
         // The table (f64), its standardised copy and the f32 tensor: about 40 bytes a point.
-        langevin::memory::check(&format!("--n-toy {n_toy}"), (n_toy as u64).saturating_mul(40), None, || {
-            "lower --n-toy".into()
-        })?;
+        langevin::memory::check(
+            &format!("--n-toy {n_toy}"),
+            (n_toy as u64).saturating_mul(40),
+            None,
+            || "lower --n-toy".into(),
+        )?;
         let mut rng = langevin::rng::seeded(seed);
         return Ok((toy.sample(n_toy, &mut rng), format!("toy:{toy}")));
     }

@@ -94,10 +94,20 @@ pub fn run(a: Args) -> Result<()> {
         );
     }
     // Two reference draws, their standardised copies and the samples, in f64.
-    let per: u64 = run.config.sample_shape()?.iter().map(|&d| d as u64).product::<u64>() * 8 * 6;
-    langevin::memory::check(&format!("--n {}", a.n), per.saturating_mul(a.n as u64), None, || {
-        "lower --n".into()
-    })?;
+    let per: u64 = run
+        .config
+        .sample_shape()?
+        .iter()
+        .map(|&d| d as u64)
+        .product::<u64>()
+        * 8
+        * 6;
+    langevin::memory::check(
+        &format!("--n {}", a.n),
+        per.saturating_mul(a.n as u64),
+        None,
+        || "lower --n".into(),
+    )?;
     let (reference, floor_draw) = references(&spec, a.n, a.seed)?;
     let std = info.standardizer.clone().ok_or_else(|| {
         anyhow::anyhow!(

@@ -67,9 +67,7 @@ pub fn is_image_source(spec: &str) -> bool {
 /// `spec` with its folder made absolute, as stored in a run (so `--resume` and `eval` work
 /// from any directory); built-in names stay as they are.
 pub fn absolute_source(spec: &str) -> String {
-    let abs = |d: &str| {
-        std::fs::canonicalize(d).map_or(d.to_string(), |p| p.display().to_string())
-    };
+    let abs = |d: &str| std::fs::canonicalize(d).map_or(d.to_string(), |p| p.display().to_string());
     match spec.split_once(':') {
         Some((k @ ("fashion-mnist" | "emoji"), d)) => format!("{k}:{}", abs(d)),
         _ if Path::new(spec).is_dir() => abs(spec),

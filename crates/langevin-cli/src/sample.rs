@@ -171,10 +171,16 @@ pub fn draw_with(
         sigma_data: if s.ve_prior { 0.0 } else { 1.0 },
         init_noise: init,
     };
-    let need = langevin::memory::sampling_bytes(&run.config.network, &job.sample_shape, n, batch_size);
-    langevin::memory::check(&format!("drawing {n} samples in batches of {batch_size}"), need, None, || {
-        "lower --n (write in parts with --seed offsets, or use `langevin augment`, which streams) or --batch-size".into()
-    })?;
+    let need =
+        langevin::memory::sampling_bytes(&run.config.network, &job.sample_shape, n, batch_size);
+    langevin::memory::check(
+        &format!("drawing {n} samples in batches of {batch_size}"),
+        need,
+        None,
+        || {
+            "lower --n (write in parts with --seed offsets, or use `langevin augment`, which streams) or --batch-size".into()
+        },
+    )?;
     let pb = bar(n as u64, kind.name());
     let (x, nfe) = generate(den, cond, &job, &mut |done| pb.set_position(done as u64))?;
     pb.finish_and_clear();
@@ -303,7 +309,10 @@ pub fn run(a: Args) -> Result<()> {
         None if a.guidance != 1.0 => bail!("--guidance needs --class"),
         None if run.config.network.is_class_conditional() => {
             let (n, _) = class_range(&run);
-            bail!("--class: {} is class-conditional; pass --class K with K in 0..{n}", run.dir.display())
+            bail!(
+                "--class: {} is class-conditional; pass --class K with K in 0..{n}",
+                run.dir.display()
+            )
         }
         None => Cond::default(),
     };
@@ -382,14 +391,25 @@ pub fn class_range(run: &Run) -> (usize, &[String]) {
 pub fn check_class(run: &Run, class: Option<u32>) -> Result<Option<u32>> {
     let Some(k) = class else { return Ok(None) };
     if !run.config.network.is_class_conditional() {
-        bail!("--class {k}: {} is not class-conditional (train with --class-cond)", run.dir.display());
+        bail!(
+            "--class {k}: {} is not class-conditional (train with --class-cond)",
+            run.dir.display()
+        );
     }
     let (n, names) = class_range(run);
     if k as usize >= n {
         let list = if names.is_empty() {
             String::new()
         } else {
-            format!(" ({})", names.iter().enumerate().map(|(i, s)| format!("{i} {s}")).collect::<Vec<_>>().join(", "))
+            format!(
+                " ({})",
+                names
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| format!("{i} {s}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
         };
         bail!("--class {k}: out of range; the model has {n} classes, 0..{n}{list}");
     }

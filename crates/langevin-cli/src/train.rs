@@ -193,7 +193,10 @@ pub fn train_loop_with(
                 "{}: training stopped; the run keeps its last checkpoint (step {s})",
                 out.display()
             ),
-            None => format!("{}: training stopped before its first checkpoint", out.display()),
+            None => format!(
+                "{}: training stopped before its first checkpoint",
+                out.display()
+            ),
         })?;
         if r.step % 50 == 0 || r.step == total {
             let recent = &trainer.losses[trainer.losses.len().saturating_sub(50)..];

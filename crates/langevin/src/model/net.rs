@@ -45,7 +45,10 @@ impl NetworkConfig {
     pub fn check_sizes(&self) -> Result<()> {
         let limit = |field: &str, v: usize, max: usize| {
             if v > max {
-                Err(Error::config(field, format!("{v} is larger than the limit {max}")))
+                Err(Error::config(
+                    field,
+                    format!("{v} is larger than the limit {max}"),
+                ))
             } else {
                 Ok(())
             }
@@ -58,7 +61,11 @@ impl NetworkConfig {
                 limit("temb_dim", c.temb_dim, 1 << 16)
             }
             NetworkConfig::Unet(c) => {
-                limit("block_out_channels (levels)", c.block_out_channels.len(), 16)?;
+                limit(
+                    "block_out_channels (levels)",
+                    c.block_out_channels.len(),
+                    16,
+                )?;
                 for &ch in &c.block_out_channels {
                     limit("block_out_channels", ch, 1 << 14)?;
                 }
@@ -67,9 +74,21 @@ impl NetworkConfig {
                 limit("out_channels", c.out_channels, 1 << 12)?;
                 limit("norm_num_groups", c.norm_num_groups, 1 << 14)?;
                 limit("num_class_embeds", c.num_class_embeds.unwrap_or(0), 1 << 20)?;
-                limit("time_embedding_dim", c.time_embedding_dim.unwrap_or(0), 1 << 16)?;
-                limit("attention_head_dim", c.attention_head_dim.unwrap_or(0), 1 << 14)?;
-                limit("num_train_timesteps", c.num_train_timesteps.unwrap_or(0), crate::schedule::MAX_TIMESTEPS)?;
+                limit(
+                    "time_embedding_dim",
+                    c.time_embedding_dim.unwrap_or(0),
+                    1 << 16,
+                )?;
+                limit(
+                    "attention_head_dim",
+                    c.attention_head_dim.unwrap_or(0),
+                    1 << 14,
+                )?;
+                limit(
+                    "num_train_timesteps",
+                    c.num_train_timesteps.unwrap_or(0),
+                    crate::schedule::MAX_TIMESTEPS,
+                )?;
                 if let Some(s) = &c.sample_size {
                     let (h, w) = match s {
                         crate::nn::unet::config::SampleSize::Square(n) => (*n, *n),

@@ -72,7 +72,10 @@ mod tests {
                "lambda_min_clipped": -Infinity}"#,
         )
         .unwrap();
-        for class in [SchedulerClass::parse("DPMSolverMultistepScheduler").unwrap(), SchedulerClass::parse("DDIMScheduler").unwrap()] {
+        for class in [
+            SchedulerClass::parse("DPMSolverMultistepScheduler").unwrap(),
+            SchedulerClass::parse("DDIMScheduler").unwrap(),
+        ] {
             let s = folder_scheduler(&dir, class, 10).unwrap();
             assert_eq!(s.timesteps().len(), 10);
         }

@@ -80,8 +80,11 @@ impl RunConfig {
         })?;
         let network = NetworkConfig::from_json(&v, &path)?;
         if let Some(extras) = v.get("langevin") {
-            let e: Extras = serde_json::from_value(extras.clone())
-                .map_err(|source| Error::Json { path: path.clone(), source })?;
+            let e: Extras =
+                serde_json::from_value(extras.clone()).map_err(|source| Error::Json {
+                    path: path.clone(),
+                    source,
+                })?;
             check_data_info(&e.data, &network, &path)?;
             return Ok(Self {
                 network,
@@ -150,9 +153,10 @@ fn check_data_info(d: &DataInfo, net: &NetworkConfig, path: &Path) -> Result<()>
     };
     let cols = match net {
         NetworkConfig::Mlp(c) => c.in_dim,
-        NetworkConfig::Unet(_) => {
-            return Err(bad("langevin.data.standardizer: only tabular (LangevinMlp) models have column statistics".into()))
-        }
+        NetworkConfig::Unet(_) => return Err(bad(
+            "langevin.data.standardizer: only tabular (LangevinMlp) models have column statistics"
+                .into(),
+        )),
     };
     if s.mean.len() != cols || s.std.len() != cols {
         return Err(bad(format!(
@@ -168,10 +172,14 @@ fn check_data_info(d: &DataInfo, net: &NetworkConfig, path: &Path) -> Result<()>
         )));
     }
     if let Some(i) = s.mean.iter().position(|m| !m.is_finite()) {
-        return Err(bad(format!("langevin.data.standardizer.mean[{i}]: must be a finite number")));
+        return Err(bad(format!(
+            "langevin.data.standardizer.mean[{i}]: must be a finite number"
+        )));
     }
     if let Some(i) = s.std.iter().position(|v| !(v.is_finite() && *v > 0.0)) {
-        return Err(bad(format!("langevin.data.standardizer.std[{i}]: must be a finite number > 0")));
+        return Err(bad(format!(
+            "langevin.data.standardizer.std[{i}]: must be a finite number > 0"
+        )));
     }
     Ok(())
 }
@@ -202,8 +210,11 @@ pub fn read_safetensors_header(
         path: path.to_path_buf(),
         msg,
     };
-    let file_len = f.seek(std::io::SeekFrom::End(0)).map_err(|e| Error::io(path, e))?;
-    f.seek(std::io::SeekFrom::Start(0)).map_err(|e| Error::io(path, e))?;
+    let file_len = f
+        .seek(std::io::SeekFrom::End(0))
+        .map_err(|e| Error::io(path, e))?;
+    f.seek(std::io::SeekFrom::Start(0))
+        .map_err(|e| Error::io(path, e))?;
     let mut len = [0u8; 8];
     f.read_exact(&mut len)
         .map_err(|_| bad(format!("{file_len} bytes is too short for a header")))?;

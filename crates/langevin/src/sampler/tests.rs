@@ -425,17 +425,32 @@ fn euler_ancestral_with_eta_zero_is_euler() {
         eta: Some(0.0),
         ..Default::default()
     };
-    let a: Vec<Vec<f32>> = run(SamplerKind::EulerA, zero, &sig, vec![1, 2]).to_vec2().unwrap();
-    let e: Vec<Vec<f32>> = run(SamplerKind::Euler, SamplerOptions::default(), &sig, vec![1, 2])
+    let a: Vec<Vec<f32>> = run(SamplerKind::EulerA, zero, &sig, vec![1, 2])
         .to_vec2()
         .unwrap();
+    let e: Vec<Vec<f32>> = run(
+        SamplerKind::Euler,
+        SamplerOptions::default(),
+        &sig,
+        vec![1, 2],
+    )
+    .to_vec2()
+    .unwrap();
     for (ra, re) in a.iter().zip(&e) {
         for (x, y) in ra.iter().zip(re) {
             assert!((x - y).abs() < 1e-5, "{x} vs {y}");
         }
     }
-    let anc: Vec<Vec<f32>> = run(SamplerKind::EulerA, SamplerOptions::default(), &sig, vec![1, 2])
-        .to_vec2()
-        .unwrap();
-    assert!((anc[0][0] - e[0][0]).abs() > 1e-4, "default η must stay ancestral");
+    let anc: Vec<Vec<f32>> = run(
+        SamplerKind::EulerA,
+        SamplerOptions::default(),
+        &sig,
+        vec![1, 2],
+    )
+    .to_vec2()
+    .unwrap();
+    assert!(
+        (anc[0][0] - e[0][0]).abs() > 1e-4,
+        "default η must stay ancestral"
+    );
 }

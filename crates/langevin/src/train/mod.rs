@@ -329,12 +329,22 @@ impl Trainer {
         // model in memory and every checkpoint on disk stay as they were.
         let loss_value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         if !loss_value.is_finite() {
-            return Err(Error::Diverged { quantity: "loss", value: loss_value, step: step + 1, lr });
+            return Err(Error::Diverged {
+                quantity: "loss",
+                value: loss_value,
+                step: step + 1,
+                lr,
+            });
         }
         let grads = loss.backward()?;
         let grad_norm = self.opt.grad_norm(&grads)?;
         if !grad_norm.is_finite() {
-            return Err(Error::Diverged { quantity: "gradient norm", value: grad_norm, step: step + 1, lr });
+            return Err(Error::Diverged {
+                quantity: "gradient norm",
+                value: grad_norm,
+                step: step + 1,
+                lr,
+            });
         }
         let scale = if self.cfg.grad_clip > 0.0 && grad_norm > self.cfg.grad_clip {
             self.cfg.grad_clip / grad_norm
