@@ -1,3 +1,4 @@
+//! DDIM (Song, Meng & Ermon 2021) with stochasticity η.
 use candle_core::Tensor;
 
 use super::Ctx;

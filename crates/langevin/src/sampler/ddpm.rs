@@ -1,3 +1,4 @@
+//! DDPM ancestral sampling (Ho et al. 2020, Algorithm 2).
 use candle_core::Tensor;
 
 use super::Ctx;

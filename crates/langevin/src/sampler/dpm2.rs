@@ -1,3 +1,4 @@
+//! DPM2 and DPM2 ancestral (Karras et al. 2022 / k-diffusion), second order in log σ.
 use candle_core::Tensor;
 
 use super::euler::churn;

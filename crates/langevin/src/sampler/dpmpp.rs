@@ -1,3 +1,4 @@
+//! DPM-Solver++ samplers (Lu et al. 2022): 2M, 2S ancestral, 2M SDE and 3M SDE.
 use candle_core::Tensor;
 
 use super::{ancestral_step, to_d, Ctx};

@@ -1,3 +1,4 @@
+//! Euler steps for the probability-flow ODE, with optional EDM churn.
 use candle_core::Tensor;
 
 use super::{to_d, Ctx};

@@ -1,3 +1,4 @@
+//! Euler ancestral (k-diffusion's `sample_euler_ancestral`).
 use candle_core::Tensor;
 
 use super::{ancestral_step, to_d, Ctx};

@@ -1,3 +1,4 @@
+//! Heun's second-order method with EDM churn (Karras et al. 2022, Algorithm 2).
 use candle_core::Tensor;
 
 use super::euler::churn;

@@ -1,3 +1,4 @@
+//! Annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1).
 use candle_core::Tensor;
 
 use super::Ctx;

@@ -1,3 +1,4 @@
+//! Linear multistep (LMS) sampling over σ (k-diffusion's `sample_lms`).
 use candle_core::Tensor;
 
 use super::{to_d, Ctx};

@@ -1,3 +1,4 @@
+//! Predictor–corrector sampling (Song et al. 2021, Algorithms 2–3).
 use candle_core::Tensor;
 
 use super::Ctx;

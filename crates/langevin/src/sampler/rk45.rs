@@ -1,3 +1,4 @@
+//! Adaptive Dormand–Prince 5(4) integration of the probability-flow ODE.
 use candle_core::Tensor;
 
 use super::Ctx;

@@ -1,3 +1,4 @@
+//! UniPC (Zhao et al. 2023): predictor–corrector multistep solver, B(h) variants.
 use candle_core::Tensor;
 
 use super::Ctx;

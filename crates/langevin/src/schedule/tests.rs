@@ -1,3 +1,4 @@
+//! Tests of the training schedules and σ spacings.
 use super::sigmas::*;
 use super::*;
 

@@ -1,3 +1,4 @@
+//! Tests of the diffusers-compatible schedulers.
 use super::*;
 use crate::Error;
 

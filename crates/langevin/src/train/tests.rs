@@ -1,3 +1,4 @@
+//! Tests of the trainer: losses, resume, mixed precision.
 use super::*;
 use crate::model::{DataInfo, Diffusion, NetworkConfig};
 use crate::nn::mlp::MlpConfig;
