@@ -127,6 +127,20 @@ mod imp {
         }};
     }
 
+    /// Runs `$op.run::<T>(args)` for the storage's dtype (f32 or bf16) and wraps the result.
+    macro_rules! by_dtype {
+        ($op:expr, $x:expr, $($arg:expr),*) => {{
+            let dev = $x.device().clone();
+            match $x.dtype() {
+                DType::F32 => CudaStorage::wrap_cuda_slice($op.run::<f32>($($arg),*)?, dev),
+                DType::BF16 => {
+                    CudaStorage::wrap_cuda_slice($op.run::<half::bf16>($($arg),*)?, dev)
+                }
+                d => candle_core::bail!("{}: unsupported dtype {d:?}", $op.name()),
+            }
+        }};
+    }
+
     /// The contiguous data of `s` from `l`'s offset.
     fn view<'a, T: CudaDType + DeviceRepr + WithDType>(
         s: &'a CudaStorage,
@@ -254,17 +268,7 @@ mod imp {
             b: &CudaStorage,
             bl: &Layout,
         ) -> candle_core::Result<(CudaStorage, Shape)> {
-            let dev = x.device().clone();
-            let slice = match x.dtype() {
-                DType::F32 => {
-                    CudaStorage::wrap_cuda_slice(self.run::<f32>((x, xl), (g, gl), (b, bl))?, dev)
-                }
-                DType::BF16 => CudaStorage::wrap_cuda_slice(
-                    self.run::<half::bf16>((x, xl), (g, gl), (b, bl))?,
-                    dev,
-                ),
-                d => candle_core::bail!("{}: unsupported dtype {d:?}", self.name()),
-            };
+            let slice = by_dtype!(self, x, (x, xl), (g, gl), (b, bl));
             Ok((slice, xl.shape().clone()))
         }
     }
@@ -341,12 +345,7 @@ mod imp {
             x: &CudaStorage,
             l: &Layout,
         ) -> candle_core::Result<(CudaStorage, Shape)> {
-            let dev = x.device().clone();
-            let st = match x.dtype() {
-                DType::F32 => CudaStorage::wrap_cuda_slice(self.run::<f32>(x, l)?, dev),
-                DType::BF16 => CudaStorage::wrap_cuda_slice(self.run::<half::bf16>(x, l)?, dev),
-                d => candle_core::bail!("{}: unsupported dtype {d:?}", self.name()),
-            };
+            let st = by_dtype!(self, x, x, l);
             Ok((st, l.shape().clone()))
         }
     }
@@ -396,13 +395,8 @@ mod imp {
             x: &CudaStorage,
             l: &Layout,
         ) -> candle_core::Result<(CudaStorage, Shape)> {
-            let dev = x.device().clone();
             let (b, c, h, w) = l.shape().dims4()?;
-            let st = match x.dtype() {
-                DType::F32 => CudaStorage::wrap_cuda_slice(self.run::<f32>(x, l)?, dev),
-                DType::BF16 => CudaStorage::wrap_cuda_slice(self.run::<half::bf16>(x, l)?, dev),
-                d => candle_core::bail!("{}: unsupported dtype {d:?}", self.name()),
-            };
+            let st = by_dtype!(self, x, x, l);
             Ok((st, Shape::from((b, c, 2 * h, 2 * w))))
         }
     }
