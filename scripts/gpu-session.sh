@@ -92,6 +92,52 @@ for stage in "$@"; do
             done
         done
         ;;
+    bench-train)
+        # The training-step workloads against PyTorch (eager; autocast for bf16), then ours
+        # with the own kernels off (LANGEVIN_FUSED=0: candle's ops, GEMM-form convolution).
+        $B --gpu --device cuda --reps 10 --only train 2>&1 | tee "$OUT/bench-train.md"
+        if [ -n "${BEFORE:-}" ]; then
+            echo "## LANGEVIN_FUSED=0 (before)" | tee -a "$OUT/bench-train.md"
+            LANGEVIN_FUSED=0 $B --gpu --device cuda --no-torch --reps 3 --only train 2>&1 |
+                grep -E "^\| (unet|resblocks)" | tee -a "$OUT/bench-train.md"
+        fi
+        ;;
+    kprofile-train)
+        # Per-kernel time of the timed training steps (LANGEVIN_PROFILE_TIMED brackets them
+        # with the CUDA profiler; warm-up and algorithm search excluded).
+        for w in "unet-cifar10 train step b128" "unet-cifar10 train step b128 bf16" "unet-small train step b128"; do
+            tag=${w// /-}
+            LANGEVIN_PROFILE_TIMED=1 ncu --clock-control none --profile-from-start off \
+                --metrics gpu__time_duration.sum --csv $B --gpu --device cuda --no-torch --reps 2 \
+                --exact --only "$w" >/tmp/ncu-$tag.csv 2>/tmp/ncu-$tag.err
+            echo "## $w (2 steps)" | tee -a "$OUT/kernels-train.md"
+            python3 scripts/ncu-summary.py /tmp/ncu-$tag.csv 25 2>&1 | tee -a "$OUT/kernels-train.md"
+            tail -n 3 /tmp/ncu-$tag.err
+        done
+        ;;
+    train-e2e)
+        # `langevin train` on the GPU end to end (the README's Fashion-MNIST UNet, bf16 mixed
+        # precision): an uninterrupted run against one stopped half-way and resumed, compared
+        # on the samples they give (the same seed).
+        T=/tmp/train-e2e
+        rm -rf $T && mkdir -p $T
+        common=(--data fashion-mnist --channels 32,64,64 --attention --class-cond --batch-size 128
+            --lr 1e-3 --warmup 100 --checkpoint-every 200 --device cuda --dtype bf16)
+        t0=$(date +%s%N)
+        $L train "${common[@]}" --out $T/straight --steps 400 2>&1 | tail -n 3 | tee -a "$OUT/train-e2e.md"
+        t1=$(date +%s%N)
+        echo "400 steps (batch 128, bf16): $(((t1 - t0) / 1000000)) ms process wall time, data load included" | tee -a "$OUT/train-e2e.md"
+        $L train "${common[@]}" --out $T/resumed --steps 200 >/dev/null 2>&1
+        $L train --out $T/resumed --resume --steps 400 --device cuda --dtype bf16 2>&1 | tail -n 2 | tee -a "$OUT/train-e2e.md"
+        for r in straight resumed; do
+            $L sample --model $T/$r --n 256 --seed 3 --device cuda --dtype f32 --npy $T/$r.npy >/dev/null 2>&1
+        done
+        python3 -c "
+import numpy as np
+a, b = np.load('$T/straight.npy'), np.load('$T/resumed.npy')
+print(f'resumed vs uninterrupted samples: max |diff| {np.abs(a - b).max():.3g} (values in [{a.min():.2f}, {a.max():.2f}])')
+" 2>&1 | tee -a "$OUT/train-e2e.md"
+        ;;
     e2e)
         # End to end: 10,000 images, DPM-Solver++ 2M, 20 steps, bf16, batch 1000, the same
         # model folder on both sides (diffusers' own loop against `langevin sample`).

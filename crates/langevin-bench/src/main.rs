@@ -6,6 +6,7 @@
 //! ```
 //! See `docs/benchmarks.md` for results and `scripts/bench.sh` for the PyTorch install.
 mod gpu_checks;
+mod gpu_train_checks;
 mod kernels;
 mod parity;
 mod torch;
@@ -152,6 +153,13 @@ fn gpu_workloads(a: &Args) -> Result<Vec<Workload>> {
             Mode::Train,
             128,
             F32,
+        ),
+        w(
+            "unet-small",
+            Arch::Unet(Box::new(unet(SMALL)?)),
+            Mode::Train,
+            128,
+            BF16,
         ),
     ];
     v.retain(|w| {

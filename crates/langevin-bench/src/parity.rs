@@ -129,6 +129,7 @@ pub fn run(fixtures: &Path, dev: &Device) -> Result<()> {
     }
     if dev.is_cuda() {
         rows.extend(crate::gpu_checks::run(dev)?);
+        rows.extend(crate::gpu_train_checks::run(dev)?);
     }
     // Inception-v3 FID features against the TorchScript reference (when the weights exist).
     let w = langevin::metrics::fid_setup::weights_path();

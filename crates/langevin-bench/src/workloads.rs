@@ -143,11 +143,15 @@ fn randn(shape: &[usize], rng: &mut ChaCha8Rng) -> Result<Tensor> {
     Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
 }
 
-/// Median wall time of `f` in milliseconds after `warmup` calls.
+/// Median wall time of `f` in milliseconds after `warmup` calls. With
+/// `LANGEVIN_PROFILE_TIMED=1` in a CUDA build, the timed calls are bracketed by the CUDA
+/// profiler's start and stop, so `ncu --profile-from-start off` sees only them (not the
+/// warm-up, whose first call also times cuDNN's algorithms).
 pub fn median_ms(warmup: usize, reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     for _ in 0..warmup {
         f()?;
     }
+    let _profile = Profile::start();
     let mut t = (0..reps.max(1))
         .map(|_| {
             let t0 = Instant::now();
@@ -157,6 +161,30 @@ pub fn median_ms(warmup: usize, reps: usize, mut f: impl FnMut() -> Result<()>) 
         .collect::<Result<Vec<f64>>>()?;
     t.sort_by(f64::total_cmp);
     Ok(t[t.len() / 2])
+}
+
+/// The CUDA profiler running while this lives (see [`median_ms`]).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+struct Profile(bool);
+
+impl Profile {
+    fn start() -> Self {
+        let on = std::env::var("LANGEVIN_PROFILE_TIMED").is_ok_and(|v| v == "1");
+        #[cfg(feature = "cuda")]
+        if on {
+            let _ = candle_core::cuda_backend::cudarc::driver::profiler_start();
+        }
+        Self(on)
+    }
+}
+
+impl Drop for Profile {
+    fn drop(&mut self) {
+        #[cfg(feature = "cuda")]
+        if self.0 {
+            let _ = candle_core::cuda_backend::cudarc::driver::profiler_stop();
+        }
+    }
 }
 
 /// A workload ready to run: its timed step and the job description for the PyTorch side.
@@ -259,32 +287,26 @@ pub fn prepare(w: &Workload, dir: &Path, seed: u64, dev: &Device) -> Result<Prep
             let target = randn(&w.input_shape(), &mut rng)?;
             inputs.insert("target".into(), target.clone());
             let target = target.to_device(dev)?;
-            // f32 master weights on the device; a bf16/f16 network is rebuilt from them through
-            // a cast each step, so gradients reach the f32 variables (as the trainer does).
+            // f32 master weights on the device; a bf16/f16 network is built once over shadow
+            // copies that the optimiser rewrites each step (as the trainer does).
             let vars = vars
                 .into_iter()
                 .map(|(k, v)| Ok((k, Var::from_tensor(&v.as_tensor().to_device(dev)?)?)))
                 .collect::<Result<Vec<_>>>()?;
-            let (arch, dev2) = (w.arch.clone(), dev.clone());
-            let cast = {
-                let vars = vars.clone();
-                move |d: DType| {
-                    let vb = VarBuilder::from_backend(
-                        Box::new(CastVars::new(vars.clone())),
-                        d,
-                        dev2.clone(),
-                    );
-                    build(&arch, vb)
-                }
-            };
-            let fixed = cast(DType::F32)?;
+            let shadows = vars
+                .iter()
+                .map(|(k, v)| Ok((k.clone(), Var::from_tensor(&v.as_tensor().to_dtype(dt)?)?)))
+                .collect::<Result<Vec<_>>>()?;
+            let vb =
+                VarBuilder::from_backend(Box::new(CastVars::new(shadows.clone())), dt, dev.clone());
+            let net = build(&w.arch, vb)?;
             let mut opt = AdamW::new(vars, AdamWConfig::default())?;
+            if dt != DType::F32 {
+                opt.set_shadows(shadows.into_iter().map(|(_, v)| v).collect())?;
+            }
+            let xd = x.to_dtype(dt)?;
             Box::new(move || {
-                let y = if dt == DType::F32 {
-                    fixed(&x, &t)?
-                } else {
-                    cast(dt)?(&x.to_dtype(dt)?, &t)?.to_dtype(DType::F32)?
-                };
+                let y = net(&xd, &t)?.to_dtype(DType::F32)?;
                 let loss = (y - &target)?.sqr()?.mean_all()?;
                 let grads = loss.backward()?;
                 opt.step(&grads, 1e-4, 1.0)?;

@@ -315,7 +315,7 @@ pub fn run(a: Args) -> Result<()> {
         "",
     )?;
     let _lock = crate::run_dir::lock(&a.out, a.resume, a.overwrite, &trainer)?;
-    trainer.set_compute_dtype(a.compute.dtype());
+    trainer.set_compute_dtype(a.compute.dtype())?;
     let data = TrainData {
         x: data.x.to_device(&dev)?,
         ..data

@@ -68,7 +68,7 @@ pub fn run(a: &Args, spec: &str) -> Result<()> {
         }
         Trainer::new(run, cfg, &dev)?
     };
-    trainer.set_compute_dtype(a.compute.dtype());
+    trainer.set_compute_dtype(a.compute.dtype())?;
     let set = Arc::new(load_images(spec, &a.image, trainer.cfg.seed)?);
     let n_params: usize = trainer.model_parameters();
     eprintln!(

@@ -51,6 +51,20 @@ pub fn conv2d(
             Some(b) => x.apply_op3(&w, &b.contiguous()?, op),
             None => x.apply_op2(&w, op),
         }
+    } else if cfg!(feature = "cudnn")
+        && super::gpu_train::available(x)
+        && kh == kw
+        && same(w)
+        && bias.is_none_or(same)
+        && !gemm_on_gpu()
+    {
+        // CUDA (training included): cuDNN forward and both gradients, with cached plans and a
+        // bounded workspace (`cudnn_conv`).
+        let y = super::cudnn_conv::conv2d(x, w, padding, stride)?;
+        match bias {
+            Some(b) => super::gpu_train::bias_residual(&y, b, None, 1.0),
+            None => Ok(y),
+        }
     } else if kh == kw && (x.track_op() || w.track_op() || gemm_on_gpu()) {
         // Training on other devices: candle's conv2d backward computes the weight gradient as
         // a convolution with an H×W kernel, which cuDNN's heuristic pairs with workspaces that

@@ -1,6 +1,7 @@
-//! cuDNN forward convolution for inference with the plan (descriptors, algorithm, workspace
-//! size) cached per shape, the algorithm timed once per shape, and one reused workspace, tensor-core math for bf16 and strict f32
-//! math for f32 (`LANGEVIN_TF32=1` allows TF32, PyTorch's default for convolutions).
+//! cuDNN convolution, forward and both gradients, with the plan (descriptors, each
+//! direction's algorithm and workspace size) cached per shape, every algorithm timed once per
+//! shape, one reused workspace bounded at 1 GiB, tensor-core math for bf16 and strict f32 math
+//! for f32 (`LANGEVIN_TF32=1` allows TF32, PyTorch's default for convolutions).
 //!
 //! Written because candle's cuDNN call rebuilds the descriptors, asks cuDNN's heuristics and
 //! allocates a zeroed workspace on every call (measured on an H200: the f32 ddpm-cifar10 UNet
@@ -9,7 +10,8 @@
 //! forward at batch 256). docs/benchmarks.md has the per-kernel tables.
 use candle_core::Tensor;
 
-/// `conv2d(x, w)` (no bias) with `padding` and `stride` on the cached cuDNN path.
+/// `conv2d(x, w)` (no bias) with `padding` and `stride` on the cached cuDNN path; its
+/// backward pass (both gradients) runs on cuDNN too.
 ///
 /// # Shapes
 /// `x`: [B, C, H, W]; `w`: [O, C, k, k]; returns [B, O, H', W'].
@@ -29,41 +31,60 @@ mod imp {
     use std::collections::HashMap;
     use std::sync::Arc;
 
-    use candle_core::backend::BackendDevice;
-    use candle_core::backend::BackendStorage;
+    use candle_core::backend::{BackendDevice, BackendStorage};
     use candle_core::cuda_backend::cudarc::cudnn::safe::{
-        ConvDescriptor, ConvForward, Cudnn, FilterDescriptor, TensorDescriptor,
+        ConvBackwardData, ConvBackwardFilter, ConvDescriptor, ConvForward, Cudnn, FilterDescriptor,
+        TensorDescriptor,
     };
     use candle_core::cuda_backend::cudarc::cudnn::{sys, CudnnDataType};
-    use candle_core::cuda_backend::cudarc::driver::{
-        CudaSlice, CudaView, DeviceRepr, ValidAsZeroBits,
-    };
+    use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
     use candle_core::cuda_backend::{CudaDType, DeviceId};
     use candle_core::{
-        CpuStorage, CudaDevice, CudaStorage, CustomOp2, DType, Layout, Shape, WithDType,
+        CpuStorage, CudaDevice, CudaStorage, CustomOp2, DType, Layout, Shape, Tensor, WithDType,
     };
+
+    /// Largest workspace an algorithm may ask for: candle's heuristic choice for weight
+    /// gradients asked for more than a 141 GB GPU holds (measured on an H200).
+    const MAX_WORKSPACE: usize = 1 << 30;
 
     pub struct CudnnConv {
         pub padding: usize,
         pub stride: usize,
     }
 
-    /// Everything cuDNN needs for one convolution shape, made once.
-    struct Plan<T, C> {
-        conv: ConvDescriptor<C>,
+    /// The input gradient: (dy, w) → dx of shape `x_dims`.
+    struct BackwardData {
+        padding: usize,
+        stride: usize,
+        x_dims: [usize; 4],
+    }
+
+    /// The weight gradient: (x, dy) → dw of shape `w_dims`.
+    struct BackwardFilter {
+        padding: usize,
+        stride: usize,
+        w_dims: [usize; 4],
+    }
+
+    /// Everything cuDNN needs for one convolution shape, made once; each direction's algorithm
+    /// and workspace size chosen on first use.
+    struct Plan<T> {
+        conv: ConvDescriptor<f32>,
         x: TensorDescriptor<T>,
         w: FilterDescriptor<T>,
         y: TensorDescriptor<T>,
-        algo: sys::cudnnConvolutionFwdAlgo_t,
-        workspace: usize,
+        fwd: Option<(sys::cudnnConvolutionFwdAlgo_t, usize)>,
+        bwd_data: Option<(sys::cudnnConvolutionBwdDataAlgo_t, usize)>,
+        bwd_filter: Option<(sys::cudnnConvolutionBwdFilterAlgo_t, usize)>,
     }
 
+    /// (dtype, [b, c, h, w, o, k, h', w'], padding, stride).
     type Key = (DType, [usize; 8], usize, usize);
 
     struct State {
         handle: Arc<Cudnn>,
-        f32_plans: HashMap<Key, Plan<f32, f32>>,
-        bf16_plans: HashMap<Key, Plan<half::bf16, f32>>,
+        f32_plans: HashMap<Key, Plan<f32>>,
+        bf16_plans: HashMap<Key, Plan<half::bf16>>,
         workspace: Option<CudaSlice<u8>>,
     }
 
@@ -77,26 +98,46 @@ mod imp {
         *ON.get_or_init(|| std::env::var("LANGEVIN_TF32").is_ok_and(|v| v == "1"))
     }
 
-    /// The descriptors for one shape, and the fastest forward algorithm measured on these
-    /// buffers (each algorithm cuDNN accepts, timed once, as PyTorch's
-    /// `cudnn.benchmark = True`): cuDNN's heuristic alone picked FFT kernels for strict-f32
-    /// 3×3 convolutions that ran 10× slower than its implicit GEMM (measured on an H200).
-    #[allow(clippy::too_many_arguments)]
-    fn plan<T>(
-        dev: &CudaDevice,
+    /// The element type's plan table and math mode: tensor-core math for bf16, strict FMA
+    /// for f32 unless `LANGEVIN_TF32=1`.
+    trait Elem: CudnnDataType + CudaDType + DeviceRepr + WithDType + ValidAsZeroBits {
+        fn plans(s: &mut State) -> &mut HashMap<Key, Plan<Self>>;
+        fn math() -> sys::cudnnMathType_t;
+    }
+    impl Elem for f32 {
+        fn plans(s: &mut State) -> &mut HashMap<Key, Plan<f32>> {
+            &mut s.f32_plans
+        }
+        fn math() -> sys::cudnnMathType_t {
+            if tf32() {
+                sys::cudnnMathType_t::CUDNN_DEFAULT_MATH
+            } else {
+                sys::cudnnMathType_t::CUDNN_FMA_MATH
+            }
+        }
+    }
+    impl Elem for half::bf16 {
+        fn plans(s: &mut State) -> &mut HashMap<Key, Plan<half::bf16>> {
+            &mut s.bf16_plans
+        }
+        fn math() -> sys::cudnnMathType_t {
+            sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH
+        }
+    }
+
+    fn wrap<E: std::fmt::Debug + std::fmt::Display + Send + Sync + 'static>(
+        e: E,
+    ) -> candle_core::Error {
+        candle_core::Error::Msg(format!("cuDNN: {e}"))
+    }
+
+    fn descriptors<T: Elem>(
         handle: &Arc<Cudnn>,
-        math: sys::cudnnMathType_t,
         [b, c, h, w, o, k, ho, wo]: [usize; 8],
-        op: &CudnnConv,
-        xs: &CudaView<T>,
-        ws: &CudaView<T>,
-        out: &mut CudaSlice<T>,
-    ) -> candle_core::Result<Plan<T, f32>>
-    where
-        T: CudnnDataType + DeviceRepr + WithDType,
-    {
-        let wrap = candle_core::Error::wrap;
-        let (p, s) = (op.padding as i32, op.stride as i32);
+        padding: usize,
+        stride: usize,
+    ) -> candle_core::Result<Plan<T>> {
+        let (p, s) = (padding as i32, stride as i32);
         let mut conv = handle
             .create_conv2d::<f32>(
                 [p, p],
@@ -105,161 +146,311 @@ mod imp {
                 sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
             )
             .map_err(wrap)?;
-        conv.set_math_type(math).map_err(wrap)?;
+        conv.set_math_type(T::math()).map_err(wrap)?;
         let nchw = sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
         let i = |v: usize| v as i32;
-        let x = handle
-            .create_4d_tensor::<T>(nchw, [i(b), i(c), i(h), i(w)])
-            .map_err(wrap)?;
-        let wd = handle
-            .create_4d_filter::<T>(nchw, [i(o), i(c), i(k), i(k)])
-            .map_err(wrap)?;
-        let y = handle
-            .create_4d_tensor::<T>(nchw, [i(b), i(o), i(ho), i(wo)])
-            .map_err(wrap)?;
-        let fwd = ConvForward {
-            conv: &conv,
-            x: &x,
-            w: &wd,
-            y: &y,
-        };
-        let heuristic = fwd.pick_algorithm().map_err(wrap)?;
-        use sys::cudnnConvolutionFwdAlgo_t as A;
-        let mut best = (
-            f64::INFINITY,
-            heuristic,
-            fwd.get_workspace_size(heuristic).map_err(wrap)?,
-        );
-        for algo in [
-            A::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM,
-            A::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM,
-            A::CUDNN_CONVOLUTION_FWD_ALGO_GEMM,
-            A::CUDNN_CONVOLUTION_FWD_ALGO_FFT,
-            A::CUDNN_CONVOLUTION_FWD_ALGO_FFT_TILING,
-            A::CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD,
-            A::CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED,
-        ] {
-            let Ok(size) = fwd.get_workspace_size(algo) else {
+        Ok(Plan {
+            conv,
+            x: handle
+                .create_4d_tensor::<T>(nchw, [i(b), i(c), i(h), i(w)])
+                .map_err(wrap)?,
+            w: handle
+                .create_4d_filter::<T>(nchw, [i(o), i(c), i(k), i(k)])
+                .map_err(wrap)?,
+            y: handle
+                .create_4d_tensor::<T>(nchw, [i(b), i(o), i(ho), i(wo)])
+                .map_err(wrap)?,
+            fwd: None,
+            bwd_data: None,
+            bwd_filter: None,
+        })
+    }
+
+    /// The fastest of `candidates` measured on the live buffers (each algorithm cuDNN
+    /// accepts with a workspace ≤ [`MAX_WORKSPACE`], timed once, as PyTorch's
+    /// `cudnn.benchmark = True`): cuDNN's heuristic alone picked FFT kernels for strict-f32
+    /// 3×3 convolutions that ran 10× slower than its implicit GEMM (measured on an H200).
+    fn fastest<A: Copy + std::fmt::Debug>(
+        what: &dyn Fn() -> String,
+        dev: &CudaDevice,
+        candidates: &[A],
+        size: impl Fn(A) -> Option<usize>,
+        mut launch: impl FnMut(A, &mut CudaSlice<u8>) -> bool,
+    ) -> candle_core::Result<(A, usize)> {
+        let mut best: Option<(f64, A, usize)> = None;
+        for &algo in candidates {
+            let Some(size) = size(algo).filter(|&s| s <= MAX_WORKSPACE) else {
                 continue;
             };
-            if size > 1 << 30 {
-                continue;
-            }
             // SAFETY: scratch memory for cuDNN.
             let mut scratch = unsafe { dev.alloc::<u8>(size.max(1))? };
-            let one = (T::from_f64(1.0), T::from_f64(0.0));
-            let mut launch = || {
-                // SAFETY: descriptors match the buffers; the workspace has the size asked.
-                unsafe { fwd.launch(algo, Some(&mut scratch), one, xs, ws, out) }
-            };
-            if launch().is_err() {
+            if !launch(algo, &mut scratch) {
                 continue;
             }
             dev.synchronize()?;
             let t0 = std::time::Instant::now();
-            let ok = launch().is_ok() && launch().is_ok();
+            let ok = launch(algo, &mut scratch) && launch(algo, &mut scratch);
             dev.synchronize()?;
             let t = t0.elapsed().as_secs_f64();
-            if ok && t < best.0 {
-                best = (t, algo, size);
+            if ok && best.is_none_or(|b| t < b.0) {
+                best = Some((t, algo, size));
             }
         }
-        Ok(Plan {
-            conv,
-            x,
-            w: wd,
-            y,
-            algo: best.1,
-            workspace: best.2,
+        if std::env::var("LANGEVIN_CUDNN_LOG").is_ok_and(|v| v == "1") {
+            match &best {
+                Some((t, a, s)) => eprintln!(
+                    "cuDNN {}: {a:?}, {:.1} µs, workspace {s} B",
+                    what(),
+                    t * 5e5
+                ),
+                None => eprintln!("cuDNN {}: no algorithm ran", what()),
+            }
+        }
+        best.map(|(_, a, s)| (a, s))
+            .ok_or_else(|| candle_core::Error::Msg("cuDNN: no convolution algorithm ran".into()))
+    }
+
+    /// Runs `f` with the plan for `key` (made on first use) and the shared workspace, which
+    /// `f` may grow.
+    fn with_plan<T: Elem, R>(
+        dev: &CudaDevice,
+        key: Key,
+        f: impl FnOnce(&mut Plan<T>, &mut Option<CudaSlice<u8>>) -> candle_core::Result<R>,
+    ) -> candle_core::Result<R> {
+        STATE.with(|st| {
+            let mut st = st.borrow_mut();
+            let id = dev.id();
+            if !st.contains_key(&id) {
+                let handle = Cudnn::new(dev.cuda_stream()).map_err(wrap)?;
+                st.insert(
+                    id,
+                    State {
+                        handle,
+                        f32_plans: HashMap::new(),
+                        bf16_plans: HashMap::new(),
+                        workspace: None,
+                    },
+                );
+            }
+            let state = st.get_mut(&id).expect("inserted above");
+            let handle = state.handle.clone();
+            let mut ws = state.workspace.take();
+            let plans = T::plans(state);
+            if !plans.contains_key(&key) {
+                plans.insert(key, descriptors::<T>(&handle, key.1, key.2, key.3)?);
+            }
+            let r = f(plans.get_mut(&key).expect("inserted above"), &mut ws);
+            state.workspace = ws;
+            r
         })
     }
 
-    impl CudnnConv {
-        #[allow(clippy::too_many_arguments)]
-        fn run<T>(
-            &self,
-            x: &CudaStorage,
-            xl: &Layout,
-            w: &CudaStorage,
-            wl: &Layout,
-            dims: [usize; 8],
-            pick: impl Fn(&mut State) -> &mut HashMap<Key, Plan<T, f32>>,
-            math: sys::cudnnMathType_t,
-        ) -> candle_core::Result<CudaSlice<T>>
-        where
-            T: CudnnDataType + CudaDType + DeviceRepr + WithDType + ValidAsZeroBits,
-        {
-            if !xl.is_contiguous() || !wl.is_contiguous() {
-                candle_core::bail!("cudnn conv2d: inputs must be contiguous")
-            }
-            let dev = x.device().clone();
-            let xs = x.as_cuda_slice::<T>()?.slice(xl.start_offset()..);
-            let ws = w.as_cuda_slice::<T>()?.slice(wl.start_offset()..);
-            let [b, _, _, _, o, _, ho, wo] = dims;
-            // SAFETY: the convolution writes every output element (β = 0).
-            let mut out = unsafe { dev.alloc::<T>(b * o * ho * wo)? };
-            let key = (T::DTYPE, dims, self.padding, self.stride);
-            STATE.with(|st| -> candle_core::Result<()> {
-                let mut st = st.borrow_mut();
-                let id = dev.id();
-                if !st.contains_key(&id) {
-                    let handle = Cudnn::new(dev.cuda_stream()).map_err(candle_core::Error::wrap)?;
-                    st.insert(
-                        id,
-                        State {
-                            handle,
-                            f32_plans: HashMap::new(),
-                            bf16_plans: HashMap::new(),
-                            workspace: None,
-                        },
-                    );
-                }
-                let state = st.get_mut(&id).expect("inserted above");
-                let handle = state.handle.clone();
-                let need = {
-                    let plans = pick(state);
-                    if !plans.contains_key(&key) {
-                        let p = plan::<T>(&dev, &handle, math, dims, self, &xs, &ws, &mut out)?;
-                        plans.insert(key, p);
-                    }
-                    plans[&key].workspace
-                };
-                if state.workspace.as_ref().is_none_or(|ws| ws.len() < need) {
-                    // SAFETY: scratch memory; cuDNN initialises what it reads.
-                    state.workspace = Some(unsafe { dev.alloc::<u8>(need.max(1))? });
-                }
-                let mut wsp = state.workspace.take().expect("allocated above");
-                let p = &pick(state)[&key];
-                let fwd = ConvForward {
-                    conv: &p.conv,
-                    x: &p.x,
-                    w: &p.w,
-                    y: &p.y,
-                };
-                // SAFETY: the descriptors describe these contiguous buffers (shapes checked by
-                // the caller); the workspace holds at least the plan's size.
-                let r = unsafe {
-                    fwd.launch(
-                        p.algo,
-                        (need > 0).then_some(&mut wsp),
-                        (T::from_f64(1.0), T::from_f64(0.0)),
-                        &xs,
-                        &ws,
-                        &mut out,
-                    )
-                };
-                state.workspace = Some(wsp);
-                r.map_err(candle_core::Error::wrap)
-            })?;
-            Ok(out)
+    /// The shared workspace grown to at least `need` bytes, or `None` when none is needed.
+    fn workspace<'a>(
+        dev: &CudaDevice,
+        ws: &'a mut Option<CudaSlice<u8>>,
+        need: usize,
+    ) -> candle_core::Result<Option<&'a mut CudaSlice<u8>>> {
+        if need == 0 {
+            return Ok(None);
         }
+        if ws.as_ref().is_none_or(|w| w.len() < need) {
+            *ws = None; // free the old one first
+                        // SAFETY: scratch memory; cuDNN initialises what it reads.
+            *ws = Some(unsafe { dev.alloc::<u8>(need)? });
+        }
+        Ok(ws.as_mut())
+    }
+
+    fn key<T: Elem>(x: [usize; 4], w: [usize; 4], p: usize, s: usize) -> candle_core::Result<Key> {
+        let ([b, c, h, wd], [o, c2, k, k2]) = (x, w);
+        if c != c2 || k != k2 || h + 2 * p < k || wd + 2 * p < k {
+            candle_core::bail!("cudnn conv2d: input {x:?}, weight {w:?}")
+        }
+        let (ho, wo) = ((h + 2 * p - k) / s + 1, (wd + 2 * p - k) / s + 1);
+        Ok((T::DTYPE, [b, c, h, wd, o, k, ho, wo], p, s))
+    }
+
+    fn dims4(l: &Layout) -> candle_core::Result<[usize; 4]> {
+        if !l.is_contiguous() {
+            candle_core::bail!("cudnn conv2d: inputs must be contiguous")
+        }
+        let (a, b, c, d) = l.shape().dims4()?;
+        Ok([a, b, c, d])
+    }
+
+    fn forward<T: Elem>(
+        op: &CudnnConv,
+        x: &CudaStorage,
+        xl: &Layout,
+        w: &CudaStorage,
+        wl: &Layout,
+    ) -> candle_core::Result<(CudaSlice<T>, Shape)> {
+        let key = key::<T>(dims4(xl)?, dims4(wl)?, op.padding, op.stride)?;
+        let dev = x.device().clone();
+        let xs = x.as_cuda_slice::<T>()?.slice(xl.start_offset()..);
+        let ws = w.as_cuda_slice::<T>()?.slice(wl.start_offset()..);
+        let [b, _, _, _, o, _, ho, wo] = key.1;
+        // SAFETY: the convolution writes every output element (β = 0).
+        let mut out = unsafe { dev.alloc::<T>(b * o * ho * wo)? };
+        let one = (T::from_f64(1.0), T::from_f64(0.0));
+        with_plan::<T, _>(&dev, key, |p, wsp| {
+            let fwd = ConvForward {
+                conv: &p.conv,
+                x: &p.x,
+                w: &p.w,
+                y: &p.y,
+            };
+            if p.fwd.is_none() {
+                use sys::cudnnConvolutionFwdAlgo_t as A;
+                p.fwd = Some(fastest(
+                    &|| format!("forward {:?} {key:?}", T::DTYPE),
+                    &dev,
+                    &[
+                        A::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM,
+                        A::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM,
+                        A::CUDNN_CONVOLUTION_FWD_ALGO_GEMM,
+                        A::CUDNN_CONVOLUTION_FWD_ALGO_FFT,
+                        A::CUDNN_CONVOLUTION_FWD_ALGO_FFT_TILING,
+                        A::CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD,
+                        A::CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED,
+                    ],
+                    |a| fwd.get_workspace_size(a).ok(),
+                    // SAFETY: descriptors match the buffers; the scratch has the size asked.
+                    |a, s| unsafe { fwd.launch(a, Some(s), one, &xs, &ws, &mut out) }.is_ok(),
+                )?);
+            }
+            let (algo, need) = p.fwd.expect("chosen above");
+            let wsp = workspace(&dev, wsp, need)?;
+            // SAFETY: the descriptors describe these contiguous buffers; the workspace holds
+            // at least the algorithm's size.
+            unsafe { fwd.launch(algo, wsp, one, &xs, &ws, &mut out) }.map_err(wrap)
+        })?;
+        Ok((out, Shape::from((b, o, ho, wo))))
+    }
+
+    fn backward_data<T: Elem>(
+        op: &BackwardData,
+        dy: &CudaStorage,
+        dl: &Layout,
+        w: &CudaStorage,
+        wl: &Layout,
+    ) -> candle_core::Result<CudaSlice<T>> {
+        let key = key::<T>(op.x_dims, dims4(wl)?, op.padding, op.stride)?;
+        let [b, _, _, _, o, _, ho, wo] = key.1;
+        if dims4(dl)? != [b, o, ho, wo] {
+            candle_core::bail!("cudnn conv2d backward: dy {:?}", dl.dims())
+        }
+        let dev = dy.device().clone();
+        let dys = dy.as_cuda_slice::<T>()?.slice(dl.start_offset()..);
+        let ws = w.as_cuda_slice::<T>()?.slice(wl.start_offset()..);
+        // SAFETY: the convolution writes every element (β = 0).
+        let mut dx = unsafe { dev.alloc::<T>(op.x_dims.iter().product())? };
+        let one = (T::from_f64(1.0), T::from_f64(0.0));
+        with_plan::<T, _>(&dev, key, |p, wsp| {
+            let bwd = ConvBackwardData {
+                conv: &p.conv,
+                dx: &p.x,
+                w: &p.w,
+                dy: &p.y,
+            };
+            if p.bwd_data.is_none() {
+                use sys::cudnnConvolutionBwdDataAlgo_t as A;
+                p.bwd_data = Some(fastest(
+                    &|| format!("backward data {:?} {key:?}", T::DTYPE),
+                    &dev,
+                    &[
+                        A::CUDNN_CONVOLUTION_BWD_DATA_ALGO_0,
+                        A::CUDNN_CONVOLUTION_BWD_DATA_ALGO_1,
+                        A::CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT,
+                        A::CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT_TILING,
+                        A::CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD,
+                        A::CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD_NONFUSED,
+                    ],
+                    |a| bwd.get_workspace_size(a).ok(),
+                    // SAFETY: descriptors match the buffers; the scratch has the size asked.
+                    |a, s| unsafe { bwd.launch(a, Some(s), one, &mut dx, &ws, &dys) }.is_ok(),
+                )?);
+            }
+            let (algo, need) = p.bwd_data.expect("chosen above");
+            let wsp = workspace(&dev, wsp, need)?;
+            // SAFETY: as in `forward`.
+            unsafe { bwd.launch(algo, wsp, one, &mut dx, &ws, &dys) }.map_err(wrap)
+        })?;
+        Ok(dx)
+    }
+
+    fn backward_filter<T: Elem>(
+        op: &BackwardFilter,
+        x: &CudaStorage,
+        xl: &Layout,
+        dy: &CudaStorage,
+        dl: &Layout,
+    ) -> candle_core::Result<CudaSlice<T>> {
+        let key = key::<T>(dims4(xl)?, op.w_dims, op.padding, op.stride)?;
+        let [b, _, _, _, o, _, ho, wo] = key.1;
+        if dims4(dl)? != [b, o, ho, wo] {
+            candle_core::bail!("cudnn conv2d backward: dy {:?}", dl.dims())
+        }
+        let dev = x.device().clone();
+        let xs = x.as_cuda_slice::<T>()?.slice(xl.start_offset()..);
+        let dys = dy.as_cuda_slice::<T>()?.slice(dl.start_offset()..);
+        // SAFETY: the convolution writes every element (β = 0).
+        let mut dw = unsafe { dev.alloc::<T>(op.w_dims.iter().product())? };
+        let one = (T::from_f64(1.0), T::from_f64(0.0));
+        with_plan::<T, _>(&dev, key, |p, wsp| {
+            let bwd = ConvBackwardFilter {
+                conv: &p.conv,
+                x: &p.x,
+                dw: &p.w,
+                dy: &p.y,
+            };
+            if p.bwd_filter.is_none() {
+                use sys::cudnnConvolutionBwdFilterAlgo_t as A;
+                p.bwd_filter = Some(fastest(
+                    &|| format!("backward filter {:?} {key:?}", T::DTYPE),
+                    &dev,
+                    &[
+                        A::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0,
+                        A::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1,
+                        A::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_3,
+                        A::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT,
+                        A::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT_TILING,
+                        A::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD_NONFUSED,
+                    ],
+                    |a| bwd.get_workspace_size(a).ok(),
+                    // SAFETY: descriptors match the buffers; the scratch has the size asked.
+                    |a, s| unsafe { bwd.launch(a, Some(s), one, &xs, &mut dw, &dys) }.is_ok(),
+                )?);
+            }
+            let (algo, need) = p.bwd_filter.expect("chosen above");
+            let wsp = workspace(&dev, wsp, need)?;
+            // SAFETY: as in `forward`.
+            unsafe { bwd.launch(algo, wsp, one, &xs, &mut dw, &dys) }.map_err(wrap)
+        })?;
+        Ok(dw)
+    }
+
+    /// Dispatches `$f::<T>(args)` on the dtype of `$s` and wraps the slice.
+    macro_rules! by_dtype {
+        ($s:expr, $f:ident, $($arg:expr),*) => {{
+            let dev = $s.device().clone();
+            match $s.dtype() {
+                DType::F32 => CudaStorage::wrap_cuda_slice($f::<f32>($($arg),*)?, dev),
+                DType::BF16 => CudaStorage::wrap_cuda_slice($f::<half::bf16>($($arg),*)?, dev),
+                d => candle_core::bail!("cudnn conv2d: unsupported dtype {d:?}"),
+            }
+        }};
+    }
+
+    fn no_cpu<T>(name: &str) -> candle_core::Result<T> {
+        candle_core::bail!("{name} runs on CUDA only")
     }
 
     impl CustomOp2 for CudnnConv {
         fn name(&self) -> &'static str {
             "langevin-cudnn-conv2d"
         }
-
         fn cpu_fwd(
             &self,
             _: &CpuStorage,
@@ -267,9 +458,8 @@ mod imp {
             _: &CpuStorage,
             _: &Layout,
         ) -> candle_core::Result<(CpuStorage, Shape)> {
-            candle_core::bail!("{} runs on CUDA only", self.name())
+            no_cpu(self.name())
         }
-
         fn cuda_fwd(
             &self,
             x: &CudaStorage,
@@ -277,46 +467,103 @@ mod imp {
             w: &CudaStorage,
             wl: &Layout,
         ) -> candle_core::Result<(CudaStorage, Shape)> {
-            let (b, c, h, wd) = xl.shape().dims4()?;
-            let (o, c2, k, k2) = wl.shape().dims4()?;
-            if c != c2 || k != k2 {
-                candle_core::bail!(
-                    "cudnn conv2d: input {:?}, weight {:?}",
-                    xl.dims(),
-                    wl.dims()
-                )
-            }
-            let (p, s) = (self.padding, self.stride);
-            let ho = (h + 2 * p - k) / s + 1;
-            let wo = (wd + 2 * p - k) / s + 1;
-            let dims = [b, c, h, wd, o, k, ho, wo];
             let dev = x.device().clone();
-            use sys::cudnnMathType_t::{CUDNN_DEFAULT_MATH, CUDNN_FMA_MATH, CUDNN_TENSOR_OP_MATH};
-            let st = match x.dtype() {
+            Ok(match x.dtype() {
                 DType::F32 => {
-                    let math = if tf32() {
-                        CUDNN_DEFAULT_MATH
-                    } else {
-                        CUDNN_FMA_MATH
-                    };
-                    let y = self.run::<f32>(x, xl, w, wl, dims, |s| &mut s.f32_plans, math)?;
-                    CudaStorage::wrap_cuda_slice(y, dev)
+                    let (y, s) = forward::<f32>(self, x, xl, w, wl)?;
+                    (CudaStorage::wrap_cuda_slice(y, dev), s)
                 }
                 DType::BF16 => {
-                    let y = self.run::<half::bf16>(
-                        x,
-                        xl,
-                        w,
-                        wl,
-                        dims,
-                        |s| &mut s.bf16_plans,
-                        CUDNN_TENSOR_OP_MATH,
-                    )?;
-                    CudaStorage::wrap_cuda_slice(y, dev)
+                    let (y, s) = forward::<half::bf16>(self, x, xl, w, wl)?;
+                    (CudaStorage::wrap_cuda_slice(y, dev), s)
                 }
                 d => candle_core::bail!("{}: unsupported dtype {d:?}", self.name()),
-            };
-            Ok((st, Shape::from((b, o, ho, wo))))
+            })
+        }
+        /// Both gradients by cuDNN (cached plans, measured algorithms, bounded workspace).
+        fn bwd(
+            &self,
+            x: &Tensor,
+            w: &Tensor,
+            _res: &Tensor,
+            dy: &Tensor,
+        ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+            let dy = dy.contiguous()?;
+            let (xd, wd) = (x.dims4()?, w.dims4()?);
+            // No input gradient for data (the network's input): for the first convolution,
+            // with 3 input channels, it was a slow kernel computing nothing anyone reads.
+            let dx = x
+                .track_op()
+                .then(|| {
+                    dy.apply_op2_no_bwd(
+                        w,
+                        &BackwardData {
+                            padding: self.padding,
+                            stride: self.stride,
+                            x_dims: [xd.0, xd.1, xd.2, xd.3],
+                        },
+                    )
+                })
+                .transpose()?;
+            let dw = x.apply_op2_no_bwd(
+                &dy,
+                &BackwardFilter {
+                    padding: self.padding,
+                    stride: self.stride,
+                    w_dims: [wd.0, wd.1, wd.2, wd.3],
+                },
+            )?;
+            Ok((dx, Some(dw)))
+        }
+    }
+
+    impl CustomOp2 for BackwardData {
+        fn name(&self) -> &'static str {
+            "langevin-cudnn-conv2d-backward-data"
+        }
+        fn cpu_fwd(
+            &self,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> candle_core::Result<(CpuStorage, Shape)> {
+            no_cpu(self.name())
+        }
+        fn cuda_fwd(
+            &self,
+            dy: &CudaStorage,
+            dl: &Layout,
+            w: &CudaStorage,
+            wl: &Layout,
+        ) -> candle_core::Result<(CudaStorage, Shape)> {
+            let st = by_dtype!(dy, backward_data, self, dy, dl, w, wl);
+            Ok((st, Shape::from(self.x_dims.to_vec())))
+        }
+    }
+
+    impl CustomOp2 for BackwardFilter {
+        fn name(&self) -> &'static str {
+            "langevin-cudnn-conv2d-backward-filter"
+        }
+        fn cpu_fwd(
+            &self,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> candle_core::Result<(CpuStorage, Shape)> {
+            no_cpu(self.name())
+        }
+        fn cuda_fwd(
+            &self,
+            x: &CudaStorage,
+            xl: &Layout,
+            dy: &CudaStorage,
+            dl: &Layout,
+        ) -> candle_core::Result<(CudaStorage, Shape)> {
+            let st = by_dtype!(x, backward_filter, self, x, xl, dy, dl);
+            Ok((st, Shape::from(self.w_dims.to_vec())))
         }
     }
 }

@@ -13,12 +13,17 @@ use candle_core::{DType, Tensor};
 /// Whether `x` takes the fused CUDA kernels: a CUDA tensor of f32 or bf16 that no gradient
 /// is tracked through, in a build with the `cuda` feature, unless `LANGEVIN_FUSED=0`.
 pub fn fast_path(x: &Tensor) -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
     cfg!(feature = "cuda")
         && x.device().is_cuda()
         && matches!(x.dtype(), DType::F32 | DType::BF16)
         && !x.track_op()
-        && *ON.get_or_init(|| std::env::var("LANGEVIN_FUSED").map_or(true, |v| v != "0"))
+        && enabled()
+}
+
+/// The own CUDA kernels are on unless `LANGEVIN_FUSED=0` (for comparisons with candle's ops).
+pub fn enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("LANGEVIN_FUSED").map_or(true, |v| v != "0"))
 }
 
 /// `silu?(group_norm(x + shift) · γ + β)` (as `kernels::group_norm::shifted_group_norm_act`).

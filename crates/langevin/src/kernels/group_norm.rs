@@ -64,6 +64,15 @@ pub fn shifted_group_norm_act(
     {
         return super::gpu::group_norm(x, shift, gamma, beta, groups, eps, silu);
     }
+    if super::gpu_train::available(x) && same(gamma) && same(beta) && shift.is_none_or(same) {
+        // Training on CUDA: one kernel forward, one backward (`gpu_train`).
+        let shift = match shift {
+            Some(s) => s.reshape((b, c))?,
+            None => Tensor::zeros((b, c), x.dtype(), x.device())?,
+        };
+        let affine = Tensor::stack(&[gamma, beta], 0)?;
+        return super::gpu_train::group_norm(x, &shift, &affine, groups, eps, silu);
+    }
     let x = match shift {
         Some(s) => {
             let mut dims = vec![b, c];

@@ -6,6 +6,7 @@
 pub mod conv;
 pub mod cudnn_conv;
 pub mod gpu;
+pub mod gpu_train;
 pub mod group_norm;
 mod real;
 

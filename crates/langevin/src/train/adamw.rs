@@ -1,7 +1,10 @@
 //! AdamW (Loshchilov & Hutter 2019) with its moments exposed, so a checkpoint can hold them and
-//! `--resume` continues bit-identically.
-use candle_core::{backprop::GradStore, Tensor, Var};
+//! `--resume` continues bit-identically. On CUDA the update, and the gradient norm, run as one
+//! multi-tensor kernel launch each over all parameters (`kernels::gpu_train`); elsewhere as
+//! candle ops per tensor. Both compute the same f32 expressions.
+use candle_core::{backprop::GradStore, DType, Tensor, Var};
 
+use crate::kernels::gpu_train;
 use crate::Result;
 
 #[derive(Debug, Clone, Copy)]
@@ -29,6 +32,10 @@ pub struct AdamW {
     pub params: Vec<(String, Var, Tensor, Tensor)>,
     /// Steps taken so far.
     pub t: u64,
+    /// Low-precision copies of the parameters that the network computes with (mixed
+    /// precision): gradients are read for these, and each step writes the updated f32 weight
+    /// into them, rounded. `None`: the network uses the f32 parameters.
+    shadows: Option<Vec<Var>>,
 }
 
 impl AdamW {
@@ -36,22 +43,86 @@ impl AdamW {
         let params = vars
             .into_iter()
             .map(|(n, v)| {
-                let z = v.as_tensor().zeros_like()?;
-                Ok((n, v, z.clone(), z))
+                // Two buffers: the CUDA kernel updates the moments in place.
+                let (m, v2) = (v.as_tensor().zeros_like()?, v.as_tensor().zeros_like()?);
+                Ok((n, v, m, v2))
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             config,
             params,
             t: 0,
+            shadows: None,
         })
+    }
+
+    /// Let the network compute with `shadows` (one per parameter, in order, of the parameter's
+    /// shape and a lower precision): gradients are taken for them, and every step rounds the
+    /// updated f32 weights into them.
+    pub fn set_shadows(&mut self, shadows: Vec<Var>) -> Result<()> {
+        if shadows.len() != self.params.len()
+            || shadows
+                .iter()
+                .zip(&self.params)
+                .any(|(s, p)| s.shape() != p.1.shape())
+        {
+            return Err(candle_core::Error::Msg(
+                "AdamW shadows must match the parameters one to one".into(),
+            )
+            .into());
+        }
+        self.shadows = Some(shadows);
+        Ok(())
+    }
+
+    /// Back to computing with the f32 parameters.
+    pub fn set_shadows_off(&mut self) -> Result<()> {
+        self.shadows = None;
+        Ok(())
+    }
+
+    /// The tensor the network computes with for parameter `i` (its gradient's key).
+    fn computed(&self, i: usize) -> &Tensor {
+        match &self.shadows {
+            Some(s) => s[i].as_tensor(),
+            None => self.params[i].1.as_tensor(),
+        }
+    }
+
+    /// The gradients in parameter order, when the whole update can run as the CUDA
+    /// multi-tensor kernels: f32 parameters on CUDA, gradients of one dtype.
+    fn cuda_grads(&self, grads: &GradStore) -> Result<Option<Vec<(usize, Tensor)>>> {
+        let Some(first) = self.params.first() else {
+            return Ok(None);
+        };
+        if !gpu_train::available(first.1.as_tensor()) {
+            return Ok(None);
+        }
+        let mut out = vec![];
+        let mut dtype = None;
+        for (i, (_, v, _, _)) in self.params.iter().enumerate() {
+            if v.dtype() != DType::F32 || !v.device().is_cuda() {
+                return Ok(None);
+            }
+            if let Some(g) = grads.get(self.computed(i)) {
+                if *dtype.get_or_insert(g.dtype()) != g.dtype() {
+                    return Ok(None);
+                }
+                out.push((i, g.contiguous()?));
+            }
+        }
+        Ok(Some(out))
     }
 
     /// Global L2 norm of the gradients.
     pub fn grad_norm(&self, grads: &GradStore) -> Result<f64> {
+        if let Some(gs) = self.cuda_grads(grads)? {
+            let refs: Vec<&Tensor> = gs.iter().map(|(_, g)| g).collect();
+            return Ok(gpu_train::sum_squares(&refs)?.sqrt());
+        }
         let mut sq = 0f64;
-        for (_, v, _, _) in &self.params {
-            if let Some(g) = grads.get(v.as_tensor()) {
+        for i in 0..self.params.len() {
+            if let Some(g) = grads.get(self.computed(i)) {
                 sq += g
                     .sqr()?
                     .sum_all()?
@@ -68,17 +139,47 @@ impl AdamW {
         let c = self.config;
         let bc1 = 1.0 - c.beta1.powi(self.t as i32);
         let bc2 = 1.0 - c.beta2.powi(self.t as i32);
-        for (_, var, m, v) in self.params.iter_mut() {
-            let Some(g) = grads.get(var.as_tensor()) else {
+        if let Some(gs) = self.cuda_grads(grads)? {
+            let rows: Vec<gpu_train::AdamRow> = gs
+                .iter()
+                .map(|(i, g)| {
+                    let (_, var, m, v) = &self.params[*i];
+                    gpu_train::AdamRow {
+                        theta: var.as_tensor(),
+                        m,
+                        v,
+                        grad: g,
+                        shadow: self.shadows.as_ref().map(|s| s[*i].as_tensor()),
+                    }
+                })
+                .collect();
+            let k = gpu_train::AdamStep {
+                grad_scale,
+                beta1: c.beta1,
+                beta2: c.beta2,
+                eps: c.eps,
+                bc1,
+                bc2,
+                lr,
+                weight_decay: c.weight_decay,
+            };
+            return Ok(gpu_train::adamw(&rows, k)?);
+        }
+        for i in 0..self.params.len() {
+            let Some(g) = grads.get(self.computed(i)) else {
                 continue;
             };
-            let g = (g * grad_scale)?;
+            let g = (g.to_dtype(DType::F32)? * grad_scale)?;
+            let (_, var, m, v) = &mut self.params[i];
             *m = ((&*m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
             *v = ((&*v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
             let update = ((&*m / bc1)? / ((&*v / bc2)?.sqrt()? + c.eps)?)?;
             let theta = var.as_tensor();
             let decayed = (theta * (1.0 - lr * c.weight_decay))?;
             var.set(&(decayed - (update * lr)?)?)?;
+            if let Some(s) = &self.shadows {
+                s[i].set(&self.params[i].1.as_tensor().to_dtype(s[i].dtype())?)?;
+            }
         }
         Ok(())
     }

@@ -150,11 +150,11 @@ fn saved_run_loads_and_denoises_like_the_trainer() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// Mixed precision: with the network computed in another dtype through [`CastVars`], the
-/// gradients still reach the f32 variables and training follows the f32 run. f64 stands in
-/// for bf16 here (the CPU has no bf16 matmul): the cast and rebuild path is the same, and the
-/// two runs must agree to f32 rounding, while a network whose gradient did not flow back
-/// through the cast would not move at all.
+/// Mixed precision: with the network computed in another dtype over shadow copies of the
+/// weights, the gradients still update the f32 variables (and the shadows follow them), and
+/// training follows the f32 run. f64 stands in for bf16 here (the CPU has no bf16 matmul):
+/// the shadow path is the same, and the two runs must agree to f32 rounding, while shadows
+/// that were not refreshed, or gradients that did not reach the f32 weights, would not.
 #[test]
 fn compute_dtype_trains_the_f32_weights() {
     let cfg = TrainConfig {
@@ -167,7 +167,7 @@ fn compute_dtype_trains_the_f32_weights() {
     let d = data();
     let mut a = Trainer::new(run_config(), cfg.clone(), &Device::Cpu).unwrap();
     let mut b = Trainer::new(run_config(), cfg, &Device::Cpu).unwrap();
-    b.set_compute_dtype(DType::F64);
+    b.set_compute_dtype(DType::F64).unwrap();
     let before: Vec<f32> = b.vars[0].1.flatten_all().unwrap().to_vec1().unwrap();
     for _ in 0..20 {
         let (ra, rb) = (a.train_step(&d).unwrap(), b.train_step(&d).unwrap());

@@ -71,6 +71,15 @@ impl Conv2d {
         gpu::fast_path(x) && !self.weight.track_op() && self.weight.dtype() == x.dtype()
     }
 
+    /// Whether this convolution of `x` takes the CUDA training kernels (cuDNN with its
+    /// gradients, the fused epilogue).
+    fn trains_on_gpu(&self, x: &Tensor) -> bool {
+        cfg!(feature = "cudnn")
+            && kernels::gpu_train::available(x)
+            && self.weight.dtype() == x.dtype()
+            && square_kernel(&self.weight)
+    }
+
     /// The convolution without its bias, for callers that fold the bias into the next op
     /// (on the fused path only; elsewhere the bias is added as usual).
     pub fn forward_unbiased(&self, x: &Tensor) -> Result<Tensor> {
@@ -98,6 +107,17 @@ impl Conv2d {
                 1.0 / divisor,
             )?);
         }
+        if self.trains_on_gpu(x) {
+            // Training on CUDA: cuDNN, then bias, residual and division as one op with its
+            // backward pass.
+            let y = kernels::conv2d(x, &self.weight, None, self.stride, self.padding)?;
+            return Ok(kernels::gpu_train::bias_residual(
+                &y,
+                &self.bias,
+                residual,
+                1.0 / divisor,
+            )?);
+        }
         let y = fwd(self, x)?;
         let y = match residual {
             Some(r) => (y + r)?,
@@ -115,6 +135,11 @@ impl Module for Conv2d {
         }
         kernels::conv2d(x, &self.weight, Some(&self.bias), self.stride, self.padding)
     }
+}
+
+/// Square kernels (the only ones the cuDNN path is set up for).
+fn square_kernel(w: &Tensor) -> bool {
+    w.dims4().is_ok_and(|(_, _, kh, kw)| kh == kw)
 }
 
 /// [`Conv2d`] with parameters `weight` [o, i, k, k] and `bias` [o] (initialised as

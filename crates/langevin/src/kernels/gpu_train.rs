@@ -1,0 +1,855 @@
+//! CUDA kernels for the training step (`cuda/train.cu`): group norm + time shift + SiLU with
+//! its backward pass as one autograd node, and the multi-tensor optimiser kernels (AdamW, EMA,
+//! gradient sum of squares) that update every parameter tensor in one launch.
+//!
+//! Written because a training step on an H200 was 6–10× PyTorch's (issue 16): candle
+//! differentiates its ~10-op group norm into as many more full passes, and the per-tensor
+//! AdamW composition was about a dozen launches per parameter tensor plus one host read-back
+//! per tensor for the gradient norm. Each kernel is checked against the composed candle ops on
+//! the GPU by `langevin-bench --parity --device cuda` (`gpu_checks`); the CPU keeps its own
+//! kernels ([`super::group_norm`]) and the composed AdamW.
+use candle_core::{DType, Tensor};
+
+/// Whether `x` takes the training kernels: a CUDA tensor of f32 or bf16 in a `cuda` build,
+/// unless `LANGEVIN_FUSED=0` (the same switch as the inference kernels).
+pub fn available(x: &Tensor) -> bool {
+    cfg!(feature = "cuda")
+        && x.device().is_cuda()
+        && matches!(x.dtype(), DType::F32 | DType::BF16)
+        && super::gpu::enabled()
+}
+
+/// `silu?(group_norm(x + shift) · γ + β)` as one differentiable op: `shift` [B, C] and
+/// `affine` [2, C] = (γ, β) (the layout of the CPU kernel's op). The backward pass is one
+/// kernel over the activations plus a fixed-order reduction of the affine gradients.
+pub fn group_norm(
+    x: &Tensor,
+    shift: &Tensor,
+    affine: &Tensor,
+    groups: usize,
+    eps: f64,
+    silu: bool,
+) -> candle_core::Result<Tensor> {
+    x.contiguous()?.apply_op3(
+        &shift.contiguous()?,
+        &affine.contiguous()?,
+        imp::GroupNormTrain {
+            groups,
+            eps: eps as f32,
+            silu,
+        },
+    )
+}
+
+/// `(y + bias[c] + residual) · scale` as one differentiable op (a convolution's epilogue in
+/// training): the inference kernel forward; backward passes `grad · scale` to `y` and the
+/// residual and reduces it over batch and positions into the bias gradient (one kernel, in
+/// place of candle's broadcast add, its gradient sum and the residual add).
+///
+/// # Shapes
+/// `y`, `residual`: [B, C, …]; `bias`: [C].
+pub fn bias_residual(
+    y: &Tensor,
+    bias: &Tensor,
+    residual: Option<&Tensor>,
+    scale: f64,
+) -> candle_core::Result<Tensor> {
+    let op = imp::BiasResidualTrain {
+        scale: scale as f32,
+    };
+    let (y, b) = (y.contiguous()?, bias.contiguous()?);
+    match residual {
+        Some(r) => {
+            if r.dims() != y.dims() {
+                candle_core::bail!("bias_residual: residual {:?} vs {:?}", r.dims(), y.dims())
+            }
+            y.apply_op3(&b, &r.contiguous()?, op)
+        }
+        None => y.apply_op2(&b, op),
+    }
+}
+
+/// The AdamW constants of one step, as `train::adamw::AdamW::step` computes them.
+#[derive(Debug, Clone, Copy)]
+pub struct AdamStep {
+    pub grad_scale: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// 1 − β1ᵗ and 1 − β2ᵗ.
+    pub bc1: f64,
+    pub bc2: f64,
+    pub lr: f64,
+    pub weight_decay: f64,
+}
+
+/// One parameter tensor's AdamW state: f32 weight, moments and gradient (f32 or bf16), and an
+/// optional bf16 copy of the weight that the network computes with (mixed precision).
+pub struct AdamRow<'a> {
+    pub theta: &'a Tensor,
+    pub m: &'a Tensor,
+    pub v: &'a Tensor,
+    pub grad: &'a Tensor,
+    pub shadow: Option<&'a Tensor>,
+}
+
+pub use imp::{adamw, ema, sum_squares};
+
+#[cfg(feature = "cuda")]
+mod imp {
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::cudarc::driver::{
+        CudaSlice, DevicePtr, LaunchConfig, PushKernelArg,
+    };
+    use candle_core::cuda_backend::WrapErr;
+    use candle_core::{
+        CpuStorage, CudaDevice, CudaStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape,
+        Storage, Tensor,
+    };
+
+    use super::{AdamRow, AdamStep};
+
+    const FUSED: &str = include_str!(concat!(env!("OUT_DIR"), "/fused.ptx"));
+    const TRAIN: &str = include_str!(concat!(env!("OUT_DIR"), "/train.ptx"));
+    /// Elements per block of the multi-tensor kernels (`CHUNK` in train.cu).
+    const CHUNK: usize = 16384;
+
+    fn suffix(dt: DType) -> candle_core::Result<&'static str> {
+        match dt {
+            DType::F32 => Ok("f32"),
+            DType::BF16 => Ok("bf16"),
+            d => candle_core::bail!("training kernels: unsupported dtype {d:?}"),
+        }
+    }
+
+    /// The device address of `t`'s first element (`t` contiguous, of dtype `dt`, on CUDA).
+    /// The address stays valid while `t` lives; kernels launched on the device's stream are
+    /// ordered with its eventual (stream-ordered) free.
+    fn address(t: &Tensor, dt: DType) -> candle_core::Result<u64> {
+        if t.dtype() != dt || !t.is_contiguous() {
+            candle_core::bail!(
+                "training kernels: want a contiguous {dt:?} tensor, got {:?} {:?}",
+                t.dtype(),
+                t.dims()
+            )
+        }
+        let (st, l) = t.storage_and_layout();
+        let Storage::Cuda(cs) = &*st else {
+            candle_core::bail!("training kernels: a tensor is not on the GPU")
+        };
+        let stream = cs.device().cuda_stream();
+        let off = l.start_offset() as u64 * dt.size_in_bytes() as u64;
+        let base = match dt {
+            DType::F32 => cs.as_cuda_slice::<f32>()?.device_ptr(&stream).0,
+            DType::BF16 => cs.as_cuda_slice::<half::bf16>()?.device_ptr(&stream).0,
+            d => candle_core::bail!("training kernels: unsupported dtype {d:?}"),
+        };
+        Ok(base + off)
+    }
+
+    fn cuda_device(t: &Tensor) -> candle_core::Result<CudaDevice> {
+        match t.device() {
+            candle_core::Device::Cuda(d) => Ok(d.clone()),
+            _ => candle_core::bail!("training kernels: a tensor is not on the GPU"),
+        }
+    }
+
+    /// The per-launch tables of the multi-tensor kernels: `fields` u64 per tensor (the last
+    /// one the element count) and one (tensor, first element) pair per block.
+    fn tables(
+        dev: &CudaDevice,
+        rows: Vec<Vec<u64>>,
+    ) -> candle_core::Result<(CudaSlice<u64>, CudaSlice<i32>, u32)> {
+        let mut chunks: Vec<i32> = vec![];
+        for (i, r) in rows.iter().enumerate() {
+            let n = *r.last().expect("a row ends with its length") as usize;
+            for start in (0..n).step_by(CHUNK) {
+                chunks.extend([i as i32, start as i32]);
+            }
+        }
+        let blocks = (chunks.len() / 2) as u32;
+        let flat: Vec<u64> = rows.into_iter().flatten().collect();
+        Ok((
+            dev.clone_htod(&flat[..])?,
+            dev.clone_htod(&chunks[..])?,
+            blocks,
+        ))
+    }
+
+    fn grid(blocks: u32) -> LaunchConfig {
+        LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        }
+    }
+
+    /// Σ g² over all `grads` (one dtype, f32 or bf16), in f64 over fixed chunks: the result
+    /// does not depend on scheduling.
+    pub fn sum_squares(grads: &[&Tensor]) -> candle_core::Result<f64> {
+        let Some(first) = grads.first() else {
+            return Ok(0.0);
+        };
+        let (dev, dt) = (cuda_device(first)?, first.dtype());
+        let rows = grads
+            .iter()
+            .map(|g| Ok(vec![address(g, dt)?, g.elem_count() as u64]))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let (table, chunks, blocks) = tables(&dev, rows)?;
+        if blocks == 0 {
+            return Ok(0.0);
+        }
+        // SAFETY: every block writes its slot.
+        let part = unsafe { dev.alloc::<f32>(blocks as usize)? };
+        let f = dev.get_or_load_custom_func(
+            &format!("sumsq_{}", suffix(dt)?),
+            "langevin_train",
+            TRAIN,
+        )?;
+        let mut a = f.builder();
+        a.arg(&table).arg(&chunks).arg(&part);
+        // SAFETY: the table rows are (address, length) of live tensors of dtype `dt`.
+        unsafe { a.launch(grid(blocks)) }.w()?;
+        let part = dev.clone_dtoh(&part)?;
+        Ok(part.iter().map(|&v| v as f64).sum())
+    }
+
+    /// One AdamW step over every row, in place (θ, m, v and the shadow are written through
+    /// their device addresses: the caller owns them exclusively, as a `Var` and the
+    /// optimiser's own moment tensors).
+    pub fn adamw(rows: &[AdamRow], k: AdamStep) -> candle_core::Result<()> {
+        let Some(first) = rows.first() else {
+            return Ok(());
+        };
+        let (dev, gdt) = (cuda_device(first.theta)?, first.grad.dtype());
+        let table = rows
+            .iter()
+            .map(|r| {
+                let n = r.theta.elem_count();
+                if [r.m, r.v, r.grad].iter().any(|t| t.elem_count() != n) {
+                    candle_core::bail!("adamw: a moment or gradient does not match its weight")
+                }
+                Ok(vec![
+                    address(r.theta, DType::F32)?,
+                    address(r.m, DType::F32)?,
+                    address(r.v, DType::F32)?,
+                    address(r.grad, gdt)?,
+                    r.shadow
+                        .map(|s| address(s, DType::BF16))
+                        .transpose()?
+                        .unwrap_or(0),
+                    n as u64,
+                ])
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let (table, chunks, blocks) = tables(&dev, table)?;
+        if blocks == 0 {
+            return Ok(());
+        }
+        let f = dev.get_or_load_custom_func(
+            &format!("adamw_{}", suffix(gdt)?),
+            "langevin_train",
+            TRAIN,
+        )?;
+        // The same f32 constants as the composed AdamW.
+        let c = |v: f64| v as f32;
+        let args = [
+            c(k.grad_scale),
+            c(k.beta1),
+            c(1.0 - k.beta1),
+            c(k.beta2),
+            c(1.0 - k.beta2),
+            c(1.0 / k.bc1),
+            c(1.0 / k.bc2),
+            c(k.eps),
+            c(1.0 - k.lr * k.weight_decay),
+            c(k.lr),
+        ];
+        let mut a = f.builder();
+        a.arg(&table).arg(&chunks);
+        for v in &args {
+            a.arg(v);
+        }
+        // SAFETY: the table rows are addresses of live f32 tensors (θ, m, v), the gradient of
+        // dtype `gdt` and an optional bf16 shadow, all of length n.
+        unsafe { a.launch(grid(blocks)) }.w()?;
+        Ok(())
+    }
+
+    /// e ← e·d + θ·(1 − d) for every (e, θ) pair (f32), in place.
+    pub fn ema(rows: &[(&Tensor, &Tensor)], decay: f64) -> candle_core::Result<()> {
+        let Some(first) = rows.first() else {
+            return Ok(());
+        };
+        let dev = cuda_device(first.0)?;
+        let table = rows
+            .iter()
+            .map(|(e, t)| {
+                if e.elem_count() != t.elem_count() {
+                    candle_core::bail!("ema: an average does not match its weight")
+                }
+                Ok(vec![
+                    address(e, DType::F32)?,
+                    address(t, DType::F32)?,
+                    e.elem_count() as u64,
+                ])
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let (table, chunks, blocks) = tables(&dev, table)?;
+        if blocks == 0 {
+            return Ok(());
+        }
+        let f = dev.get_or_load_custom_func("ema_f32", "langevin_train", TRAIN)?;
+        let (d, nd) = (decay as f32, (1.0 - decay) as f32);
+        let mut a = f.builder();
+        a.arg(&table).arg(&chunks).arg(&d).arg(&nd);
+        // SAFETY: the table rows are addresses of live f32 tensors of the stated length.
+        unsafe { a.launch(grid(blocks)) }.w()?;
+        Ok(())
+    }
+
+    macro_rules! slice {
+        ($s:expr, $l:expr, $t:ty) => {
+            $s.as_cuda_slice::<$t>()?.slice($l.start_offset()..)
+        };
+    }
+
+    pub struct BiasResidualTrain {
+        pub scale: f32,
+    }
+
+    impl BiasResidualTrain {
+        fn run(
+            &self,
+            y: (&CudaStorage, &Layout),
+            bias: (&CudaStorage, &Layout),
+            res: Option<(&CudaStorage, &Layout)>,
+        ) -> candle_core::Result<(CudaStorage, Shape)> {
+            let dims = y.1.dims();
+            let (c, s) = (dims[1], dims[2..].iter().product::<usize>());
+            let n = y.1.shape().elem_count();
+            if bias.1.dims() != [c] || res.is_some_and(|r| r.1.dims() != dims) {
+                candle_core::bail!("bias_residual: y {dims:?}, bias {:?}", bias.1.dims())
+            }
+            if !(y.1.is_contiguous() && bias.1.is_contiguous())
+                || res.is_some_and(|r| !r.1.is_contiguous())
+            {
+                candle_core::bail!("bias_residual: inputs must be contiguous")
+            }
+            let dev = y.0.device().clone();
+            let (ci, si) = (c as i32, s as i32);
+            let cfg = LaunchConfig {
+                grid_dim: (n.div_ceil(256).min(65535 * 8) as u32, 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let null = 0u64;
+            macro_rules! run {
+                ($t:ty, $suf:expr) => {{
+                    let f = dev.get_or_load_custom_func(
+                        concat!("bias_residual_", $suf),
+                        "langevin_fused",
+                        FUSED,
+                    )?;
+                    let (yv, bv) = (slice!(y.0, y.1, $t), slice!(bias.0, bias.1, $t));
+                    let rv = match res {
+                        Some((s, l)) => Some(slice!(s, l, $t)),
+                        None => None,
+                    };
+                    // SAFETY: every element is written by the kernel.
+                    let out = unsafe { dev.alloc::<$t>(n)? };
+                    let mut a = f.builder();
+                    a.arg(&yv).arg(&bv);
+                    match &rv {
+                        Some(v) => a.arg(v),
+                        None => a.arg(&null),
+                    };
+                    a.arg(&out).arg(&n).arg(&ci).arg(&si).arg(&self.scale);
+                    // SAFETY: matches `bias_residual_*` in fused.cu; shapes checked above.
+                    unsafe { a.launch(cfg) }.w()?;
+                    CudaStorage::wrap_cuda_slice(out, dev.clone())
+                }};
+            }
+            let st = match y.0.dtype() {
+                DType::F32 => run!(f32, "f32"),
+                DType::BF16 => run!(half::bf16, "bf16"),
+                d => candle_core::bail!("bias_residual: unsupported dtype {d:?}"),
+            };
+            Ok((st, y.1.shape().clone()))
+        }
+
+        /// d(y) = d(residual) = grad · scale, d(bias) = Σ grad · scale.
+        fn grads(&self, grad: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+            let g = grad.contiguous()?;
+            let db = g.apply_op1_no_bwd(&BiasGrad { scale: self.scale })?;
+            let dy = if self.scale == 1.0 {
+                g
+            } else {
+                g.affine(self.scale as f64, 0.0)?
+            };
+            Ok((dy, db))
+        }
+    }
+
+    impl CustomOp2 for BiasResidualTrain {
+        fn name(&self) -> &'static str {
+            "langevin-gpu-bias-train"
+        }
+        fn cpu_fwd(
+            &self,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> candle_core::Result<(CpuStorage, Shape)> {
+            candle_core::bail!("langevin-gpu-bias-train runs on CUDA only")
+        }
+        fn cuda_fwd(
+            &self,
+            y: &CudaStorage,
+            yl: &Layout,
+            b: &CudaStorage,
+            bl: &Layout,
+        ) -> candle_core::Result<(CudaStorage, Shape)> {
+            self.run((y, yl), (b, bl), None)
+        }
+        fn bwd(
+            &self,
+            _y: &Tensor,
+            _b: &Tensor,
+            _res: &Tensor,
+            grad: &Tensor,
+        ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+            let (dy, db) = self.grads(grad)?;
+            Ok((Some(dy), Some(db)))
+        }
+    }
+
+    impl CustomOp3 for BiasResidualTrain {
+        fn name(&self) -> &'static str {
+            "langevin-gpu-bias-residual-train"
+        }
+        fn cpu_fwd(
+            &self,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> candle_core::Result<(CpuStorage, Shape)> {
+            candle_core::bail!("langevin-gpu-bias-residual-train runs on CUDA only")
+        }
+        fn cuda_fwd(
+            &self,
+            y: &CudaStorage,
+            yl: &Layout,
+            b: &CudaStorage,
+            bl: &Layout,
+            r: &CudaStorage,
+            rl: &Layout,
+        ) -> candle_core::Result<(CudaStorage, Shape)> {
+            self.run((y, yl), (b, bl), Some((r, rl)))
+        }
+        fn bwd(
+            &self,
+            _y: &Tensor,
+            _b: &Tensor,
+            _r: &Tensor,
+            _res: &Tensor,
+            grad: &Tensor,
+        ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+            let (dy, db) = self.grads(grad)?;
+            Ok((Some(dy.clone()), Some(db), Some(dy)))
+        }
+    }
+
+    /// db[c] = scale · Σ_{b,s} g[b, c, s] (`bias_grad_*` in train.cu).
+    struct BiasGrad {
+        scale: f32,
+    }
+
+    impl CustomOp1 for BiasGrad {
+        fn name(&self) -> &'static str {
+            "langevin-gpu-bias-grad"
+        }
+        fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+            candle_core::bail!("{} runs on CUDA only", self.name())
+        }
+        fn cuda_fwd(
+            &self,
+            g: &CudaStorage,
+            gl: &Layout,
+        ) -> candle_core::Result<(CudaStorage, Shape)> {
+            let dims = gl.dims();
+            let (b, c, s) = (dims[0], dims[1], dims[2..].iter().product::<usize>());
+            if !gl.is_contiguous() {
+                candle_core::bail!("{}: the gradient must be contiguous", self.name())
+            }
+            let dev = g.device().clone();
+            // Enough blocks to fill the GPU: 16 batch slices per channel (fewer for small
+            // batches).
+            let p = b.clamp(1, 16);
+            let (bi, ci, si, pi) = (b as i32, c as i32, s as i32, p as i32);
+            // SAFETY: every slot is written by the first kernel.
+            let part = unsafe { dev.alloc::<f32>(c * p)? };
+            macro_rules! run {
+                ($t:ty, $suf:expr) => {{
+                    let f = dev.get_or_load_custom_func(
+                        concat!("bias_grad_", $suf),
+                        "langevin_train",
+                        TRAIN,
+                    )?;
+                    let fin = dev.get_or_load_custom_func(
+                        concat!("bias_grad_finish_", $suf),
+                        "langevin_train",
+                        TRAIN,
+                    )?;
+                    let gv = slice!(g, gl, $t);
+                    // SAFETY: every element is written by the second kernel.
+                    let out = unsafe { dev.alloc::<$t>(c)? };
+                    let mut a = f.builder();
+                    a.arg(&gv).arg(&part).arg(&bi).arg(&ci).arg(&si);
+                    let cfg = LaunchConfig {
+                        grid_dim: (c as u32, p as u32, 1),
+                        block_dim: (256, 1, 1),
+                        shared_mem_bytes: 0,
+                    };
+                    // SAFETY: matches `bias_grad_*` in train.cu; g is [b, c, s].
+                    unsafe { a.launch(cfg) }.w()?;
+                    let mut a = fin.builder();
+                    a.arg(&part).arg(&out).arg(&ci).arg(&pi).arg(&self.scale);
+                    let cfg = LaunchConfig {
+                        grid_dim: (c.div_ceil(128) as u32, 1, 1),
+                        block_dim: (128, 1, 1),
+                        shared_mem_bytes: 0,
+                    };
+                    // SAFETY: matches `bias_grad_finish_*`; part is [c, p].
+                    unsafe { a.launch(cfg) }.w()?;
+                    CudaStorage::wrap_cuda_slice(out, dev.clone())
+                }};
+            }
+            let st = match g.dtype() {
+                DType::F32 => run!(f32, "f32"),
+                DType::BF16 => run!(half::bf16, "bf16"),
+                d => candle_core::bail!("{}: unsupported dtype {d:?}", self.name()),
+            };
+            Ok((st, Shape::from(c)))
+        }
+    }
+
+    pub struct GroupNormTrain {
+        pub groups: usize,
+        pub eps: f32,
+        pub silu: bool,
+    }
+
+    impl GroupNormTrain {
+        fn check(&self, xl: &Layout, sl: &Layout, al: &Layout) -> candle_core::Result<[usize; 3]> {
+            let dims = xl.dims();
+            let (b, c) = (dims[0], dims[1]);
+            let s: usize = dims[2..].iter().product();
+            if c % self.groups != 0 || sl.dims() != [b, c] || al.dims() != [2, c] {
+                candle_core::bail!(
+                    "group norm: x {dims:?}, {} groups, shift {:?}, affine {:?}",
+                    self.groups,
+                    sl.dims(),
+                    al.dims()
+                )
+            }
+            if !(xl.is_contiguous() && sl.is_contiguous() && al.is_contiguous()) {
+                candle_core::bail!("group norm: inputs must be contiguous")
+            }
+            Ok([b, c, s])
+        }
+    }
+
+    impl CustomOp3 for GroupNormTrain {
+        fn name(&self) -> &'static str {
+            "langevin-gpu-group-norm-train"
+        }
+        fn cpu_fwd(
+            &self,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> candle_core::Result<(CpuStorage, Shape)> {
+            candle_core::bail!("{} runs on CUDA only", self.name())
+        }
+        fn cuda_fwd(
+            &self,
+            x: &CudaStorage,
+            xl: &Layout,
+            sh: &CudaStorage,
+            sl: &Layout,
+            af: &CudaStorage,
+            al: &Layout,
+        ) -> candle_core::Result<(CudaStorage, Shape)> {
+            let [b, c, s] = self.check(xl, sl, al)?;
+            let dev = x.device().clone();
+            let n = (c / self.groups) * s;
+            let threads = (n / 4).next_multiple_of(32).clamp(32, 512) as u32;
+            let cfg = LaunchConfig {
+                grid_dim: ((b * self.groups) as u32, 1, 1),
+                block_dim: (threads, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let (ci, gi, si, silu) = (c as i32, self.groups as i32, s as i32, self.silu as i32);
+            macro_rules! run {
+                ($t:ty, $suf:expr) => {{
+                    let f = dev.get_or_load_custom_func(
+                        concat!("group_norm_", $suf),
+                        "langevin_fused",
+                        FUSED,
+                    )?;
+                    let (xv, shv) = (slice!(x, xl, $t), slice!(sh, sl, $t));
+                    let av = af.as_cuda_slice::<$t>()?;
+                    let (gv, bv) = (
+                        av.slice(al.start_offset()..al.start_offset() + c),
+                        av.slice(al.start_offset() + c..),
+                    );
+                    // SAFETY: every element is written by the kernel.
+                    let out = unsafe { dev.alloc::<$t>(b * c * s)? };
+                    let mut a = f.builder();
+                    a.arg(&xv).arg(&shv).arg(&gv).arg(&bv).arg(&out);
+                    a.arg(&ci).arg(&gi).arg(&si).arg(&self.eps).arg(&silu);
+                    // SAFETY: matches `group_norm_*` in fused.cu; shapes checked above.
+                    unsafe { a.launch(cfg) }.w()?;
+                    CudaStorage::wrap_cuda_slice(out, dev.clone())
+                }};
+            }
+            let st = match x.dtype() {
+                DType::F32 => run!(f32, "f32"),
+                DType::BF16 => run!(half::bf16, "bf16"),
+                d => candle_core::bail!("{}: unsupported dtype {d:?}", self.name()),
+            };
+            Ok((st, xl.shape().clone()))
+        }
+
+        fn bwd(
+            &self,
+            x: &Tensor,
+            shift: &Tensor,
+            affine: &Tensor,
+            _res: &Tensor,
+            dy: &Tensor,
+        ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+            let (b, c) = (x.dim(0)?, x.dim(1)?);
+            let n = x.elem_count();
+            let packed = x.apply_op2(
+                &dy.contiguous()?,
+                GroupNormBackward {
+                    groups: self.groups,
+                    eps: self.eps,
+                    silu: self.silu,
+                    shift: shift.clone(),
+                    affine: affine.clone(),
+                },
+            )?;
+            Ok((
+                Some(packed.narrow(0, 0, n)?.reshape(x.shape())?),
+                Some(packed.narrow(0, n, b * c)?.reshape((b, c))?),
+                Some(packed.narrow(0, n + b * c, 2 * c)?.reshape((2, c))?),
+            ))
+        }
+    }
+
+    /// The backward kernels of [`GroupNormTrain`] as one op over (x, dy), returning dx, dshift
+    /// and daffine packed into one flat tensor (a custom op has one output).
+    struct GroupNormBackward {
+        groups: usize,
+        eps: f32,
+        silu: bool,
+        shift: Tensor,
+        affine: Tensor,
+    }
+
+    impl CustomOp2 for GroupNormBackward {
+        fn name(&self) -> &'static str {
+            "langevin-gpu-group-norm-backward"
+        }
+        fn cpu_fwd(
+            &self,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> candle_core::Result<(CpuStorage, Shape)> {
+            candle_core::bail!("{} runs on CUDA only", self.name())
+        }
+        fn cuda_fwd(
+            &self,
+            x: &CudaStorage,
+            xl: &Layout,
+            dy: &CudaStorage,
+            dl: &Layout,
+        ) -> candle_core::Result<(CudaStorage, Shape)> {
+            let (sh, sl) = self.shift.storage_and_layout();
+            let (af, al) = self.affine.storage_and_layout();
+            let (Storage::Cuda(sh), Storage::Cuda(af)) = (&*sh, &*af) else {
+                candle_core::bail!("{}: inputs are not on the GPU", self.name())
+            };
+            let op = GroupNormTrain {
+                groups: self.groups,
+                eps: self.eps,
+                silu: self.silu,
+            };
+            let [b, c, s] = op.check(xl, sl, al)?;
+            if dl.dims() != xl.dims() || !dl.is_contiguous() {
+                candle_core::bail!("{}: dy {:?} vs x {:?}", self.name(), dl.dims(), xl.dims())
+            }
+            let dev = x.device().clone();
+            let n = b * c * s;
+            let total = n + b * c + 2 * c;
+            let threads = ((c / self.groups) * s / 4)
+                .min(s)
+                .next_multiple_of(32)
+                .clamp(32, 512) as u32;
+            let (ci, gi, si, bi, silu) = (
+                c as i32,
+                self.groups as i32,
+                s as i32,
+                b as i32,
+                self.silu as i32,
+            );
+            // SAFETY: every slot is written by the kernel.
+            let part = unsafe { dev.alloc::<f32>(b * 2 * c)? };
+            macro_rules! run {
+                ($t:ty, $suf:expr) => {{
+                    let f = dev.get_or_load_custom_func(
+                        concat!("group_norm_bwd_", $suf),
+                        "langevin_train",
+                        TRAIN,
+                    )?;
+                    let g = dev.get_or_load_custom_func(
+                        concat!("group_norm_affine_grad_", $suf),
+                        "langevin_train",
+                        TRAIN,
+                    )?;
+                    // SAFETY: every element is written by the two kernels.
+                    let out = unsafe { dev.alloc::<$t>(total)? };
+                    let (xv, dv) = (slice!(x, xl, $t), slice!(dy, dl, $t));
+                    let (shv, av) = (slice!(sh, sl, $t), slice!(af, al, $t));
+                    let (dx, dshift, daff) = (
+                        out.slice(..n),
+                        out.slice(n..n + b * c),
+                        out.slice(n + b * c..),
+                    );
+                    let mut a = f.builder();
+                    a.arg(&xv)
+                        .arg(&shv)
+                        .arg(&av)
+                        .arg(&dv)
+                        .arg(&dx)
+                        .arg(&dshift)
+                        .arg(&part);
+                    a.arg(&ci).arg(&gi).arg(&si).arg(&self.eps).arg(&silu);
+                    let cfg = LaunchConfig {
+                        grid_dim: ((b * self.groups) as u32, 1, 1),
+                        block_dim: (threads, 1, 1),
+                        shared_mem_bytes: 0,
+                    };
+                    // SAFETY: matches `group_norm_bwd_*` in train.cu; shapes checked above.
+                    unsafe { a.launch(cfg) }.w()?;
+                    let mut a = g.builder();
+                    a.arg(&part).arg(&daff).arg(&bi).arg(&ci);
+                    let cfg = LaunchConfig {
+                        grid_dim: ((2 * c).div_ceil(128) as u32, 1, 1),
+                        block_dim: (128, 1, 1),
+                        shared_mem_bytes: 0,
+                    };
+                    // SAFETY: matches `group_norm_affine_grad_*`; part is [b, 2, c].
+                    unsafe { a.launch(cfg) }.w()?;
+                    drop((dx, dshift, daff));
+                    CudaStorage::wrap_cuda_slice(out, dev.clone())
+                }};
+            }
+            let st = match x.dtype() {
+                DType::F32 => run!(f32, "f32"),
+                DType::BF16 => run!(half::bf16, "bf16"),
+                d => candle_core::bail!("{}: unsupported dtype {d:?}", self.name()),
+            };
+            Ok((st, Shape::from(total)))
+        }
+    }
+}
+
+/// Without the `cuda` feature the functions exist (so callers need no `cfg`) but
+/// [`available`] is never true, and calling one is an error.
+#[cfg(not(feature = "cuda"))]
+mod imp {
+    use super::{AdamRow, AdamStep};
+    use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
+
+    fn no_cuda<T>() -> candle_core::Result<T> {
+        candle_core::bail!("the training kernels need a build with the `cuda` feature")
+    }
+    pub fn sum_squares(_: &[&Tensor]) -> candle_core::Result<f64> {
+        no_cuda()
+    }
+    pub fn adamw(_: &[AdamRow], _: AdamStep) -> candle_core::Result<()> {
+        no_cuda()
+    }
+    pub fn ema(_: &[(&Tensor, &Tensor)], _: f64) -> candle_core::Result<()> {
+        no_cuda()
+    }
+    pub struct BiasResidualTrain {
+        pub scale: f32,
+    }
+    impl CustomOp2 for BiasResidualTrain {
+        fn name(&self) -> &'static str {
+            "langevin-gpu-bias-train"
+        }
+        fn cpu_fwd(
+            &self,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> candle_core::Result<(CpuStorage, Shape)> {
+            let _ = self.scale;
+            no_cuda()
+        }
+    }
+    impl CustomOp3 for BiasResidualTrain {
+        fn name(&self) -> &'static str {
+            "langevin-gpu-bias-residual-train"
+        }
+        fn cpu_fwd(
+            &self,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> candle_core::Result<(CpuStorage, Shape)> {
+            no_cuda()
+        }
+    }
+    pub struct GroupNormTrain {
+        pub groups: usize,
+        pub eps: f32,
+        pub silu: bool,
+    }
+    impl CustomOp3 for GroupNormTrain {
+        fn name(&self) -> &'static str {
+            "langevin-gpu-group-norm-train"
+        }
+        fn cpu_fwd(
+            &self,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> candle_core::Result<(CpuStorage, Shape)> {
+            let _ = (self.groups, self.eps, self.silu);
+            no_cuda()
+        }
+    }
+}
