@@ -130,7 +130,8 @@ for stage in "$@"; do
         $L train "${common[@]}" --out $T/resumed --steps 200 >/dev/null 2>&1
         $L train --out $T/resumed --resume --steps 400 --device cuda --dtype bf16 2>&1 | tail -n 2 | tee -a "$OUT/train-e2e.md"
         for r in straight resumed; do
-            $L sample --model $T/$r --n 256 --seed 3 --device cuda --dtype f32 --npy $T/$r.npy >/dev/null 2>&1
+            $L sample --model $T/$r --n 256 --seed 3 --class 3 --device cuda --dtype f32 --out $T/$r.png \
+                --npy $T/$r.npy 2>&1 | tail -n 1
         done
         python3 -c "
 import numpy as np

@@ -93,6 +93,17 @@ mod imp {
         static STATE: RefCell<HashMap<DeviceId, State>> = RefCell::new(HashMap::new());
     }
 
+    /// `LANGEVIN_DETERMINISTIC=1`: every direction uses the first algorithm of a fixed list
+    /// of cuDNN's deterministic ones that runs within the workspace bound, not the fastest
+    /// measured (which can differ between processes, and includes weight-gradient algorithms
+    /// that accumulate with atomics). GPU training is then reproducible run to run, and a
+    /// resumed run follows an uninterrupted one (as PyTorch's `cudnn.deterministic = True`
+    /// with `benchmark = False`).
+    fn deterministic() -> bool {
+        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *ON.get_or_init(|| std::env::var("LANGEVIN_DETERMINISTIC").is_ok_and(|v| v == "1"))
+    }
+
     fn tf32() -> bool {
         static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         *ON.get_or_init(|| std::env::var("LANGEVIN_TF32").is_ok_and(|v| v == "1"))
@@ -166,7 +177,8 @@ mod imp {
         })
     }
 
-    /// The fastest of `candidates` measured on the live buffers (each algorithm cuDNN
+    /// The fastest of `candidates` measured on the live buffers (in deterministic mode, the
+    /// first of the leading `deterministic_first` that runs) (each algorithm cuDNN
     /// accepts with a workspace ≤ [`MAX_WORKSPACE`], timed once, as PyTorch's
     /// `cudnn.benchmark = True`): cuDNN's heuristic alone picked FFT kernels for strict-f32
     /// 3×3 convolutions that ran 10× slower than its implicit GEMM (measured on an H200).
@@ -174,10 +186,17 @@ mod imp {
         what: &dyn Fn() -> String,
         dev: &CudaDevice,
         candidates: &[A],
+        deterministic_first: usize,
         size: impl Fn(A) -> Option<usize>,
         mut launch: impl FnMut(A, &mut CudaSlice<u8>) -> bool,
     ) -> candle_core::Result<(A, usize)> {
         let mut best: Option<(f64, A, usize)> = None;
+        // Deterministic mode: the first in the (deterministic-only) list that runs.
+        let fixed = deterministic();
+        let candidates = match fixed {
+            true => &candidates[..deterministic_first],
+            false => candidates,
+        };
         for &algo in candidates {
             let Some(size) = size(algo).filter(|&s| s <= MAX_WORKSPACE) else {
                 continue;
@@ -186,6 +205,10 @@ mod imp {
             let mut scratch = unsafe { dev.alloc::<u8>(size.max(1))? };
             if !launch(algo, &mut scratch) {
                 continue;
+            }
+            if fixed {
+                best = Some((0.0, algo, size));
+                break;
             }
             dev.synchronize()?;
             let t0 = std::time::Instant::now();
@@ -315,6 +338,7 @@ mod imp {
                         A::CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD,
                         A::CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED,
                     ],
+                    7, // all forward algorithms are deterministic
                     |a| fwd.get_workspace_size(a).ok(),
                     // SAFETY: descriptors match the buffers; the scratch has the size asked.
                     |a, s| unsafe { fwd.launch(a, Some(s), one, &xs, &ws, &mut out) }.is_ok(),
@@ -360,13 +384,14 @@ mod imp {
                     &|| format!("backward data {:?} {key:?}", T::DTYPE),
                     &dev,
                     &[
-                        A::CUDNN_CONVOLUTION_BWD_DATA_ALGO_0,
                         A::CUDNN_CONVOLUTION_BWD_DATA_ALGO_1,
                         A::CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT,
                         A::CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT_TILING,
                         A::CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD,
                         A::CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD_NONFUSED,
+                        A::CUDNN_CONVOLUTION_BWD_DATA_ALGO_0, // nondeterministic: last
                     ],
+                    5,
                     |a| bwd.get_workspace_size(a).ok(),
                     // SAFETY: descriptors match the buffers; the scratch has the size asked.
                     |a, s| unsafe { bwd.launch(a, Some(s), one, &mut dx, &ws, &dys) }.is_ok(),
@@ -411,13 +436,15 @@ mod imp {
                     &|| format!("backward filter {:?} {key:?}", T::DTYPE),
                     &dev,
                     &[
-                        A::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0,
                         A::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1,
-                        A::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_3,
                         A::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT,
                         A::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT_TILING,
                         A::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD_NONFUSED,
+                        // nondeterministic (atomic accumulation): last
+                        A::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0,
+                        A::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_3,
                     ],
+                    4,
                     |a| bwd.get_workspace_size(a).ok(),
                     // SAFETY: descriptors match the buffers; the scratch has the size asked.
                     |a, s| unsafe { bwd.launch(a, Some(s), one, &xs, &mut dw, &dys) }.is_ok(),
