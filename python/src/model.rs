@@ -134,7 +134,7 @@ impl Model {
         };
         let obs = PyObserver::new(progress);
         let run = &self.run;
-        let x = py
+        let (x, _) = py
             .detach(|| sample(run, &s, &req, &obs))
             .map_err(|e| obs.error(e))?;
         array(py, &x)

@@ -261,14 +261,15 @@ fn request_cond(run: &Run, req: &SampleRequest) -> Result<Cond> {
 }
 
 /// Draw a request from `run`: tabular models return rows in data units [n, D], image models
-/// images [n, C, H, W] in [-1, 1]. A diffusers scheduler class runs diffusers' own loop on
-/// image models. Sample i depends only on seed + i (whatever the batch size).
+/// images [n, C, H, W] in [-1, 1], with the network evaluations per sample (`None` for
+/// diffusers' loops). A diffusers scheduler class runs diffusers' own loop on image models.
+/// Sample i depends only on seed + i (whatever the batch size).
 pub fn sample(
     run: &Run,
     s: &SampleOptions,
     req: &SampleRequest,
     obs: &dyn Observer,
-) -> Result<Tensor> {
+) -> Result<(Tensor, Option<usize>)> {
     if req.n == 0 {
         return Err(Error::config("n", "must be at least 1"));
     }
@@ -278,24 +279,32 @@ pub fn sample(
     let cond = request_cond(run, req)?;
     let init = req.init_noise.as_ref();
     if run.config.data.standardizer.is_some() {
-        let (t, _) = draw_table(run, s, req.n, req.seed, init, obs)?;
+        let (t, nfe) = draw_table(run, s, req.n, req.seed, init, obs)?;
         let v: Vec<f32> = t.to_f32();
-        return Ok(Tensor::from_vec(v, (t.rows, t.cols), &Device::Cpu)?);
+        return Ok((
+            Tensor::from_vec(v, (t.rows, t.cols), &Device::Cpu)?,
+            Some(nfe),
+        ));
     }
-    match s.sampler {
-        SamplerChoice::Diffusers(class) => diffusers_draw(run, class, s, req, init, &cond, obs),
+    let (x, nfe) = match s.sampler {
+        SamplerChoice::Diffusers(class) => {
+            (diffusers_draw(run, class, s, req, init, &cond, obs)?, None)
+        }
         SamplerChoice::Ours(_) if req.guidance != 1.0 => {
             let g = Guided {
                 inner: &run.denoiser,
                 null_label: null_label(run)?,
                 scale: req.guidance,
             };
-            Ok(draw_with(run, &g, s, req.n, req.seed, init, &cond, obs)?.0)
+            let (x, nfe) = draw_with(run, &g, s, req.n, req.seed, init, &cond, obs)?;
+            (x, Some(nfe))
         }
         SamplerChoice::Ours(_) => {
-            Ok(draw_with(run, &run.denoiser, s, req.n, req.seed, init, &cond, obs)?.0)
+            let (x, nfe) = draw_with(run, &run.denoiser, s, req.n, req.seed, init, &cond, obs)?;
+            (x, Some(nfe))
         }
-    }
+    };
+    Ok((x, nfe))
 }
 
 /// diffusers' own loop with scheduler `class` on a model folder, in batches.
