@@ -139,3 +139,21 @@ def test_errors_are_python_exceptions_with_the_librarys_message(table_model, tmp
     (broken / "diffusion_pytorch_model.safetensors").write_bytes(b"\x08" + b"\x00" * 7 + b"{}")
     with pytest.raises(langevin.LangevinError):
         langevin.Model.load(broken)
+
+
+def test_ctrl_c_stops_training_with_a_checkpoint_and_keyboard_interrupt(tmp_path):
+    import signal
+    import threading
+
+    out = tmp_path / "interrupted"
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            langevin.train(gaussian_table(500), out, steps=10**7, **SMALL)
+    finally:
+        timer.cancel()
+    # The stop wrote a checkpoint and the exported model, so the run loads and resumes.
+    assert (out / "train_state.safetensors").is_file()
+    m = langevin.Model.load(out)
+    assert np.isfinite(m.sample(4, steps=4, progress=False)).all()

@@ -19,3 +19,6 @@ pub use options::{SamplerChoice, ScheduleName, ScheduleOptions, SpacingChoice};
 pub use sample::{sample, SampleOptions, SampleRequest};
 pub use source::DataInput;
 pub use train::{train, ImageOptions, MlpOptions, TrainOptions, TrainSummary};
+
+#[cfg(test)]
+mod tests;
