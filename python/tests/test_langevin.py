@@ -127,6 +127,8 @@ def test_errors_are_python_exceptions_with_the_librarys_message(table_model, tmp
         table_model.sample(2, sampler="no-such-sampler", progress=False)
     with pytest.raises(ValueError, match="already holds a run"):
         langevin.train(gaussian_table(50), table_model.path, steps=1, progress=False)
+    with pytest.raises(ValueError, match="in-memory array; pass the same data"):
+        langevin.resume(table_model.path, steps=10**6, progress=False)
     with pytest.raises(ValueError, match="init_noise"):
         table_model.sample(3, init_noise=np.zeros((3, 5), np.float32), progress=False)
     # A damaged weights file is the library's own error.

@@ -87,7 +87,10 @@ fn choices_parse_once_into_typed_values() {
     let c: SamplerChoice = "unipc".parse().unwrap();
     assert_eq!(c, SamplerChoice::Ours(SamplerKind::UnipcBh2));
     assert!("nope".parse::<SamplerChoice>().is_err());
-    assert_eq!(SpacingChoice::Auto.resolve(SamplerKind::Ddim), Spacing::Model);
+    assert_eq!(
+        SpacingChoice::Auto.resolve(SamplerKind::Ddim),
+        Spacing::Model
+    );
     assert_eq!(
         SpacingChoice::Auto.resolve(SamplerKind::Heun),
         Spacing::Exponential

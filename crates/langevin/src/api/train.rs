@@ -181,7 +181,19 @@ pub fn train(
     let stored = data.is_none();
     let data = match data {
         Some(d) => d,
-        None if opts.resume => DataInput::Spec(RunConfig::load(&opts.out)?.data.source),
+        None if opts.resume => {
+            let source = RunConfig::load(&opts.out)?.data.source;
+            if source == IN_MEMORY {
+                return Err(Error::config(
+                    "data",
+                    format!(
+                        "the run in {} was trained from an in-memory array; pass the same data to resume it",
+                        opts.out.display()
+                    ),
+                ));
+            }
+            DataInput::Spec(source)
+        }
         None => {
             return Err(Error::config(
                 "data",
@@ -204,6 +216,9 @@ pub fn train(
     }
 }
 
+/// The source a run trained from an in-memory array records.
+pub const IN_MEMORY: &str = "array";
+
 pub(super) enum ImageData {
     Spec(String),
     Set(crate::data::images::ImageSet),
@@ -219,7 +234,7 @@ impl TableData {
     fn load(self, n_toy: usize, seed: u64) -> Result<(Table, String)> {
         match self {
             TableData::Spec(s) => load_tabular(&s, n_toy, seed),
-            TableData::Table(t) => Ok((t, "array".into())),
+            TableData::Table(t) => Ok((t, IN_MEMORY.into())),
         }
     }
 }
@@ -429,6 +444,6 @@ fn checkpoint(trainer: &Trainer, out: &Path) -> Result<()> {
         .iter()
         .map(|(s, l)| (*s as usize, *l))
         .collect();
-    crate::plot::loss_png(&out.join("loss.png"), &losses)?;
+    crate::plot::loss_png(out.join("loss.png"), &losses)?;
     Ok(())
 }

@@ -44,7 +44,7 @@ pub(super) fn train_images(
     } else {
         let (set, source) = match data {
             ImageData::Spec(s) => (load_images(&s, &a.load, opts.seed)?, absolute_source(&s)),
-            ImageData::Set(set) => (set, "array".to_string()),
+            ImageData::Set(set) => (set, super::train::IN_MEMORY.to_string()),
         };
         set.validate()?;
         if let Some(f) = a.superres {
@@ -137,7 +137,7 @@ pub fn unet_config(set: &ImageSet, opts: &TrainOptions) -> Result<UNet2DConfig> 
         return Err(Error::config("channels", "give at least one UNet width"));
     }
     let div = 1usize << (levels - 1);
-    if set.height % div != 0 || set.width % div != 0 {
+    if !set.height.is_multiple_of(div) || !set.width.is_multiple_of(div) {
         return Err(Error::config(
             "channels",
             format!(
