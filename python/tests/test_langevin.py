@@ -73,6 +73,13 @@ def test_train_images_from_numpy(tmp_path):
     mask[:, :, 4:] = 1
     filled = m.inpaint(x[0], mask, steps=4, label=0, progress=False)
     assert np.allclose(filled[0, :, :, :4], x[0, :, :, :4], atol=1e-5)
+    # Zero-shot ×2 upscaling (ILVR): the output box-downsamples back to the input.
+    low = x[:1].reshape(1, 1, 4, 2, 4, 2).mean(axis=(3, 5))
+    up = m.upscale(low, zero_shot=True, steps=4, progress=False)
+    assert up.shape == (1, 1, 8, 8)
+    assert np.allclose(up.reshape(1, 1, 4, 2, 4, 2).mean(axis=(3, 5)), low, atol=1e-4)
+    with pytest.raises(ValueError, match="not a super-resolution model"):
+        m.upscale(low, progress=False)
 
 
 def run_cli(cli, *args):
