@@ -1,18 +1,17 @@
-//! `langevin inpaint` and `langevin img2img` on image models.
+//! `langevin inpaint`, `img2img` and `upscale`: read the images, call the library
+//! (`langevin::api::apps`), write the result.
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use clap::Args as ClapArgs;
-use langevin::apps::img2img::img2img;
-use langevin::apps::inpaint::{inpaint, Resample};
-use langevin::apps::superres::ilvr_upscale;
+use langevin::api::apps::{image_shape, img2img_image, inpaint_image, upscale_image};
+use langevin::apps::inpaint::Resample;
 use langevin::data::images::pixels::{composite_on_white, push_planar};
 use langevin::data::images::Channels;
-use langevin::denoiser::{Cond, Denoiser, Guided};
-use langevin::model::Run;
 
-use crate::sample::{draw_with, null_label, write_images, SamplerArgs};
+use crate::progress::Bar;
+use crate::sample::{write_images, SamplerArgs};
 
 #[derive(ClapArgs)]
 pub struct InpaintArgs {
@@ -146,162 +145,60 @@ fn write_single(x: &Tensor, out: &Path, npy: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn image_shape(run: &Run) -> Result<Vec<usize>> {
-    let shape = run.config.sample_shape()?;
-    if shape.len() != 3 {
-        bail!("{}: not an image model", run.dir.display());
-    }
-    Ok(shape)
-}
-
-/// The run's denoiser for `--class` / `--guidance`: the class label in `cond`, and the
-/// classifier-free guided wrapper (in `guided`) when the scale is not 1. Class-conditional
-/// models without `--class` sample with the null label.
-pub(crate) fn guided_denoiser<'a>(
-    run: &'a Run,
-    class: Option<u32>,
-    guidance: f64,
-    cond: &mut Cond,
-    guided: &'a mut Option<Guided<'a>>,
-) -> Result<&'a dyn Denoiser> {
-    *cond = match crate::sample::check_class(run, class)? {
-        Some(k) => Cond {
-            labels: Some(Tensor::new(&[k], &Device::Cpu)?),
-            image: None,
-        },
-        None if guidance != 1.0 => bail!("--guidance needs --class"),
-        None => match null_label(run) {
-            Ok(null) => Cond {
-                labels: Some(Tensor::new(&[null], &Device::Cpu)?),
-                image: None,
-            },
-            Err(_) => Cond::default(),
-        },
-    };
-    if guidance == 1.0 {
-        return Ok(&run.denoiser);
-    }
-    Ok(guided.insert(Guided {
-        inner: &run.denoiser,
-        null_label: null_label(run)?,
-        scale: guidance,
-    }))
-}
-
 pub fn run_inpaint(a: InpaintArgs) -> Result<()> {
     let run = a.compute.load_run(&a.model)?;
-    let dev = langevin::nn::Network::device(&run.denoiser.net);
     let shape = image_shape(&run)?;
-    let x = read_image(&a.image, &shape)?.to_device(&dev)?;
+    let x = read_image(&a.image, &shape)?;
     let m = read_image(&a.mask, &shape).with_context(|| "the mask must have the image's size")?;
     // White (> 0 in [-1, 1]) marks the region to fill: keep = 1 where the mask is dark.
-    let keep = m
-        .le(0.0)?
-        .to_dtype(candle_core::DType::F32)?
-        .to_device(&dev)?;
-    let (mut cond, mut guided) = (Cond::default(), None);
-    let den = guided_denoiser(&run, a.class, a.guidance, &mut cond, &mut guided)?;
+    let keep = m.le(0.0)?.to_dtype(candle_core::DType::F32)?;
     let resample = Resample {
         jump: a.jump,
         count: a.resample,
     };
-    let out = inpaint(
-        den,
-        &cond,
-        a.sampler.kind()?,
-        &a.sampler.options(),
-        &a.sampler.sigmas(&run)?,
+    let out = inpaint_image(
+        &run,
+        &a.sampler.sample_options(1),
         &x,
         &keep,
+        a.class,
+        a.guidance,
         a.seed,
         resample,
+        &Bar::new(),
     )?;
     write_single(&out, &a.out, None)
 }
 
 pub fn run_upscale(a: UpscaleArgs) -> Result<()> {
     let run = a.compute.load_run(&a.model)?;
-    let dev = langevin::nn::Network::device(&run.denoiser.net);
     let shape = image_shape(&run)?;
-    let low = read_any_image(&a.image, shape[0])?.to_device(&dev)?;
-    let (mut cond, mut guided) = (Cond::default(), None);
-    let den = guided_denoiser(&run, None, 1.0, &mut cond, &mut guided)?;
-    let out = upscale_with(&run, den, cond, &low, a.zero_shot, &a.sampler, a.seed)
-        .with_context(|| a.image.display().to_string())?;
+    let low = read_any_image(&a.image, shape[0])?;
+    let out = upscale_image(
+        &run,
+        &a.sampler.sample_options(1),
+        &low,
+        a.zero_shot,
+        a.seed,
+        &Bar::new(),
+    )
+    .with_context(|| a.image.display().to_string())?;
     write_single(&out, &a.out, a.npy.as_deref())
-}
-
-/// Upscale `low` [1, C, h, w] to the model's size with `den` (the run's denoiser, possibly
-/// wrapped): SR3 models condition on the upsampled input, `zero_shot` runs ILVR with an
-/// unconditional model. Shared by `langevin upscale` and `langevin serve`.
-pub(crate) fn upscale_with(
-    run: &Run,
-    den: &dyn Denoiser,
-    mut cond: Cond,
-    low: &Tensor,
-    zero_shot: bool,
-    sampler: &SamplerArgs,
-    seed: u64,
-) -> Result<Tensor> {
-    let shape = image_shape(run)?;
-    let (_, _, h, w) = low.dims4()?;
-    let (mh, mw) = (shape[1], shape[2]);
-    if h == 0 || w == 0 || mh % h != 0 || mw % w != 0 || mh / h != mw / w || mh / h < 2 {
-        bail!(
-            "a {h}×{w} image does not upscale to the model's {mh}×{mw} by one integer factor ≥ 2"
-        );
-    }
-    match (run.config.data.superres_scale, zero_shot) {
-        (Some(f), false) => {
-            if f != mh / h {
-                bail!(
-                    "the model upscales by {f} ({}×{} → {mh}×{mw}); the image is {h}×{w}",
-                    mh / f,
-                    mw / f
-                );
-            }
-            cond.image = Some(langevin::apps::superres::upsample(low, f)?);
-            let (out, _) = draw_with(run, den, sampler, 1, seed, 1, None, &cond)?;
-            return Ok(out);
-        }
-        (Some(_), true) => bail!(
-            "{}: --zero-shot needs an unconditional model; this one is an SR3 model (drop --zero-shot)",
-            run.dir.display()
-        ),
-        (None, false) => bail!(
-            "{}: not a super-resolution model (langevin train --superres F); pass --zero-shot to upscale with it unconditionally",
-            run.dir.display()
-        ),
-        (None, true) => {}
-    }
-    Ok(ilvr_upscale(
-        den,
-        &cond,
-        sampler.kind()?,
-        &sampler.options(),
-        &sampler.sigmas(run)?,
-        low,
-        mh / h,
-        seed,
-    )?)
 }
 
 pub fn run_img2img(a: Img2ImgArgs) -> Result<()> {
     let run = a.compute.load_run(&a.model)?;
-    let dev = langevin::nn::Network::device(&run.denoiser.net);
     let shape = image_shape(&run)?;
-    let x = read_image(&a.image, &shape)?.to_device(&dev)?;
-    let (mut cond, mut guided) = (Cond::default(), None);
-    let den = guided_denoiser(&run, a.class, a.guidance, &mut cond, &mut guided)?;
-    let out = img2img(
-        den,
-        &cond,
-        a.sampler.kind()?,
-        &a.sampler.options(),
-        &a.sampler.sigmas(&run)?,
+    let x = read_image(&a.image, &shape)?;
+    let out = img2img_image(
+        &run,
+        &a.sampler.sample_options(1),
         &x,
         a.strength,
+        a.class,
+        a.guidance,
         a.seed,
+        &Bar::new(),
     )?;
     write_single(&out, &a.out, None)
 }

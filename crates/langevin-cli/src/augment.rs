@@ -18,7 +18,8 @@ use langevin::model::Run;
 use serde_json::json;
 
 use crate::progress::bar;
-use crate::sample::{draw, draw_with, null_label, SamplerArgs};
+use crate::sample::{draw, draw_with, SamplerArgs};
+use langevin::api::null_label;
 
 #[derive(ClapArgs)]
 pub struct Args {
@@ -54,7 +55,7 @@ fn manifest(a: &Args) -> serde_json::Value {
     json!({
         "model": a.model.canonicalize().unwrap_or(a.model.clone()).display().to_string(),
         "n": a.n, "per_class": a.per_class, "guidance": a.guidance, "seed": a.seed,
-        "sampler": a.sampler.sampler, "steps": a.sampler.steps,
+        "sampler": a.sampler.sampler.name(), "steps": a.sampler.steps,
     })
 }
 

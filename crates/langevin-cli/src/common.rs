@@ -2,32 +2,12 @@
 use std::path::Path;
 
 use anyhow::{bail, Result};
-use clap::{Args as ClapArgs, ValueEnum};
-use langevin::data::{load_table, toy::Toy2d, Table};
-use langevin::model::NoiseDist;
-use langevin::schedule::sigmas::{VeSde, VpSde};
+use clap::Args as ClapArgs;
+use langevin::api::ScheduleOptions;
+use langevin::data::Table;
 use langevin::schedule::BetaSchedule;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum ScheduleName {
-    Linear,
-    ScaledLinear,
-    Cosine,
-    Sigmoid,
-    Geometric,
-    /// EDM's log-normal noise levels (continuous; pair with --prediction edm).
-    Edm,
-    /// Variance-exploding SDE σ(t) = σ_min(σ_max/σ_min)^t (continuous).
-    VeSde,
-    /// Variance-preserving SDE with linear β(t) (continuous).
-    VpSde,
-}
-
-impl std::fmt::Display for ScheduleName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.to_possible_value().unwrap().get_name())
-    }
-}
+pub use langevin::api::ScheduleName;
 
 /// The noise schedule a model is trained with.
 #[derive(ClapArgs, Clone, Debug)]
@@ -49,65 +29,20 @@ pub struct BetaArgs {
     pub beta_end: f64,
 }
 
-pub fn beta_schedule(a: &BetaArgs) -> Result<BetaSchedule> {
-    let (beta_start, beta_end) = (a.beta_start, a.beta_end);
-    Ok(match a.schedule {
-        ScheduleName::Linear => BetaSchedule::Linear { beta_start, beta_end },
-        ScheduleName::ScaledLinear => BetaSchedule::ScaledLinear { beta_start, beta_end },
-        ScheduleName::Cosine => BetaSchedule::Cosine,
-        ScheduleName::Sigmoid => BetaSchedule::Sigmoid { beta_start, beta_end },
-        ScheduleName::Geometric => BetaSchedule::Geometric { geometric_beta: a.beta },
-        other => bail!("--schedule {other} is continuous; it has no β_t table (use linear, scaled-linear, cosine, sigmoid or geometric)"),
-    })
-}
-
-pub fn noise_dist(a: &BetaArgs) -> Result<NoiseDist> {
-    Ok(match a.schedule {
-        ScheduleName::Edm => NoiseDist::EdmLogNormal {
-            p_mean: -1.2,
-            p_std: 1.2,
-            sigma_min: 0.002,
-            sigma_max: 80.0,
-        },
-        ScheduleName::VeSde => NoiseDist::VeSde(VeSde::default()),
-        ScheduleName::VpSde => NoiseDist::VpSde {
-            sde: VpSde::default(),
-            eps: 1e-3,
-        },
-        _ => {
-            let beta = beta_schedule(a)?;
-            // Validate now so a bad β fails before training starts.
-            beta.betas(a.timesteps)?;
-            NoiseDist::Discrete {
-                beta,
-                num_train_timesteps: a.timesteps,
-            }
+impl BetaArgs {
+    pub fn options(&self) -> ScheduleOptions {
+        ScheduleOptions {
+            kind: self.schedule,
+            timesteps: self.timesteps,
+            beta: self.beta,
+            beta_start: self.beta_start,
+            beta_end: self.beta_end,
         }
-    })
+    }
 }
 
-/// `toy:NAME` (or a bare toy name) draws `n_toy` points; anything else is a .csv/.npy path.
-pub fn load_data(spec: &str, n_toy: usize, seed: u64) -> Result<(Table, String)> {
-    // `toy:NAME` must name a toy set (the parse error lists them); a bare name may be one.
-    let toy = match spec.strip_prefix("toy:") {
-        Some(name) => Some(name.parse::<Toy2d>()?),
-        None => spec.parse::<Toy2d>().ok(),
-    };
-    if let Some(toy) = toy {
-        // The table (f64), its standardised copy and the f32 tensor: about 40 bytes a point.
-        langevin::memory::check(
-            &format!("--n-toy {n_toy}"),
-            (n_toy as u64).saturating_mul(40),
-            None,
-            || "lower --n-toy".into(),
-        )?;
-        let mut rng = langevin::rng::seeded(seed);
-        return Ok((toy.sample(n_toy, &mut rng), format!("toy:{toy}")));
-    }
-    let t = load_table(Path::new(spec))?;
-    // Stored absolute, so `--resume` and `eval` find the file from any directory.
-    let source = std::fs::canonicalize(spec).map_or(spec.to_string(), |p| p.display().to_string());
-    Ok((t, source))
+pub fn beta_schedule(a: &BetaArgs) -> Result<BetaSchedule> {
+    Ok(a.options().beta_schedule()?)
 }
 
 /// Write a table by extension: .csv, .npy, or .png (scatter plot of the first two columns).

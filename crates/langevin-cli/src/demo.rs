@@ -5,15 +5,16 @@ use std::time::Instant;
 use anyhow::Result;
 use candle_core::Device;
 use clap::Args as ClapArgs;
+use langevin::api::{DataInput, TrainOptions};
 use langevin::data::{toy::Toy2d, Standardizer};
 use langevin::metrics::{mmd_rbf, sliced_wasserstein};
 use langevin::model::Run;
 use langevin::plot::{scatter_png, ScatterSeries};
-use langevin::train::TrainData;
 
-use crate::common::{BetaArgs, ScheduleName};
-use crate::sample::{draw, SamplerArgs};
-use crate::train::{new_trainer, to_tensor, train_loop, NetArgs, OptArgs};
+use langevin::api::sample::draw_table;
+use langevin::api::SampleOptions;
+
+use crate::progress::Bar;
 
 #[derive(ClapArgs)]
 pub struct Args {
@@ -38,45 +39,25 @@ pub fn run(a: Args) -> Result<()> {
     let mut rng = langevin::rng::seeded(a.seed);
     let train = toy.sample(20_000, &mut rng);
     let std = Standardizer::fit(&train);
-    let sched = BetaArgs {
-        schedule: ScheduleName::Linear,
-        timesteps: 1000,
-        beta: 0.5,
-        beta_start: 1e-4,
-        beta_end: 0.02,
-    };
-    let opt = OptArgs {
-        prediction: "eps".into(),
+    let run_dir = a.out.join("model");
+    let opts = TrainOptions {
+        out: run_dir.clone(),
+        // The demo's own folder: a rerun replaces it.
+        overwrite: true,
+        n_toy: 20_000,
         steps: a.steps,
-        batch_size: 512,
-        lr: 2e-3,
-        warmup: 100,
-        weight_decay: 0.0,
-        grad_clip: 1.0,
-        ema_decay: 0.995,
         seed: a.seed,
         checkpoint_every: 0,
-        time_limit: None,
+        ..Default::default()
     };
-    let net = NetArgs {
-        hidden: 128,
-        blocks: 3,
-        temb_dim: 64,
-    };
-    let mut trainer = new_trainer(
-        format!("toy:{toy}"),
-        &train,
-        &std,
-        &sched,
-        &opt,
-        &net,
-        &Device::Cpu,
-    )?;
-    let run_dir = a.out.join("model");
     eprintln!("training an MLP on {toy} ({} steps)…", a.steps);
-    let data = TrainData::unlabelled(to_tensor(&std.transform(&train)?)?);
-    let secs = train_loop(&mut trainer, &data, &run_dir, None)?;
-    eprintln!("trained in {secs:.1} s");
+    // The same 20,000 points as `train` above (drawn from the same seed).
+    let summary = langevin::api::train(
+        &opts,
+        Some(DataInput::Spec(format!("toy:{toy}"))),
+        &Bar::new(),
+    )?;
+    eprintln!("trained in {:.1} s", summary.secs);
 
     let run = Run::load(&run_dir, &Device::Cpu)?;
     // Two independent draws of the true distribution: the reference and the noise floor.
@@ -101,23 +82,16 @@ pub fn run(a: Args) -> Result<()> {
         "noise floor (data vs data)", floor_swd, "1.00", floor_mmd, "-"
     );
     for (name, steps, label) in samplers {
-        let s = SamplerArgs {
-            sampler: name.into(),
+        let s = SampleOptions {
+            sampler: name.parse()?,
             steps,
-            schedule: "auto".into(),
-            eta: None,
-            churn: 0.0,
-            langevin_steps: 10,
-            langevin_eps: None,
-            snr: 0.16,
-            corrector_steps: 1,
-            ve_prior: false,
             // Annealed Langevin's last levels barely move at α = σ²; stop at 0.02.
             sigma_min: (name == "langevin").then_some(0.02),
-            sigma_max: None,
+            batch_size: a.n,
+            ..Default::default()
         };
         let t0 = Instant::now();
-        let (samples, _) = draw(&run, &s, a.n, a.seed, a.n, None)?;
+        let (samples, _) = draw_table(&run, &s, a.n, a.seed, None, &Bar::new())?;
         let dt = t0.elapsed().as_secs_f64();
         let swd = sliced_wasserstein(&z(&reference), &z(&samples), 256, 1);
         let mmd = mmd_rbf(&z(&reference), &z(&samples), None);

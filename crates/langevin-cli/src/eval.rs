@@ -25,7 +25,7 @@ pub struct Args {
     pub data: Option<String>,
     /// Samplers to compare (comma-separated; default: the one given by --sampler).
     #[arg(long, value_delimiter = ',')]
-    pub samplers: Vec<String>,
+    pub samplers: Vec<SamplerKind>,
     /// Network-evaluation budgets (comma-separated; default: --steps of --sampler).
     #[arg(long, value_delimiter = ',', value_parser = crate::ranges::count, allow_negative_numbers = true)]
     pub nfe: Vec<usize>,
@@ -50,8 +50,17 @@ pub struct Args {
     /// What to measure: swd (sample quality, with MMD²) or nll (negative log-likelihood of the
     /// reference data in bits/dim, data units, through the probability-flow ODE), or for image
     /// models fid / kid (Inception-v3 features of --n samples vs --n images of --data).
-    #[arg(long, default_value = "swd")]
-    pub metric: String,
+    #[arg(long, value_enum, default_value_t = Metric::Swd)]
+    pub metric: Metric,
+}
+
+/// What `langevin eval` measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Metric {
+    Swd,
+    Nll,
+    Fid,
+    Kid,
 }
 
 /// Reference and floor draws of the true distribution, in data units.
@@ -79,9 +88,9 @@ pub fn run(a: Args) -> Result<()> {
     let run = a.compute.load_run(&a.model)?;
     let info = run.config.data.clone();
     let spec = a.data.clone().unwrap_or(info.source.clone());
-    if let "fid" | "kid" = a.metric.as_str() {
+    if let Metric::Fid | Metric::Kid = a.metric {
         let dev = a.compute.device()?;
-        let kid = a.metric == "kid";
+        let kid = a.metric == Metric::Kid;
         return crate::fid::eval_model(
             &run,
             &spec,
@@ -117,16 +126,14 @@ pub fn run(a: Args) -> Result<()> {
     })?;
     let z = |t: &Table| std.transform(t);
     let (r, f) = (z(&reference)?, z(&floor_draw)?);
-    match a.metric.as_str() {
-        "swd" => {}
-        "nll" => return nll(&run, &r, &std, &spec, a.seed),
-        other => bail!("--metric {other}: expected swd, nll, fid or kid"),
+    if a.metric == Metric::Nll {
+        return nll(&run, &r, &std, &spec, a.seed);
     }
     let h = median_bandwidth(&r, &f);
     let floor_swd = sliced_wasserstein(&r, &f, 256, 1);
     let floor_mmd = mmd_rbf(&r, &f, Some(h));
     let samplers = if a.samplers.is_empty() {
-        vec![a.sampler.sampler.clone()]
+        vec![a.sampler.kind()?]
     } else {
         a.samplers.clone()
     };
@@ -152,10 +159,9 @@ pub fn run(a: Args) -> Result<()> {
         "noise floor", "", "", "1.00"
     );
     let mut series = vec![];
-    for name in &samplers {
-        let kind: SamplerKind = name.parse()?;
+    for &kind in &samplers {
         let mut s = a.sampler.clone();
-        s.sampler = name.clone();
+        s.sampler = langevin::api::SamplerChoice::Ours(kind);
         let mut pts = vec![];
         for &nfe in &budgets {
             s.steps = kind.levels_for_nfe(nfe, &s.options());

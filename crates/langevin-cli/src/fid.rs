@@ -10,7 +10,9 @@ use langevin::metrics::fid::{fid, kid, FeatureStats};
 use langevin::metrics::fid_setup::{convert, require_weights, weights_path};
 use langevin::metrics::inception::{stream_features, InceptionV3, FEATURE_DIM};
 
-use crate::images::{load_images, ImageArgs};
+use langevin::api::source::{load_images, ImageLoad};
+
+use crate::images::ImageLoadArgs;
 
 #[derive(ClapArgs)]
 pub struct SetupArgs {
@@ -82,10 +84,10 @@ pub struct Args {
     #[arg(long, default_value_t = 0, value_parser = crate::ranges::whole, allow_negative_numbers = true)]
     pub seed: u64,
     #[command(flatten)]
-    pub images: ImageArgs,
+    pub images: ImageLoadArgs,
 }
 
-fn image_set(spec: &str, a: &ImageArgs, seed: u64) -> Result<ImageSet> {
+fn image_set(spec: &str, a: &ImageLoad, seed: u64) -> Result<ImageSet> {
     match spec {
         "fashion-mnist:train" => Ok(load_fashion_mnist(
             FASHION_MNIST_DIR,
@@ -97,7 +99,7 @@ fn image_set(spec: &str, a: &ImageArgs, seed: u64) -> Result<ImageSet> {
             Split::Test,
             Some(32),
         )?),
-        _ => load_images(spec, a, seed),
+        _ => Ok(load_images(spec, a, seed)?),
     }
 }
 
@@ -149,7 +151,7 @@ pub fn run(a: Args) -> Result<()> {
     let net = InceptionV3::load_on(&w, &langevin::compute::device(&a.device)?)?;
     let mut sets = vec![];
     for spec in [&a.a, &a.b] {
-        let set = image_set(spec, &a.images, a.seed)?;
+        let set = image_set(spec, &a.images.options(), a.seed)?;
         let n = a.n.min(set.n);
         let per = set.channels * set.height * set.width;
         eprintln!(
@@ -185,15 +187,8 @@ pub fn eval_model(
     batch_size: usize,
     dev: &candle_core::Device,
 ) -> Result<()> {
-    use clap::Parser;
-    #[derive(Parser)]
-    struct Defaults {
-        #[command(flatten)]
-        images: ImageArgs,
-    }
     let net = InceptionV3::load_on(&require_weights()?, dev)?;
-    let d = Defaults::parse_from(["langevin"]);
-    let set = image_set(spec, &d.images, seed)?;
+    let set = image_set(spec, &ImageLoad::default(), seed)?;
     let m = n.min(set.n);
     let per = set.channels * set.height * set.width;
     eprintln!("{spec}: {m} reference images");

@@ -15,7 +15,6 @@ mod sample;
 mod schedule;
 mod serve;
 mod train;
-mod train_images;
 
 use std::process::ExitCode;
 

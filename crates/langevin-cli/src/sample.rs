@@ -4,17 +4,14 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
 use clap::Args as ClapArgs;
+use langevin::api::{self, SampleOptions, SampleRequest, SamplerChoice, SpacingChoice};
 use langevin::data::Table;
-use langevin::denoiser::{Cond, Denoiser, Guided};
-use langevin::model::pipeline::{diffusers_loop, folder_scheduler};
-use langevin::model::NetworkConfig;
-use langevin::model::{Run, Spacing};
-use langevin::rng::NoiseSource;
-use langevin::sampler::{generate, Job, SamplerKind, SamplerOptions};
-use langevin::scheduler::SchedulerClass;
+use langevin::denoiser::{Cond, Denoiser};
+use langevin::model::Run;
+use langevin::sampler::{SamplerKind, SamplerOptions};
 
 use crate::common::write_table;
-use crate::progress::bar;
+use crate::progress::Bar;
 
 /// Sampler choice and knobs, shared by `sample` and `demo`.
 #[derive(ClapArgs, Clone)]
@@ -29,15 +26,15 @@ pub struct SamplerArgs {
     /// sampler above on tabular models.
 
     #[arg(long, default_value = "heun")]
-    pub sampler: String,
+    pub sampler: SamplerChoice,
     /// Number of noise levels (Heun uses 2 network evaluations per level but the last;
     /// annealed Langevin --langevin-steps per level).
     #[arg(long, default_value_t = 25, value_parser = crate::ranges::levels, allow_negative_numbers = true)]
     pub steps: usize,
     /// Spacing of the noise levels: model (the training schedule's timesteps), karras,
     /// exponential, or auto (model for ddpm/ddim, exponential otherwise).
-    #[arg(long, default_value = "auto")]
-    pub schedule: String,
+    #[arg(long, value_enum, default_value_t = SpacingChoice::Auto)]
+    pub schedule: SpacingChoice,
     /// η of DDIM (default 0, deterministic) and of the ancestral / SDE samplers (default 1;
     /// 0 makes them deterministic).
     #[arg(long, value_parser = crate::ranges::non_negative, allow_negative_numbers = true)]
@@ -69,35 +66,31 @@ pub struct SamplerArgs {
 }
 
 impl SamplerArgs {
-    /// The noise levels for `run`: `auto` spacing is the training timesteps for DDPM/DDIM and
-    /// exponential for every other sampler.
-    pub fn sigmas(&self, run: &Run) -> Result<Vec<f64>> {
-        let spacing: Spacing = match self.schedule.as_str() {
-            "auto" if matches!(self.kind()?, SamplerKind::Ddpm | SamplerKind::Ddim) => {
-                Spacing::Model
-            }
-            "auto" => Spacing::Exponential,
-            other => other.parse()?,
-        };
-        Ok(run
-            .config
-            .diffusion
-            .sigmas(self.steps, spacing, (self.sigma_min, self.sigma_max))?)
-    }
-
-    pub fn kind(&self) -> Result<SamplerKind> {
-        Ok(self.sampler.parse()?)
-    }
-    pub fn options(&self) -> SamplerOptions {
-        SamplerOptions {
+    /// The library's sampling options, drawing `batch_size` samples per network batch.
+    pub fn sample_options(&self, batch_size: usize) -> SampleOptions {
+        SampleOptions {
+            sampler: self.sampler,
+            steps: self.steps,
+            spacing: self.schedule,
             eta: self.eta,
-            s_churn: self.churn,
+            churn: self.churn,
             langevin_steps: self.langevin_steps,
             langevin_eps: self.langevin_eps,
             snr: self.snr,
             corrector_steps: self.corrector_steps,
-            ..Default::default()
+            sigma_min: self.sigma_min,
+            sigma_max: self.sigma_max,
+            ve_prior: self.ve_prior,
+            batch_size,
         }
+    }
+
+    pub fn kind(&self) -> Result<SamplerKind> {
+        Ok(self.sampler.kind()?)
+    }
+
+    pub fn options(&self) -> SamplerOptions {
+        self.sample_options(1).options()
     }
 }
 
@@ -139,9 +132,7 @@ pub struct Args {
     pub npy: Option<PathBuf>,
 }
 
-/// Draw `n` samples [n, ...] in the model's own units (standardised columns, or images in
-/// [-1, 1]) with `den` (the run's own denoiser, or e.g. a guided one); also returns the network
-/// evaluations per sample.
+/// `langevin::api::sample::draw_with` with a progress bar.
 #[allow(clippy::too_many_arguments)]
 pub fn draw_with(
     run: &Run,
@@ -153,47 +144,20 @@ pub fn draw_with(
     init: Option<&Tensor>,
     cond: &Cond,
 ) -> Result<(Tensor, usize)> {
-    let kind = s.kind()?;
-    let opts = s.options();
-    let sigmas = s.sigmas(run)?;
-    let job = Job {
-        kind,
-        opts: &opts,
-        sigmas: &sigmas,
+    let opts = s.sample_options(batch_size);
+    Ok(api::sample::draw_with(
+        run,
+        den,
+        &opts,
         n,
         seed,
-        batch_size,
-        sample_shape: match init {
-            Some(z) => z.dims()[1..].to_vec(),
-            None => run.config.sample_shape()?,
-        },
-
-        sigma_data: if s.ve_prior { 0.0 } else { 1.0 },
-        init_noise: init,
-    };
-    let need =
-        langevin::memory::sampling_bytes(&run.config.network, &job.sample_shape, n, batch_size);
-    langevin::memory::check(
-        &format!("drawing {n} samples in batches of {batch_size}"),
-        need,
-        None,
-        || {
-            "lower --n (write in parts with --seed offsets, or use `langevin augment`, which streams) or --batch-size".into()
-        },
-    )?;
-    let pb = bar(n as u64, kind.name());
-    let (x, nfe) = generate(den, cond, &job, &mut |done| pb.set_position(done as u64))?;
-    pb.finish_and_clear();
-    let finite = x.abs()?.max_all()?.to_scalar::<f32>()?.is_finite();
-    if !finite {
-        bail!(
-            "sampling diverged (non-finite values); try more --steps or a smaller --langevin-eps"
-        );
-    }
-    Ok((x, nfe))
+        init,
+        cond,
+        &Bar::new(),
+    )?)
 }
 
-/// Draw `n` rows of a tabular model, mapped back to data units.
+/// `langevin::api::sample::draw_table` (rows in data units) with a progress bar.
 pub fn draw(
     run: &Run,
     s: &SamplerArgs,
@@ -202,81 +166,15 @@ pub fn draw(
     batch_size: usize,
     init: Option<&Tensor>,
 ) -> Result<(Table, usize)> {
-    let info = &run.config.data;
-    let Some(std) = &info.standardizer else {
-        bail!(
-            "{}: not a tabular model (no column statistics)",
-            run.dir.display()
-        );
-    };
-    let (x, nfe) = draw_with(
+    let opts = s.sample_options(batch_size);
+    Ok(api::sample::draw_table(
         run,
-        &run.denoiser,
-        s,
+        &opts,
         n,
         seed,
-        batch_size,
         init,
-        &Cond::default(),
-    )?;
-    let data: Vec<f64> = x
-        .flatten_all()?
-        .to_vec1::<f32>()?
-        .into_iter()
-        .map(f64::from)
-        .collect();
-    let t = Table::new(info.columns.clone(), data)?;
-    Ok((std.inverse(&t)?, nfe))
-}
-
-/// diffusers' own loop with scheduler `class` on a model folder, in batches.
-fn diffusers_draw(
-    run: &Run,
-    class: SchedulerClass,
-    a: &Args,
-    init: Option<&Tensor>,
-    cond: &Cond,
-) -> Result<Tensor> {
-    if a.guidance != 1.0 {
-        bail!("--guidance works with langevin's samplers (e.g. --sampler dpmpp-2m), not with diffusers scheduler classes");
-    }
-    let mut shape = vec![a.n];
-    shape.extend(run.config.sample_shape()?);
-    let pb = bar(a.n as u64, class.name());
-    let mut outs = vec![];
-    let mut start = 0;
-    while start < a.n {
-        let b = a.batch_size.min(a.n - start);
-        let mut noise =
-            NoiseSource::from_seeds((start..start + b).map(|i| a.seed.wrapping_add(i as u64)));
-        let mut bshape = shape.clone();
-        bshape[0] = b;
-        let z = match init {
-            Some(z) => z.narrow(0, start, b)?,
-            None => noise.randn(&bshape, &langevin::nn::Network::device(&run.denoiser.net))?,
-        };
-        let mut sched = folder_scheduler(&run.dir, class, a.sampler.steps)?;
-        let c = Cond {
-            labels: cond
-                .labels
-                .as_ref()
-                .map(|l| l.narrow(0, start, b))
-                .transpose()?,
-            image: None,
-        };
-        outs.push(diffusers_loop(
-            &mut sched,
-            &run.denoiser.net,
-            &z,
-            &c,
-            &mut noise,
-            &mut |_, _| {},
-        )?);
-        start += b;
-        pb.set_position(start as u64);
-    }
-    pb.finish_and_clear();
-    Ok(Tensor::cat(&outs, 0)?)
+        &Bar::new(),
+    )?)
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -284,44 +182,40 @@ pub fn run(a: Args) -> Result<()> {
     let init = match &a.init_noise {
         Some(p) => {
             let (shape, v) = langevin::data::npy::load_npy_f32(p)?;
-            let mut want = vec![a.n];
-            want.extend(run.config.sample_shape()?);
-            // Image models take any spatial size their levels can halve, as diffusers does.
-            let fits = match &run.config.network {
-                NetworkConfig::Unet(_) => shape.len() == 4 && shape[..2] == want[..2],
-                NetworkConfig::Mlp(_) => shape == want,
-            };
-            if !fits {
-                bail!(
-                    "{}: has shape {shape:?}, expected {want:?} (--n samples of the model's shape)",
-                    p.display()
-                );
-            }
-            Some(Tensor::from_vec(v, shape.as_slice(), &Device::Cpu)?)
+            let z = Tensor::from_vec(v, shape.as_slice(), &Device::Cpu)?;
+            api::sample::check_init_noise(&run, a.n, &z, &p.display().to_string())?;
+            Some(z)
         }
         None => None,
     };
-    let cond = match check_class(&run, a.class)? {
-        Some(k) => Cond {
-            labels: Some(Tensor::full(k, a.n, &Device::Cpu)?),
-            image: None,
-        },
-        None if a.guidance != 1.0 => bail!("--guidance needs --class"),
-        None if run.config.network.is_class_conditional() => {
-            let (n, _) = class_range(&run);
-            bail!(
-                "--class: {} is class-conditional; pass --class K with K in 0..{n}",
-                run.dir.display()
-            )
-        }
-        None => Cond::default(),
+    let tabular = run.config.data.standardizer.is_some();
+    if tabular && a.out.is_none() {
+        bail!("--out FILE (.csv, .npy or .png) is required");
+    }
+    let req = SampleRequest {
+        n: a.n,
+        seed: a.seed,
+        class: a.class,
+        labels: None,
+        guidance: a.guidance,
+        init_noise: init,
     };
-    if run.config.data.standardizer.is_some() {
-        let out = a
-            .out
-            .as_ref()
-            .ok_or_else(|| anyhow::anyhow!("--out FILE (.csv, .npy or .png) is required"))?;
-        let (t, nfe) = draw(&run, &a.sampler, a.n, a.seed, a.batch_size, init.as_ref())?;
+    let (x, nfe) = api::sample(
+        &run,
+        &a.sampler.sample_options(a.batch_size),
+        &req,
+        &Bar::new(),
+    )?;
+    if tabular {
+        let out = a.out.as_ref().unwrap();
+        let data: Vec<f64> = x
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .into_iter()
+            .map(f64::from)
+            .collect();
+        let t = Table::new(run.config.data.columns.clone(), data)?;
+        let nfe = nfe.unwrap_or(0);
         write_table(
             out,
             &t,
@@ -335,95 +229,7 @@ pub fn run(a: Args) -> Result<()> {
         );
         return Ok(());
     }
-    let x = match SchedulerClass::parse(&a.sampler.sampler) {
-        Ok(class) => diffusers_draw(&run, class, &a, init.as_ref(), &cond)?,
-        Err(_) if a.guidance != 1.0 => {
-            let null = null_label(&run)?;
-            let g = Guided {
-                inner: &run.denoiser,
-                null_label: null,
-                scale: a.guidance,
-            };
-            draw_with(
-                &run,
-                &g,
-                &a.sampler,
-                a.n,
-                a.seed,
-                a.batch_size,
-                init.as_ref(),
-                &cond,
-            )?
-            .0
-        }
-        Err(_) => {
-            draw_with(
-                &run,
-                &run.denoiser,
-                &a.sampler,
-                a.n,
-                a.seed,
-                a.batch_size,
-                init.as_ref(),
-                &cond,
-            )?
-            .0
-        }
-    };
     write_images(&x, a.out.as_deref(), a.out_dir.as_deref(), a.npy.as_deref())
-}
-
-/// The null class of a class-conditional UNet (the last embedding row, trained by label dropout).
-/// (number of real classes, their names) of a class-conditional model.
-pub fn class_range(run: &Run) -> (usize, &[String]) {
-    let names = &run.config.data.class_names;
-    match &run.config.network {
-        NetworkConfig::Unet(c) => match c.num_class_embeds {
-            Some(_) if !names.is_empty() => (names.len(), names),
-            Some(n) => (n, names),
-            None => (0, names),
-        },
-        NetworkConfig::Mlp(_) => (0, names),
-    }
-}
-
-/// `--class K` must name one of the model's classes (the null class is not one).
-pub fn check_class(run: &Run, class: Option<u32>) -> Result<Option<u32>> {
-    let Some(k) = class else { return Ok(None) };
-    if !run.config.network.is_class_conditional() {
-        bail!(
-            "--class {k}: {} is not class-conditional (train with --class-cond)",
-            run.dir.display()
-        );
-    }
-    let (n, names) = class_range(run);
-    if k as usize >= n {
-        let list = if names.is_empty() {
-            String::new()
-        } else {
-            format!(
-                " ({})",
-                names
-                    .iter()
-                    .enumerate()
-                    .map(|(i, s)| format!("{i} {s}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        };
-        bail!("--class {k}: out of range; the model has {n} classes, 0..{n}{list}");
-    }
-    Ok(Some(k))
-}
-
-pub fn null_label(run: &Run) -> Result<u32> {
-    match &run.config.network {
-        NetworkConfig::Unet(c) => match c.num_class_embeds {
-            Some(n) if n > run.config.data.class_names.len() => Ok((n - 1) as u32),
-            _ => bail!("{}: guidance needs a class-conditional model trained with label dropout (langevin train --class-cond)", run.dir.display()),
-        },
-        NetworkConfig::Mlp(_) => bail!("guidance needs a class-conditional image model"),
-    }
 }
 
 /// Write image samples [n, C, H, W] in [-1, 1] as a grid PNG, per-sample PNGs and/or .npy.

@@ -50,6 +50,20 @@ pub enum Error {
     #[error("cancelled")]
     Cancelled,
 
+    /// Training stopped on request (Ctrl-C) after writing a checkpoint.
+    #[error(
+        "{dir}: stopped at step {step} of {total}; checkpoint written (continue with --resume)"
+    )]
+    Stopped { dir: PathBuf, step: u64, total: u64 },
+
+    /// An error with what was being done when it happened.
+    #[error("{context}: {source}")]
+    Context {
+        context: String,
+        #[source]
+        source: Box<Error>,
+    },
+
     /// Another live process holds the run folder's lock.
     #[error("{dir}: another langevin process (pid {pid}) is writing this run folder; wait for it to finish, or stop it first")]
     Locked { dir: PathBuf, pid: String },

@@ -1,6 +1,8 @@
 //! langevin: diffusion models in Rust.
+pub mod api;
 pub mod apps;
 pub mod compute;
+pub mod cond;
 pub mod data;
 pub mod denoiser;
 pub mod error;

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use candle_core::Tensor;
-use clap::Parser;
+use langevin::api::apps::{guided_denoiser, upscale_with};
+use langevin::api::sample::draw_with;
+use langevin::api::{SampleOptions, SamplerChoice, Silent};
 use langevin::apps::img2img::img2img;
 use langevin::apps::inpaint::{inpaint, Resample};
 use langevin::denoiser::{Cancellable, Cond, Denoiser};
@@ -14,9 +16,7 @@ use langevin::model::Run;
 use langevin::sampler::SamplerKind;
 
 use super::jobs::{Job, Queue, State};
-use crate::apps::{guided_denoiser, upscale_with};
 use crate::common::ComputeArgs;
-use crate::sample::{draw_with, SamplerArgs};
 
 /// A checked request, ready to run.
 pub struct Task {
@@ -65,15 +65,15 @@ impl Task {
     }
 }
 
-/// The CLI's sampler arguments with its own defaults, for `kind` at `steps` levels.
-pub fn sampler_args(kind: SamplerKind, steps: usize) -> Result<SamplerArgs> {
-    #[derive(Parser)]
-    struct Only {
-        #[command(flatten)]
-        s: SamplerArgs,
+/// The library's sampling options (the CLI's defaults) for `kind` at `steps` levels, one
+/// sample per batch.
+pub fn sample_options(kind: SamplerKind, steps: usize) -> SampleOptions {
+    SampleOptions {
+        sampler: SamplerChoice::Ours(kind),
+        steps,
+        batch_size: 1,
+        ..Default::default()
     }
-    let steps = steps.to_string();
-    Ok(Only::try_parse_from(["serve", "--sampler", kind.name(), "--steps", &steps])?.s)
 }
 
 /// Reports each network evaluation's σ (for the progress bar), then evaluates.
@@ -192,8 +192,8 @@ impl Worker {
         std::fs::create_dir_all(&folder).with_context(|| folder.display().to_string())?;
         let run = self.load(&t.dir)?;
         let dev = langevin::nn::Network::device(&run.denoiser.net);
-        let sargs = sampler_args(t.sampler, t.steps)?;
-        let sigmas = sargs.sigmas(run)?;
+        let sopts = sample_options(t.sampler, t.steps);
+        let sigmas = sopts.sigmas(run)?;
         let (class, guidance) = match &t.what {
             What::Sample {
                 class, guidance, ..
@@ -235,14 +235,14 @@ impl Worker {
             job.update(|s| s.images.push(url));
             Ok(())
         };
-        let opts = sargs.options();
+        let opts = sopts.options();
         match &t.what {
             What::Sample { count, .. } => {
                 for i in 0..*count {
                     done.set(i);
                     // Sample i depends only on seed + i, as in `langevin sample`.
                     let seed = t.seed.wrapping_add(i as u64);
-                    let (x, _) = draw_with(run, &den, &sargs, 1, seed, 1, None, &cond)?;
+                    let (x, _) = draw_with(run, &den, &sopts, 1, seed, None, &cond, &Silent)?;
                     save(i, &x)?;
                 }
             }
@@ -263,7 +263,16 @@ impl Worker {
                 let zero_shot = run.config.data.superres_scale.is_none();
                 save(
                     0,
-                    &upscale_with(run, &den, cond.clone(), &low, zero_shot, &sargs, t.seed)?,
+                    &upscale_with(
+                        run,
+                        &den,
+                        cond.clone(),
+                        &low,
+                        zero_shot,
+                        &sopts,
+                        t.seed,
+                        &Silent,
+                    )?,
                 )?;
             }
             What::Img2img {
@@ -294,8 +303,22 @@ mod tests {
     }
 
     #[test]
-    fn sampler_args_take_the_clis_defaults() {
-        let a = sampler_args(SamplerKind::Dpmpp2m, 7).unwrap();
-        assert_eq!((a.kind().unwrap(), a.steps), (SamplerKind::Dpmpp2m, 7));
+    fn sample_options_take_the_clis_defaults() {
+        #[derive(clap::Parser)]
+        struct Only {
+            #[command(flatten)]
+            s: crate::sample::SamplerArgs,
+        }
+        let cli = <Only as clap::Parser>::try_parse_from([
+            "serve",
+            "--sampler",
+            "dpmpp-2m",
+            "--steps",
+            "7",
+        ])
+        .unwrap()
+        .s
+        .sample_options(1);
+        assert_eq!(sample_options(SamplerKind::Dpmpp2m, 7), cli);
     }
 }

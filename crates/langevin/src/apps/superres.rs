@@ -11,30 +11,11 @@ use crate::rng::NoiseSource;
 use crate::sampler::{initial_noise, Ctx, SamplerKind, SamplerOptions, StepInfo};
 use crate::{Error, Result};
 
-/// Box-filter downsampling by `f` (the mean of each f×f block).
-///
-/// # Shapes
-/// [B, C, H, W] → [B, C, H/f, W/f].
-pub fn downsample(x: &Tensor, f: usize) -> Result<Tensor> {
-    Ok(x.avg_pool2d(f)?)
-}
-
-/// Nearest-neighbour upsampling by `f`.
-pub fn upsample(x: &Tensor, f: usize) -> Result<Tensor> {
-    let (_, _, h, w) = x.dims4()?;
-    Ok(x.upsample_nearest2d(h * f, w * f)?)
-}
+pub use crate::data::images::{downsample, low_resolution, upsample};
 
 /// Φ(x): the part of x that survives downsampling by `f`.
 fn low_pass(x: &Tensor, f: usize) -> Result<Tensor> {
-    upsample(&downsample(x, f)?, f)
-}
-
-/// The conditioning image of an SR3 model (Saharia et al. 2022, "Image Super-Resolution via
-/// Iterative Refinement"): `x` box-downsampled by `f` and upsampled back to its size. Training
-/// computes it from the clean batch; `langevin upscale` from the low-resolution input.
-pub fn low_resolution(x: &Tensor, f: usize) -> Result<Tensor> {
-    low_pass(x, f)
+    low_resolution(x, f)
 }
 
 /// Upscale `low` [B, C, h, w] by `factor` with an unconditional image model of size

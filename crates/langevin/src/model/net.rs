@@ -3,7 +3,7 @@ use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use serde_json::Value;
 
-use crate::denoiser::Cond;
+use crate::cond::Cond;
 use crate::nn::mlp::{Mlp, MlpConfig};
 use crate::nn::unet::{UNet2DConfig, UNet2DModel};
 use crate::nn::Network;

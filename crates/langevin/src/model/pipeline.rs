@@ -4,7 +4,7 @@ use std::path::Path;
 
 use candle_core::Tensor;
 
-use crate::denoiser::Cond;
+use crate::cond::Cond;
 use crate::nn::Network;
 use crate::rng::NoiseSource;
 use crate::scheduler::{Scheduler, SchedulerClass, SchedulerConfig};

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
@@ -19,10 +19,9 @@ use crate::nn::unet::folder::{read_unet_weights, unet_from_tensors_as};
 use crate::scheduler::SchedulerConfig;
 use crate::{Error, Result};
 
-pub const CONFIG: &str = "config.json";
-pub const WEIGHTS: &str = "diffusion_pytorch_model.safetensors";
-pub const SCHEDULER: &str = "scheduler_config.json";
-pub const TRAIN_STATE: &str = "train_state.safetensors";
+pub use crate::io::tensors::{
+    load_tensors, read_safetensors_header, save_tensors, CONFIG, SCHEDULER, TRAIN_STATE, WEIGHTS,
+};
 
 /// What the model was trained on: where the data came from and how to map samples back.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -182,68 +181,6 @@ fn check_data_info(d: &DataInfo, net: &NetworkConfig, path: &Path) -> Result<()>
         )));
     }
     Ok(())
-}
-
-/// Serialise named tensors (sorted by name) with optional metadata, atomically.
-pub fn save_tensors(
-    path: &Path,
-    tensors: &HashMap<String, Tensor>,
-    metadata: Option<HashMap<String, String>>,
-) -> Result<()> {
-    let mut v: Vec<(&String, &Tensor)> = tensors.iter().collect();
-    v.sort_by(|a, b| a.0.cmp(b.0));
-    let bytes = safetensors::serialize(v, metadata).map_err(|e| Error::Safetensors {
-        path: path.to_path_buf(),
-        msg: e.to_string(),
-    })?;
-    write_atomic_bytes(path, &bytes)
-}
-
-/// The JSON header of a safetensors file (8-byte little-endian length, then JSON), read without
-/// loading the tensors; a length past the file's end or over 100 MB is an error, not an
-/// allocation.
-pub fn read_safetensors_header(
-    f: &mut (impl std::io::Read + std::io::Seek),
-    path: &Path,
-) -> Result<serde_json::Value> {
-    let bad = |msg: String| Error::Safetensors {
-        path: path.to_path_buf(),
-        msg,
-    };
-    let file_len = f
-        .seek(std::io::SeekFrom::End(0))
-        .map_err(|e| Error::io(path, e))?;
-    f.seek(std::io::SeekFrom::Start(0))
-        .map_err(|e| Error::io(path, e))?;
-    let mut len = [0u8; 8];
-    f.read_exact(&mut len)
-        .map_err(|_| bad(format!("{file_len} bytes is too short for a header")))?;
-    let n = u64::from_le_bytes(len);
-    if n > 100_000_000 || n > file_len.saturating_sub(8) {
-        return Err(bad(format!(
-            "header length {n} does not fit the {file_len}-byte file"
-        )));
-    }
-    let mut text = vec![0u8; n as usize];
-    f.read_exact(&mut text).map_err(|e| Error::io(path, e))?;
-    serde_json::from_slice(&text).map_err(|e| bad(format!("header is not JSON: {e}")))
-}
-
-/// Read named tensors and the metadata map.
-pub fn load_tensors(
-    path: &Path,
-    dev: &Device,
-) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let bad = |msg: String| Error::Safetensors {
-        path: path.to_path_buf(),
-        msg,
-    };
-    let (_, meta) =
-        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
-    let tensors =
-        candle_core::safetensors::load_buffer(&bytes, dev).map_err(|e| bad(e.to_string()))?;
-    Ok((tensors, meta.metadata().clone().unwrap_or_default()))
 }
 
 /// A loaded model, ready to denoise.

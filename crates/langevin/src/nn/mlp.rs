@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::embedding::timestep_embedding;
 use super::Network;
-use crate::denoiser::Cond;
+use crate::cond::Cond;
 use crate::Result;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -6,7 +6,7 @@ pub mod unet;
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::denoiser::Cond;
+use crate::cond::Cond;
 use crate::Result;
 
 /// A noise-conditional network F(x, c_noise, cond).

@@ -337,7 +337,7 @@ impl Trainer {
             &Cond {
                 labels,
                 image: match self.run.data.superres_scale {
-                    Some(s) => Some(crate::apps::superres::low_resolution(x0, s)?),
+                    Some(s) => Some(crate::data::images::low_resolution(x0, s)?),
                     None => None,
                 },
             },

@@ -16,6 +16,7 @@ pub mod idx;
 pub mod loader;
 pub mod output;
 pub mod pixels;
+pub mod resample;
 pub mod set;
 
 pub use augment::{hflip, random_hflip};
@@ -28,4 +29,5 @@ pub use idx::{
 pub use loader::{batch_indices, BatchLoader};
 pub use output::{save_grid_png, save_png};
 pub use pixels::Channels;
+pub use resample::{downsample, low_resolution, upsample};
 pub use set::ImageSet;

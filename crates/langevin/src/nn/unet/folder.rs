@@ -12,8 +12,8 @@ use candle_nn::{Init, VarBuilder, VarMap};
 
 use super::config::UNet2DConfig;
 use super::model::UNet2DModel;
+use crate::io::tensors::{save_tensors, CONFIG, WEIGHTS};
 use crate::io::write_atomic_bytes;
-use crate::model::run::{save_tensors, CONFIG, WEIGHTS};
 use crate::{Error, Result};
 
 /// The weight file names diffusers looks for, in its order of preference.

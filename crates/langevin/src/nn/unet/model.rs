@@ -8,7 +8,7 @@ use super::config::{DownBlockType, TimeEmbeddingType, TimeScaleShift, UNet2DConf
 use super::ops::{activation, conv2d, fwd, group_norm, Conv2d, GroupNorm};
 use super::resnet::ResnetSettings;
 use super::time::{ClassEmbedding, TimeEmbedding, TimeProj};
-use crate::denoiser::Cond;
+use crate::cond::Cond;
 use crate::nn::Network;
 use crate::{Error, Result};
 

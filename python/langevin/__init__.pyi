@@ -1,0 +1,46 @@
+from os import PathLike
+from typing import Any, Dict, Optional, Sequence, Union
+
+import numpy as np
+
+class LangevinError(Exception): ...
+
+class Model:
+    @classmethod
+    def load(cls, path: Union[str, PathLike], device: str = "cpu",
+             dtype: Optional[str] = None) -> "Model": ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def sample_shape(self) -> list: ...
+    @property
+    def num_classes(self) -> int: ...
+    @property
+    def config(self) -> dict: ...
+    def sample(self, n: int, *, sampler: str = "dpmpp-2m", steps: int = 20, seed: int = 0,
+               labels: Union[None, int, Sequence[int], np.ndarray] = None,
+               guidance: float = 1.0, init_noise: Optional[np.ndarray] = None,
+               batch_size: int = 64, spacing: str = "auto", eta: Optional[float] = None,
+               churn: float = 0.0, langevin_steps: int = 10,
+               progress: bool = True) -> np.ndarray: ...
+    def inpaint(self, image: np.ndarray, mask: np.ndarray, *, sampler: str = "dpmpp-2m",
+                steps: int = 20, seed: int = 0, label: Optional[int] = None,
+                guidance: float = 1.0, resample: int = 1, jump: int = 1,
+                progress: bool = True) -> np.ndarray: ...
+    def img2img(self, image: np.ndarray, strength: float, *, sampler: str = "dpmpp-2m",
+                steps: int = 20, seed: int = 0, label: Optional[int] = None,
+                guidance: float = 1.0, progress: bool = True) -> np.ndarray: ...
+    def upscale(self, image: np.ndarray, *, zero_shot: bool = False,
+                sampler: str = "dpmpp-2m", steps: int = 20, seed: int = 0,
+                progress: bool = True) -> np.ndarray: ...
+
+def train(data: Union[str, np.ndarray, None], out: Union[str, PathLike], *, steps: int,
+          seed: int = 0, labels: Optional[Sequence[int]] = None,
+          class_names: Optional[Sequence[str]] = None, progress: bool = True,
+          **options: Any) -> Model: ...
+def resume(out: Union[str, PathLike], *, steps: int,
+           data: Union[str, np.ndarray, None] = None, **options: Any) -> Model: ...
+def schedule(kind: str = "linear", *, timesteps: int = 1000, beta: float = 0.5,
+             beta_start: float = 1e-4, beta_end: float = 0.02) -> Dict[str, Any]: ...
+def fid(a: np.ndarray, b: np.ndarray, *, device: str = "cpu",
+        batch_size: int = 100) -> float: ...
