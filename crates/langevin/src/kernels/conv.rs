@@ -256,11 +256,11 @@ fn col2im<T: Real>(col: &[T], g: &Geom, dx: &mut [T]) {
 }
 
 /// Row-major strides of a matrix operand: (row stride, column stride).
-type Strides = (usize, usize);
+pub(super) type Strides = (usize, usize);
 
 /// `dst[m×n] (+)= lhs[m×k] · rhs[k×n]` with `dst` row-major.
 #[allow(clippy::too_many_arguments)]
-fn mm<T: Real>(
+pub(super) fn mm<T: Real>(
     (m, n, k): (usize, usize, usize),
     dst: &mut [T],
     accumulate: bool,
