@@ -18,7 +18,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::conv::mm;
-use super::real::{data, threads, with_data, Real};
+use super::real::{data, min_len, threads, with_data, Real};
 
 /// The network's sizes (as [`crate::nn::mlp::MlpConfig`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,6 +164,7 @@ impl<T: Real> Site<T> {
         sig.par_chunks_mut(CHUNK)
             .zip(act.par_chunks_mut(CHUNK))
             .zip(z.par_chunks(CHUNK))
+            .with_min_len(min_len(threads()))
             .for_each(|((s, a), z)| {
                 for i in 0..z.len() {
                     s[i] = z[i].sigmoid();
@@ -178,6 +179,7 @@ impl<T: Real> Site<T> {
         g.par_chunks_mut(CHUNK)
             .zip(self.z.par_chunks(CHUNK))
             .zip(self.sig.par_chunks(CHUNK))
+            .with_min_len(min_len(threads()))
             .for_each(|((g, z), s)| {
                 for i in 0..g.len() {
                     g[i] = g[i] * (s[i] * (T::ONE + z[i] * (T::ONE - s[i])));
