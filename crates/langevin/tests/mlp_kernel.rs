@@ -243,3 +243,20 @@ fn mlp_network_uses_the_fused_kernel_with_the_same_result() {
             > 1e-3
     );
 }
+
+#[test]
+fn fast_exp_is_within_a_few_ulp_of_exp() {
+    use langevin::kernels::mlp::exp_f32;
+    let mut worst = 0f64;
+    for i in -86_999..88_000 {
+        let x = i as f32 * 1e-3 + 1.234e-4;
+        let want = (x as f64).exp();
+        worst = worst.max((exp_f32(x) as f64 - want).abs() / want);
+    }
+    assert!(
+        worst < 3.0 * f32::EPSILON as f64,
+        "relative error {worst:e}"
+    );
+    assert_eq!(exp_f32(0.0), 1.0);
+    assert!(exp_f32(-200.0) < 1e-37 && exp_f32(200.0) > 1e38 && exp_f32(200.0).is_finite());
+}
