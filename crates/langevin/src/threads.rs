@@ -84,6 +84,11 @@ pub fn setup(requested: Option<usize>) -> usize {
     rayon::current_num_threads()
 }
 
+/// The thread pool's size (what [`setup`] chose).
+pub fn pool() -> usize {
+    rayon::current_num_threads()
+}
+
 /// Threads the own CPU kernels split work over now: the current rayon pool's size, lowered by
 /// [`adapt`] while the machine is busy.
 pub fn active() -> usize {

@@ -1,9 +1,10 @@
 //! Own CPU kernels for the hot spots candle is slow at (measured in `docs/benchmarks.md`):
 //! convolution forward and backward, group normalisation fused with SiLU, and the residual MLP
-//! as one op. Each is a candle
+//! as one op, and multi-head attention for inference. Each is a candle
 //! custom op with its backward pass, so autograd sees one node; on other devices or dtypes the
 //! wrappers fall back to candle's own ops, or to the fused CUDA kernels of [`gpu`] for
 //! inference on NVIDIA GPUs.
+pub mod attention;
 pub mod conv;
 pub mod cudnn_conv;
 pub mod gpu;
