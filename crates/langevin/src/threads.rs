@@ -127,8 +127,9 @@ pub fn adapt() {
     if cores != online_cores() {
         return;
     }
-    // `running` counts this thread too.
-    let others = running.saturating_sub(1);
+    // `running` counts this process's running threads too (this one, and a worker that is
+    // still finishing or spinning after the last parallel op).
+    let others = running.saturating_sub(own_running_threads().max(1));
     let free = cores.saturating_sub(others).max(1);
     ACTIVE.store(free.min(pool), Ordering::Relaxed);
 }
@@ -137,6 +138,21 @@ pub fn adapt() {
 fn runnable_tasks() -> Option<usize> {
     let s = std::fs::read_to_string("/proc/loadavg").ok()?;
     s.split_whitespace().nth(3)?.split('/').next()?.parse().ok()
+}
+
+/// This process's threads in state R (running or runnable), from `/proc/self/task/*/stat`.
+fn own_running_threads() -> usize {
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    dir.filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("stat")).ok())
+        .filter(|stat| {
+            // "pid (name) S …": the state follows the name's closing parenthesis.
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                == Some("R")
+        })
+        .count()
 }
 
 fn online_cores() -> usize {
@@ -161,6 +177,8 @@ mod tests {
         assert!(n >= 1 && n <= online_cores().max(1), "{n}");
         if cfg!(target_os = "linux") {
             assert!(runnable_tasks().is_some_and(|r| r >= 1));
+            // This thread is running while it reads.
+            assert!(own_running_threads() >= 1);
         }
         // Before setup, adapt changes nothing.
         adapt();
