@@ -37,7 +37,8 @@ struct Args {
     /// Skip the PyTorch reference.
     #[arg(long)]
     no_torch: bool,
-    /// Also time candle's own convolution / group norm (slow) on the residual-block workloads.
+    /// Also time candle's own ops (the own kernels switched off: convolution, group norm, the
+    /// fused MLP) on the residual-block and MLP workloads.
     #[arg(long)]
     candle: bool,
     /// Only workloads whose name contains this.
@@ -209,6 +210,14 @@ fn workloads(a: &Args) -> Result<Vec<Workload>> {
     let mut cfgs = vec![("unet-small", unet(SMALL)?)];
     if !q {
         cfgs.insert(0, ("unet-cifar10", unet(CIFAR10)?));
+        // diffusers' default multi-head attention (issue 17): sampling at batch 16.
+        v.push(w(
+            "unet-cifar10-mh",
+            Arch::Unet(Box::new(unet(CIFAR10_MH)?)),
+            Mode::Forward,
+            16,
+            heavy,
+        ));
     }
     for (name, cfg) in cfgs {
         let big = name == "unet-cifar10";
@@ -244,6 +253,20 @@ fn workloads(a: &Args) -> Result<Vec<Workload>> {
         mlp,
         Mode::Train,
         if q { 64 } else { 1024 },
+        a.reps,
+    ));
+    // The network and batch of `langevin demo` (3 blocks of 128, batch 512).
+    let demo = MlpConfig {
+        in_dim: 2,
+        hidden: 128,
+        blocks: 3,
+        temb_dim: 64,
+    };
+    v.push(w(
+        "mlp-demo",
+        Arch::Mlp(demo),
+        Mode::Train,
+        if q { 64 } else { 512 },
         a.reps,
     ));
     Ok(v.into_iter()
@@ -318,9 +341,16 @@ fn run(a: Args) -> Result<()> {
         eprintln!("langevin: {}", w.name());
         let mut p = prepare(&w, &dir, 0, &dev)?;
         let ours = p.time(warmup, if a.quick { 1 } else { w.reps })?;
-        let candle = if a.candle && w.model == "resblocks" {
+        let candle = if a.candle && (w.model == "resblocks" || w.model.starts_with("mlp")) {
             conv::set_enabled(false);
-            let t = p.time(0, 1);
+            let t = p.time(
+                0,
+                if w.model.starts_with("mlp") {
+                    w.reps
+                } else {
+                    1
+                },
+            );
             conv::set_enabled(true);
             Some(t?)
         } else {

@@ -35,6 +35,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    let start = Instant::now();
     let toy: Toy2d = a.data.parse()?;
     let mut rng = langevin::rng::seeded(a.seed);
     let train = toy.sample(20_000, &mut rng);
@@ -124,6 +125,11 @@ pub fn run(a: Args) -> Result<()> {
         "wrote {} and the model in {}",
         plot.display(),
         run_dir.display()
+    );
+    println!(
+        "demo wall time: {:.1} s ({} threads)",
+        start.elapsed().as_secs_f64(),
+        langevin::threads::pool()
     );
     Ok(())
 }

@@ -29,6 +29,10 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// CPU threads (default: RAYON_NUM_THREADS, else the cores this process may use); fewer
+    /// are used while other processes keep the cores busy.
+    #[arg(long, global = true, value_parser = clap::value_parser!(u16).range(1..))]
+    threads: Option<u16>,
 }
 
 #[derive(Subcommand)]
@@ -66,6 +70,7 @@ enum Command {
 fn main() -> ExitCode {
     langevin::kernels::tune_allocator();
     let cli = Cli::parse();
+    langevin::threads::setup(cli.threads.map(usize::from));
     let result = match cli.command {
         Command::Demo(a) => demo::run(a),
         Command::Train(a) => train::run(a),

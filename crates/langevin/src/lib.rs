@@ -18,6 +18,7 @@ pub mod rng;
 pub mod sampler;
 pub mod schedule;
 pub mod scheduler;
+pub mod threads;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -306,3 +306,39 @@ fn shifted_group_norm_matches_add_then_norm_and_finite_differences() {
         .collect();
     finite_difference_check(fused, &f64s, 11);
 }
+
+/// Convolution and group norm, forward and backward, give the same bits on 1, 2 and 3 threads
+/// (the thread count may change between calls while other processes share the cores).
+#[test]
+fn conv_and_group_norm_are_bit_identical_across_thread_counts() {
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let inputs = [
+        randn(&[5, 8, 9, 9], DType::F32, &mut rng),
+        randn(&[8, 8, 3, 3], DType::F32, &mut rng),
+        randn(&[8], DType::F32, &mut rng),
+        randn(&[8], DType::F32, &mut rng),
+    ];
+    let run = |n: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let (y, g) = value_and_grads(
+                |t| {
+                    let y = conv2d(&t[0], &t[1], Some(&t[2]), 1, 1).unwrap();
+                    group_norm_act(&y, &t[3], &t[2], 4, 1e-5, true).unwrap()
+                },
+                &inputs,
+                3,
+            );
+            std::iter::once(y)
+                .chain(g)
+                .map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+                .collect::<Vec<_>>()
+        })
+    };
+    let one = run(1);
+    assert_eq!(one, run(2));
+    assert_eq!(one, run(3));
+}

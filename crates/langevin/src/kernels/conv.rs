@@ -13,7 +13,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Shape
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::real::{data, own_kernel, threads, with_data, Real};
+use super::real::{data, min_len, own_kernel, threads, with_data, Real};
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
 
@@ -270,11 +270,11 @@ fn col2im<T: Real>(col: &[T], g: &Geom, dx: &mut [T]) {
 }
 
 /// Row-major strides of a matrix operand: (row stride, column stride).
-type Strides = (usize, usize);
+pub(super) type Strides = (usize, usize);
 
 /// `dst[m×n] (+)= lhs[m×k] · rhs[k×n]` with `dst` row-major.
 #[allow(clippy::too_many_arguments)]
-fn mm<T: Real>(
+pub(super) fn mm<T: Real>(
     (m, n, k): (usize, usize, usize),
     dst: &mut [T],
     accumulate: bool,
@@ -316,12 +316,13 @@ fn mm<T: Real>(
 
 /// Work split: whole images per worker when the batch fills the pool, else one image at a time
 /// with a multi-threaded GEMM.
-fn split(b: usize) -> (bool, Parallelism) {
+/// The third value is the `with_min_len` of the loop over images.
+fn split(b: usize) -> (bool, Parallelism, usize) {
     let nt = threads();
     if b >= nt || nt == 1 {
-        (true, Parallelism::None)
+        (true, Parallelism::None, min_len(nt))
     } else {
-        (false, Parallelism::Rayon(nt))
+        (false, Parallelism::Rayon(nt), 1)
     }
 }
 
@@ -352,11 +353,12 @@ fn forward<T: Real>(x: &[T], wt: &[T], bias: Option<&[T]>, g: &Geom) -> Vec<T> {
             par,
         );
     };
-    let (per_image, par) = split(g.b);
+    let (per_image, par, min) = split(g.b);
     let (ochunk, xchunk) = (g.o * hwo, g.c * g.hwi());
     if per_image {
         out.par_chunks_mut(ochunk)
             .zip(x.par_chunks(xchunk))
+            .with_min_len(min)
             .for_each_init(Vec::new, |col, (ob, xb)| one(xb, ob, col, par));
     } else {
         let mut col = Vec::new();
@@ -398,11 +400,12 @@ fn backward_input<T: Real>(dy: &[T], wt: &[T], g: &Geom) -> Vec<T> {
             col2im(col, g, dxb);
         }
     };
-    let (per_image, par) = split(g.b);
+    let (per_image, par, min) = split(g.b);
     let (xchunk, ychunk) = (g.c * hwi, g.o * hwo);
     if per_image {
         dx.par_chunks_mut(xchunk)
             .zip(dy.par_chunks(ychunk))
+            .with_min_len(min)
             .for_each_init(Vec::new, |col, (dxb, dyb)| one(dyb, dxb, col, par));
     } else {
         let mut col = Vec::new();
@@ -413,7 +416,7 @@ fn backward_input<T: Real>(dy: &[T], wt: &[T], g: &Geom) -> Vec<T> {
     dx
 }
 
-/// dL/dw = Σ_b dy_b · col_bᵀ, with one partial sum per worker.
+/// dL/dw = Σ_b dy_b · col_bᵀ, in partial sums over groups of images.
 fn backward_weight<T: Real>(x: &[T], dy: &[T], g: &Geom) -> Vec<T> {
     let (ckk, hwo) = (g.ckk(), g.hwo());
     let (xchunk, ychunk) = (g.c * g.hwi(), g.o * hwo);
@@ -442,23 +445,39 @@ fn backward_weight<T: Real>(x: &[T], dy: &[T], g: &Geom) -> Vec<T> {
         }
         dw
     };
-    let (per_image, par) = split(g.b);
-    if !per_image {
-        return images(0..g.b, par);
+    // The images are summed in a fixed number of consecutive groups and the groups' sums added
+    // in order, so the result does not depend on the number of threads (which
+    // `crate::threads::adapt` may change between calls).
+    let groups = g.b.clamp(1, WEIGHT_GRAD_GROUPS);
+    let per = g.b.div_ceil(groups);
+    let range = |t: usize| (t * per).min(g.b)..((t + 1) * per).min(g.b);
+    let nt = threads();
+    let parts: Vec<Vec<T>> = if groups >= nt && nt > 1 {
+        (0..groups)
+            .into_par_iter()
+            .map(|t| images(range(t), Parallelism::None))
+            .collect()
+    } else {
+        let par = if nt > 1 {
+            Parallelism::Rayon(nt)
+        } else {
+            Parallelism::None
+        };
+        (0..groups).map(|t| images(range(t), par)).collect()
+    };
+    let mut parts = parts.into_iter();
+    let mut dw = parts.next().unwrap_or_else(|| vec![T::ZERO; g.o * ckk]);
+    for p in parts {
+        for (x, y) in dw.iter_mut().zip(p) {
+            *x += y;
+        }
     }
-    let nt = threads().min(g.b);
-    let per = g.b.div_ceil(nt);
-    (0..nt)
-        .into_par_iter()
-        .map(|t| images(t * per..((t + 1) * per).min(g.b), par))
-        .reduce_with(|mut a, b| {
-            for (x, y) in a.iter_mut().zip(b) {
-                *x += y;
-            }
-            a
-        })
-        .unwrap_or_else(|| vec![T::ZERO; g.o * ckk])
+    dw
 }
+
+/// Partial sums of the weight gradient: enough groups to keep 8 threads busy, few enough that
+/// adding them up costs nothing next to the GEMMs.
+const WEIGHT_GRAD_GROUPS: usize = 8;
 
 fn dispatch2(
     op: &str,

@@ -9,7 +9,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::conv::enabled;
-use super::real::{data, own_kernel, with_data, Real};
+use super::real::{data, min_len, own_kernel, threads, with_data, Real};
 
 /// `silu?(group_norm(x) · γ + β)` over `groups` groups of channels (as `torch.nn.GroupNorm`
 /// followed, when `silu`, by `torch.nn.functional.silu`).
@@ -150,6 +150,7 @@ impl GroupNormOp {
             .zip(x.par_chunks(cg * s))
             .zip(shift.par_chunks(cg))
             .enumerate()
+            .with_min_len(min_len(threads()))
             .for_each(|(bg, ((o, x), t))| {
                 let (mean, rstd) = stats(x, t, s, self.eps);
                 let c0 = (bg % self.groups) * cg;
@@ -196,6 +197,7 @@ impl GroupNormOp {
             .zip(part.par_chunks_mut(cg * 3))
             .zip(shift.par_chunks(cg))
             .enumerate()
+            .with_min_len(min_len(threads()))
             .for_each(|(bg, ((((dx, x), dy), part), t))| {
                 let (mean, rstd) = stats(x, t, s, self.eps);
                 let c0 = (bg % self.groups) * cg;

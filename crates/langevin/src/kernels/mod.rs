@@ -1,17 +1,21 @@
 //! Own CPU kernels for the hot spots candle is slow at (measured in `docs/benchmarks.md`):
-//! convolution forward and backward, and group normalisation fused with SiLU. Each is a candle
+//! convolution forward and backward, group normalisation fused with SiLU, and the residual MLP
+//! as one op, and multi-head attention for inference. Each is a candle
 //! custom op with its backward pass, so autograd sees one node; on other devices or dtypes the
 //! wrappers fall back to candle's own ops, or to the fused CUDA kernels of [`gpu`] for
 //! inference on NVIDIA GPUs.
+pub mod attention;
 pub mod conv;
 pub mod cudnn_conv;
 pub mod gpu;
 pub mod gpu_train;
 pub mod group_norm;
+pub mod mlp;
 mod real;
 
 pub use conv::conv2d;
 pub use group_norm::group_norm_act;
+pub(crate) use real::own_kernel;
 
 /// Keep freed activation buffers in the process instead of returning them to the kernel: by
 /// default glibc serves blocks over 128 KiB by `mmap` and unmaps them on free, so every

@@ -87,7 +87,19 @@ pub fn with_data<T: Real, R>(
     }
 }
 
-/// The number of worker threads (rayon's pool, which candle and `gemm` use too).
+/// The number of threads to split work over: rayon's pool (which candle and `gemm` use too),
+/// fewer while other processes keep the cores busy ([`crate::threads::adapt`]).
 pub fn threads() -> usize {
-    rayon::current_num_threads().max(1)
+    crate::threads::adapt();
+    crate::threads::active()
+}
+
+/// `with_min_len` for a parallel loop: one piece (no work for other threads) when only one
+/// thread is to be used.
+pub fn min_len(threads: usize) -> usize {
+    if threads <= 1 {
+        usize::MAX
+    } else {
+        1
+    }
 }

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::embedding::timestep_embedding;
 use super::Network;
 use crate::cond::Cond;
+use crate::kernels::{self, mlp::MlpDims};
 use crate::Result;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -78,10 +79,28 @@ impl Mlp {
     }
 }
 
-impl Network for Mlp {
-    fn forward(&self, x: &Tensor, c_noise: &Tensor, _cond: &Cond) -> Result<Tensor> {
-        let e = timestep_embedding(c_noise, self.config.temb_dim, true, 0.0, 10000.0)?
-            .to_dtype(x.dtype())?;
+impl Mlp {
+    /// Every weight and bias flattened and concatenated in the order of
+    /// [`kernels::mlp::residual_mlp`] (differentiable: its gradient flows back to each).
+    fn packed(&self) -> Result<Tensor> {
+        let mut lins = vec![&self.time1, &self.time2, &self.in_proj];
+        for b in &self.blocks {
+            lins.extend([&b.lin1, &b.temb, &b.lin2]);
+        }
+        lins.push(&self.out_proj);
+        let mut parts = Vec::with_capacity(2 * lins.len());
+        for l in lins {
+            parts.push(l.weight().flatten_all()?);
+            if let Some(b) = l.bias() {
+                parts.push(b.flatten_all()?);
+            }
+        }
+        Ok(Tensor::cat(&parts, 0)?)
+    }
+
+    /// The same function from candle's ops (the reference for the fused kernel, and the path
+    /// on GPUs).
+    pub fn forward_composed(&self, x: &Tensor, e: &Tensor) -> Result<Tensor> {
         let e = self
             .time2
             .forward(&self.time1.forward(&e)?.silu()?)?
@@ -92,6 +111,25 @@ impl Network for Mlp {
             h = (h + b.lin2.forward(&u.silu()?)?)?;
         }
         Ok(self.out_proj.forward(&h.silu()?)?)
+    }
+}
+
+impl Network for Mlp {
+    fn forward(&self, x: &Tensor, c_noise: &Tensor, _cond: &Cond) -> Result<Tensor> {
+        let e = timestep_embedding(c_noise, self.config.temb_dim, true, 0.0, 10000.0)?
+            .to_dtype(x.dtype())?;
+        let same = self.in_proj.weight().dtype() == x.dtype();
+        if kernels::conv::enabled() && kernels::own_kernel(x) && same && x.rank() == 2 {
+            let c = &self.config;
+            let dims = MlpDims {
+                in_dim: c.in_dim,
+                hidden: c.hidden,
+                blocks: c.blocks,
+                temb_dim: c.temb_dim,
+            };
+            return Ok(kernels::mlp::residual_mlp(x, &e, &self.packed()?, dims)?);
+        }
+        self.forward_composed(x, &e)
     }
     fn device(&self) -> candle_core::Device {
         self.in_proj.weight().device().clone()

@@ -5,7 +5,7 @@ use candle_core::Tensor;
 use candle_nn::{Linear, VarBuilder};
 
 use super::ops::{fwd, group_norm, linear, softmax_last_dim, GroupNorm};
-use crate::kernels::gpu;
+use crate::kernels::{self, gpu};
 use crate::Result;
 
 /// `out = (to_out.0(softmax(q·kᵀ/√d)·v) + x) / rescale_output_factor` over the H·W positions,
@@ -70,14 +70,14 @@ impl Attention {
         let q = split(fwd(&self.to_q, &hs)?)?;
         let k = split(fwd(&self.to_k, &hs)?)?;
         let v = split(fwd(&self.to_v, &hs)?)?;
-        let scores = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?;
-        let p = softmax_last_dim(&scores)?;
+        let scale = 1.0 / (d as f64).sqrt();
+        let o = if kernels::attention::fused(&q, &k, &v) {
+            kernels::attention::attention(&q, &k, &v, scale)?
+        } else {
+            softmax_last_dim(&(q.matmul(&k.t()?)? * scale)?)?.matmul(&v)?
+        };
         // [B, heads, N, d] → [B, N, C]
-        let o = p
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .contiguous()?
-            .reshape((b, n, c))?;
+        let o = o.transpose(1, 2)?.contiguous()?.reshape((b, n, c))?;
         let o = fwd(&self.to_out, &o)?;
         // [B, N, C] → [B, C, H, W]
         let o = o.transpose(1, 2)?.reshape((b, c, h, w))?;
