@@ -152,7 +152,9 @@ pub fn train_options(o: &mut TrainOptions, options: Option<&Bound<'_, PyDict>>) 
         }
     }
     check_schedule(&o.schedule)?;
-    check("steps", o.steps, |v| v >= 1, "an integer >= 1")?;
+    if let Some(steps) = o.steps {
+        check("steps", steps, |v| v >= 1, "an integer >= 1")?;
+    }
     check("batch_size", o.batch_size, |v| v >= 1, "an integer >= 1")?;
     check("n_toy", o.n_toy, |v| v >= 1, "an integer >= 1")?;
     check("lr", o.lr, |v| v > 0.0 && v.is_finite(), "a number > 0")?;

@@ -80,7 +80,7 @@ pub fn train(
 ) -> PyResult<(u64, f64, f64)> {
     let mut o = TrainOptions {
         out,
-        steps,
+        steps: Some(steps),
         seed,
         ..Default::default()
     };

@@ -46,7 +46,7 @@ pub fn run(a: Args) -> Result<()> {
         // The demo's own folder: a rerun replaces it.
         overwrite: true,
         n_toy: 20_000,
-        steps: a.steps,
+        steps: Some(a.steps),
         seed: a.seed,
         checkpoint_every: 0,
         ..Default::default()

@@ -47,8 +47,10 @@ pub struct OptArgs {
     /// What the network predicts: eps, x0, v, score or edm.
     #[arg(long, default_value = "eps")]
     pub prediction: Prediction,
-    #[arg(long, default_value_t = 4000, value_parser = crate::ranges::steps, allow_negative_numbers = true)]
-    pub steps: u64,
+    /// Total optimisation steps [default: 4000; with --resume, the run's own total, so a stopped
+    /// run continues on its learning-rate schedule; give a larger one to extend it].
+    #[arg(long, value_parser = crate::ranges::steps, allow_negative_numbers = true)]
+    pub steps: Option<u64>,
     #[arg(long, default_value_t = 512, value_parser = crate::ranges::count, allow_negative_numbers = true)]
     pub batch_size: usize,
     #[arg(long, default_value_t = 2e-3, value_parser = crate::ranges::positive, allow_negative_numbers = true)]

@@ -27,7 +27,7 @@ fn opts(out: &std::path::Path, steps: u64) -> TrainOptions {
     TrainOptions {
         out: out.to_path_buf(),
         n_toy: 512,
-        steps,
+        steps: Some(steps),
         batch_size: 64,
         checkpoint_every: 0,
         mlp: MlpOptions {
@@ -64,8 +64,10 @@ fn a_stop_request_checkpoints_and_resuming_matches_one_run() {
         Err(Error::Stopped { step, total, .. }) => assert_eq!((step, total), (7, 20)),
         other => panic!("expected a stop, got {:?}", other.map(|s| s.step)),
     }
+    // No --steps on resume: the run keeps its own total (and learning-rate schedule).
     let resumed = TrainOptions {
         resume: true,
+        steps: None,
         ..opts(&tmp.join("a"), 20)
     };
     assert_eq!(train(&resumed, None, &Silent).unwrap().step, 20);

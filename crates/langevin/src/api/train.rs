@@ -89,7 +89,10 @@ pub struct TrainOptions {
     pub n_toy: usize,
     pub schedule: ScheduleOptions,
     pub prediction: Prediction,
-    pub steps: u64,
+    /// Total optimisation steps. `None`: 4000 for a new run; a resumed run keeps the total it
+    /// was started with (so a run stopped by Ctrl-C continues on the same learning-rate
+    /// schedule, as if never stopped).
+    pub steps: Option<u64>,
     pub batch_size: usize,
     pub lr: f64,
     pub warmup: u64,
@@ -118,7 +121,7 @@ impl Default for TrainOptions {
             n_toy: 20_000,
             schedule: ScheduleOptions::default(),
             prediction: Prediction::Epsilon,
-            steps: 4000,
+            steps: None,
             batch_size: 512,
             lr: 2e-3,
             warmup: 100,
@@ -139,7 +142,7 @@ impl Default for TrainOptions {
 impl TrainOptions {
     pub fn train_config(&self) -> TrainConfig {
         TrainConfig {
-            steps: self.steps,
+            steps: self.steps.unwrap_or(4000),
             batch_size: self.batch_size,
             lr: self.lr,
             warmup_steps: self.warmup,
@@ -242,8 +245,8 @@ impl TableData {
 fn train_table(opts: &TrainOptions, data: TableData, obs: &dyn Observer) -> Result<TrainSummary> {
     let dev = &opts.device;
     let (mut trainer, std, table) = if opts.resume {
-        let mut t = Trainer::resume(&opts.out, Some(opts.steps), dev)?;
-        run_folder::check_resume_steps(&opts.out, t.step(), opts.steps)?;
+        let t = Trainer::resume(&opts.out, opts.steps, dev)?;
+        run_folder::check_resume_steps(&opts.out, t.step(), t.cfg.steps)?;
         let (table, source) = data.load(opts.n_toy, t.cfg.seed)?;
         let Some(std) = t.run.data.standardizer.clone() else {
             return Err(Error::config(
@@ -262,7 +265,6 @@ fn train_table(opts: &TrainOptions, data: TableData, obs: &dyn Observer) -> Resu
                 ),
             ));
         }
-        t.cfg.steps = opts.steps;
         obs.note(&format!(
             "resuming {} at step {} of {}",
             opts.out.display(),

@@ -28,8 +28,8 @@ pub(super) fn train_images(
     let dev = &opts.device;
     let a = &opts.image;
     let (mut trainer, set) = if opts.resume {
-        let t = Trainer::resume(&opts.out, Some(opts.steps), dev)?;
-        run_folder::check_resume_steps(&opts.out, t.step(), opts.steps)?;
+        let t = Trainer::resume(&opts.out, opts.steps, dev)?;
+        run_folder::check_resume_steps(&opts.out, t.step(), t.cfg.steps)?;
         obs.note(&format!(
             "resuming {} at step {} of {}",
             opts.out.display(),
