@@ -4,6 +4,7 @@
 //! candle ops per tensor. Both compute the same f32 expressions.
 use candle_core::{backprop::GradStore, DType, Tensor, Var};
 
+use super::cpu_optim;
 use crate::kernels::gpu_train;
 use crate::Result;
 
@@ -36,6 +37,9 @@ pub struct AdamW {
     /// precision): gradients are read for these, and each step writes the updated f32 weight
     /// into them, rounded. `None`: the network uses the f32 parameters.
     shadows: Option<Vec<Var>>,
+    /// Use the one-pass update (CUDA kernel or CPU loop) where it applies; `false` keeps the
+    /// composed candle form (the reference the fused ones are tested against).
+    pub fused: bool,
 }
 
 impl AdamW {
@@ -53,6 +57,7 @@ impl AdamW {
             params,
             t: 0,
             shadows: None,
+            fused: true,
         })
     }
 
@@ -95,7 +100,7 @@ impl AdamW {
         let Some(first) = self.params.first() else {
             return Ok(None);
         };
-        if !gpu_train::available(first.1.as_tensor()) {
+        if !self.fused || !gpu_train::available(first.1.as_tensor()) {
             return Ok(None);
         }
         let mut out = vec![];
@@ -114,11 +119,40 @@ impl AdamW {
         Ok(Some(out))
     }
 
+    /// The gradients in parameter order when every tensor involved is contiguous f32 on the
+    /// CPU and no shadows are used: the one-pass CPU update applies.
+    fn cpu_grads(&self, grads: &GradStore) -> Result<Option<Vec<(usize, Tensor)>>> {
+        if !self.fused || self.shadows.is_some() {
+            return Ok(None);
+        }
+        let mut out = vec![];
+        for (i, (_, v, m, s)) in self.params.iter().enumerate() {
+            if ![v.as_tensor(), m, s].into_iter().all(cpu_optim::eligible) {
+                return Ok(None);
+            }
+            if let Some(g) = grads.get(v.as_tensor()) {
+                let g = g.contiguous()?;
+                if !cpu_optim::eligible(&g) {
+                    return Ok(None);
+                }
+                out.push((i, g));
+            }
+        }
+        Ok(Some(out))
+    }
+
     /// Global L2 norm of the gradients.
     pub fn grad_norm(&self, grads: &GradStore) -> Result<f64> {
         if let Some(gs) = self.cuda_grads(grads)? {
             let refs: Vec<&Tensor> = gs.iter().map(|(_, g)| g).collect();
             return Ok(gpu_train::sum_squares(&refs)?.sqrt());
+        }
+        if let Some(gs) = self.cpu_grads(grads)? {
+            let mut sq = 0f64;
+            for (_, g) in &gs {
+                sq += cpu_optim::sum_squares(g)?;
+            }
+            return Ok(sq.sqrt());
         }
         let mut sq = 0f64;
         for i in 0..self.params.len() {
@@ -164,6 +198,24 @@ impl AdamW {
                 weight_decay: c.weight_decay,
             };
             return Ok(gpu_train::adamw(&rows, k)?);
+        }
+        if let Some(gs) = self.cpu_grads(grads)? {
+            let k = gpu_train::AdamStep {
+                grad_scale,
+                beta1: c.beta1,
+                beta2: c.beta2,
+                eps: c.eps,
+                bc1,
+                bc2,
+                lr,
+                weight_decay: c.weight_decay,
+            };
+            for (i, g) in gs {
+                let (_, var, m, v) = &mut self.params[i];
+                let (m2, v2) = cpu_optim::adamw(var, m, v, &g, &k)?;
+                (*m, *v) = (m2, v2);
+            }
+            return Ok(());
         }
         for i in 0..self.params.len() {
             let Some(g) = grads.get(self.computed(i)) else {
@@ -212,6 +264,73 @@ mod tests {
             assert!((got[i] as f64 - want).abs() < 1e-6, "{} vs {want}", got[i]);
         }
         assert!((opt.grad_norm(&grads).unwrap() - (36.0f64 + 144.0).sqrt()).abs() < 1e-4);
+    }
+
+    /// The one-pass CPU update (and gradient norm) gives the composed form's bits, over
+    /// steps with clipping and weight decay.
+    #[test]
+    fn fused_cpu_step_is_bit_identical_to_the_composed_one() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let mut randn =
+            |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect() };
+        let shapes: [&[usize]; 3] = [&[7, 5], &[33], &[2, 3, 4]];
+        let init: Vec<Vec<f32>> = shapes.iter().map(|s| randn(s.iter().product())).collect();
+        let mk = || -> Vec<(String, Var)> {
+            init.iter()
+                .zip(shapes)
+                .enumerate()
+                .map(|(i, (v, s))| {
+                    let t = Tensor::from_vec(v.clone(), s, &Device::Cpu).unwrap();
+                    (format!("p{i}"), Var::from_tensor(&t).unwrap())
+                })
+                .collect()
+        };
+        let cfg = AdamWConfig {
+            weight_decay: 0.05,
+            ..Default::default()
+        };
+        let (va, vb) = (mk(), mk());
+        let mut a = AdamW::new(va.clone(), cfg).unwrap();
+        let mut b = AdamW::new(vb.clone(), cfg).unwrap();
+        b.fused = false;
+        for step in 0..6 {
+            let loss = |vars: &[(String, Var)]| {
+                let mut l = Tensor::zeros((), candle_core::DType::F32, &Device::Cpu).unwrap();
+                for (i, (_, v)) in vars.iter().enumerate() {
+                    let w =
+                        (v.as_tensor().sqr().unwrap() * (1.0 + i as f64 + step as f64)).unwrap();
+                    l = (l + (w.sum_all().unwrap() + v.as_tensor().sum_all().unwrap()).unwrap())
+                        .unwrap();
+                }
+                l
+            };
+            let (ga, gb) = (loss(&va).backward().unwrap(), loss(&vb).backward().unwrap());
+            let (na, nb) = (a.grad_norm(&ga).unwrap(), b.grad_norm(&gb).unwrap());
+            assert!((na - nb).abs() <= 1e-6 * nb, "norm {na} vs {nb}");
+            let scale = if step % 2 == 0 { 0.5 } else { 1.0 };
+            a.step(&ga, 0.01, scale).unwrap();
+            b.step(&gb, 0.01, scale).unwrap();
+        }
+        let bits = |t: &Tensor| -> Vec<u32> {
+            t.flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect()
+        };
+        for (pa, pb) in a.params.iter().zip(&b.params) {
+            assert_eq!(
+                bits(pa.1.as_tensor()),
+                bits(pb.1.as_tensor()),
+                "{}: weights",
+                pa.0
+            );
+            assert_eq!(bits(&pa.2), bits(&pb.2), "{}: first moment", pa.0);
+            assert_eq!(bits(&pa.3), bits(&pb.3), "{}: second moment", pa.0);
+        }
     }
 
     #[test]

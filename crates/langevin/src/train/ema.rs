@@ -4,6 +4,7 @@
 //! (`kernels::gpu_train::ema`); elsewhere candle ops per tensor, the same f32 expression.
 use candle_core::{DType, Tensor, Var};
 
+use super::cpu_optim;
 use crate::kernels::gpu_train;
 use crate::Result;
 
@@ -42,9 +43,53 @@ impl Ema {
                 .collect();
             return Ok(gpu_train::ema(&rows, d)?);
         }
+        if self
+            .weights
+            .iter()
+            .zip(vars)
+            .all(|((_, e), (_, v))| cpu_optim::eligible(e) && cpu_optim::eligible(v.as_tensor()))
+        {
+            for ((_, e), (_, v)) in self.weights.iter_mut().zip(vars) {
+                *e = cpu_optim::ema(e, v.as_tensor(), d)?;
+            }
+            return Ok(());
+        }
         for ((_, e), (_, v)) in self.weights.iter_mut().zip(vars) {
             *e = ((&*e * d)? + (v.as_tensor().detach() * (1.0 - d))?)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// The one-pass CPU update gives the bits of the composed expression e·d + θ·(1 − d).
+    #[test]
+    fn cpu_update_is_bit_identical_to_the_composed_form() {
+        let cpu = Device::Cpu;
+        let t = Tensor::new(&[0.3f32, -1.7, 2.5e-3, 7.0, -0.0], &cpu).unwrap();
+        let vars = vec![("w".to_string(), Var::from_tensor(&t).unwrap())];
+        let mut ema = Ema::new(&vars, 0.999).unwrap();
+        let mut want = t.copy().unwrap();
+        for step in 1..=5u64 {
+            vars[0]
+                .1
+                .set(&(vars[0].1.as_tensor() * 1.1).unwrap())
+                .unwrap();
+            ema.update(&vars, step).unwrap();
+            let d = 0.999f64.min((1.0 + step as f64) / (10.0 + step as f64));
+            want = ((&want * d).unwrap() + (vars[0].1.as_tensor() * (1.0 - d)).unwrap()).unwrap();
+        }
+        let bits = |t: &Tensor| -> Vec<u32> {
+            t.to_vec1::<f32>()
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect()
+        };
+        assert_eq!(bits(&ema.weights[0].1), bits(&want));
     }
 }

@@ -2,6 +2,7 @@
 //! learning rate, gradient clipping, EMA, atomic checkpoints and bit-identical resume.
 pub mod adamw;
 pub mod checkpoint;
+mod cpu_optim;
 pub mod ema;
 pub mod loss;
 

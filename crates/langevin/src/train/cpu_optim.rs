@@ -1,0 +1,102 @@
+//! The CPU form of the fused optimiser step: AdamW, EMA and the gradient sum of squares as one
+//! pass per parameter tensor over its f32 data, with the same f32 operations in the same order
+//! as the composed candle form (so the results are bit-identical to it; tested in `adamw.rs`).
+//!
+//! Written because the composed AdamW is about a dozen candle ops per parameter tensor, each a
+//! pass with a fresh buffer and a thread-pool dispatch: a visible share of the demo MLP's
+//! training step (profile in docs/benchmarks.md, CPU round 2).
+use candle_core::{CpuStorage, DType, Device, Storage, Tensor, Var};
+
+use crate::kernels::gpu_train::AdamStep;
+use crate::Result;
+
+/// Whether `t` is a contiguous f32 tensor in CPU memory.
+pub fn eligible(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous()
+}
+
+/// Runs `f` on the f32 data of a contiguous CPU tensor.
+fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let (st, l) = t.storage_and_layout();
+    match (&*st, l.contiguous_offsets()) {
+        (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => Ok(f(&v[a..b])),
+        _ => Err(candle_core::Error::Msg(format!(
+            "optimiser: want a contiguous f32 CPU tensor, got {:?} {:?}",
+            t.dtype(),
+            t.dims()
+        ))
+        .into()),
+    }
+}
+
+/// Σ g² in f64.
+pub fn sum_squares(g: &Tensor) -> Result<f64> {
+    with_f32(g, |g| g.iter().map(|&v| (v as f64) * (v as f64)).sum())
+}
+
+/// One AdamW step of one tensor: writes θ and returns the new moments. The expressions are
+/// those of the composed form (`AdamW::step`): each candle op there is one f32 rounding here.
+pub fn adamw(
+    theta: &Var,
+    m: &Tensor,
+    v: &Tensor,
+    g: &Tensor,
+    k: &AdamStep,
+) -> Result<(Tensor, Tensor)> {
+    let f = |x: f64| x as f32;
+    let (scale, b1, nb1, b2, nb2) = (
+        f(k.grad_scale),
+        f(k.beta1),
+        f(1.0 - k.beta1),
+        f(k.beta2),
+        f(1.0 - k.beta2),
+    );
+    let (ibc1, ibc2, eps, decay, lr) = (
+        f(1.0 / k.bc1),
+        f(1.0 / k.bc2),
+        f(k.eps),
+        f(1.0 - k.lr * k.weight_decay),
+        f(k.lr),
+    );
+    let n = theta.elem_count();
+    let (mut th2, mut m2, mut v2) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+    with_f32(theta.as_tensor(), |th| {
+        with_f32(m, |m| {
+            with_f32(v, |v| {
+                with_f32(g, |g| {
+                    for i in 0..n {
+                        // candle's affine is x·mul + add: the `+ 0.0` of each scalar product
+                        // is kept so that −0 rounds as it does there.
+                        let gi = g[i] * scale + 0.0;
+                        let mi = (m[i] * b1 + 0.0) + (gi * nb1 + 0.0);
+                        let vi = (v[i] * b2 + 0.0) + ((gi * gi) * nb2 + 0.0);
+                        let update = (mi * ibc1 + 0.0) / ((vi * ibc2 + 0.0).sqrt() * 1.0 + eps);
+                        th2[i] = (th[i] * decay + 0.0) - (update * lr + 0.0);
+                        m2[i] = mi;
+                        v2[i] = vi;
+                    }
+                })
+            })
+        })
+    })????;
+    let (shape, cpu) = (theta.shape().clone(), Device::Cpu);
+    theta.set(&Tensor::from_vec(th2, shape.clone(), &cpu)?)?;
+    Ok((
+        Tensor::from_vec(m2, shape.clone(), &cpu)?,
+        Tensor::from_vec(v2, shape, &cpu)?,
+    ))
+}
+
+/// e·d + θ·(1 − d), as the composed EMA update.
+pub fn ema(e: &Tensor, theta: &Tensor, decay: f64) -> Result<Tensor> {
+    let (d, nd) = (decay as f32, (1.0 - decay) as f32);
+    let out = with_f32(e, |e| {
+        with_f32(theta, |t| {
+            e.iter()
+                .zip(t)
+                .map(|(&e, &t)| (e * d + 0.0) + (t * nd + 0.0))
+                .collect::<Vec<f32>>()
+        })
+    })??;
+    Ok(Tensor::from_vec(out, e.shape(), &Device::Cpu)?)
+}
