@@ -7,9 +7,10 @@ use langevin::kernels::gpu;
 /// One row per check: (what, dtype, max relative error, bound).
 pub type Row = (String, &'static str, f64, f64);
 
-fn rel(a: &Tensor, b: &Tensor) -> Result<f64> {
-    let a = a.to_dtype(DType::F64)?;
-    let b = b.to_dtype(DType::F64)?;
+/// max |a − b| / max |b|, on the CPU in f64 (so `a` and `b` may live on different devices).
+pub fn rel(a: &Tensor, b: &Tensor) -> Result<f64> {
+    let a = a.to_device(&Device::Cpu)?.to_dtype(DType::F64)?;
+    let b = b.to_device(&Device::Cpu)?.to_dtype(DType::F64)?;
     let d = (&a - &b)?.abs()?.max_all()?.to_scalar::<f64>()?;
     let m = b.abs()?.max_all()?.to_scalar::<f64>()?;
     Ok(d / m.max(1e-30))

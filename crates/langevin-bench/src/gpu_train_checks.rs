@@ -9,15 +9,7 @@ use langevin::kernels::{conv, gpu_train};
 use langevin::train::adamw::{AdamW, AdamWConfig};
 use langevin::train::ema::Ema;
 
-use crate::gpu_checks::Row;
-
-fn rel(a: &Tensor, b: &Tensor) -> Result<f64> {
-    let a = a.to_device(&Device::Cpu)?.to_dtype(DType::F64)?;
-    let b = b.to_device(&Device::Cpu)?.to_dtype(DType::F64)?;
-    let d = (&a - &b)?.abs()?.max_all()?.to_scalar::<f64>()?;
-    let m = b.abs()?.max_all()?.to_scalar::<f64>()?;
-    Ok(d / m.max(1e-30))
-}
+use crate::gpu_checks::{rel, Row};
 
 /// Value and gradients of `f(inputs)·r` summed (a random projection of the output, so every
 /// output element's gradient is exercised).

@@ -2,30 +2,16 @@
 //! in f32, ≤ 1e-12 in f64) on single- and multi-head shapes, query counts that are not a
 //! multiple of the kernel's row block, and cross-attention lengths; bit-identical on 1 and 3
 //! threads; and the composed path whenever a gradient is tracked.
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 use langevin::kernels::attention::{attention, fused};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use rand_distr::{Distribution, StandardNormal};
+
+mod common;
+use common::{randn_scaled, rel};
 
 fn randn(shape: &[usize], dtype: DType, rng: &mut ChaCha8Rng) -> Tensor {
-    let n = shape.iter().product();
-    let v: Vec<f64> = (0..n)
-        .map(|_| 2.0 * Distribution::<f64>::sample(&StandardNormal, rng))
-        .collect();
-    Tensor::from_vec(v, shape, &Device::Cpu)
-        .unwrap()
-        .to_dtype(dtype)
-        .unwrap()
-}
-
-/// max |a − b| / max |b|.
-fn rel(a: &Tensor, b: &Tensor) -> f64 {
-    let a = a.to_dtype(DType::F64).unwrap();
-    let b = b.to_dtype(DType::F64).unwrap();
-    let d = (&a - &b).unwrap().abs().unwrap().max_all().unwrap();
-    let m = b.abs().unwrap().max_all().unwrap();
-    d.to_scalar::<f64>().unwrap() / m.to_scalar::<f64>().unwrap().max(1e-30)
+    randn_scaled(shape, 2.0, dtype, rng)
 }
 
 fn composed(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Tensor {

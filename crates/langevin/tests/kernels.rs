@@ -1,31 +1,15 @@
 //! The own CPU kernels against candle's reference ops on random shapes (odd sizes, stride 2,
 //! padding, batch 1, 1×1): forward values and the gradients of a random linear functional
 //! of the output, to ≤ 1e-5 relative in f32; and central finite differences in f64.
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 use langevin::kernels::conv::conv2d_gemm;
 use langevin::kernels::group_norm::shifted_group_norm_act;
 use langevin::kernels::{conv2d, group_norm_act};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use rand_distr::{Distribution, StandardNormal};
 
-fn randn(shape: &[usize], dtype: DType, rng: &mut ChaCha8Rng) -> Tensor {
-    let n = shape.iter().product();
-    let v: Vec<f64> = (0..n).map(|_| StandardNormal.sample(rng)).collect();
-    Tensor::from_vec(v, shape, &Device::Cpu)
-        .unwrap()
-        .to_dtype(dtype)
-        .unwrap()
-}
-
-/// max |a − b| / max |b|.
-fn rel(a: &Tensor, b: &Tensor) -> f64 {
-    let a = a.to_dtype(DType::F64).unwrap();
-    let b = b.to_dtype(DType::F64).unwrap();
-    let d = (&a - &b).unwrap().abs().unwrap().max_all().unwrap();
-    let m = b.abs().unwrap().max_all().unwrap();
-    d.to_scalar::<f64>().unwrap() / m.to_scalar::<f64>().unwrap().max(1e-30)
-}
+mod common;
+use common::{randn, rel};
 
 /// [`rel`] of the outputs, then of each gradient.
 fn rel_all(y: &Tensor, g: &[Tensor], y0: &Tensor, g0: &[Tensor]) -> Vec<f64> {

@@ -11,27 +11,9 @@ use langevin::nn::mlp::{Mlp, MlpConfig};
 use langevin::nn::Network;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use rand_distr::{Distribution, StandardNormal};
 
-fn randn(shape: &[usize], scale: f64, dtype: DType, rng: &mut ChaCha8Rng) -> Tensor {
-    let n = shape.iter().product();
-    let v: Vec<f64> = (0..n)
-        .map(|_| scale * Distribution::<f64>::sample(&StandardNormal, rng))
-        .collect();
-    Tensor::from_vec(v, shape, &Device::Cpu)
-        .unwrap()
-        .to_dtype(dtype)
-        .unwrap()
-}
-
-/// max |a − b| / max |b|.
-fn rel(a: &Tensor, b: &Tensor) -> f64 {
-    let a = a.to_dtype(DType::F64).unwrap();
-    let b = b.to_dtype(DType::F64).unwrap();
-    let d = (&a - &b).unwrap().abs().unwrap().max_all().unwrap();
-    let m = b.abs().unwrap().max_all().unwrap();
-    d.to_scalar::<f64>().unwrap() / m.to_scalar::<f64>().unwrap().max(1e-30)
-}
+mod common;
+use common::{randn_scaled, rel};
 
 /// The residual MLP from candle's ops on the packed parameters (the reference).
 fn composed(x: &Tensor, emb: &Tensor, p: &Tensor, d: MlpDims) -> Tensor {
@@ -74,7 +56,7 @@ fn value_and_grads(
         vars[1].as_tensor(),
         vars[2].as_tensor(),
     );
-    let r = randn(y.dims(), 1.0, y.dtype(), &mut ChaCha8Rng::seed_from_u64(7));
+    let r = randn_scaled(y.dims(), 1.0, y.dtype(), &mut ChaCha8Rng::seed_from_u64(7));
     let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
     // An input the output does not depend on (the embedding without blocks) has no gradient.
     let grads = vars
@@ -90,9 +72,9 @@ fn value_and_grads(
 fn inputs(b: usize, d: MlpDims, dtype: DType, seed: u64) -> [Tensor; 3] {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     [
-        randn(&[b, d.in_dim], 1.0, dtype, &mut rng),
-        randn(&[b, d.temb_dim], 1.0, dtype, &mut rng),
-        randn(&[d.packed_len()], 0.3, dtype, &mut rng),
+        randn_scaled(&[b, d.in_dim], 1.0, dtype, &mut rng),
+        randn_scaled(&[b, d.temb_dim], 1.0, dtype, &mut rng),
+        randn_scaled(&[d.packed_len()], 0.3, dtype, &mut rng),
     ]
 }
 
@@ -155,7 +137,7 @@ fn fused_mlp_gradients_match_finite_differences() {
     let (_, g) = value_and_grads(|x, e, p| residual_mlp(x, e, p, d).unwrap(), [&x, &e, &p]);
     let r = {
         let y = residual_mlp(&x, &e, &p, d).unwrap();
-        randn(y.dims(), 1.0, DType::F64, &mut ChaCha8Rng::seed_from_u64(7))
+        randn_scaled(y.dims(), 1.0, DType::F64, &mut ChaCha8Rng::seed_from_u64(7))
     };
     let loss = |ins: &[Tensor]| -> f64 {
         let y = residual_mlp(&ins[0], &ins[1], &ins[2], d).unwrap();
@@ -225,10 +207,11 @@ fn mlp_network_uses_the_fused_kernel_with_the_same_result() {
     // The output layer starts at zero; give every parameter random values.
     let mut rng = ChaCha8Rng::seed_from_u64(5);
     for v in varmap.all_vars() {
-        v.set(&randn(v.dims(), 0.3, DType::F32, &mut rng)).unwrap();
+        v.set(&randn_scaled(v.dims(), 0.3, DType::F32, &mut rng))
+            .unwrap();
     }
-    let x = randn(&[9, 3], 1.0, DType::F32, &mut rng);
-    let c = randn(&[9], 1.0, DType::F32, &mut rng);
+    let x = randn_scaled(&[9, 3], 1.0, DType::F32, &mut rng);
+    let c = randn_scaled(&[9], 1.0, DType::F32, &mut rng);
     let y = net.forward(&x, &c, &Cond::default()).unwrap();
     let e = timestep_embedding(&c, cfg.temb_dim, true, 0.0, 10000.0).unwrap();
     let y0 = net.forward_composed(&x, &e).unwrap();

@@ -177,11 +177,11 @@ mod imp {
         })
     }
 
-    /// The fastest of `candidates` measured on the live buffers (in deterministic mode, the
-    /// first of the leading `deterministic_first` that runs) (each algorithm cuDNN
-    /// accepts with a workspace ≤ [`MAX_WORKSPACE`], timed once, as PyTorch's
-    /// `cudnn.benchmark = True`): cuDNN's heuristic alone picked FFT kernels for strict-f32
-    /// 3×3 convolutions that ran 10× slower than its implicit GEMM (measured on an H200).
+    /// The fastest of `candidates` measured on the live buffers: each algorithm cuDNN accepts
+    /// with a workspace ≤ [`MAX_WORKSPACE`], timed once, as PyTorch's `cudnn.benchmark =
+    /// True` (cuDNN's heuristic alone picked FFT kernels for strict-f32 3×3 convolutions that
+    /// ran 10× slower than its implicit GEMM, measured on an H200). In deterministic mode, the
+    /// first of the leading `deterministic_first` candidates that runs, untimed.
     fn fastest<A: Copy + std::fmt::Debug>(
         what: &dyn Fn() -> String,
         dev: &CudaDevice,

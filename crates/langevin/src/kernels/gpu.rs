@@ -3,8 +3,8 @@
 //!
 //! Written because candle runs group norm as ~10 kernels and every bias or residual add as a
 //! separate broadcast pass (docs/benchmarks.md has the per-kernel profile). The ops have no
-//! backward pass: [`fast_path`] routes only untracked (inference) tensors here; training keeps
-//! the composed candle ops. Each op is checked against that composition on the GPU by
+//! backward pass: [`fast_path`] routes only untracked (inference) tensors here; training takes
+//! the differentiable ops of [`super::gpu_train`], which launch the same forward kernels. Each op is checked against that composition on the GPU by
 //! `langevin-bench --parity --device cuda` (`kernel_checks`).
 use std::sync::OnceLock;
 
@@ -109,13 +109,18 @@ pub fn upsample2x(x: &Tensor) -> candle_core::Result<Tensor> {
 }
 
 #[cfg(feature = "cuda")]
+pub(crate) use imp::{launch_bias_residual, launch_group_norm, view};
+
+#[cfg(feature = "cuda")]
 mod imp {
     use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::cudarc::driver::{
         CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
     };
     use candle_core::cuda_backend::{CudaDType, WrapErr};
-    use candle_core::{CudaStorage, CustomOp1, CustomOp3, DType, Layout, Shape, WithDType};
+    use candle_core::{
+        CudaDevice, CudaStorage, CustomOp1, CustomOp3, DType, Layout, Shape, WithDType,
+    };
     use candle_core::{Storage, Tensor};
 
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fused.ptx"));
@@ -147,7 +152,7 @@ mod imp {
     }
 
     /// The contiguous data of `s` from `l`'s offset.
-    fn view<'a, T: CudaDType + DeviceRepr + WithDType>(
+    pub fn view<'a, T: CudaDType + DeviceRepr + WithDType>(
         s: &'a CudaStorage,
         l: &Layout,
     ) -> candle_core::Result<CudaView<'a, T>> {
@@ -203,16 +208,11 @@ mod imp {
                     gamma.1.dims()
                 )
             }
-            let n = (c / self.groups) * s;
-            let threads = (n / 4).next_multiple_of(32).clamp(32, 512) as u32;
-            let f = func!(dev, "group_norm", T::DTYPE);
             let (xv, gv, bv) = (
                 view::<T>(x.0, x.1)?,
                 view::<T>(gamma.0, gamma.1)?,
                 view::<T>(beta.0, beta.1)?,
             );
-            // SAFETY: every element is written by the kernel.
-            let out = unsafe { dev.alloc::<T>(b * c * s)? };
             with_side(&self.shift, |sh| {
                 if let Some((_, l)) = sh {
                     if l.dims() != [b, c] {
@@ -220,33 +220,56 @@ mod imp {
                     }
                 }
                 let shv = sh.map(|(s, l)| view::<T>(s, l)).transpose()?;
-                let null = 0u64;
-                let (ci, gi, si, silu) = (c as i32, self.groups as i32, s as i32, self.silu as i32);
-                let mut a = f.builder();
-                a.arg(&xv);
-                match &shv {
-                    Some(v) => a.arg(v),
-                    None => a.arg(&null),
-                };
-                a.arg(&gv)
-                    .arg(&bv)
-                    .arg(&out)
-                    .arg(&ci)
-                    .arg(&gi)
-                    .arg(&si)
-                    .arg(&self.eps)
-                    .arg(&silu);
-                let cfg = LaunchConfig {
-                    grid_dim: ((b * self.groups) as u32, 1, 1),
-                    block_dim: (threads, 1, 1),
-                    shared_mem_bytes: 0,
-                };
-                // SAFETY: the argument list matches `group_norm_*` in fused.cu; sizes checked.
-                unsafe { a.launch(cfg) }.w()?;
-                Ok(())
-            })?;
-            Ok(out)
+                let geom = [b, c, s, self.groups];
+                launch_group_norm(dev, &xv, shv.as_ref(), &gv, &bv, geom, self.eps, self.silu)
+            })
         }
+    }
+
+    /// Launches `group_norm_*` (fused.cu) over contiguous views: x [B, C, S], shift [B, C] or
+    /// none, γ and β [C]; `[b, c, s, groups]`. Shared with the training op
+    /// (`gpu_train::GroupNormTrain`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn launch_group_norm<T: CudaDType + DeviceRepr + WithDType>(
+        dev: &CudaDevice,
+        x: &CudaView<T>,
+        shift: Option<&CudaView<T>>,
+        gamma: &CudaView<T>,
+        beta: &CudaView<T>,
+        [b, c, s, groups]: [usize; 4],
+        eps: f32,
+        silu: bool,
+    ) -> candle_core::Result<CudaSlice<T>> {
+        let n = (c / groups) * s;
+        let threads = (n / 4).next_multiple_of(32).clamp(32, 512) as u32;
+        let f = func!(dev, "group_norm", T::DTYPE);
+        // SAFETY: every element is written by the kernel.
+        let out = unsafe { dev.alloc::<T>(b * c * s)? };
+        let null = 0u64;
+        let (ci, gi, si, silu) = (c as i32, groups as i32, s as i32, silu as i32);
+        let mut a = f.builder();
+        a.arg(x);
+        match shift {
+            Some(v) => a.arg(v),
+            None => a.arg(&null),
+        };
+        a.arg(gamma)
+            .arg(beta)
+            .arg(&out)
+            .arg(&ci)
+            .arg(&gi)
+            .arg(&si)
+            .arg(&eps)
+            .arg(&silu);
+        let cfg = LaunchConfig {
+            grid_dim: ((b * groups) as u32, 1, 1),
+            block_dim: (threads, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the argument list matches `group_norm_*` in fused.cu; the caller checked the
+        // views' sizes.
+        unsafe { a.launch(cfg) }.w()?;
+        Ok(out)
     }
 
     impl CustomOp3 for GroupNorm {
@@ -293,11 +316,7 @@ mod imp {
             let dev = x.device();
             let dims = xl.dims();
             let (c, s) = (dims[1], dims[2..].iter().product::<usize>());
-            let n = xl.shape().elem_count();
             let xv = view::<T>(x, xl)?;
-            let f = func!(dev, "bias_residual", T::DTYPE);
-            // SAFETY: every element is written by the kernel.
-            let out = unsafe { dev.alloc::<T>(n)? };
             with_side(&self.bias, |bias| {
                 with_side(&self.residual, |res| {
                     if let Some((_, l)) = bias {
@@ -307,31 +326,49 @@ mod imp {
                     }
                     let bv = bias.map(|(s, l)| view::<T>(s, l)).transpose()?;
                     let rv = res.map(|(s, l)| view::<T>(s, l)).transpose()?;
-                    let null = 0u64;
-                    let (ci, si) = (c as i32, s as i32);
-                    let mut a = f.builder();
-                    a.arg(&xv);
-                    match &bv {
-                        Some(v) => a.arg(v),
-                        None => a.arg(&null),
-                    };
-                    match &rv {
-                        Some(v) => a.arg(v),
-                        None => a.arg(&null),
-                    };
-                    a.arg(&out).arg(&n).arg(&ci).arg(&si).arg(&self.scale);
-                    let cfg = LaunchConfig {
-                        grid_dim: (blocks(n, 256), 1, 1),
-                        block_dim: (256, 1, 1),
-                        shared_mem_bytes: 0,
-                    };
-                    // SAFETY: the argument list matches `bias_residual_*` in fused.cu.
-                    unsafe { a.launch(cfg) }.w()?;
-                    Ok(())
+                    let n = xl.shape().elem_count();
+                    launch_bias_residual(dev, &xv, bv.as_ref(), rv.as_ref(), [n, c, s], self.scale)
                 })
-            })?;
-            Ok(out)
+            })
         }
+    }
+
+    /// Launches `bias_residual_*` (fused.cu): `(x + bias[c] + res) · scale` over contiguous
+    /// views, x and res [B, C, S] (n elements), bias [C]; `[n, c, s]`. Shared with the training op
+    /// (`gpu_train::BiasResidualTrain`).
+    pub fn launch_bias_residual<T: CudaDType + DeviceRepr + WithDType>(
+        dev: &CudaDevice,
+        x: &CudaView<T>,
+        bias: Option<&CudaView<T>>,
+        res: Option<&CudaView<T>>,
+        [n, c, s]: [usize; 3],
+        scale: f32,
+    ) -> candle_core::Result<CudaSlice<T>> {
+        let f = func!(dev, "bias_residual", T::DTYPE);
+        // SAFETY: every element is written by the kernel.
+        let out = unsafe { dev.alloc::<T>(n)? };
+        let null = 0u64;
+        let (ci, si) = (c as i32, s as i32);
+        let mut a = f.builder();
+        a.arg(x);
+        match bias {
+            Some(v) => a.arg(v),
+            None => a.arg(&null),
+        };
+        match res {
+            Some(v) => a.arg(v),
+            None => a.arg(&null),
+        };
+        a.arg(&out).arg(&n).arg(&ci).arg(&si).arg(&scale);
+        let cfg = LaunchConfig {
+            grid_dim: (blocks(n, 256), 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the argument list matches `bias_residual_*` in fused.cu; the caller checked
+        // the views' sizes.
+        unsafe { a.launch(cfg) }.w()?;
+        Ok(out)
     }
 
     impl CustomOp1 for BiasResidual {

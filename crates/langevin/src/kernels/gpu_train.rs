@@ -99,17 +99,17 @@ pub use imp::{adamw, ema, sum_squares};
 mod imp {
     use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::cudarc::driver::{
-        CudaSlice, DevicePtr, LaunchConfig, PushKernelArg,
+        CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
     };
-    use candle_core::cuda_backend::WrapErr;
+    use candle_core::cuda_backend::{CudaDType, WrapErr};
     use candle_core::{
         CpuStorage, CudaDevice, CudaStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape,
-        Storage, Tensor,
+        Storage, Tensor, WithDType,
     };
 
+    use super::super::gpu::{launch_bias_residual, launch_group_norm, view};
     use super::{AdamRow, AdamStep};
 
-    const FUSED: &str = include_str!(concat!(env!("OUT_DIR"), "/fused.ptx"));
     const TRAIN: &str = include_str!(concat!(env!("OUT_DIR"), "/train.ptx"));
     /// Elements per block of the multi-tensor kernels (`CHUNK` in train.cu).
     const CHUNK: usize = 16384;
@@ -308,71 +308,41 @@ mod imp {
         Ok(())
     }
 
-    macro_rules! slice {
-        ($s:expr, $l:expr, $t:ty) => {
-            $s.as_cuda_slice::<$t>()?.slice($l.start_offset()..)
-        };
-    }
-
     pub struct BiasResidualTrain {
         pub scale: f32,
     }
 
     impl BiasResidualTrain {
+        fn forward<T: CudaDType + DeviceRepr + WithDType>(
+            &self,
+            y: (&CudaStorage, &Layout),
+            bias: (&CudaStorage, &Layout),
+            res: Option<(&CudaStorage, &Layout)>,
+        ) -> candle_core::Result<CudaSlice<T>> {
+            let dims = y.1.dims();
+            let (c, s) = (dims[1], dims[2..].iter().product::<usize>());
+            if bias.1.dims() != [c] || res.is_some_and(|r| r.1.dims() != dims) {
+                candle_core::bail!("bias_residual: y {dims:?}, bias {:?}", bias.1.dims())
+            }
+            let (yv, bv) = (view::<T>(y.0, y.1)?, view::<T>(bias.0, bias.1)?);
+            let rv = res.map(|(s, l)| view::<T>(s, l)).transpose()?;
+            let n = y.1.shape().elem_count();
+            let geom = [n, c, s];
+            launch_bias_residual(y.0.device(), &yv, Some(&bv), rv.as_ref(), geom, self.scale)
+        }
+
         fn run(
             &self,
             y: (&CudaStorage, &Layout),
             bias: (&CudaStorage, &Layout),
             res: Option<(&CudaStorage, &Layout)>,
         ) -> candle_core::Result<(CudaStorage, Shape)> {
-            let dims = y.1.dims();
-            let (c, s) = (dims[1], dims[2..].iter().product::<usize>());
-            let n = y.1.shape().elem_count();
-            if bias.1.dims() != [c] || res.is_some_and(|r| r.1.dims() != dims) {
-                candle_core::bail!("bias_residual: y {dims:?}, bias {:?}", bias.1.dims())
-            }
-            if !(y.1.is_contiguous() && bias.1.is_contiguous())
-                || res.is_some_and(|r| !r.1.is_contiguous())
-            {
-                candle_core::bail!("bias_residual: inputs must be contiguous")
-            }
             let dev = y.0.device().clone();
-            let (ci, si) = (c as i32, s as i32);
-            let cfg = LaunchConfig {
-                grid_dim: (n.div_ceil(256).min(65535 * 8) as u32, 1, 1),
-                block_dim: (256, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            let null = 0u64;
-            macro_rules! run {
-                ($t:ty, $suf:expr) => {{
-                    let f = dev.get_or_load_custom_func(
-                        concat!("bias_residual_", $suf),
-                        "langevin_fused",
-                        FUSED,
-                    )?;
-                    let (yv, bv) = (slice!(y.0, y.1, $t), slice!(bias.0, bias.1, $t));
-                    let rv = match res {
-                        Some((s, l)) => Some(slice!(s, l, $t)),
-                        None => None,
-                    };
-                    // SAFETY: every element is written by the kernel.
-                    let out = unsafe { dev.alloc::<$t>(n)? };
-                    let mut a = f.builder();
-                    a.arg(&yv).arg(&bv);
-                    match &rv {
-                        Some(v) => a.arg(v),
-                        None => a.arg(&null),
-                    };
-                    a.arg(&out).arg(&n).arg(&ci).arg(&si).arg(&self.scale);
-                    // SAFETY: matches `bias_residual_*` in fused.cu; shapes checked above.
-                    unsafe { a.launch(cfg) }.w()?;
-                    CudaStorage::wrap_cuda_slice(out, dev.clone())
-                }};
-            }
             let st = match y.0.dtype() {
-                DType::F32 => run!(f32, "f32"),
-                DType::BF16 => run!(half::bf16, "bf16"),
+                DType::F32 => CudaStorage::wrap_cuda_slice(self.forward::<f32>(y, bias, res)?, dev),
+                DType::BF16 => {
+                    CudaStorage::wrap_cuda_slice(self.forward::<half::bf16>(y, bias, res)?, dev)
+                }
                 d => candle_core::bail!("bias_residual: unsupported dtype {d:?}"),
             };
             Ok((st, y.1.shape().clone()))
@@ -505,7 +475,7 @@ mod imp {
                         "langevin_train",
                         TRAIN,
                     )?;
-                    let gv = slice!(g, gl, $t);
+                    let gv = view::<$t>(g, gl)?;
                     // SAFETY: every element is written by the second kernel.
                     let out = unsafe { dev.alloc::<$t>(c)? };
                     let mut a = f.builder();
@@ -589,41 +559,42 @@ mod imp {
             al: &Layout,
         ) -> candle_core::Result<(CudaStorage, Shape)> {
             let [b, c, s] = self.check(xl, sl, al)?;
-            let dev = x.device().clone();
-            let n = (c / self.groups) * s;
-            let threads = (n / 4).next_multiple_of(32).clamp(32, 512) as u32;
-            let cfg = LaunchConfig {
-                grid_dim: ((b * self.groups) as u32, 1, 1),
-                block_dim: (threads, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            let (ci, gi, si, silu) = (c as i32, self.groups as i32, s as i32, self.silu as i32);
-            macro_rules! run {
-                ($t:ty, $suf:expr) => {{
-                    let f = dev.get_or_load_custom_func(
-                        concat!("group_norm_", $suf),
-                        "langevin_fused",
-                        FUSED,
-                    )?;
-                    let (xv, shv) = (slice!(x, xl, $t), slice!(sh, sl, $t));
-                    let av = af.as_cuda_slice::<$t>()?;
-                    let (gv, bv) = (
-                        av.slice(al.start_offset()..al.start_offset() + c),
-                        av.slice(al.start_offset() + c..),
-                    );
-                    // SAFETY: every element is written by the kernel.
-                    let out = unsafe { dev.alloc::<$t>(b * c * s)? };
-                    let mut a = f.builder();
-                    a.arg(&xv).arg(&shv).arg(&gv).arg(&bv).arg(&out);
-                    a.arg(&ci).arg(&gi).arg(&si).arg(&self.eps).arg(&silu);
-                    // SAFETY: matches `group_norm_*` in fused.cu; shapes checked above.
-                    unsafe { a.launch(cfg) }.w()?;
-                    CudaStorage::wrap_cuda_slice(out, dev.clone())
-                }};
+            let geom = [b, c, s, self.groups];
+            fn fwd<T: CudaDType + DeviceRepr + WithDType>(
+                op: &GroupNormTrain,
+                x: (&CudaStorage, &Layout),
+                sh: (&CudaStorage, &Layout),
+                af: (&CudaStorage, &Layout),
+                geom: [usize; 4],
+            ) -> candle_core::Result<CudaSlice<T>> {
+                let c = geom[1];
+                let (xv, shv, av) = (
+                    view::<T>(x.0, x.1)?,
+                    view::<T>(sh.0, sh.1)?,
+                    view(af.0, af.1)?,
+                );
+                let (gv, bv) = (av.slice(..c), av.slice(c..));
+                launch_group_norm(
+                    x.0.device(),
+                    &xv,
+                    Some(&shv),
+                    &gv,
+                    &bv,
+                    geom,
+                    op.eps,
+                    op.silu,
+                )
             }
+            let dev = x.device().clone();
             let st = match x.dtype() {
-                DType::F32 => run!(f32, "f32"),
-                DType::BF16 => run!(half::bf16, "bf16"),
+                DType::F32 => CudaStorage::wrap_cuda_slice(
+                    fwd::<f32>(self, (x, xl), (sh, sl), (af, al), geom)?,
+                    dev,
+                ),
+                DType::BF16 => CudaStorage::wrap_cuda_slice(
+                    fwd::<half::bf16>(self, (x, xl), (sh, sl), (af, al), geom)?,
+                    dev,
+                ),
                 d => candle_core::bail!("{}: unsupported dtype {d:?}", self.name()),
             };
             Ok((st, xl.shape().clone()))
@@ -731,8 +702,8 @@ mod imp {
                     )?;
                     // SAFETY: every element is written by the two kernels.
                     let out = unsafe { dev.alloc::<$t>(total)? };
-                    let (xv, dv) = (slice!(x, xl, $t), slice!(dy, dl, $t));
-                    let (shv, av) = (slice!(sh, sl, $t), slice!(af, al, $t));
+                    let (xv, dv) = (view::<$t>(x, xl)?, view::<$t>(dy, dl)?);
+                    let (shv, av) = (view::<$t>(sh, sl)?, view::<$t>(af, al)?);
                     let (dx, dshift, daff) = (
                         out.slice(..n),
                         out.slice(n..n + b * c),

@@ -1,9 +1,9 @@
-//! Own CPU kernels for the hot spots candle is slow at (measured in `docs/benchmarks.md`):
-//! convolution forward and backward, group normalisation fused with SiLU, and the residual MLP
-//! as one op, and multi-head attention for inference. Each is a candle
-//! custom op with its backward pass, so autograd sees one node; on other devices or dtypes the
-//! wrappers fall back to candle's own ops, or to the fused CUDA kernels of [`gpu`] for
-//! inference on NVIDIA GPUs.
+//! Own kernels for the hot spots candle is slow at (measured in `docs/benchmarks.md`). On the
+//! CPU: convolution forward and backward, group normalisation fused with SiLU, the residual MLP
+//! as one op, and multi-head attention for inference. Each is a candle custom op with its
+//! backward pass, so autograd sees one node. On NVIDIA GPUs the same wrappers pick the fused
+//! inference kernels of [`gpu`], the differentiable training kernels of [`gpu_train`] and
+//! cuDNN ([`cudnn_conv`]); elsewhere they fall back to candle's own ops.
 pub mod attention;
 pub mod conv;
 pub mod cudnn_conv;
@@ -11,7 +11,7 @@ pub mod gpu;
 pub mod gpu_train;
 pub mod group_norm;
 pub mod mlp;
-mod real;
+pub(crate) mod real;
 
 pub use conv::conv2d;
 pub use group_norm::group_norm_act;

@@ -81,9 +81,8 @@ impl AdamW {
     }
 
     /// Back to computing with the f32 parameters.
-    pub fn set_shadows_off(&mut self) -> Result<()> {
+    pub fn clear_shadows(&mut self) {
         self.shadows = None;
-        Ok(())
     }
 
     /// The tensor the network computes with for parameter `i` (its gradient's key).
@@ -173,6 +172,17 @@ impl AdamW {
         let c = self.config;
         let bc1 = 1.0 - c.beta1.powi(self.t as i32);
         let bc2 = 1.0 - c.beta2.powi(self.t as i32);
+        // The step's constants, for the one-pass forms (the composed form below spells them).
+        let k = gpu_train::AdamStep {
+            grad_scale,
+            beta1: c.beta1,
+            beta2: c.beta2,
+            eps: c.eps,
+            bc1,
+            bc2,
+            lr,
+            weight_decay: c.weight_decay,
+        };
         if let Some(gs) = self.cuda_grads(grads)? {
             let rows: Vec<gpu_train::AdamRow> = gs
                 .iter()
@@ -187,29 +197,9 @@ impl AdamW {
                     }
                 })
                 .collect();
-            let k = gpu_train::AdamStep {
-                grad_scale,
-                beta1: c.beta1,
-                beta2: c.beta2,
-                eps: c.eps,
-                bc1,
-                bc2,
-                lr,
-                weight_decay: c.weight_decay,
-            };
             return Ok(gpu_train::adamw(&rows, k)?);
         }
         if let Some(gs) = self.cpu_grads(grads)? {
-            let k = gpu_train::AdamStep {
-                grad_scale,
-                beta1: c.beta1,
-                beta2: c.beta2,
-                eps: c.eps,
-                bc1,
-                bc2,
-                lr,
-                weight_decay: c.weight_decay,
-            };
             for (i, g) in gs {
                 let (_, var, m, v) = &mut self.params[i];
                 let (m2, v2) = cpu_optim::adamw(var, m, v, &g, &k)?;

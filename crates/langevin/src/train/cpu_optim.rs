@@ -5,9 +5,10 @@
 //! Written because the composed AdamW is about a dozen candle ops per parameter tensor, each a
 //! pass with a fresh buffer and a thread-pool dispatch: a visible share of the demo MLP's
 //! training step (profile in docs/benchmarks.md, CPU round 2).
-use candle_core::{CpuStorage, DType, Device, Storage, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 
 use crate::kernels::gpu_train::AdamStep;
+use crate::kernels::real::with_data;
 use crate::Result;
 
 /// Whether `t` is a contiguous f32 tensor in CPU memory.
@@ -15,18 +16,9 @@ pub fn eligible(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous()
 }
 
-/// Runs `f` on the f32 data of a contiguous CPU tensor.
+/// Runs `f` on the f32 data of a CPU tensor.
 fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
-    let (st, l) = t.storage_and_layout();
-    match (&*st, l.contiguous_offsets()) {
-        (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => Ok(f(&v[a..b])),
-        _ => Err(candle_core::Error::Msg(format!(
-            "optimiser: want a contiguous f32 CPU tensor, got {:?} {:?}",
-            t.dtype(),
-            t.dims()
-        ))
-        .into()),
-    }
+    Ok(with_data::<f32, R>(t, "optimiser", |v| Ok(f(v)))?)
 }
 
 /// Σ g² in f64.

@@ -238,7 +238,8 @@ impl Trainer {
         self.compute = dtype;
         if dtype == DType::F32 {
             self.low_precision = None;
-            return self.opt.set_shadows_off();
+            self.opt.clear_shadows();
+            return Ok(());
         }
         let shadows = self
             .vars
