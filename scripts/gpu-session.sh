@@ -71,6 +71,10 @@ for stage in "$@"; do
             $B --gpu --device cuda --compile --reps 10 --exact --only "$w" 2>&1 |
                 grep -E "^\| $w \|" | tee -a "$OUT/bench-forward.md"
         done
+        # The same without CUDA graphs (each forward launched op by op).
+        echo "## LANGEVIN_CUDA_GRAPHS=0" | tee -a "$OUT/bench-forward.md"
+        LANGEVIN_CUDA_GRAPHS=0 $B --gpu --device cuda --no-torch --reps 10 --only forward 2>&1 |
+            grep -E "^\| (unet|resblocks|mlp)" | tee -a "$OUT/bench-forward.md"
         if [ -n "${BEFORE:-}" ]; then
             echo "## LANGEVIN_FUSED=0 (before)" | tee -a "$OUT/bench-forward.md"
             LANGEVIN_FUSED=0 $B --gpu --device cuda --no-torch --reps 5 --only forward 2>&1 |

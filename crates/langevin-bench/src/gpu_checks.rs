@@ -2,7 +2,11 @@
 //! replace, on the GPU, in f32 and bf16 (part of `langevin-bench --parity --device cuda`).
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
+use langevin::denoiser::Cond;
 use langevin::kernels::gpu;
+use langevin::model::net::Net;
+use langevin::nn::unet::UNet2DModel;
+use langevin::nn::Network;
 
 /// One row per check: (what, dtype, max relative error, bound).
 pub type Row = (String, &'static str, f64, f64);
@@ -82,4 +86,42 @@ pub fn run(dev: &Device) -> Result<Vec<Row>> {
         }
     }
     Ok(rows)
+}
+
+/// The UNet replayed as a CUDA graph against its eager forward on three different inputs (the
+/// first call captures, the next two replay): bit-identical, or the row fails. Also fails when
+/// the calls did not replay.
+pub fn graph_replay(
+    m: UNet2DModel,
+    x: &Tensor,
+    t: &Tensor,
+    labels: Option<Tensor>,
+    name: &str,
+) -> Result<Row> {
+    let dt = x.dtype();
+    let eager = |m: &UNet2DModel, x: &Tensor| m.forward_diffusers(x, t, labels.as_ref());
+    let inputs = [x.clone(), (x * 0.5)?, x.neg()?];
+    let want = (inputs.iter())
+        .map(|x| eager(&m, x))
+        .collect::<langevin::Result<Vec<_>>>()?;
+    let net = Net::Unet(m).graphed();
+    let cond = Cond {
+        labels: labels.clone(),
+        image: None,
+    };
+    let mut worst = 0f64;
+    for (x, w) in inputs.iter().zip(&want) {
+        let got = net.forward(x, t, &cond)?;
+        worst = worst.max(rel(&got, w)?);
+    }
+    let s = net.graph_stats().unwrap_or_default();
+    if (s.captured, s.replays) != (1, 2) {
+        worst = f64::INFINITY;
+    }
+    Ok((
+        format!("UNet2DModel {name}: CUDA graph replays vs eager ({s:?})"),
+        dt.as_str(),
+        worst,
+        0.0,
+    ))
 }

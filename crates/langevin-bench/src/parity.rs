@@ -68,6 +68,9 @@ pub fn run(fixtures: &Path, dev: &Device) -> Result<()> {
                 rel_err(&y, &io["out"])?,
                 bound(dt),
             ));
+            if dev.is_cuda() {
+                rows.push(crate::gpu_checks::graph_replay(m, &x, &t, labels, name)?);
+            }
         }
         let pipe = fixtures.join("pipeline");
         let npy = |f: &str| -> Result<Tensor> {
@@ -126,6 +129,23 @@ pub fn run(fixtures: &Path, dev: &Device) -> Result<()> {
             rel_err(&got, &want)?,
             bound(dt),
         ));
+        if dev.is_cuda() {
+            // What `langevin sample` runs: the same sampler with the network replayed as a
+            // CUDA graph must give the eager result bit for bit.
+            let graphed = Run::load_for_sampling(pipe.join("model"), dev, Some(dt))?;
+            let g = generate(&graphed.denoiser, &Cond::default(), &job, &mut |_| {})?.0;
+            let stats = graphed.denoiser.net.graph_stats().unwrap_or_default();
+            let e = match stats.replays >= 19 {
+                true => rel_err(&g, &got)?,
+                false => f64::INFINITY, // graphs not used: fail the row
+            };
+            rows.push((
+                format!("same, CUDA graph replays ({} of 20 calls) vs eager", stats.replays),
+                dt.as_str(),
+                e,
+                0.0,
+            ));
+        }
     }
     if dev.is_cuda() {
         rows.extend(crate::gpu_checks::run(dev)?);

@@ -9,6 +9,7 @@ use anyhow::Result;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{Init, VarBuilder, VarMap};
 use langevin::denoiser::Cond;
+use langevin::kernels::cuda_graph::CudaGraphs;
 use langevin::kernels::{conv2d, group_norm_act};
 use langevin::model::run::save_tensors;
 use langevin::nn::init::reinit_seeded;
@@ -278,8 +279,18 @@ pub fn prepare(w: &Workload, dir: &Path, seed: u64, dev: &Device) -> Result<Prep
             let xd = x.to_dtype(dt)?;
             let y = plain(&xd, &t)?.to_dtype(DType::F32)?.to_device(&cpu)?;
             inputs.insert("y".into(), y);
+            // As `langevin sample` runs it: replayed as a CUDA graph on CUDA (unless
+            // LANGEVIN_CUDA_GRAPHS=0); the first timed warm-up call captures.
+            let graphs = CudaGraphs::new();
+            let graphed = move |x: &Tensor, t: &Tensor| -> Result<Tensor> {
+                let f = |i: &[Tensor]| {
+                    plain(&i[0], &i[1]).map_err(|e| candle_core::Error::Msg(e.to_string()).into())
+                };
+                let y = graphs.run(&[x, t], &f)?;
+                Ok(y)
+            };
             Box::new(move || {
-                plain(&xd, &t)?;
+                graphed(&xd, &t)?;
                 Ok(sync.synchronize()?)
             })
         }

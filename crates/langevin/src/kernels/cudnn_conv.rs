@@ -25,6 +25,15 @@ pub fn conv2d(
         .apply_op2(&w.contiguous()?, imp::CudnnConv { padding, stride })
 }
 
+/// From now on, never free a cuDNN workspace (a grown one's predecessor, or a thread's at
+/// exit): a captured CUDA graph ([`super::cuda_graph`]) keeps using the one it was captured
+/// with. Retired workspaces stay allocated for the rest of the process (at most a few, each
+/// ≤ 1 GiB, as the workspace only grows).
+pub fn pin_workspaces() {
+    #[cfg(feature = "cudnn")]
+    imp::PINNED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
 #[cfg(feature = "cudnn")]
 mod imp {
     use std::cell::RefCell;
@@ -86,6 +95,26 @@ mod imp {
         f32_plans: HashMap<Key, Plan<f32>>,
         bf16_plans: HashMap<Key, Plan<half::bf16>>,
         workspace: Option<CudaSlice<u8>>,
+    }
+
+    /// Set by [`super::pin_workspaces`]: workspaces are retired, not freed.
+    pub(super) static PINNED: std::sync::atomic::AtomicBool =
+        std::sync::atomic::AtomicBool::new(false);
+    static RETIRED: std::sync::Mutex<Vec<CudaSlice<u8>>> = std::sync::Mutex::new(Vec::new());
+
+    /// Frees `ws`, or keeps it for the process's lifetime once graphs may refer to it.
+    fn retire(ws: Option<CudaSlice<u8>>) {
+        if let Some(ws) = ws {
+            if PINNED.load(std::sync::atomic::Ordering::SeqCst) {
+                RETIRED.lock().unwrap_or_else(|p| p.into_inner()).push(ws);
+            }
+        }
+    }
+
+    impl Drop for State {
+        fn drop(&mut self) {
+            retire(self.workspace.take());
+        }
     }
 
     // cuDNN handles and descriptors are neither Send nor Sync: one set per thread (as candle's).
@@ -278,8 +307,8 @@ mod imp {
             return Ok(None);
         }
         if ws.as_ref().is_none_or(|w| w.len() < need) {
-            *ws = None; // free the old one first
-                        // SAFETY: scratch memory; cuDNN initialises what it reads.
+            retire(ws.take()); // free the old one first (unless graphs use it)
+            // SAFETY: scratch memory; cuDNN initialises what it reads.
             *ws = Some(unsafe { dev.alloc::<u8>(need)? });
         }
         Ok(ws.as_mut())

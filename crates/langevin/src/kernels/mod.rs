@@ -3,9 +3,11 @@
 //! as one op, and multi-head attention for inference. Each is a candle custom op with its
 //! backward pass, so autograd sees one node. On NVIDIA GPUs the same wrappers pick the fused
 //! inference kernels of [`gpu`], the differentiable training kernels of [`gpu_train`] and
-//! cuDNN ([`cudnn_conv`]); elsewhere they fall back to candle's own ops.
+//! cuDNN ([`cudnn_conv`]); elsewhere they fall back to candle's own ops. [`cuda_graph`] replays a
+//! whole network evaluation as one captured CUDA graph.
 pub mod attention;
 pub mod conv;
+pub mod cuda_graph;
 pub mod cudnn_conv;
 pub mod gpu;
 pub mod gpu_train;

@@ -4,6 +4,7 @@ use candle_nn::VarBuilder;
 use serde_json::Value;
 
 use crate::cond::Cond;
+use crate::kernels::cuda_graph::CudaGraphs;
 use crate::nn::mlp::{Mlp, MlpConfig};
 use crate::nn::unet::{UNet2DConfig, UNet2DModel};
 use crate::nn::Network;
@@ -21,6 +22,39 @@ pub enum NetworkConfig {
 pub enum Net {
     Mlp(Mlp),
     Unet(UNet2DModel),
+    /// A network evaluated through captured CUDA graphs (sampling on CUDA; [`Net::graphed`]).
+    Graphed(Box<Net>, CudaGraphs),
+}
+
+impl Net {
+    /// This network, evaluated through CUDA graphs when its weights are on a CUDA device and
+    /// graphs are not turned off (`LANGEVIN_CUDA_GRAPHS=0`); unchanged otherwise. For
+    /// inference only: a graph replays fixed buffers and builds no autograd graph.
+    pub fn graphed(self) -> Net {
+        match self {
+            n @ Net::Graphed(..) => n,
+            n if n.device().is_cuda() && crate::kernels::cuda_graph::enabled() => {
+                Net::Graphed(Box::new(n), CudaGraphs::new())
+            }
+            n => n,
+        }
+    }
+
+    /// The graph cache's counters, for a graphed network.
+    pub fn graph_stats(&self) -> Option<crate::kernels::cuda_graph::GraphStats> {
+        match self {
+            Net::Graphed(_, g) => Some(g.stats()),
+            _ => None,
+        }
+    }
+
+    fn check_labels(&self, labels: &Tensor) -> Result<()> {
+        match self {
+            Net::Unet(u) => u.check_labels(labels),
+            Net::Graphed(n, _) => n.check_labels(labels),
+            Net::Mlp(_) => Ok(()),
+        }
+    }
 }
 
 impl NetworkConfig {
@@ -156,18 +190,36 @@ impl Network for Net {
         match self {
             Net::Mlp(m) => m.forward(x, c_noise, cond),
             Net::Unet(u) => u.forward(x, c_noise, cond),
+            Net::Graphed(net, graphs) => {
+                if let Some(l) = &cond.labels {
+                    net.check_labels(l)?;
+                }
+                let mut inputs = vec![x, c_noise];
+                inputs.extend(cond.labels.iter().chain(cond.image.iter()));
+                let (has_labels, has_image) = (cond.labels.is_some(), cond.image.is_some());
+                graphs.run(&inputs, &|t| {
+                    let mut rest = t[2..].iter().cloned();
+                    let cond = Cond {
+                        labels: if has_labels { rest.next() } else { None },
+                        image: if has_image { rest.next() } else { None },
+                    };
+                    net.forward(&t[0], &t[1], &cond)
+                })
+            }
         }
     }
     fn device(&self) -> candle_core::Device {
         match self {
             Net::Mlp(m) => m.device(),
             Net::Unet(u) => u.device(),
+            Net::Graphed(n, _) => n.device(),
         }
     }
     fn dtype(&self) -> candle_core::DType {
         match self {
             Net::Mlp(m) => m.dtype(),
             Net::Unet(u) => u.dtype(),
+            Net::Graphed(n, _) => n.dtype(),
         }
     }
 }

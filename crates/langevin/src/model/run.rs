@@ -198,7 +198,8 @@ impl Run {
 
     /// [`Run::load_as`] for sampling: with `dtype` None, image models (UNets) load in bf16 on
     /// CUDA (the fused kernels' fast path; bf16 sampling costs no measurable FID, see
-    /// docs/quality.md) and everything else in f32.
+    /// docs/quality.md) and everything else in f32. On CUDA the network is evaluated through
+    /// captured CUDA graphs ([`Net::graphed`]).
     pub fn load_for_sampling(
         dir: impl AsRef<Path>,
         dev: &Device,
@@ -215,7 +216,22 @@ impl Run {
             }
             None => DType::F32,
         };
-        Self::load_as(dir, dev, dtype)
+        let Run {
+            dir,
+            config,
+            denoiser,
+        } = Self::load_as(dir, dev, dtype)?;
+        // On CUDA every network evaluation of a fixed batch shape replays a captured graph
+        // (`kernels::cuda_graph`; `LANGEVIN_CUDA_GRAPHS=0` turns it off).
+        let denoiser = Precond {
+            net: denoiser.net.graphed(),
+            ..denoiser
+        };
+        Ok(Run {
+            dir,
+            config,
+            denoiser,
+        })
     }
 
     /// [`Run::load`] with the weights on `dev` in `dtype` (the network's compute precision;
@@ -263,3 +279,4 @@ impl Run {
         })
     }
 }
+

@@ -130,6 +130,15 @@ impl UNet2DModel {
         })
     }
 
+    /// Class labels must index the class table: the check [`Self::forward_diffusers`] makes,
+    /// for callers that replay it as a CUDA graph (which cannot read labels back).
+    pub fn check_labels(&self, labels: &Tensor) -> Result<()> {
+        match &self.class_embedding {
+            Some(ce) => ce.check_labels(labels),
+            None => Ok(()),
+        }
+    }
+
     /// diffusers' `UNet2DModel.forward(sample, timestep, class_labels)`.
     ///
     /// # Shapes

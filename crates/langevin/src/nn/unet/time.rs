@@ -127,19 +127,30 @@ impl ClassEmbedding {
         })
     }
 
+    /// A table's labels must index it: a clear error, not an out-of-bounds gather.
+    pub fn check_labels(&self, labels: &Tensor) -> Result<()> {
+        if let Self::Table(t) = self {
+            let n = t.embeddings().dim(0)?;
+            let max = labels.to_dtype(DType::U32)?.max_all()?.to_scalar::<u32>()? as usize;
+            if max >= n {
+                return Err(Error::config(
+                    "labels",
+                    format!("class label {max} is out of range for num_class_embeds = {n}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// # Shapes
     /// `labels`: [B] (table, timestep) or [B, time_embed_dim] (identity) → [B, time_embed_dim].
     pub fn forward(&self, labels: &Tensor, time_proj: &TimeProj, dtype: DType) -> Result<Tensor> {
         match self {
             Self::Table(t) => {
-                let n = t.embeddings().dim(0)?;
                 let l = labels.to_dtype(DType::U32)?;
-                let max = l.max_all()?.to_scalar::<u32>()? as usize;
-                if max >= n {
-                    return Err(Error::config(
-                        "labels",
-                        format!("class label {max} is out of range for num_class_embeds = {n}"),
-                    ));
+                // A graph capture cannot read back; its caller checks (`Net::Graphed`).
+                if !crate::kernels::cuda_graph::capturing(l.device()) {
+                    self.check_labels(&l)?;
                 }
                 Ok(t.forward(&l)?)
             }
