@@ -82,15 +82,19 @@ for stage in "$@"; do
         fi
         ;;
     kprofile)
-        # Per-kernel time over three forwards (the output check, one warm-up, one timed) of
-        # the ddpm-cifar10-32 UNet at batch 256, fused (default) and LANGEVIN_FUSED=0.
+        # Per-kernel time of two timed forwards (LANGEVIN_PROFILE_TIMED brackets them with the
+        # CUDA profiler: no warm-up, no cuDNN algorithm search, no matmul reference) of the
+        # ddpm-cifar10-32 UNet at batch 256 (graph replays: ncu profiles each kernel node),
+        # fused (default) and LANGEVIN_FUSED=0.
         for fused in ${FUSED:-1 0}; do
-            for dt in "" " bf16"; do
+            dts=("" " bf16")
+            [ -z "${BF16_ONLY:-}" ] || dts=(" bf16")
+            for dt in "${dts[@]}"; do
                 tag=fused$fused${dt// /-}
-                LANGEVIN_FUSED=$fused ncu --clock-control none --metrics gpu__time_duration.sum --csv \
-                    --launch-count 20000 $B --gpu --device cuda --no-torch --reps 1 \
+                LANGEVIN_PROFILE_TIMED=1 LANGEVIN_FUSED=$fused ncu --clock-control none --profile-from-start off \
+                    --metrics gpu__time_duration.sum --csv $B --gpu --device cuda --no-torch --reps 2 \
                     --exact --only "unet-cifar10 forward b256$dt" >/tmp/ncu-$tag.csv 2>/tmp/ncu-$tag.err
-                echo "## LANGEVIN_FUSED=$fused unet-cifar10 forward b256$dt (3 forwards)" | tee -a "$OUT/kernels.md"
+                echo "## LANGEVIN_FUSED=$fused unet-cifar10 forward b256$dt (2 forwards)" | tee -a "$OUT/kernels.md"
                 python3 scripts/ncu-summary.py /tmp/ncu-$tag.csv 25 2>&1 | tee -a "$OUT/kernels.md"
                 tail -n 3 /tmp/ncu-$tag.err
             done
@@ -113,7 +117,7 @@ for stage in "$@"; do
             tag=${w// /-}
             LANGEVIN_PROFILE_TIMED=1 ncu --clock-control none --profile-from-start off \
                 --metrics gpu__time_duration.sum --csv $B --gpu --device cuda --no-torch --reps 2 \
-                --exact --only "$w" >/tmp/ncu-$tag.csv 2>/tmp/ncu-$tag.err
+                --exact --only "$w" >/tmp/ncu-$tag.csv 2>/tmp/ncu-$tag.err  # matmul reference not profiled
             echo "## $w (2 steps)" | tee -a "$OUT/kernels-train.md"
             python3 scripts/ncu-summary.py /tmp/ncu-$tag.csv 25 2>&1 | tee -a "$OUT/kernels-train.md"
             tail -n 3 /tmp/ncu-$tag.err

@@ -33,6 +33,7 @@ pub fn run(dev: &Device) -> Result<Vec<Row>> {
             (2, 256, 4, 32),
             (2, 32, 64, 8),
             (5, 96, 7, 3),
+            (2, 16, 96, 2), // a group too large for the register-resident kernel
         ] {
             let x = Tensor::randn(0f32, 1.0, (b, c, hw, hw), dev)?
                 .affine(3.0, 2.0)?
@@ -75,6 +76,18 @@ pub fn run(dev: &Device) -> Result<Vec<Row>> {
                 rel(&got, &want)?,
                 bound,
             ));
+            // A view whose data starts one element into its buffer: no vector access.
+            let n = x.elem_count();
+            let shifted = Tensor::cat(&[&x.flatten_all()?.narrow(0, 0, 1)?, &x.flatten_all()?], 0)?
+                .narrow(0, 1, n)?
+                .reshape(x.dims())?;
+            let got = gpu::bias_residual(&shifted, Some(&bias), Some(&res), 0.5)?;
+            rows.push((
+                format!("fused bias + residual [{b},{c},{hw},{hw}], unaligned view"),
+                name,
+                rel(&got, &want)?,
+                bound,
+            ));
             let got = gpu::upsample2x(&x)?;
             let want = x.upsample_nearest2d(2 * hw, 2 * hw)?;
             rows.push((
@@ -82,6 +95,37 @@ pub fn run(dev: &Device) -> Result<Vec<Row>> {
                 name,
                 rel(&got, &want)?,
                 0.0,
+            ));
+        }
+    }
+    rows.extend(attention_rows(dev)?);
+    Ok(rows)
+}
+
+/// The fused small-head attention against softmax(qᵀk)·vᵀ composed from candle's ops, for
+/// each compiled head size, with N not a multiple of the kernel's tiles, large logits (the
+/// online softmax's rescaling) and bf16 inputs rounded before the reference.
+fn attention_rows(dev: &Device) -> Result<Vec<Row>> {
+    use langevin::kernels::gpu_attention::{attention, attention_reference, supported};
+    let mut rows = vec![];
+    for dt in [DType::F32, DType::BF16] {
+        let bound = if dt == DType::F32 { 1e-5 } else { 2e-2 };
+        for &(bh, d, n, scale) in &[(64, 8, 256, 1.0), (6, 16, 77, 4.0), (5, 32, 1024, 0.5), (3, 8, 5, 8.0)] {
+            let r = |s: f64| -> Result<Tensor> {
+                Ok((Tensor::randn(0f32, 1.0, (bh, d, n), dev)? * s)?.to_dtype(dt)?)
+            };
+            let (q, k, v) = (r(scale / (d as f64).sqrt())?, r(1.0)?, r(1.0)?);
+            if !supported(&q, d) {
+                continue;
+            }
+            let got = attention(&q, &k, &v)?;
+            let f = |t: &Tensor| t.to_dtype(DType::F32);
+            let want = attention_reference(&f(&q)?, &f(&k)?, &f(&v)?)?;
+            rows.push((
+                format!("fused attention [{bh}·{d}·{n}], logit scale {scale}"),
+                dt.as_str(),
+                rel(&got, &want)?,
+                bound,
             ));
         }
     }

@@ -17,7 +17,7 @@ pub struct KernelRow {
 pub fn matmul(reps: usize, n: usize, dtype: candle_core::DType, dev: &Device) -> Result<KernelRow> {
     let a = Tensor::randn(0f32, 1.0, (n, n), dev)?.to_dtype(dtype)?;
     let b = Tensor::randn(0f32, 1.0, (n, n), dev)?.to_dtype(dtype)?;
-    let ms = median_ms(3, reps, || {
+    let ms = crate::workloads::median_ms_profiled(3, reps, false, || {
         a.matmul(&b)?;
         Ok(dev.synchronize()?)
     })?;

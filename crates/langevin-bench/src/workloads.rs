@@ -148,11 +148,22 @@ fn randn(shape: &[usize], rng: &mut ChaCha8Rng) -> Result<Tensor> {
 /// `LANGEVIN_PROFILE_TIMED=1` in a CUDA build, the timed calls are bracketed by the CUDA
 /// profiler's start and stop, so `ncu --profile-from-start off` sees only them (not the
 /// warm-up, whose first call also times cuDNN's algorithms).
-pub fn median_ms(warmup: usize, reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+pub fn median_ms(warmup: usize, reps: usize, f: impl FnMut() -> Result<()>) -> Result<f64> {
+    median_ms_profiled(warmup, reps, true, f)
+}
+
+/// [`median_ms`], with the profiler bracket only when `profile` (the matmul-rate reference
+/// stays out of the per-kernel tables).
+pub fn median_ms_profiled(
+    warmup: usize,
+    reps: usize,
+    profile: bool,
+    mut f: impl FnMut() -> Result<()>,
+) -> Result<f64> {
     for _ in 0..warmup {
         f()?;
     }
-    let _profile = Profile::start();
+    let _profile = profile.then(Profile::start);
     let mut t = (0..reps.max(1))
         .map(|_| {
             let t0 = Instant::now();

@@ -179,6 +179,38 @@ mod imp {
         }
     }
 
+    /// `GN_R` in fused.cu: vectors per thread of the register-resident group norm.
+    const GN_REGISTERS: usize = 8;
+
+    /// The widest vector access (elements, ≤ 16 bytes) that divides the row length `s` and to
+    /// which every view is aligned.
+    fn vec_width<T: DeviceRepr>(
+        dev: &CudaDevice,
+        s: usize,
+        views: &[Option<&CudaView<T>>],
+    ) -> candle_core::Result<usize> {
+        use candle_core::cuda_backend::cudarc::driver::DevicePtr;
+        let size = std::mem::size_of::<T>();
+        let stream = dev.cuda_stream();
+        let ptrs: Vec<u64> = (views.iter().flatten())
+            .map(|v| v.device_ptr(&stream).0)
+            .collect();
+        let mut v = 16 / size;
+        while v > 1 && (s % v != 0 || ptrs.iter().any(|p| p % (v * size) as u64 != 0)) {
+            v /= 2;
+        }
+        Ok(v)
+    }
+
+    /// `f32_v4`, `bf16_v8`, …: the entry-point suffix for a dtype and vector width.
+    fn suffix_v(dt: DType, v: usize) -> candle_core::Result<String> {
+        match dt {
+            DType::F32 => Ok(format!("f32_v{v}")),
+            DType::BF16 => Ok(format!("bf16_v{v}")),
+            d => candle_core::bail!("fused CUDA kernels: unsupported dtype {d:?}"),
+        }
+    }
+
     fn blocks(n: usize, threads: usize) -> u32 {
         n.div_ceil(threads).min(65535 * 8) as u32
     }
@@ -241,8 +273,19 @@ mod imp {
         silu: bool,
     ) -> candle_core::Result<CudaSlice<T>> {
         let n = (c / groups) * s;
-        let threads = (n / 4).next_multiple_of(32).clamp(32, 512) as u32;
-        let f = func!(dev, "group_norm", T::DTYPE);
+        // The register-resident form when the group fits in 512 threads' registers.
+        let v = vec_width::<T>(dev, s, &[Some(x)])?; // the shift is read per channel
+        let per_thread = GN_REGISTERS * v;
+        let (f, threads) = if n <= 512 * per_thread {
+            let name = format!("group_norm_reg_{}", suffix_v(T::DTYPE, v)?);
+            // One vector per thread while that fits (most parallel), up to GN_REGISTERS each.
+            let threads = (n / v).next_multiple_of(32).clamp(32, 512);
+            let f = dev.get_or_load_custom_func(&name, "langevin_fused", PTX)?;
+            (f, threads as u32)
+        } else {
+            let threads = (n / 4).next_multiple_of(32).clamp(32, 512) as u32;
+            (func!(dev, "group_norm", T::DTYPE), threads)
+        };
         // SAFETY: every element is written by the kernel.
         let out = unsafe { dev.alloc::<T>(b * c * s)? };
         let null = 0u64;
@@ -344,11 +387,18 @@ mod imp {
         [n, c, s]: [usize; 3],
         scale: f32,
     ) -> candle_core::Result<CudaSlice<T>> {
-        let f = func!(dev, "bias_residual", T::DTYPE);
+        // The bias is read per channel (scalar loads): only x and res need the alignment.
+        let v = vec_width::<T>(dev, s, &[Some(x), res])?;
+        let nv = n / v;
+        if nv >= u32::MAX as usize {
+            candle_core::bail!("bias_residual: {n} elements are too many for one launch")
+        }
+        let name = format!("bias_residual_{}", suffix_v(T::DTYPE, v)?);
+        let f = dev.get_or_load_custom_func(&name, "langevin_fused", PTX)?;
         // SAFETY: every element is written by the kernel.
         let out = unsafe { dev.alloc::<T>(n)? };
         let null = 0u64;
-        let (ci, si) = (c as i32, s as i32);
+        let (nvi, ci, svi) = (nv as u32, c as u32, (s / v) as u32);
         let mut a = f.builder();
         a.arg(x);
         match bias {
@@ -359,9 +409,9 @@ mod imp {
             Some(v) => a.arg(v),
             None => a.arg(&null),
         };
-        a.arg(&out).arg(&n).arg(&ci).arg(&si).arg(&scale);
+        a.arg(&out).arg(&nvi).arg(&ci).arg(&svi).arg(&scale);
         let cfg = LaunchConfig {
-            grid_dim: (blocks(n, 256), 1, 1),
+            grid_dim: (blocks(nv, 256), 1, 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };

@@ -10,6 +10,7 @@ pub mod conv;
 pub mod cuda_graph;
 pub mod cudnn_conv;
 pub mod gpu;
+pub mod gpu_attention;
 pub mod gpu_train;
 pub mod group_norm;
 pub mod mlp;

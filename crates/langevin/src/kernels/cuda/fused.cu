@@ -72,19 +72,97 @@ __device__ void group_norm(const T* __restrict__ x, const T* __restrict__ shift,
     }
 }
 
+// V consecutive elements, loaded and stored as one (aligned) vector access.
+template <typename T, int V> struct alignas(sizeof(T) * V) Pack {
+    T e[V];
+};
+
 // y[i] = (x[i] + bias[c] + res[i]) · scale for x, res, y [B, C, S] contiguous, bias [C] (or
 // null), res (or null): the convolution's bias, the residual add and the output scale in one
-// pass (the epilogue cuDNN's plain convolution lacks).
-template <typename T>
+// pass (the epilogue cuDNN's plain convolution lacks). V elements per access (V divides S and
+// every pointer is V-aligned: the launcher checks), so each vector has one channel; nv = n / V
+// vectors, Sv = S / V (32-bit index arithmetic: the launcher checks nv < 2^32).
+template <typename T, int V>
 __device__ void bias_residual(const T* __restrict__ x, const T* __restrict__ bias,
-                              const T* __restrict__ res, T* __restrict__ y, size_t n, int C,
-                              int S, float scale) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
-         i += (size_t)gridDim.x * blockDim.x) {
-        float v = to_f(x[i]);
-        if (bias) v += to_f(bias[(i / S) % C]);
-        if (res) v += to_f(res[i]);
-        y[i] = from_f<T>(v * scale);
+                              const T* __restrict__ res, T* __restrict__ y, unsigned nv,
+                              unsigned C, unsigned Sv, float scale) {
+    const Pack<T, V>* xv = reinterpret_cast<const Pack<T, V>*>(x);
+    const Pack<T, V>* rv = reinterpret_cast<const Pack<T, V>*>(res);
+    Pack<T, V>* yv = reinterpret_cast<Pack<T, V>*>(y);
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < nv; i += gridDim.x * blockDim.x) {
+        const Pack<T, V> a = xv[i];
+        const float b = bias ? to_f(bias[(i / Sv) % C]) : 0.f;
+        Pack<T, V> r;
+        if (res) r = rv[i];
+        Pack<T, V> o;
+#pragma unroll
+        for (int e = 0; e < V; ++e) {
+            float v = to_f(a.e[e]) + b;
+            if (res) v += to_f(r.e[e]);
+            o.e[e] = from_f<T>(v * scale);
+        }
+        yv[i] = o;
+    }
+}
+
+// The group norm of `group_norm` with the group held in registers: one read of x, one write of
+// y (the three-pass form re-reads x twice). Up to R vectors of V elements per thread; the
+// launcher picks it when the group fits (n ≤ blockDim.x · R · V) and V divides S with aligned
+// pointers. Mean and variance still by two passes, over the registers.
+template <typename T, int V, int R>
+__device__ void group_norm_reg(const T* __restrict__ x, const T* __restrict__ shift,
+                               const T* __restrict__ gamma, const T* __restrict__ beta,
+                               T* __restrict__ y, int C, int G, int S, float eps, int silu) {
+    const int b = blockIdx.x / G, g = blockIdx.x % G;
+    const int cg = C / G, c0 = g * cg;
+    const int n = cg * S, nv = n / V, Sv = S / V;
+    const size_t base = ((size_t)b * C + c0) * (size_t)S;
+    const Pack<T, V>* xg = reinterpret_cast<const Pack<T, V>*>(x + base);
+    Pack<T, V>* yg = reinterpret_cast<Pack<T, V>*>(y + base);
+    const T* sh = shift ? shift + (size_t)b * C + c0 : nullptr;
+    float r[R][V];
+    float s = 0.f;
+#pragma unroll
+    for (int k = 0; k < R; ++k) {
+        const int iv = threadIdx.x + k * blockDim.x;
+        if (iv < nv) {
+            const Pack<T, V> p = xg[iv];
+            const float a = sh ? to_f(sh[iv / Sv]) : 0.f;
+#pragma unroll
+            for (int e = 0; e < V; ++e) {
+                r[k][e] = to_f(p.e[e]) + a;
+                s += r[k][e];
+            }
+        }
+    }
+    const float mean = block_sum(s) / n;
+    float q = 0.f;
+#pragma unroll
+    for (int k = 0; k < R; ++k) {
+        if (threadIdx.x + k * blockDim.x < nv) {
+#pragma unroll
+            for (int e = 0; e < V; ++e) {
+                const float d = r[k][e] - mean;
+                q += d * d;
+            }
+        }
+    }
+    const float rstd = rsqrtf(block_sum(q) / n + eps);
+#pragma unroll
+    for (int k = 0; k < R; ++k) {
+        const int iv = threadIdx.x + k * blockDim.x;
+        if (iv < nv) {
+            const int c = c0 + iv / Sv;
+            const float a = rstd * to_f(gamma[c]), bb = to_f(beta[c]);
+            Pack<T, V> o;
+#pragma unroll
+            for (int e = 0; e < V; ++e) {
+                float z = (r[k][e] - mean) * a + bb;
+                if (silu) z = z / (1.f + __expf(-z));
+                o.e[e] = from_f<T>(z);
+            }
+            yg[iv] = o;
+        }
     }
 }
 
@@ -102,20 +180,39 @@ __device__ void upsample2x(const T* __restrict__ x, T* __restrict__ y, size_t n,
     }
 }
 
+// Registers per thread of the register-resident group norm: R vectors.
+#define GN_R 8
+
 #define ENTRY(T, SUF)                                                                        \
     extern "C" __global__ void group_norm_##SUF(const T* x, const T* shift, const T* gamma, \
                                                 const T* beta, T* y, int C, int G, int S,    \
                                                 float eps, int silu) {                      \
         group_norm<T>(x, shift, gamma, beta, y, C, G, S, eps, silu);                         \
     }                                                                                        \
-    extern "C" __global__ void bias_residual_##SUF(const T* x, const T* bias, const T* res, \
-                                                   T* y, size_t n, int C, int S,            \
-                                                   float scale) {                           \
-        bias_residual<T>(x, bias, res, y, n, C, S, scale);                                   \
-    }                                                                                        \
     extern "C" __global__ void upsample2x_##SUF(const T* x, T* y, size_t n, int H, int W) {  \
         upsample2x<T>(x, y, n, H, W);                                                        \
     }
 
+#define VEC_ENTRY(T, SUF, V)                                                                 \
+    extern "C" __global__ void bias_residual_##SUF##_v##V(const T* x, const T* bias,        \
+                                                          const T* res, T* y, unsigned nv,   \
+                                                          unsigned C, unsigned Sv,           \
+                                                          float scale) {                     \
+        bias_residual<T, V>(x, bias, res, y, nv, C, Sv, scale);                              \
+    }                                                                                        \
+    extern "C" __global__ void __launch_bounds__(512)                                        \
+        group_norm_reg_##SUF##_v##V(const T* x, const T* shift, const T* gamma,              \
+                                    const T* beta, T* y, int C, int G, int S, float eps,     \
+                                    int silu) {                                              \
+        group_norm_reg<T, V, GN_R>(x, shift, gamma, beta, y, C, G, S, eps, silu);            \
+    }
+
 ENTRY(float, f32)
 ENTRY(__nv_bfloat16, bf16)
+VEC_ENTRY(float, f32, 1)
+VEC_ENTRY(float, f32, 2)
+VEC_ENTRY(float, f32, 4)
+VEC_ENTRY(__nv_bfloat16, bf16, 1)
+VEC_ENTRY(__nv_bfloat16, bf16, 2)
+VEC_ENTRY(__nv_bfloat16, bf16, 4)
+VEC_ENTRY(__nv_bfloat16, bf16, 8)

@@ -5,7 +5,7 @@ use candle_core::Tensor;
 use candle_nn::{Linear, VarBuilder};
 
 use super::ops::{fwd, group_norm, linear, softmax_last_dim, GroupNorm};
-use crate::kernels::{self, gpu};
+use crate::kernels::{self, gpu, gpu_attention};
 use crate::Result;
 
 /// `out = (to_out.0(softmax(q·kᵀ/√d)·v) + x) / rescale_output_factor` over the H·W positions,
@@ -93,7 +93,8 @@ impl Attention {
     /// inference path): [B, C, H, W] is [B·heads, d, N] as it stands, so q, k, v are 1×1
     /// convolutions (bias and 1/√d in the epilogue), the scores qᵀk and the output v·pᵀ are
     /// batched matrix products over transposed views (cuBLAS reads them as they are), and
-    /// `to_out` adds its bias and the residual in one pass. Softmax is candle's fused kernel.
+    /// `to_out` adds its bias and the residual in one pass. Softmax is candle's fused kernel;
+    /// heads of d ≤ 32 take the fused attention kernel instead ([`gpu_attention`]).
     fn forward_channels_first(&self, x: &Tensor) -> Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
         let (n, heads) = (h * w, self.heads);
@@ -110,8 +111,12 @@ impl Attention {
         let q = proj(&self.to_q, 1.0 / (d as f64).sqrt(), None)?.reshape((b * heads, d, n))?;
         let k = proj(&self.to_k, 1.0, None)?.reshape((b * heads, d, n))?;
         let v = proj(&self.to_v, 1.0, None)?.reshape((b * heads, d, n))?;
-        let p = candle_nn::ops::softmax_last_dim(&q.t()?.matmul(&k)?)?; // [B·heads, N, N]
-        let o = v.matmul(&p.t()?)?.reshape((b, c, h, w))?; // [B·heads, d, N]
+        let o = match gpu_attention::supported(&q, d) {
+            // Small heads: one fused pass, no [B·heads, N, N] scores.
+            true => gpu_attention::attention(&q, &k, &v)?,
+            false => gpu_attention::attention_reference(&q, &k, &v)?,
+        };
+        let o = o.reshape((b, c, h, w))?; // [B·heads, d, N]
         let y = hs_conv(&self.to_out, &o, c)?;
         Ok(gpu::bias_residual(
             &y,
