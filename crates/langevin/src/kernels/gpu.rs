@@ -278,8 +278,7 @@ mod imp {
         let per_thread = GN_REGISTERS * v;
         let (f, threads) = if n <= 512 * per_thread {
             let name = format!("group_norm_reg_{}", suffix_v(T::DTYPE, v)?);
-            // One vector per thread while that fits (most parallel), up to GN_REGISTERS each.
-            let threads = (n / v).next_multiple_of(32).clamp(32, 512);
+            let threads = n.div_ceil(per_thread).next_multiple_of(32).clamp(32, 512);
             let f = dev.get_or_load_custom_func(&name, "langevin_fused", PTX)?;
             (f, threads as u32)
         } else {
