@@ -167,10 +167,12 @@ fn capture_or_replay(
             .slice_set(&o.contiguous()?.flatten_all()?, 0, 0)?;
         Ok(())
     })();
-    let graph = stream.end_capture(sys::CUgraphInstantiate_flags(0));
+    // Instantiated and uploaded (its memory reserved) now, so that a graph that does not fit
+    // falls back here instead of failing a later call.
+    let graph = (stream.end_capture(sys::CUgraphInstantiate_flags(0)))
+        .and_then(|g| g.map(|g| g.upload().map(|()| g)).transpose());
     match (run, graph) {
         (Ok(()), Ok(Some(graph))) => {
-            graph.upload().map_err(driver)?;
             if st.entries.len() == MAX_GRAPHS {
                 st.entries.remove(0);
             }

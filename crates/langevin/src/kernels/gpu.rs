@@ -109,7 +109,7 @@ pub fn upsample2x(x: &Tensor) -> candle_core::Result<Tensor> {
 }
 
 #[cfg(feature = "cuda")]
-pub(crate) use imp::{launch_bias_residual, launch_group_norm, view};
+pub(crate) use imp::{launch_bias_residual, launch_group_norm, vec_width, view};
 
 #[cfg(feature = "cuda")]
 mod imp {
@@ -184,7 +184,7 @@ mod imp {
 
     /// The widest vector access (elements, ≤ 16 bytes) that divides the row length `s` and to
     /// which every view is aligned.
-    fn vec_width<T: DeviceRepr>(
+    pub fn vec_width<T: DeviceRepr>(
         dev: &CudaDevice,
         s: usize,
         views: &[Option<&CudaView<T>>],

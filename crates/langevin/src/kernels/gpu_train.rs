@@ -107,7 +107,7 @@ mod imp {
         Storage, Tensor, WithDType,
     };
 
-    use super::super::gpu::{launch_bias_residual, launch_group_norm, view};
+    use super::super::gpu::{launch_bias_residual, launch_group_norm, vec_width, view};
     use super::{AdamRow, AdamStep};
 
     const TRAIN: &str = include_str!(concat!(env!("OUT_DIR"), "/train.ptx"));
@@ -690,11 +690,19 @@ mod imp {
             let part = unsafe { dev.alloc::<f32>(b * 2 * c)? };
             macro_rules! run {
                 ($t:ty, $suf:expr) => {{
-                    let f = dev.get_or_load_custom_func(
-                        concat!("group_norm_bwd_", $suf),
-                        "langevin_train",
-                        TRAIN,
-                    )?;
+                    let (xv, dv) = (view::<$t>(x, xl)?, view::<$t>(dy, dl)?);
+                    // The register-resident kernel when the group fits (`GN_BWD_R` = 4 vectors
+                    // per thread, ≤ 512 threads); dx starts its fresh buffer, so is aligned.
+                    let v = vec_width::<$t>(&dev, s, &[Some(&xv), Some(&dv)])?;
+                    let nv = (c / self.groups) * s / v;
+                    let (name, threads) = match nv <= 512 * 4 {
+                        true => (
+                            format!("group_norm_bwd_reg_{}_v{v}", $suf),
+                            nv.div_ceil(4).next_multiple_of(32).clamp(32, 512) as u32,
+                        ),
+                        false => (format!("group_norm_bwd_{}", $suf), threads),
+                    };
+                    let f = dev.get_or_load_custom_func(&name, "langevin_train", TRAIN)?;
                     let g = dev.get_or_load_custom_func(
                         concat!("group_norm_affine_grad_", $suf),
                         "langevin_train",
@@ -702,7 +710,6 @@ mod imp {
                     )?;
                     // SAFETY: every element is written by the two kernels.
                     let out = unsafe { dev.alloc::<$t>(total)? };
-                    let (xv, dv) = (view::<$t>(x, xl)?, view::<$t>(dy, dl)?);
                     let (shv, av) = (view::<$t>(sh, sl)?, view::<$t>(af, al)?);
                     let (dx, dshift, daff) = (
                         out.slice(..n),

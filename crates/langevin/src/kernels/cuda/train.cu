@@ -128,6 +128,134 @@ __device__ void group_norm_bwd(const T* __restrict__ x, const T* __restrict__ sh
     }
 }
 
+// V consecutive elements, loaded and stored as one (aligned) vector access.
+template <typename T, int V> struct alignas(sizeof(T) * V) Pack {
+    T e[V];
+};
+
+// `group_norm_bwd` with the group's x and dy held in registers: each read once, dx written once
+// (the form above reads x four times and dy twice). Up to R vectors of V elements per thread;
+// the launcher picks it when the group fits (n ≤ blockDim.x · R · V) and V divides S with x, dy
+// and dx V-aligned. Same formulas; sums in a fixed order (deterministic).
+template <typename T, int V, int R>
+__device__ void group_norm_bwd_reg(const T* __restrict__ x, const T* __restrict__ shift,
+                                   const T* __restrict__ affine, const T* __restrict__ dy,
+                                   T* __restrict__ dx, T* __restrict__ dshift,
+                                   float* __restrict__ part, int C, int G, int S, float eps,
+                                   int silu) {
+    const int b = blockIdx.x / G, g = blockIdx.x % G;
+    const int cg = C / G, c0 = g * cg;
+    const int n = cg * S, nv = n / V, Sv = S / V;
+    const size_t base = ((size_t)b * C + c0) * (size_t)S;
+    const Pack<T, V>* xg = reinterpret_cast<const Pack<T, V>*>(x + base);
+    const Pack<T, V>* dyg = reinterpret_cast<const Pack<T, V>*>(dy + base);
+    Pack<T, V>* dxg = reinterpret_cast<Pack<T, V>*>(dx + base);
+    const T* sh = shift + (size_t)b * C + c0;
+    const T* gamma = affine;
+    const T* beta = affine + C;
+    float xr[R][V], dz[R][V];  // x + shift, then x̂, then dx; dy, then dz
+    float s = 0.f;
+#pragma unroll
+    for (int k = 0; k < R; ++k) {
+        const int iv = threadIdx.x + k * blockDim.x;
+        if (iv < nv) {
+            const Pack<T, V> p = xg[iv], q = dyg[iv];
+            const float a = to_f(sh[iv / Sv]);
+#pragma unroll
+            for (int e = 0; e < V; ++e) {
+                xr[k][e] = to_f(p.e[e]) + a;
+                dz[k][e] = to_f(q.e[e]);
+                s += xr[k][e];
+            }
+        }
+    }
+    const float mean = block_sum2(s, 0.f).x / n;
+    float v = 0.f;
+#pragma unroll
+    for (int k = 0; k < R; ++k) {
+        if (threadIdx.x + k * blockDim.x < nv) {
+#pragma unroll
+            for (int e = 0; e < V; ++e) {
+                const float d = xr[k][e] - mean;
+                v += d * d;
+            }
+        }
+    }
+    const float rstd = rsqrtf(block_sum2(v, 0.f).x / n + eps);
+#pragma unroll
+    for (int k = 0; k < R; ++k) {
+        const int iv = threadIdx.x + k * blockDim.x;
+        if (iv < nv) {
+            const int c = c0 + iv / Sv;
+            const float ga = to_f(gamma[c]), be = to_f(beta[c]);
+#pragma unroll
+            for (int e = 0; e < V; ++e) {
+                const float xh = (xr[k][e] - mean) * rstd;
+                xr[k][e] = xh;
+                if (silu) {
+                    const float z = xh * ga + be;
+                    const float sg = 1.f / (1.f + __expf(-z));
+                    dz[k][e] *= sg * (1.f + z * (1.f - sg));
+                }
+            }
+        }
+    }
+    // Per channel: Σ dz·x̂ and Σ dz (the affine gradients), and the group's Σ dx̂, Σ dx̂·x̂.
+    float g1 = 0.f, g2 = 0.f;
+    for (int c = 0; c < cg; ++c) {
+        float a = 0.f, bsum = 0.f;
+#pragma unroll
+        for (int k = 0; k < R; ++k) {
+            const int iv = threadIdx.x + k * blockDim.x;
+            if (iv < nv && iv / Sv == c) {
+#pragma unroll
+                for (int e = 0; e < V; ++e) {
+                    a += dz[k][e] * xr[k][e];
+                    bsum += dz[k][e];
+                }
+            }
+        }
+        const float2 t = block_sum2(a, bsum);
+        if (threadIdx.x == 0) {
+            part[((size_t)b * 2) * C + c0 + c] = t.x;
+            part[((size_t)b * 2 + 1) * C + c0 + c] = t.y;
+        }
+        const float ga = to_f(gamma[c0 + c]);
+        g1 += t.y * ga;
+        g2 += t.x * ga;
+    }
+    const float m1 = g1 / n, m2 = g2 / n;
+#pragma unroll
+    for (int k = 0; k < R; ++k) {
+        const int iv = threadIdx.x + k * blockDim.x;
+        if (iv < nv) {
+            const float ga = to_f(gamma[c0 + iv / Sv]);
+            Pack<T, V> o;
+#pragma unroll
+            for (int e = 0; e < V; ++e) {
+                const float d = rstd * (dz[k][e] * ga - m1 - xr[k][e] * m2);
+                o.e[e] = from_f<T>(d);
+                xr[k][e] = d;
+            }
+            dxg[iv] = o;
+        }
+    }
+    // dshift: each channel's sum of dx.
+    for (int c = 0; c < cg; ++c) {
+        float acc = 0.f;
+#pragma unroll
+        for (int k = 0; k < R; ++k) {
+            const int iv = threadIdx.x + k * blockDim.x;
+            if (iv < nv && iv / Sv == c) {
+#pragma unroll
+                for (int e = 0; e < V; ++e) acc += xr[k][e];
+            }
+        }
+        const float tot = block_sum2(acc, 0.f).x;
+        if (threadIdx.x == 0) dshift[(size_t)b * C + c0 + c] = from_f<T>(tot);
+    }
+}
+
 // daffine[k, c] = Σ_b part[b, k, c] in fixed order (k = 0: γ, 1: β).
 template <typename T>
 __device__ void group_norm_affine_grad(const float* __restrict__ part, T* __restrict__ daffine,
@@ -271,3 +399,20 @@ extern "C" __global__ void ema_f32(const unsigned long long* table, const int2* 
                                    float nd) {
     ema(table, chunks, d, nd);
 }
+
+// Vectors per thread of the register-resident group-norm backward.
+#define GN_BWD_R 4
+#define GN_BWD_ENTRY(T, SUF, V)                                                              \
+    extern "C" __global__ void __launch_bounds__(512) group_norm_bwd_reg_##SUF##_v##V(      \
+        const T* x, const T* shift, const T* affine, const T* dy, T* dx, T* dshift,          \
+        float* part, int C, int G, int S, float eps, int silu) {                             \
+        group_norm_bwd_reg<T, V, GN_BWD_R>(x, shift, affine, dy, dx, dshift, part, C, G, S,  \
+                                           eps, silu);                                       \
+    }
+GN_BWD_ENTRY(float, f32, 1)
+GN_BWD_ENTRY(float, f32, 2)
+GN_BWD_ENTRY(float, f32, 4)
+GN_BWD_ENTRY(__nv_bfloat16, bf16, 1)
+GN_BWD_ENTRY(__nv_bfloat16, bf16, 2)
+GN_BWD_ENTRY(__nv_bfloat16, bf16, 4)
+GN_BWD_ENTRY(__nv_bfloat16, bf16, 8)
