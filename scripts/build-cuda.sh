@@ -4,6 +4,8 @@
 #
 #   scripts/build-cuda.sh            # release build into target-cuda/, stripped binaries in target-cuda/gpu/
 #   scripts/build-cuda.sh --check    # compile-only check of the cuda code paths (what CI runs)
+#   scripts/build-cuda.sh --python   # the Python extension module with CUDA + cuDNN, as
+#                                    # target-cuda/gpu/langevin-py.tar.xz (the package + its .so)
 #
 # What it does:
 # 1. pip-installs the CUDA 13.0 compiler, headers and link-time libraries from PyPI wheels into
@@ -16,6 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE=build
 [ "${1:-}" = "--check" ] && MODE=check
+[ "${1:-}" = "--python" ] && MODE=python
 WHEELS=${CUDA_WHEELS:-$PWD/.cuda-toolkit}
 TK=$WHEELS/nvidia/cu13
 CUDNN=$WHEELS/nvidia/cudnn
@@ -54,6 +57,17 @@ export CUDA_COMPUTE_CAP=90
 export RUSTFLAGS="-L native=$TK/lib -L native=$CUDNN/lib -L native=$STUB ${RUSTFLAGS:-}"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target-cuda}
 
+if [ "$MODE" = python ]; then
+    # maturin's job by hand (no maturin here): the cdylib named as CPython's abi3 loader wants.
+    cargo build --release -p langevin-py --features cudnn
+    P=$CARGO_TARGET_DIR/gpu/py
+    rm -rf "$P" && mkdir -p "$P"
+    cp -r python/langevin "$P/"
+    strip -o "$P/langevin/_langevin.abi3.so" "$CARGO_TARGET_DIR/release/lib_langevin.so"
+    (cd "$P" && XZ_OPT="-6 -T2" tar -cJf ../langevin-py.tar.xz langevin)
+    ls -la "$CARGO_TARGET_DIR/gpu"
+    exit 0
+fi
 if [ "$MODE" = check ]; then
     cargo check --release --features cudnn -p langevin-cli -p langevin-bench
     exit 0

@@ -3,6 +3,7 @@
 # scripts/build-cuda.sh built here carried along. docs/gpu.md says how it was called.
 #
 #   scripts/gpu-session.sh STAGE...     stages: smoke parity bench train fid emoji-demo pack
+#                                       python-cuda (needs .gpu/langevin-py.tar.xz)
 #
 # Expects under .gpu/ (ignored by git; carried with the call):
 #   bin.tar.xz                 stripped `langevin` + `langevin-bench` (CUDA build)
@@ -167,6 +168,30 @@ PY
             --device cuda --dtype bf16 --npy /tmp/e2e.npy 2>&1 | tail -n 2 | tee -a "$OUT/e2e.md"
         t1=$(date +%s%N)
         echo "langevin sample: $N images in $(((t1 - t0) / 1000000)) ms (process wall time, load included)" | tee -a "$OUT/e2e.md"
+        ;;
+    python-cuda)
+        # The Python package's CUDA build (scripts/build-cuda.sh --python, carried as
+        # .gpu/langevin-py.tar.xz) against the command line on the same model and seeds.
+        P=/tmp/py && rm -rf $P && mkdir -p $P && tar -xJf $G/langevin-py.tar.xz -C $P
+        M=/tmp/pm
+        $B --gpu --device cuda --no-torch --reps 1 --only "unet-small forward b256 bf16" --dir $M >/dev/null 2>&1
+        MD=$(ls -d $M/*/ | head -1)
+        echo '{"_class_name": "DDPMScheduler", "num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 0.0001, "beta_end": 0.02, "prediction_type": "epsilon", "clip_sample": false}' >"$MD/scheduler_config.json"
+        $L sample --model "$MD" --sampler dpmpp-2m --steps 10 --n 300 --batch-size 100 --seed 3 \
+            --device cuda --npy /tmp/cli.npy 2>&1 | tail -n 1
+        PYTHONPATH=$P:${PYTHONPATH:-} python3 - "$MD" <<'PY' 2>&1 | tee -a "$OUT/python-cuda.md"
+import sys, time
+import numpy as np
+import langevin
+m = langevin.Model.load(sys.argv[1], device="cuda")
+t0 = time.time()
+x = m.sample(300, sampler="dpmpp-2m", steps=10, seed=3, batch_size=100)
+t = time.time() - t0
+c = np.load("/tmp/cli.npy")
+d = np.abs(x - c).max()
+print(f"python on cuda: {x.shape} {x.dtype} in {t:.2f} s; max |python - cli| = {d:.3g} "
+      f"(max |cli| {np.abs(c).max():.3g}); LANGEVIN_DETERMINISTIC={__import__('os').environ.get('LANGEVIN_DETERMINISTIC', '0')}")
+PY
         ;;
     profile)
         # Time components by leaving them out / swapping them: cuDNN vs GEMM-form convolution.
