@@ -166,3 +166,45 @@ def test_ctrl_c_stops_training_with_a_checkpoint_and_keyboard_interrupt(tmp_path
     assert (out / "train_state.safetensors").is_file()
     m = langevin.Model.load(out)
     assert np.isfinite(m.sample(4, steps=4, progress=False)).all()
+
+
+def _write_png(path, rgb):
+    """An 8-bit RGB PNG of `rgb` [H, W, 3] uint8 (no imaging library needed)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body) & 0xFFFFFFFF)
+
+    h, w, _ = rgb.shape
+    raw = b"".join(b"\x00" + rgb[y].tobytes() for y in range(h))
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw))
+                     + chunk(b"IEND", b""))
+
+
+def test_fid_of_arrays_matches_the_cli_on_the_same_images(cli, tmp_path):
+    """langevin.fid on arrays equals `langevin fid` on the same images written as PNG folders
+    (8-bit values, so the round trip is exact): the binding passes layout and scaling as the
+    CLI's loader does. Needs the Inception weights (`langevin fid-setup`, which CI runs)."""
+    rng = np.random.default_rng(5)
+    sets = []
+    for name, shift in [("a", 0), ("b", 40)]:
+        u8 = np.clip(rng.integers(0, 216, size=(3, 32, 32, 3)) + shift, 0, 255).astype(np.uint8)
+        d = tmp_path / name / "x"
+        d.mkdir(parents=True)
+        for i, im in enumerate(u8):
+            _write_png(d / f"{i:03}.png", im)
+        sets.append(u8.transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0)
+    try:
+        ours = langevin.fid(sets[0], sets[1], batch_size=3)
+    except langevin.LangevinError as e:
+        if "fid-setup" not in str(e) or os.environ.get("CI") == "true":
+            raise
+        pytest.skip("FID weights not set up (langevin fid-setup)")
+    out = run_cli(cli, "fid", "--a", tmp_path / "a", "--b", tmp_path / "b", "--n", 3,
+                  "--batch", 3).stdout
+    cli_fid = float(out.split("FID")[1].split()[0])
+    assert cli_fid > 1.0, out
+    assert abs(ours - cli_fid) <= 1e-3 + 1e-5 * cli_fid, (ours, out)
