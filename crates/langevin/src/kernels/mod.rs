@@ -11,6 +11,8 @@ pub mod gpu;
 pub mod gpu_train;
 pub mod group_norm;
 pub mod mlp;
+mod mlp_rows;
+pub(crate) mod simd;
 pub(crate) mod real;
 
 pub use conv::conv2d;

@@ -9,6 +9,7 @@ use candle_core::{DType, Device, Tensor, Var};
 
 use crate::kernels::gpu_train::AdamStep;
 use crate::kernels::real::with_data;
+use crate::kernels::simd::vectorized;
 use crate::Result;
 
 /// Whether `t` is a contiguous f32 tensor in CPU memory.
@@ -56,17 +57,24 @@ pub fn adamw(
         with_f32(m, |m| {
             with_f32(v, |v| {
                 with_f32(g, |g| {
-                    for i in 0..n {
-                        // candle's affine is x·mul + add: the `+ 0.0` of each scalar product
-                        // is kept so that −0 rounds as it does there.
-                        let gi = g[i] * scale + 0.0;
-                        let mi = (m[i] * b1 + 0.0) + (gi * nb1 + 0.0);
-                        let vi = (v[i] * b2 + 0.0) + ((gi * gi) * nb2 + 0.0);
-                        let update = (mi * ibc1 + 0.0) / ((vi * ibc2 + 0.0).sqrt() * 1.0 + eps);
-                        th2[i] = (th[i] * decay + 0.0) - (update * lr + 0.0);
-                        m2[i] = mi;
-                        v2[i] = vi;
-                    }
+                    // Zipped slices rather than indices: no bounds checks, so the loop
+                    // vectorises (it was scalar, ~2 ms of the demo's 15 ms step).
+                    let outs = th2.iter_mut().zip(m2.iter_mut()).zip(v2.iter_mut());
+                    let ins = th.iter().zip(m).zip(v).zip(g);
+                    vectorized(|| {
+                        for (((th2, m2), v2), (((&th, &m), &v), &g)) in outs.zip(ins) {
+                            // candle's affine is x·mul + add: the `+ 0.0` of each scalar
+                            // product is kept so that −0 rounds as it does there.
+                            let gi = g * scale + 0.0;
+                            let mi = (m * b1 + 0.0) + (gi * nb1 + 0.0);
+                            let vi = (v * b2 + 0.0) + ((gi * gi) * nb2 + 0.0);
+                            let update =
+                                (mi * ibc1 + 0.0) / ((vi * ibc2 + 0.0).sqrt() * 1.0 + eps);
+                            *th2 = (th * decay + 0.0) - (update * lr + 0.0);
+                            *m2 = mi;
+                            *v2 = vi;
+                        }
+                    })
                 })
             })
         })
@@ -84,10 +92,12 @@ pub fn ema(e: &Tensor, theta: &Tensor, decay: f64) -> Result<Tensor> {
     let (d, nd) = (decay as f32, (1.0 - decay) as f32);
     let out = with_f32(e, |e| {
         with_f32(theta, |t| {
-            e.iter()
-                .zip(t)
-                .map(|(&e, &t)| (e * d + 0.0) + (t * nd + 0.0))
-                .collect::<Vec<f32>>()
+            vectorized(|| {
+                e.iter()
+                    .zip(t)
+                    .map(|(&e, &t)| (e * d + 0.0) + (t * nd + 0.0))
+                    .collect::<Vec<f32>>()
+            })
         })
     })??;
     Ok(Tensor::from_vec(out, e.shape(), &Device::Cpu)?)
