@@ -18,7 +18,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor, W
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::mlp_rows::{self, Acts, RowBlock, ROWS};
+use super::mlp_rows::{self, Acts, Emb, RowBlock};
 use super::real::{data, threads, with_data, Real};
 
 /// The network's sizes (as [`crate::nn::mlp::MlpConfig`]).
@@ -120,6 +120,7 @@ pub fn residual_mlp(
         dims,
         saved: Mutex::new(None),
         save,
+        need_demb: emb.track_op(),
     };
     x.contiguous()?
         .apply_op3(&emb.contiguous()?, &params.contiguous()?, op)
@@ -131,6 +132,8 @@ struct MlpOp {
     /// of rows), kept for `bwd`.
     saved: Mutex<Option<Box<dyn Any + Send>>>,
     save: bool,
+    /// Whether the embedding input needs a gradient (not in training: it is a constant).
+    need_demb: bool,
 }
 
 /// How the blocks of rows are run: the threads for the loop over blocks, and for the GEMMs
@@ -206,17 +209,19 @@ impl MlpOp {
         let lay = self.dims.layout();
         let (d, de) = (self.dims.in_dim, self.dims.temb_dim);
         let b = x.len() / d;
-        let n = b.div_ceil(ROWS);
+        let rpb = mlp_rows::rows_per_block();
+        let n = b.div_ceil(rpb);
         let (nt, par) = plan(n);
+        // A sampler step evaluates every row at one noise level: the time MLP runs once.
+        let shared = (!self.save && b > 1 && emb.chunks(de).all(|r| r == &emb[..de]))
+            .then(|| mlp_rows::shared_time_path(&lay, p, &emb[..de]));
         let blocks = map_blocks(n, nt, |k| {
-            let r = k * ROWS..((k + 1) * ROWS).min(b);
-            mlp_rows::forward(
-                &lay,
-                p,
-                &x[r.start * d..r.end * d],
-                &emb[r.start * de..r.end * de],
-                par,
-            )
+            let r = k * rpb..((k + 1) * rpb).min(b);
+            let e = match &shared {
+                Some(q) => Emb::Shared(q),
+                None => Emb::Rows(&emb[r.start * de..r.end * de]),
+            };
+            mlp_rows::forward(&lay, p, &x[r.start * d..r.end * d], e, par)
         });
         let mut out = Vec::with_capacity(b * d);
         let mut acts = Vec::with_capacity(n);
@@ -240,10 +245,12 @@ impl MlpOp {
         let (d, de) = (self.dims.in_dim, self.dims.temb_dim);
         let b = x.len() / d;
         let (nt, par) = plan(acts.len());
-        let rows = |k: usize| k * ROWS..((k + 1) * ROWS).min(b);
+        let rpb = mlp_rows::rows_per_block();
+        let rows = |k: usize| k * rpb..((k + 1) * rpb).min(b);
         let grads = map_blocks(acts.len(), nt, |k| {
             let r = rows(k);
-            mlp_rows::backward(&lay, p, &acts[k], &g[r.start * d..r.end * d], par)
+            let g = &g[r.start * d..r.end * d];
+            mlp_rows::backward(&lay, p, &acts[k], g, self.need_demb, par)
         });
         let blocks: Vec<RowBlock<'_, T>> = (0..acts.len())
             .map(|k| {
@@ -361,7 +368,10 @@ impl CustomOp3 for MlpOp {
             let dev = Device::Cpu;
             Ok((
                 Some(Tensor::from_vec(dx, x.shape(), &dev)?),
-                Some(Tensor::from_vec(de, emb.shape(), &dev)?),
+                match op.need_demb {
+                    true => Some(Tensor::from_vec(de, emb.shape(), &dev)?),
+                    false => None,
+                },
                 Some(Tensor::from_vec(dp, params.shape(), &dev)?),
             ))
         }

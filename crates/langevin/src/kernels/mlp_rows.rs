@@ -4,7 +4,7 @@
 //! Why blocks: the demo's training step (batch 512, width 128) is ~30 GEMMs of about
 //! 512×128×128, and splitting each of them over the threads inside `gemm` gave 1.13× on 2
 //! threads (a fork, a join and a packing of both operands per product, measured in
-//! docs/benchmarks.md, CPU round 3). Here a thread takes a block of [`ROWS`] rows through every
+//! docs/benchmarks.md, CPU round 3). Here a thread takes a block of [`rows_per_block`] rows through every
 //! layer with one-thread GEMMs; the backward pass does the same for the activation gradients
 //! and then computes each layer's weight gradient as one task, summing the blocks in order.
 //! Two forks per pass, and the blocks do not depend on the thread count, so neither do the
@@ -17,7 +17,9 @@ use super::simd::vectorized;
 
 /// Rows per block. Fixed (not derived from the thread count) so that results are the same on
 /// any number of threads; 128 keeps four blocks for the demo's batch of 512.
-pub(super) const ROWS: usize = 128;
+pub(super) fn rows_per_block() -> usize {
+    std::env::var("LANGEVIN_MLP_ROWS").ok().and_then(|s| s.parse().ok()).unwrap_or(128)
+}
 
 /// A SiLU site: pre-activation z, σ(z) and silu(z) = z·σ(z), each [rows, width].
 pub(super) struct Site<T> {
@@ -28,13 +30,33 @@ pub(super) struct Site<T> {
 
 impl<T: Sigmoid> Site<T> {
     fn new(z: Vec<T>) -> Self {
+        let n = z.len();
+        let (mut sig, mut act) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        // Written in place of fresh buffers (copying or zeroing them first was 22% of a
+        // sampler step), in a plain loop: `extend` / `collect` stay out-of-line and miss AVX2.
         vectorized(|| {
-            let mut sig = Vec::with_capacity(z.len());
-            sig.extend(z.iter().map(|&v| v.sig()));
-            let mut act = Vec::with_capacity(z.len());
-            act.extend(z.iter().zip(&sig).map(|(&v, &s)| v * s));
-            Self { z, sig, act }
-        })
+            let outs = sig.spare_capacity_mut().iter_mut().zip(act.spare_capacity_mut());
+            for ((s, a), &v) in outs.zip(&z) {
+                let sv = v.sig();
+                s.write(sv);
+                a.write(v * sv);
+            }
+        });
+        // SAFETY: the loop above wrote the first n elements of both (z has n).
+        unsafe {
+            sig.set_len(n);
+            act.set_len(n);
+        }
+        Self { z, sig, act }
+    }
+
+    /// An empty site (the time MLP's, when it ran once for every row: [`Emb::Shared`]).
+    fn none() -> Self {
+        Self {
+            z: vec![],
+            sig: vec![],
+            act: vec![],
+        }
     }
 
     /// `g ← g · silu'(z)`, silu'(z) = σ(z)·(1 + z·(1 − σ(z))).
@@ -112,31 +134,86 @@ fn input_grad<T: Sigmoid>(l: &Lin, p: &[T], dy: &[T], da: &mut [T], acc: bool, p
     );
 }
 
-/// The forward pass of rows `x` [rows, in_dim] with embeddings `emb` [rows, temb_dim].
+/// The noise-level embeddings of a block of rows.
+#[derive(Clone, Copy)]
+pub(super) enum Emb<'a, T> {
+    /// One embedding per row, [rows, temb_dim].
+    Rows(&'a [T]),
+    /// Every row at the same noise level (a sampler step): the time MLP's contribution
+    /// W_t·silu(e) to each block, one [hidden] vector per block ([`shared_time_path`]).
+    Shared(&'a [Vec<T>]),
+}
+
+/// The time MLP and each block's W_t·silu(e) for one embedding row `emb` [temb_dim], without
+/// the bias (added per row as in [`forward`]). Written because every row of a sampler's network
+/// evaluation has the same noise level, and this path is 43% of the network's FLOPs.
+pub(super) fn shared_time_path<T: Sigmoid>(lay: &Packing, p: &[T], emb: &[T]) -> Vec<Vec<T>> {
+    let par = Parallelism::None;
+    let mut z = vec![];
+    linear(&lay.time1, p, emb, &mut z, false, par);
+    let t1 = Site::new(z);
+    let mut z = vec![];
+    linear(&lay.time2, p, &t1.act, &mut z, false, par);
+    let t2 = Site::new(z);
+    lay.blocks
+        .iter()
+        .map(|[_, temb, _]| {
+            let mut q = vec![T::ZERO; temb.out];
+            mm(
+                (1, temb.out, temb.inp),
+                &mut q,
+                false,
+                &t2.act,
+                (temb.inp, 1),
+                temb.w(p),
+                (1, temb.inp),
+                par,
+            );
+            q
+        })
+        .collect()
+}
+
+/// The forward pass of rows `x` [rows, in_dim] at noise-level embeddings `emb`.
 pub(super) fn forward<T: Sigmoid>(
     lay: &Packing,
     p: &[T],
     x: &[T],
-    emb: &[T],
+    emb: Emb<'_, T>,
     par: Parallelism,
 ) -> (Vec<T>, Acts<T>) {
     let rows = x.len() / lay.in_proj.inp;
     let h = lay.in_proj.out;
     let buf = || Vec::with_capacity(rows * h);
-    let mut z = buf();
-    linear(&lay.time1, p, emb, &mut z, false, par);
-    let t1 = Site::new(z);
-    let mut z = buf();
-    linear(&lay.time2, p, &t1.act, &mut z, false, par);
-    let t2 = Site::new(z);
+    let (t1, t2) = match emb {
+        Emb::Rows(emb) => {
+            let mut z = buf();
+            linear(&lay.time1, p, emb, &mut z, false, par);
+            let t1 = Site::new(z);
+            let mut z = buf();
+            linear(&lay.time2, p, &t1.act, &mut z, false, par);
+            (t1, Site::new(z))
+        }
+        Emb::Shared(_) => (Site::none(), Site::none()),
+    };
     let mut hs = buf();
     linear(&lay.in_proj, p, x, &mut hs, false, par);
     let mut blocks = Vec::with_capacity(lay.blocks.len());
-    for [lin1, temb, lin2] in &lay.blocks {
+    for (i, [lin1, temb, lin2]) in lay.blocks.iter().enumerate() {
         let a = Site::new(hs.clone());
         let mut u = buf();
         linear(lin1, p, &a.act, &mut u, false, par);
-        linear(temb, p, &t2.act, &mut u, true, par);
+        match emb {
+            Emb::Rows(_) => linear(temb, p, &t2.act, &mut u, true, par),
+            // The same sums as `linear`'s: (u + b) + W_t·silu(e).
+            Emb::Shared(q) => {
+                for r in u.chunks_mut(h) {
+                    for ((v, &b), &q) in r.iter_mut().zip(temb.b(p)).zip(&q[i]) {
+                        *v = (*v + b) + q;
+                    }
+                }
+            }
+        }
         let v = Site::new(u);
         linear(lin2, p, &v.act, &mut hs, true, par);
         blocks.push([a, v]);
@@ -161,16 +238,17 @@ pub(super) fn backward<T: Sigmoid>(
     p: &[T],
     acts: &Acts<T>,
     g: &[T],
+    need_demb: bool,
     par: Parallelism,
 ) -> Grads<T> {
     let n = lay.blocks.len();
     let rows = g.len() / lay.out_proj.out;
     let h = lay.in_proj.out;
     let zeros = || vec![T::ZERO; rows * h];
-    let mut dh = vec![zeros(); n + 1];
+    let mut dh: Vec<Vec<T>> = (0..=n).map(|_| zeros()).collect();
     input_grad(&lay.out_proj, p, g, &mut dh[n], false, par);
     acts.last.backward(&mut dh[n]);
-    let mut du = vec![zeros(); n];
+    let mut du: Vec<Vec<T>> = (0..n).map(|_| zeros()).collect();
     let mut de = zeros();
     let mut da = zeros();
     for (i, ([lin1, temb, lin2], [a, v])) in lay.blocks.iter().zip(&acts.blocks).enumerate().rev()
@@ -194,8 +272,12 @@ pub(super) fn backward<T: Sigmoid>(
     let mut ds = zeros();
     input_grad(&lay.time2, p, &de, &mut ds, false, par);
     acts.t1.backward(&mut ds);
-    let mut demb = vec![T::ZERO; rows * lay.time1.inp];
-    input_grad(&lay.time1, p, &ds, &mut demb, false, par);
+    // The embedding of a noise level is a constant in training: no gradient unless asked.
+    let mut demb = vec![];
+    if need_demb {
+        demb.resize(rows * lay.time1.inp, T::ZERO);
+        input_grad(&lay.time1, p, &ds, &mut demb, false, par);
+    }
     Grads {
         dh,
         du,

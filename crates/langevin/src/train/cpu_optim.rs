@@ -92,12 +92,14 @@ pub fn ema(e: &Tensor, theta: &Tensor, decay: f64) -> Result<Tensor> {
     let (d, nd) = (decay as f32, (1.0 - decay) as f32);
     let out = with_f32(e, |e| {
         with_f32(theta, |t| {
+            let mut out = e.to_vec();
+            // A plain loop (`collect` stays out-of-line and misses AVX2).
             vectorized(|| {
-                e.iter()
-                    .zip(t)
-                    .map(|(&e, &t)| (e * d + 0.0) + (t * nd + 0.0))
-                    .collect::<Vec<f32>>()
-            })
+                for (o, &t) in out.iter_mut().zip(t) {
+                    *o = (*o * d + 0.0) + (t * nd + 0.0);
+                }
+            });
+            out
         })
     })??;
     Ok(Tensor::from_vec(out, e.shape(), &Device::Cpu)?)
