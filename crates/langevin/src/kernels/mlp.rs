@@ -18,7 +18,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor, W
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::mlp_rows::{self, Acts, Emb, RowBlock};
+use super::mlp_rows::{self, Acts, Emb, RowBlock, ROWS};
 use super::real::{data, threads, with_data, Real};
 
 /// The network's sizes (as [`crate::nn::mlp::MlpConfig`]).
@@ -209,7 +209,7 @@ impl MlpOp {
         let lay = self.dims.layout();
         let (d, de) = (self.dims.in_dim, self.dims.temb_dim);
         let b = x.len() / d;
-        let rpb = mlp_rows::rows_per_block();
+        let rpb = ROWS;
         let n = b.div_ceil(rpb);
         let (nt, par) = plan(n);
         // A sampler step evaluates every row at one noise level: the time MLP runs once.
@@ -245,7 +245,7 @@ impl MlpOp {
         let (d, de) = (self.dims.in_dim, self.dims.temb_dim);
         let b = x.len() / d;
         let (nt, par) = plan(acts.len());
-        let rpb = mlp_rows::rows_per_block();
+        let rpb = ROWS;
         let rows = |k: usize| k * rpb..((k + 1) * rpb).min(b);
         let grads = map_blocks(acts.len(), nt, |k| {
             let r = rows(k);
