@@ -147,11 +147,9 @@ impl AdamW {
             return Ok(gpu_train::sum_squares(&refs)?.sqrt());
         }
         if let Some(gs) = self.cpu_grads(grads)? {
-            let mut sq = 0f64;
-            for (_, g) in &gs {
-                sq += cpu_optim::sum_squares(g)?;
-            }
-            return Ok(sq.sqrt());
+            // Each tensor's sum on its own thread, then added in order: the serial loop's bits.
+            let sums = cpu_optim::per_tensor(&gs, |(_, g)| cpu_optim::sum_squares(g))?;
+            return Ok(sums.iter().fold(0f64, |sq, s| sq + s).sqrt());
         }
         let mut sq = 0f64;
         for i in 0..self.params.len() {
