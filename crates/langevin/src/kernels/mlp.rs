@@ -213,7 +213,7 @@ impl MlpOp {
         let n = b.div_ceil(rpb);
         let (nt, par) = plan(n);
         // A sampler step evaluates every row at one noise level: the time MLP runs once.
-        let shared = (!self.save && b > 1 && emb.chunks(de).all(|r| r == &emb[..de]))
+        let shared = (!self.save && b > 0 && emb.chunks(de).all(|r| r == &emb[..de]))
             .then(|| mlp_rows::shared_time_path(&lay, p, &emb[..de]));
         let blocks = map_blocks(n, nt, |k| {
             let r = k * rpb..((k + 1) * rpb).min(b);

@@ -21,11 +21,12 @@ pub fn timestep_embedding(
     // step, all of it on the thread the others wait for.
     let ts: Vec<f32> = t.to_dtype(DType::F32)?.to_vec1()?;
     let mut out = Vec::with_capacity(ts.len() * dim);
+    type Wave = fn(f32) -> f32;
+    let (first, second): (Wave, Wave) = match flip_sin_to_cos {
+        true => (f32::cos, f32::sin),
+        false => (f32::sin, f32::cos),
+    };
     for &tv in &ts {
-        let (first, second): (fn(f32) -> f32, fn(f32) -> f32) = match flip_sin_to_cos {
-            true => (f32::cos, f32::sin),
-            false => (f32::sin, f32::cos),
-        };
         out.extend(freqs.iter().map(|&f| first(tv * f)));
         out.extend(freqs.iter().map(|&f| second(tv * f)));
         if dim % 2 == 1 {
