@@ -1,7 +1,8 @@
 //! The fused residual-MLP kernel against the same network composed from candle's ops: values
 //! and gradients (input, embedding, every packed parameter) to ≤ 1e-5 relative in f32, central
-//! finite differences in f64, bit-identical results on 1 and 2 threads, and the `nn::mlp`
-//! network's fused forward against its composed one.
+//! finite differences in f64, bit-identical results on 1, 2 and 3 threads (one and several
+//! row blocks), the shared-noise-level (sampling) path against the per-row one, and the
+//! `nn::mlp` network's fused forward against its composed one.
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use langevin::denoiser::Cond;
@@ -191,6 +192,62 @@ fn fused_mlp_is_bit_identical_on_one_and_two_threads() {
         })
     };
     assert_eq!(run(1), run(2));
+}
+
+/// Several row blocks with a short last one (the kernel's blocks are 256 rows): the composed
+/// ops' values and gradients, and the same bits on 1, 2 and 3 threads.
+#[test]
+fn fused_mlp_over_several_row_blocks_matches_and_is_thread_independent() {
+    let d = MlpDims {
+        in_dim: 2,
+        hidden: 32,
+        blocks: 2,
+        temb_dim: 16,
+    };
+    let [x, e, p] = inputs(600, d, DType::F32, 21);
+    let (y, g) = value_and_grads(|x, e, p| residual_mlp(x, e, p, d).unwrap(), [&x, &e, &p]);
+    let (y0, g0) = value_and_grads(|x, e, p| composed(x, e, p, d), [&x, &e, &p]);
+    assert!(rel(&y, &y0) < 1e-5, "output {}", rel(&y, &y0));
+    for (k, (a, b)) in g.iter().zip(&g0).enumerate() {
+        assert!(rel(a, b) < 1e-5, "gradient {k}: {}", rel(a, b));
+    }
+    let run = |n: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let (y, g) = value_and_grads(|x, e, p| residual_mlp(x, e, p, d).unwrap(), [&x, &e, &p]);
+            std::iter::once(y)
+                .chain(g)
+                .map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+                .collect::<Vec<_>>()
+        })
+    };
+    let one = run(1);
+    assert_eq!(one, run(2));
+    assert_eq!(one, run(3));
+}
+
+/// Every row at one noise level without gradients (a sampler step): the time MLP runs once.
+/// Same values as the composed ops and as the per-row path (taken when the inputs track
+/// gradients); the one-row products may round differently in the last bits.
+#[test]
+fn shared_noise_level_path_matches_the_per_row_path() {
+    let d = MlpDims {
+        in_dim: 3,
+        hidden: 24,
+        blocks: 3,
+        temb_dim: 8,
+    };
+    let [x, e, p] = inputs(300, d, DType::F32, 33);
+    let e = e.narrow(0, 7, 1).unwrap().repeat((300, 1)).unwrap();
+    let shared = residual_mlp(&x, &e, &p, d).unwrap();
+    let y0 = composed(&x, &e, &p, d);
+    assert!(rel(&shared, &y0) < 1e-5, "{}", rel(&shared, &y0));
+    let pv = Var::from_tensor(&p).unwrap();
+    let per_row = residual_mlp(&x, &e, pv.as_tensor(), d).unwrap();
+    assert!(rel(&shared, &per_row) < 1e-6, "{}", rel(&shared, &per_row));
 }
 
 #[test]

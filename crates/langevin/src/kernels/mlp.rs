@@ -7,16 +7,18 @@
 //! buffers and copies. Here the whole network is one autograd node: GEMMs straight into
 //! preallocated buffers with the bias as the GEMM's initial value, SiLU's sigmoid saved in the
 //! forward pass for the backward one, and every parameter's gradient written into one packed
-//! vector. Results do not depend on the thread count (threads split GEMM rows and columns and
-//! elementwise ranges, never a sum).
+//! vector. The batch is cut into fixed blocks of rows that threads take whole
+//! ([`super::mlp_rows`]), and each weight gradient sums the blocks in order, so results do not
+//! depend on the thread count.
 use std::any::Any;
 use std::sync::Mutex;
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor, WithDType};
 use gemm::Parallelism;
+use rayon::prelude::*;
 
-use super::conv::mm;
+use super::mlp_rows::{self, Acts, Emb, RowBlock, ROWS};
 use super::real::{data, threads, with_data, Real};
 
 /// The network's sizes (as [`crate::nn::mlp::MlpConfig`]).
@@ -30,33 +32,33 @@ pub struct MlpDims {
 
 /// One linear layer's place in the packed parameter vector: weight [out, inp] then bias [out].
 #[derive(Debug, Clone, Copy)]
-struct Lin {
+pub(super) struct Lin {
     off: usize,
-    inp: usize,
-    out: usize,
+    pub(super) inp: usize,
+    pub(super) out: usize,
 }
 
 impl Lin {
-    fn w<'a, T>(&self, p: &'a [T]) -> &'a [T] {
+    pub(super) fn w<'a, T>(&self, p: &'a [T]) -> &'a [T] {
         &p[self.off..self.off + self.out * self.inp]
     }
-    fn b<'a, T>(&self, p: &'a [T]) -> &'a [T] {
+    pub(super) fn b<'a, T>(&self, p: &'a [T]) -> &'a [T] {
         let o = self.off + self.out * self.inp;
         &p[o..o + self.out]
     }
-    fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.out * (self.inp + 1)
     }
 }
 
 /// The layers in packing order: `time1, time2, in_proj, (lin1, temb, lin2) × blocks,
 /// out_proj` — the order [`crate::nn::mlp::Mlp`] concatenates its parameters in.
-struct Packing {
-    time1: Lin,
-    time2: Lin,
-    in_proj: Lin,
-    blocks: Vec<[Lin; 3]>,
-    out_proj: Lin,
+pub(super) struct Packing {
+    pub(super) time1: Lin,
+    pub(super) time2: Lin,
+    pub(super) in_proj: Lin,
+    pub(super) blocks: Vec<[Lin; 3]>,
+    pub(super) out_proj: Lin,
     len: usize,
 }
 
@@ -118,6 +120,7 @@ pub fn residual_mlp(
         dims,
         saved: Mutex::new(None),
         save,
+        need_demb: emb.track_op(),
     };
     x.contiguous()?
         .apply_op3(&emb.contiguous()?, &params.contiguous()?, op)
@@ -125,31 +128,30 @@ pub fn residual_mlp(
 
 struct MlpOp {
     dims: MlpDims,
-    /// The forward pass's activations ([`Acts`] of the op's dtype), kept for `bwd`.
+    /// The forward pass's activations (a `Vec` of [`Acts`] of the op's dtype, one per block
+    /// of rows), kept for `bwd`.
     saved: Mutex<Option<Box<dyn Any + Send>>>,
     save: bool,
+    /// Whether the embedding input needs a gradient (not in training: it is a constant).
+    need_demb: bool,
 }
 
-/// A SiLU site: pre-activation z, σ(z) and silu(z) = z·σ(z), each [B, width].
-struct Site<T> {
-    z: Vec<T>,
-    sig: Vec<T>,
-    act: Vec<T>,
-}
-
-/// The forward pass's activations: the two time-MLP sites, then per block silu(h_i) and
-/// silu(u_i), then silu(h_n) before the output layer.
-struct Acts<T> {
-    t1: Site<T>,
-    t2: Site<T>,
-    blocks: Vec<[Site<T>; 2]>,
-    last: Site<T>,
-}
-
-fn par() -> Parallelism {
+/// How the blocks of rows are run: the threads for the loop over blocks, and for the GEMMs
+/// inside one (all of them when there are fewer blocks than threads, as at batch 1).
+fn plan(blocks: usize) -> (usize, Parallelism) {
     match threads() {
-        1 => Parallelism::None,
-        n => Parallelism::Rayon(n),
+        1 => (1, Parallelism::None),
+        n if blocks < n => (1, Parallelism::Rayon(n)),
+        n => (n, Parallelism::None),
+    }
+}
+
+/// `f(i)` for i in 0..n, on the calling thread or over the pool.
+fn map_blocks<R: Send>(n: usize, threads: usize, f: impl Fn(usize) -> R + Sync + Send) -> Vec<R> {
+    if threads <= 1 {
+        (0..n).map(f).collect()
+    } else {
+        (0..n).into_par_iter().map(f).collect()
     }
 }
 
@@ -202,126 +204,32 @@ pub fn exp_f32(x: f32) -> f32 {
     y * f32::from_bits(two_n)
 }
 
-impl<T: Sigmoid> Site<T> {
-    fn new(z: Vec<T>) -> Self {
-        let sig: Vec<T> = z.iter().map(|&v| v.sig()).collect();
-        let act = z.iter().zip(&sig).map(|(&v, &s)| v * s).collect();
-        Self { z, sig, act }
-    }
-
-    /// `g ← g · silu'(z)`, silu'(z) = σ(z)·(1 + z·(1 − σ(z))).
-    fn backward(&self, g: &mut [T]) {
-        for ((g, &z), &s) in g.iter_mut().zip(&self.z).zip(&self.sig) {
-            *g = *g * (s * (T::ONE + z * (T::ONE - s)));
-        }
-    }
-}
-
-/// `y = a·Wᵀ + b` (`y` replaced) or `y += a·Wᵀ + b` (when `acc`), a [rows, inp], y [rows, out].
-fn linear<T: Real>(l: &Lin, p: &[T], a: &[T], y: &mut Vec<T>, acc: bool) {
-    let rows = a.len() / l.inp;
-    if !acc {
-        y.clear();
-        for _ in 0..rows {
-            y.extend_from_slice(l.b(p));
-        }
-    } else {
-        for r in y.chunks_mut(l.out) {
-            for (v, &b) in r.iter_mut().zip(l.b(p)) {
-                *v += b;
-            }
-        }
-    }
-    mm(
-        (rows, l.out, l.inp),
-        y,
-        true,
-        a,
-        (l.inp, 1),
-        l.w(p),
-        (1, l.inp),
-        par(),
-    );
-}
-
-/// Gradients of `y = a·Wᵀ + b` given dy: dW, db into `dp` (overwritten), and, when `da` is
-/// given, `da (+)= dy·W`.
-fn linear_back<T: Real>(
-    l: &Lin,
-    p: &[T],
-    a: &[T],
-    dy: &[T],
-    dp: &mut [T],
-    da: Option<(&mut [T], bool)>,
-) {
-    let rows = dy.len() / l.out;
-    let (dw, db) = dp[l.off..l.off + l.len()].split_at_mut(l.out * l.inp);
-    // dW [out, inp] = dyᵀ · a.
-    mm(
-        (l.out, l.inp, rows),
-        dw,
-        false,
-        dy,
-        (1, l.out),
-        a,
-        (l.inp, 1),
-        par(),
-    );
-    db.fill(T::ZERO);
-    for r in dy.chunks(l.out) {
-        for (s, &v) in db.iter_mut().zip(r) {
-            *s += v;
-        }
-    }
-    if let Some((da, acc)) = da {
-        mm(
-            (rows, l.inp, l.out),
-            da,
-            acc,
-            dy,
-            (l.out, 1),
-            l.w(p),
-            (l.inp, 1),
-            par(),
-        );
-    }
-}
-
 impl MlpOp {
-    fn forward<T: Sigmoid>(&self, x: &[T], emb: &[T], p: &[T]) -> (Vec<T>, Acts<T>) {
+    fn forward<T: Sigmoid>(&self, x: &[T], emb: &[T], p: &[T]) -> (Vec<T>, Vec<Acts<T>>) {
         let lay = self.dims.layout();
-        let (b, h) = (x.len() / self.dims.in_dim, self.dims.hidden);
-        let buf = || Vec::with_capacity(b * h);
-        let mut z = buf();
-        linear(&lay.time1, p, emb, &mut z, false);
-        let t1 = Site::new(z);
-        let mut z = buf();
-        linear(&lay.time2, p, &t1.act, &mut z, false);
-        let t2 = Site::new(z);
-        let mut hs = buf();
-        linear(&lay.in_proj, p, x, &mut hs, false);
-        let mut blocks = Vec::with_capacity(lay.blocks.len());
-        for [lin1, temb, lin2] in &lay.blocks {
-            let a = Site::new(hs.clone());
-            let mut u = buf();
-            linear(lin1, p, &a.act, &mut u, false);
-            linear(temb, p, &t2.act, &mut u, true);
-            let v = Site::new(u);
-            linear(lin2, p, &v.act, &mut hs, true);
-            blocks.push([a, v]);
+        let (d, de) = (self.dims.in_dim, self.dims.temb_dim);
+        let b = x.len() / d;
+        let rpb = ROWS;
+        let n = b.div_ceil(rpb);
+        let (nt, par) = plan(n);
+        // A sampler step evaluates every row at one noise level: the time MLP runs once.
+        let shared = (!self.save && b > 0 && emb.chunks(de).all(|r| r == &emb[..de]))
+            .then(|| mlp_rows::shared_time_path(&lay, p, &emb[..de]));
+        let blocks = map_blocks(n, nt, |k| {
+            let r = k * rpb..((k + 1) * rpb).min(b);
+            let e = match &shared {
+                Some(q) => Emb::Shared(q),
+                None => Emb::Rows(&emb[r.start * de..r.end * de]),
+            };
+            mlp_rows::forward(&lay, p, &x[r.start * d..r.end * d], e, par)
+        });
+        let mut out = Vec::with_capacity(b * d);
+        let mut acts = Vec::with_capacity(n);
+        for (o, a) in blocks {
+            out.extend_from_slice(&o);
+            acts.push(a);
         }
-        let last = Site::new(hs);
-        let mut out = Vec::with_capacity(b * self.dims.in_dim);
-        linear(&lay.out_proj, p, &last.act, &mut out, false);
-        (
-            out,
-            Acts {
-                t1,
-                t2,
-                blocks,
-                last,
-            },
-        )
+        (out, acts)
     }
 
     /// (dx, d emb, d params) from the output gradient `g`.
@@ -330,60 +238,56 @@ impl MlpOp {
         x: &[T],
         emb: &[T],
         p: &[T],
-        acts: &Acts<T>,
+        acts: &[Acts<T>],
         g: &[T],
     ) -> (Vec<T>, Vec<T>, Vec<T>) {
         let lay = self.dims.layout();
-        let (b, h) = (x.len() / self.dims.in_dim, self.dims.hidden);
+        let (d, de) = (self.dims.in_dim, self.dims.temb_dim);
+        let b = x.len() / d;
+        let (nt, par) = plan(acts.len());
+        let rpb = ROWS;
+        let rows = |k: usize| k * rpb..((k + 1) * rpb).min(b);
+        let grads = map_blocks(acts.len(), nt, |k| {
+            let r = rows(k);
+            let g = &g[r.start * d..r.end * d];
+            mlp_rows::backward(&lay, p, &acts[k], g, self.need_demb, par)
+        });
+        let blocks: Vec<RowBlock<'_, T>> = (0..acts.len())
+            .map(|k| {
+                let r = rows(k);
+                RowBlock {
+                    x: &x[r.start * d..r.end * d],
+                    emb: &emb[r.start * de..r.end * de],
+                    g: &g[r.start * d..r.end * d],
+                    acts: &acts[k],
+                    grads: &grads[k],
+                }
+            })
+            .collect();
+        // Each layer's weight gradient is one task over its own slice of the packed vector.
         let mut dp = vec![T::ZERO; lay.len];
-        let mut dh = vec![T::ZERO; b * h];
-        linear_back(
-            &lay.out_proj,
-            p,
-            &acts.last.act,
-            g,
-            &mut dp,
-            Some((&mut dh, false)),
-        );
-        acts.last.backward(&mut dh);
-        let mut de = vec![T::ZERO; b * h];
-        let mut du = vec![T::ZERO; b * h];
-        let mut da = vec![T::ZERO; b * h];
-        for (i, ([lin1, temb, lin2], [a, v])) in
-            lay.blocks.iter().zip(&acts.blocks).enumerate().rev()
-        {
-            // h_{i+1} = h_i + lin2(silu(u)): dh flows on unchanged and into the branch.
-            linear_back(lin2, p, &v.act, &dh, &mut dp, Some((&mut du, false)));
-            v.backward(&mut du);
-            linear_back(
-                temb,
-                p,
-                &acts.t2.act,
-                &du,
-                &mut dp,
-                Some((&mut de, i + 1 < lay.blocks.len())),
-            );
-            linear_back(lin1, p, &a.act, &du, &mut dp, Some((&mut da, false)));
-            a.backward(&mut da);
-            for (d, &v) in dh.iter_mut().zip(&da) {
-                *d += v;
-            }
+        let mut tasks = vec![];
+        let mut rest = dp.as_mut_slice();
+        for t in mlp_rows::weight_grad_tasks(&lay) {
+            let (head, tail) = rest.split_at_mut(t.0.len());
+            tasks.push((t, head));
+            rest = tail;
         }
-        let mut dx = vec![T::ZERO; x.len()];
-        linear_back(&lay.in_proj, p, x, &dh, &mut dp, Some((&mut dx, false)));
-        acts.t2.backward(&mut de);
-        let mut ds = vec![T::ZERO; b * h];
-        linear_back(
-            &lay.time2,
-            p,
-            &acts.t1.act,
-            &de,
-            &mut dp,
-            Some((&mut ds, false)),
-        );
-        acts.t1.backward(&mut ds);
-        let mut demb = vec![T::ZERO; emb.len()];
-        linear_back(&lay.time1, p, emb, &ds, &mut dp, Some((&mut demb, false)));
+        if threads() <= 1 {
+            for (t, dp) in tasks {
+                mlp_rows::weight_grad(t, &blocks, dp, Parallelism::None);
+            }
+        } else {
+            tasks
+                .into_par_iter()
+                .for_each(|(t, dp)| mlp_rows::weight_grad(t, &blocks, dp, Parallelism::None));
+        }
+        let mut dx = Vec::with_capacity(x.len());
+        let mut demb = Vec::with_capacity(emb.len());
+        for gr in &grads {
+            dx.extend_from_slice(&gr.dx);
+            demb.extend_from_slice(&gr.demb);
+        }
         (dx, demb, dp)
     }
 }
@@ -450,7 +354,7 @@ impl CustomOp3 for MlpOp {
                     with_data::<T, _>(params, n, |ps| {
                         with_data::<T, _>(g, n, |gs| {
                             let saved = op.saved.lock().expect("not poisoned");
-                            match saved.as_ref().and_then(|a| a.downcast_ref::<Acts<T>>()) {
+                            match saved.as_ref().and_then(|a| a.downcast_ref::<Vec<Acts<T>>>()) {
                                 Some(acts) => Ok(op.backward(xs, es, ps, acts, gs)),
                                 None => {
                                     let (_, acts) = op.forward(xs, es, ps);
@@ -464,7 +368,10 @@ impl CustomOp3 for MlpOp {
             let dev = Device::Cpu;
             Ok((
                 Some(Tensor::from_vec(dx, x.shape(), &dev)?),
-                Some(Tensor::from_vec(de, emb.shape(), &dev)?),
+                match op.need_demb {
+                    true => Some(Tensor::from_vec(de, emb.shape(), &dev)?),
+                    false => None,
+                },
                 Some(Tensor::from_vec(dp, params.shape(), &dev)?),
             ))
         }

@@ -14,6 +14,8 @@ pub mod gpu_attention;
 pub mod gpu_train;
 pub mod group_norm;
 pub mod mlp;
+mod mlp_rows;
+pub(crate) mod simd;
 pub(crate) mod real;
 
 pub use conv::conv2d;

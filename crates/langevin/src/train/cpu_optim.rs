@@ -9,7 +9,22 @@ use candle_core::{DType, Device, Tensor, Var};
 
 use crate::kernels::gpu_train::AdamStep;
 use crate::kernels::real::with_data;
+use crate::kernels::simd::vectorized;
 use crate::Result;
+
+/// `f` on every item, over the worker threads when more than one may be used; results in
+/// order.
+pub fn per_tensor<I: Sync, R: Send>(
+    items: &[I],
+    f: impl Fn(&I) -> Result<R> + Sync + Send,
+) -> Result<Vec<R>> {
+    use rayon::prelude::*;
+    if crate::kernels::real::threads() <= 1 {
+        items.iter().map(f).collect()
+    } else {
+        items.par_iter().map(f).collect()
+    }
+}
 
 /// Whether `t` is a contiguous f32 tensor in CPU memory.
 pub fn eligible(t: &Tensor) -> bool {
@@ -26,6 +41,40 @@ pub fn sum_squares(g: &Tensor) -> Result<f64> {
     with_f32(g, |g| g.iter().map(|&v| (v as f64) * (v as f64)).sum())
 }
 
+/// The f32 constants of one AdamW step.
+struct AdamConsts {
+    scale: f32,
+    b1: f32,
+    nb1: f32,
+    b2: f32,
+    nb2: f32,
+    ibc1: f32,
+    ibc2: f32,
+    eps: f32,
+    decay: f32,
+    lr: f32,
+}
+
+/// θ', m', v' from θ, m, v, g. Zipped slices rather than indices (no bounds checks, so the
+/// loop vectorises: it was scalar, ~2 ms of the demo's 15 ms step), and always inlined so that
+/// [`vectorized`] compiles it with AVX2.
+#[inline(always)]
+fn adam_pass(c: &AdamConsts, [th, m, v, g]: [&[f32]; 4], [th2, m2, v2]: [&mut [f32]; 3]) {
+    let outs = th2.iter_mut().zip(m2.iter_mut()).zip(v2.iter_mut());
+    let ins = th.iter().zip(m).zip(v).zip(g);
+    for (((th2, m2), v2), (((&th, &m), &v), &g)) in outs.zip(ins) {
+        // candle's affine is x·mul + add: the `+ 0.0` of each scalar product is kept so that
+        // −0 rounds as it does there.
+        let gi = g * c.scale + 0.0;
+        let mi = (m * c.b1 + 0.0) + (gi * c.nb1 + 0.0);
+        let vi = (v * c.b2 + 0.0) + ((gi * gi) * c.nb2 + 0.0);
+        let update = (mi * c.ibc1 + 0.0) / ((vi * c.ibc2 + 0.0).sqrt() * 1.0 + c.eps);
+        *th2 = (th * c.decay + 0.0) - (update * c.lr + 0.0);
+        *m2 = mi;
+        *v2 = vi;
+    }
+}
+
 /// One AdamW step of one tensor: writes θ and returns the new moments. The expressions are
 /// those of the composed form (`AdamW::step`): each candle op there is one f32 rounding here.
 pub fn adamw(
@@ -36,37 +85,25 @@ pub fn adamw(
     k: &AdamStep,
 ) -> Result<(Tensor, Tensor)> {
     let f = |x: f64| x as f32;
-    let (scale, b1, nb1, b2, nb2) = (
-        f(k.grad_scale),
-        f(k.beta1),
-        f(1.0 - k.beta1),
-        f(k.beta2),
-        f(1.0 - k.beta2),
-    );
-    let (ibc1, ibc2, eps, decay, lr) = (
-        f(1.0 / k.bc1),
-        f(1.0 / k.bc2),
-        f(k.eps),
-        f(1.0 - k.lr * k.weight_decay),
-        f(k.lr),
-    );
+    let c = AdamConsts {
+        scale: f(k.grad_scale),
+        b1: f(k.beta1),
+        nb1: f(1.0 - k.beta1),
+        b2: f(k.beta2),
+        nb2: f(1.0 - k.beta2),
+        ibc1: f(1.0 / k.bc1),
+        ibc2: f(1.0 / k.bc2),
+        eps: f(k.eps),
+        decay: f(1.0 - k.lr * k.weight_decay),
+        lr: f(k.lr),
+    };
     let n = theta.elem_count();
     let (mut th2, mut m2, mut v2) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
     with_f32(theta.as_tensor(), |th| {
         with_f32(m, |m| {
             with_f32(v, |v| {
                 with_f32(g, |g| {
-                    for i in 0..n {
-                        // candle's affine is x·mul + add: the `+ 0.0` of each scalar product
-                        // is kept so that −0 rounds as it does there.
-                        let gi = g[i] * scale + 0.0;
-                        let mi = (m[i] * b1 + 0.0) + (gi * nb1 + 0.0);
-                        let vi = (v[i] * b2 + 0.0) + ((gi * gi) * nb2 + 0.0);
-                        let update = (mi * ibc1 + 0.0) / ((vi * ibc2 + 0.0).sqrt() * 1.0 + eps);
-                        th2[i] = (th[i] * decay + 0.0) - (update * lr + 0.0);
-                        m2[i] = mi;
-                        v2[i] = vi;
-                    }
+                    vectorized(|| adam_pass(&c, [th, m, v, g], [&mut th2, &mut m2, &mut v2]))
                 })
             })
         })
@@ -84,10 +121,14 @@ pub fn ema(e: &Tensor, theta: &Tensor, decay: f64) -> Result<Tensor> {
     let (d, nd) = (decay as f32, (1.0 - decay) as f32);
     let out = with_f32(e, |e| {
         with_f32(theta, |t| {
-            e.iter()
-                .zip(t)
-                .map(|(&e, &t)| (e * d + 0.0) + (t * nd + 0.0))
-                .collect::<Vec<f32>>()
+            let mut out = e.to_vec();
+            // A plain loop (`collect` stays out-of-line and misses AVX2).
+            vectorized(|| {
+                for (o, &t) in out.iter_mut().zip(t) {
+                    *o = (*o * d + 0.0) + (t * nd + 0.0);
+                }
+            });
+            out
         })
     })??;
     Ok(Tensor::from_vec(out, e.shape(), &Device::Cpu)?)

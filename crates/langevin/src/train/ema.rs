@@ -49,8 +49,15 @@ impl Ema {
             .zip(vars)
             .all(|((_, e), (_, v))| cpu_optim::eligible(e) && cpu_optim::eligible(v.as_tensor()))
         {
-            for ((_, e), (_, v)) in self.weights.iter_mut().zip(vars) {
-                *e = cpu_optim::ema(e, v.as_tensor(), d)?;
+            let pairs: Vec<(&Tensor, &Tensor)> = self
+                .weights
+                .iter()
+                .zip(vars)
+                .map(|((_, e), (_, v))| (e, v.as_tensor()))
+                .collect();
+            let new = cpu_optim::per_tensor(&pairs, |(e, v)| cpu_optim::ema(e, v, d))?;
+            for ((_, e), n) in self.weights.iter_mut().zip(new) {
+                *e = n;
             }
             return Ok(());
         }

@@ -1,0 +1,45 @@
+//! Elementwise loops compiled for AVX2 where the CPU has it, with the same results.
+//!
+//! The release build targets baseline x86-64 (SSE2), so the own kernels' elementwise loops
+//! (SiLU's sigmoid, its backward product, the AdamW / EMA pass) ran 4 lanes wide; a `perf`
+//! profile of the demo's training step had them at ~20% of the step (issue 17, round 3 in
+//! docs/benchmarks.md). [`vectorized`] runs a closure inside a function compiled with AVX2, so
+//! the loops inlined into it use 8 lanes. Rust never contracts `a * b + c` into a fused
+//! multiply-add and AVX2's add, mul, div and sqrt round as SSE2's do, so the bits are the same
+//! on either path (the same trick as `gemm`'s `V3::vectorize`).
+
+/// Runs `f`, compiled with AVX2 enabled when the CPU supports it.
+#[inline(always)]
+pub fn vectorized<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            return unsafe { avx2(f) };
+        }
+    }
+    f()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vectorized_loops_give_the_plain_loops_bits() {
+        let x: Vec<f32> = (0..1000).map(|i| (i as f32 * 0.37).sin() * 20.0).collect();
+        let f = |x: &[f32]| -> Vec<f32> {
+            x.iter()
+                .map(|&v| (v * 1.5 + 0.25) / ((v * v).sqrt() + 1e-3))
+                .collect()
+        };
+        let plain = f(&x);
+        let fast = vectorized(|| f(&x));
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&plain), bits(&fast));
+    }
+}
