@@ -110,7 +110,12 @@ fn attention_rows(dev: &Device) -> Result<Vec<Row>> {
     let mut rows = vec![];
     for dt in [DType::F32, DType::BF16] {
         let bound = if dt == DType::F32 { 1e-5 } else { 2e-2 };
-        for &(bh, d, n, scale) in &[(64, 8, 256, 1.0), (6, 16, 77, 4.0), (5, 32, 1024, 0.5), (3, 8, 5, 8.0)] {
+        for &(bh, d, n, scale) in &[
+            (64, 8, 256, 1.0),
+            (6, 16, 77, 4.0),
+            (5, 32, 1024, 0.5),
+            (3, 8, 5, 8.0),
+        ] {
             let r = |s: f64| -> Result<Tensor> {
                 Ok((Tensor::randn(0f32, 1.0, (bh, d, n), dev)? * s)?.to_dtype(dt)?)
             };

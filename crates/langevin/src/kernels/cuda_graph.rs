@@ -106,7 +106,11 @@ impl CudaGraphs {
     /// of a shape runs `f` eagerly (that result is returned) and then captures it; later calls
     /// replay. `f` must be a pure function of its inputs and must not read anything back to
     /// the host; its result is bit-identical either way (the same kernels run).
-    pub fn run(&self, inputs: &[&Tensor], f: &dyn Fn(&[Tensor]) -> Result<Tensor>) -> Result<Tensor> {
+    pub fn run(
+        &self,
+        inputs: &[&Tensor],
+        f: &dyn Fn(&[Tensor]) -> Result<Tensor>,
+    ) -> Result<Tensor> {
         let owned: Vec<Tensor> = inputs.iter().map(|t| (*t).clone()).collect();
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         #[cfg(feature = "cuda")]
@@ -130,7 +134,10 @@ fn capture_or_replay(
     f: &dyn Fn(&[Tensor]) -> Result<Tensor>,
 ) -> Result<Tensor> {
     use candle_core::cuda_backend::cudarc::driver::sys;
-    let key: Key = inputs.iter().map(|t| (t.dims().to_vec(), t.dtype())).collect();
+    let key: Key = inputs
+        .iter()
+        .map(|t| (t.dims().to_vec(), t.dtype()))
+        .collect();
     if let Some(i) = st.entries.iter().position(|e| e.key == key) {
         let e = st.entries.remove(i);
         for (dst, src) in e.inputs.iter().zip(inputs) {

@@ -81,7 +81,11 @@ mod imp {
                 "langevin_attention",
                 PTX,
             )?;
-            let (qv, kv, vv) = (view::<T>(q.0, q.1)?, view::<T>(k.0, k.1)?, view::<T>(v.0, v.1)?);
+            let (qv, kv, vv) = (
+                view::<T>(q.0, q.1)?,
+                view::<T>(k.0, k.1)?,
+                view::<T>(v.0, v.1)?,
+            );
             // SAFETY: every element is written by the kernel.
             let out = unsafe { dev.alloc::<T>(bh * d * n)? };
             let ni = n as i32;

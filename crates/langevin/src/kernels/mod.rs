@@ -11,6 +11,7 @@ pub mod cuda_graph;
 pub mod cudnn_conv;
 pub mod gpu;
 pub mod gpu_attention;
+pub mod gpu_optim;
 pub mod gpu_train;
 pub mod group_norm;
 pub mod mlp;

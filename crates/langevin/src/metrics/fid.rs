@@ -418,7 +418,10 @@ mod tests {
             let got = frechet_distance(&mu1, &s1, &mu2, &s2);
             // The reference takes square roots of round-off eigenvalues (≈ 1e-13 → 3e-7 each)
             // where the product is singular; the fast form drops those directions exactly.
-            assert!((got - want).abs() < 1e-6 * want.abs().max(1.0), "{got} vs {want}");
+            assert!(
+                (got - want).abs() < 1e-6 * want.abs().max(1.0),
+                "{got} vs {want}"
+            );
         }
     }
 

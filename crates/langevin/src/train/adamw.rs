@@ -1,11 +1,11 @@
 //! AdamW (Loshchilov & Hutter 2019) with its moments exposed, so a checkpoint can hold them and
 //! `--resume` continues bit-identically. On CUDA the update, and the gradient norm, run as one
-//! multi-tensor kernel launch each over all parameters (`kernels::gpu_train`); elsewhere as
+//! multi-tensor kernel launch each over all parameters (`kernels::gpu_optim`); elsewhere as
 //! candle ops per tensor. Both compute the same f32 expressions.
 use candle_core::{backprop::GradStore, DType, Tensor, Var};
 
 use super::cpu_optim;
-use crate::kernels::gpu_train;
+use crate::kernels::{gpu_optim, gpu_train};
 use crate::Result;
 
 #[derive(Debug, Clone, Copy)]
@@ -144,7 +144,7 @@ impl AdamW {
     pub fn grad_norm(&self, grads: &GradStore) -> Result<f64> {
         if let Some(gs) = self.cuda_grads(grads)? {
             let refs: Vec<&Tensor> = gs.iter().map(|(_, g)| g).collect();
-            return Ok(gpu_train::sum_squares(&refs)?.sqrt());
+            return Ok(gpu_optim::sum_squares(&refs)?.sqrt());
         }
         if let Some(gs) = self.cpu_grads(grads)? {
             // Each tensor's sum on its own thread, then added in order: the serial loop's bits.
@@ -171,7 +171,7 @@ impl AdamW {
         let bc1 = 1.0 - c.beta1.powi(self.t as i32);
         let bc2 = 1.0 - c.beta2.powi(self.t as i32);
         // The step's constants, for the one-pass forms (the composed form below spells them).
-        let k = gpu_train::AdamStep {
+        let k = gpu_optim::AdamStep {
             grad_scale,
             beta1: c.beta1,
             beta2: c.beta2,
@@ -182,11 +182,11 @@ impl AdamW {
             weight_decay: c.weight_decay,
         };
         if let Some(gs) = self.cuda_grads(grads)? {
-            let rows: Vec<gpu_train::AdamRow> = gs
+            let rows: Vec<gpu_optim::AdamRow> = gs
                 .iter()
                 .map(|(i, g)| {
                     let (_, var, m, v) = &self.params[*i];
-                    gpu_train::AdamRow {
+                    gpu_optim::AdamRow {
                         theta: var.as_tensor(),
                         m,
                         v,
@@ -195,7 +195,7 @@ impl AdamW {
                     }
                 })
                 .collect();
-            return Ok(gpu_train::adamw(&rows, k)?);
+            return Ok(gpu_optim::adamw(&rows, k)?);
         }
         if let Some(gs) = self.cpu_grads(grads)? {
             // One task per tensor (no sum crosses tensors, so the bits do not depend on the

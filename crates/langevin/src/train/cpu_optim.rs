@@ -7,7 +7,7 @@
 //! training step (profile in docs/benchmarks.md, CPU round 2).
 use candle_core::{DType, Device, Tensor, Var};
 
-use crate::kernels::gpu_train::AdamStep;
+use crate::kernels::gpu_optim::AdamStep;
 use crate::kernels::real::with_data;
 use crate::kernels::simd::vectorized;
 use crate::Result;

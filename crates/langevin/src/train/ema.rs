@@ -1,11 +1,11 @@
 //! Exponential moving average of weights (Polyak averaging), with the usual warm-up
 //! decay min(decay, (1+n)/(10+n)) so early averages are not dominated by the initialisation.
 //! On CUDA one multi-tensor kernel launch updates every average in place
-//! (`kernels::gpu_train::ema`); elsewhere candle ops per tensor, the same f32 expression.
+//! (`kernels::gpu_optim::ema`); elsewhere candle ops per tensor, the same f32 expression.
 use candle_core::{DType, Tensor, Var};
 
 use super::cpu_optim;
-use crate::kernels::gpu_train;
+use crate::kernels::{gpu_optim, gpu_train};
 use crate::Result;
 
 pub struct Ema {
@@ -41,7 +41,7 @@ impl Ema {
                 .zip(vars)
                 .map(|((_, e), (_, v))| (e, v.as_tensor()))
                 .collect();
-            return Ok(gpu_train::ema(&rows, d)?);
+            return Ok(gpu_optim::ema(&rows, d)?);
         }
         if self
             .weights
