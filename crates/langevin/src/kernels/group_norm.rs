@@ -9,7 +9,9 @@ use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::conv::enabled;
+use super::mlp::Sigmoid;
 use super::real::{data, min_len, own_kernel, threads, with_data, Real};
+use super::simd;
 
 /// `silu?(group_norm(x) · γ + β)` over `groups` groups of channels (as `torch.nn.GroupNorm`
 /// followed, when `silu`, by `torch.nn.functional.silu`).
@@ -140,8 +142,34 @@ fn stats<T: Real>(x: &[T], shift: &[T], s: usize, eps: f64) -> (f64, f64) {
     (mean, 1.0 / (var + eps).sqrt())
 }
 
+/// The affine map `x ↦ x·a + b` that gives one channel's normalised, scaled and shifted
+/// value (the input of SiLU): a = γ/σ, b = β + (shift − mean)·a, rounded to `T`.
+fn affine_at<T: Real>(
+    gamma: &[T],
+    beta: &[T],
+    ch: usize,
+    shift: T,
+    mean: f64,
+    rstd: f64,
+) -> (T, T) {
+    let a = rstd * gamma[ch].to_f64();
+    let b = beta[ch].to_f64() + (shift.to_f64() - mean) * a;
+    (T::from_f64(a), T::from_f64(b))
+}
+
+/// `out = silu'(x·a + b)`, silu'(y) = σ(y)·(1 + y·(1 − σ(y))), in `T` with [`Sigmoid::sig`].
+fn silu_grad_factor<T: Sigmoid>(x: &[T], a: T, b: T, out: &mut [T]) {
+    simd::vectorized(|| {
+        for (o, &x) in out.iter_mut().zip(x) {
+            let y = x * a + b;
+            let sg = y.sig();
+            *o = sg * (T::ONE + y * (T::ONE - sg));
+        }
+    })
+}
+
 impl GroupNormOp {
-    fn forward<T: Real>(&self, x: &[T], shift: &[T], affine: &[T], dims: &[usize]) -> Vec<T> {
+    fn forward<T: Sigmoid>(&self, x: &[T], shift: &[T], affine: &[T], dims: &[usize]) -> Vec<T> {
         let (_, c, s) = sizes(dims);
         let (gamma, beta) = affine.split_at(c);
         let cg = c / self.groups;
@@ -154,28 +182,31 @@ impl GroupNormOp {
             .for_each(|(bg, ((o, x), t))| {
                 let (mean, rstd) = stats(x, t, s, self.eps);
                 let c0 = (bg % self.groups) * cg;
-                for ch in 0..cg {
-                    let a = rstd * gamma[c0 + ch].to_f64();
-                    let b = beta[c0 + ch].to_f64() + (t[ch].to_f64() - mean) * a;
-                    let (a, b) = (T::from_f64(a), T::from_f64(b));
-                    let (o, x) = (&mut o[ch * s..(ch + 1) * s], &x[ch * s..(ch + 1) * s]);
-                    if self.silu {
-                        for (o, &x) in o.iter_mut().zip(x) {
-                            let y = x * a + b;
-                            *o = y * y.sigmoid();
-                        }
-                    } else {
-                        for (o, &x) in o.iter_mut().zip(x) {
-                            *o = x * a + b;
+                // SiLU with the branch-free `exp` (f32) in an AVX2 loop: libm's scalar `expf`
+                // and the loop around it were ~9% of the small UNet's forward pass (issue 17,
+                // CPU round 4 in docs/benchmarks.md).
+                simd::vectorized(|| {
+                    for ch in 0..cg {
+                        let (a, b) = affine_at(gamma, beta, c0 + ch, t[ch], mean, rstd);
+                        let (o, x) = (&mut o[ch * s..(ch + 1) * s], &x[ch * s..(ch + 1) * s]);
+                        if self.silu {
+                            for (o, &x) in o.iter_mut().zip(x) {
+                                let y = x * a + b;
+                                *o = y * y.sig();
+                            }
+                        } else {
+                            for (o, &x) in o.iter_mut().zip(x) {
+                                *o = x * a + b;
+                            }
                         }
                     }
-                }
+                })
             });
         out
     }
 
     /// (dx, d shift, d[γ; β]) from dy.
-    fn backward<T: Real>(
+    fn backward<T: Sigmoid>(
         &self,
         x: &[T],
         shift: &[T],
@@ -205,8 +236,15 @@ impl GroupNormOp {
                 // as dx̂ = dŷ·γ, and the group sums Σ dx̂ and Σ dx̂·x̂.
                 let (mut s1, mut s2) = (0f64, 0f64);
                 for ch in 0..cg {
-                    let (g, be) = (gamma[c0 + ch].to_f64(), beta[c0 + ch].to_f64());
+                    let g = gamma[c0 + ch].to_f64();
                     let range = ch * s..(ch + 1) * s;
+                    if self.silu {
+                        // SiLU's derivative at the forward pass's pre-activation (the same
+                        // T-valued y), in a vectorised loop first: per element in f64 with
+                        // libm's `exp` it was ~7% of the small UNet's training step.
+                        let (a, b) = affine_at(gamma, beta, c0 + ch, t[ch], mean, rstd);
+                        silu_grad_factor(&x[range.clone()], a, b, &mut dx[range.clone()]);
+                    }
                     let (mut dg, mut db) = (0f64, 0f64);
                     let tm = t[ch].to_f64() - mean;
                     for ((d, &xv), &gv) in dx[range.clone()]
@@ -217,9 +255,7 @@ impl GroupNormOp {
                         let xh = (xv.to_f64() + tm) * rstd;
                         let mut dyh = gv.to_f64();
                         if self.silu {
-                            let y = xh * g + be;
-                            let sg = 1.0 / (1.0 + (-y).exp());
-                            dyh *= sg * (1.0 + y * (1.0 - sg));
+                            dyh *= d.to_f64();
                         }
                         dg += dyh * xh;
                         db += dyh;
@@ -305,7 +341,7 @@ impl CustomOp3 for GroupNormOp {
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         // Here `gamma` is the shift [B, C] and `beta` the stacked affine [2, C].
-        fn run<T: Real + candle_core::WithDType>(
+        fn run<T: Sigmoid + candle_core::WithDType>(
             op: &GroupNormOp,
             x: &Tensor,
             gamma: &Tensor,
