@@ -44,7 +44,12 @@ pub fn run(dev: &Device) -> Result<Vec<Row>> {
         let bound = if dt == DType::F32 { 1e-4 } else { 3e-2 };
         // Group norm + shift + SiLU: forward and the four gradients.
         // The last shape is too large for the register-resident backward (three-pass form).
-        for &(b, c, hw, g) in &[(3, 64, 16, 32), (2, 256, 4, 32), (5, 96, 7, 3), (2, 32, 64, 4)] {
+        for &(b, c, hw, g) in &[
+            (3, 64, 16, 32),
+            (2, 256, 4, 32),
+            (5, 96, 7, 3),
+            (2, 32, 64, 4),
+        ] {
             let x = Tensor::randn(0f32, 1.0, (b, c, hw, hw), dev)?
                 .affine(3.0, 2.0)?
                 .to_dtype(dt)?;

@@ -140,7 +140,10 @@ pub fn run(fixtures: &Path, dev: &Device) -> Result<()> {
                 false => f64::INFINITY, // graphs not used: fail the row
             };
             rows.push((
-                format!("same, CUDA graph replays ({} of 20 calls) vs eager", stats.replays),
+                format!(
+                    "same, CUDA graph replays ({} of 20 calls) vs eager",
+                    stats.replays
+                ),
                 dt.as_str(),
                 e,
                 0.0,

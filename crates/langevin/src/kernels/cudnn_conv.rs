@@ -308,7 +308,7 @@ mod imp {
         }
         if ws.as_ref().is_none_or(|w| w.len() < need) {
             retire(ws.take()); // free the old one first (unless graphs use it)
-            // SAFETY: scratch memory; cuDNN initialises what it reads.
+                               // SAFETY: scratch memory; cuDNN initialises what it reads.
             *ws = Some(unsafe { dev.alloc::<u8>(need)? });
         }
         Ok(ws.as_mut())

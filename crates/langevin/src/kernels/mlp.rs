@@ -354,7 +354,10 @@ impl CustomOp3 for MlpOp {
                     with_data::<T, _>(params, n, |ps| {
                         with_data::<T, _>(g, n, |gs| {
                             let saved = op.saved.lock().expect("not poisoned");
-                            match saved.as_ref().and_then(|a| a.downcast_ref::<Vec<Acts<T>>>()) {
+                            match saved
+                                .as_ref()
+                                .and_then(|a| a.downcast_ref::<Vec<Acts<T>>>())
+                            {
                                 Some(acts) => Ok(op.backward(xs, es, ps, acts, gs)),
                                 None => {
                                     let (_, acts) = op.forward(xs, es, ps);

@@ -35,7 +35,10 @@ impl<T: Sigmoid> Site<T> {
         // Written in place of fresh buffers (copying or zeroing them first was 22% of a
         // sampler step), in a plain loop: `extend` / `collect` stay out-of-line and miss AVX2.
         vectorized(|| {
-            let outs = sig.spare_capacity_mut().iter_mut().zip(act.spare_capacity_mut());
+            let outs = sig
+                .spare_capacity_mut()
+                .iter_mut()
+                .zip(act.spare_capacity_mut());
             for ((s, a), &v) in outs.zip(&z) {
                 let sv = v.sig();
                 s.write(sv);
@@ -253,8 +256,7 @@ pub(super) fn backward<T: Sigmoid>(
     let mut du: Vec<Vec<T>> = (0..n).map(|_| zeros()).collect();
     let mut de = zeros();
     let mut da = zeros();
-    for (i, ([lin1, temb, lin2], [a, v])) in lay.blocks.iter().zip(&acts.blocks).enumerate().rev()
-    {
+    for (i, ([lin1, temb, lin2], [a, v])) in lay.blocks.iter().zip(&acts.blocks).enumerate().rev() {
         // h_{i+1} = h_i + lin2(silu(u_i)): ∂h_{i+1} flows on unchanged and into the branch.
         input_grad(lin2, p, &dh[i + 1], &mut du[i], false, par);
         v.backward(&mut du[i]);

@@ -16,8 +16,8 @@ pub mod gpu_train;
 pub mod group_norm;
 pub mod mlp;
 mod mlp_rows;
-pub(crate) mod simd;
 pub(crate) mod real;
+pub(crate) mod simd;
 
 pub use conv::conv2d;
 pub use group_norm::group_norm_act;
