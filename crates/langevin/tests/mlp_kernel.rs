@@ -178,19 +178,7 @@ fn fused_mlp_is_bit_identical_on_one_and_two_threads() {
         temb_dim: 64,
     };
     let [x, e, p] = inputs(512, d, DType::F32, 3);
-    let run = |n: usize| {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build()
-            .unwrap();
-        pool.install(|| {
-            let (y, g) = value_and_grads(|x, e, p| residual_mlp(x, e, p, d).unwrap(), [&x, &e, &p]);
-            std::iter::once(y)
-                .chain(g)
-                .map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
-                .collect::<Vec<_>>()
-        })
-    };
+    let run = |n: usize| fused_on_threads(n, d, [&x, &e, &p]);
     assert_eq!(run(1), run(2));
 }
 
@@ -211,19 +199,7 @@ fn fused_mlp_over_several_row_blocks_matches_and_is_thread_independent() {
     for (k, (a, b)) in g.iter().zip(&g0).enumerate() {
         assert!(rel(a, b) < 1e-5, "gradient {k}: {}", rel(a, b));
     }
-    let run = |n: usize| {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build()
-            .unwrap();
-        pool.install(|| {
-            let (y, g) = value_and_grads(|x, e, p| residual_mlp(x, e, p, d).unwrap(), [&x, &e, &p]);
-            std::iter::once(y)
-                .chain(g)
-                .map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
-                .collect::<Vec<_>>()
-        })
-    };
+    let run = |n: usize| fused_on_threads(n, d, [&x, &e, &p]);
     let one = run(1);
     assert_eq!(one, run(2));
     assert_eq!(one, run(3));
@@ -299,4 +275,19 @@ fn fast_exp_is_within_a_few_ulp_of_exp() {
     );
     assert_eq!(exp_f32(0.0), 1.0);
     assert!(exp_f32(-200.0) < 1e-37 && exp_f32(200.0) > 1e38 && exp_f32(200.0).is_finite());
+}
+
+/// The fused MLP's output and gradients (flattened) computed on a pool of `n` threads.
+fn fused_on_threads(n: usize, d: MlpDims, [x, e, p]: [&Tensor; 3]) -> Vec<Vec<f32>> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        let (y, g) = value_and_grads(|x, e, p| residual_mlp(x, e, p, d).unwrap(), [x, e, p]);
+        std::iter::once(y)
+            .chain(g)
+            .map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+            .collect()
+    })
 }

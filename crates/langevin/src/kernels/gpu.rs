@@ -109,7 +109,7 @@ pub fn upsample2x(x: &Tensor) -> candle_core::Result<Tensor> {
 }
 
 #[cfg(feature = "cuda")]
-pub(crate) use imp::{launch_bias_residual, launch_group_norm, vec_width, view};
+pub(crate) use imp::{by_dtype, launch_bias_residual, launch_group_norm, suffix, vec_width, view};
 
 #[cfg(feature = "cuda")]
 mod imp {
@@ -128,13 +128,19 @@ mod imp {
     /// The kernel `name` for `dt` (`group_norm_f32`, …), loaded once per device.
     macro_rules! func {
         ($dev:expr, $name:expr, $dt:expr) => {{
-            let suffix = match $dt {
-                DType::F32 => "f32",
-                DType::BF16 => "bf16",
-                d => candle_core::bail!("fused CUDA kernels: unsupported dtype {d:?}"),
-            };
-            $dev.get_or_load_custom_func(&format!("{}_{suffix}", $name), "langevin_fused", PTX)?
+            let name = format!("{}_{}", $name, suffix($dt)?);
+            $dev.get_or_load_custom_func(&name, "langevin_fused", PTX)?
         }};
+    }
+
+    /// `f32` / `bf16`: the entry-point suffix of the own kernels (fused.cu, train.cu,
+    /// attention.cu) for a dtype.
+    pub fn suffix(dt: DType) -> candle_core::Result<&'static str> {
+        match dt {
+            DType::F32 => Ok("f32"),
+            DType::BF16 => Ok("bf16"),
+            d => candle_core::bail!("own CUDA kernels: unsupported dtype {d:?}"),
+        }
     }
 
     /// Runs `$op.run::<T>(args)` for the storage's dtype (f32 or bf16) and wraps the result.
@@ -150,6 +156,7 @@ mod imp {
             }
         }};
     }
+    pub(crate) use by_dtype;
 
     /// The contiguous data of `s` from `l`'s offset.
     pub fn view<'a, T: CudaDType + DeviceRepr + WithDType>(
@@ -204,11 +211,7 @@ mod imp {
 
     /// `f32_v4`, `bf16_v8`, …: the entry-point suffix for a dtype and vector width.
     fn suffix_v(dt: DType, v: usize) -> candle_core::Result<String> {
-        match dt {
-            DType::F32 => Ok(format!("f32_v{v}")),
-            DType::BF16 => Ok(format!("bf16_v{v}")),
-            d => candle_core::bail!("fused CUDA kernels: unsupported dtype {d:?}"),
-        }
+        Ok(format!("{}_v{v}", suffix(dt)?))
     }
 
     fn blocks(n: usize, threads: usize) -> u32 {

@@ -51,7 +51,7 @@ mod imp {
     use candle_core::cuda_backend::{CudaDType, WrapErr};
     use candle_core::{CpuStorage, CudaStorage, CustomOp3, DType, Layout, Shape, WithDType};
 
-    use super::super::gpu::view;
+    use super::super::gpu::{by_dtype, suffix, view};
 
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/attention.ptx"));
     /// Queries per block (one per thread).
@@ -68,16 +68,11 @@ mod imp {
         ) -> candle_core::Result<CudaSlice<T>> {
             let dev = q.0.device();
             let (bh, d, n) = q.1.shape().dims3()?;
-            let suffix = match T::DTYPE {
-                DType::F32 => "f32",
-                DType::BF16 => "bf16",
-                d => candle_core::bail!("attention: unsupported dtype {d:?}"),
-            };
             if !super::HEAD_DIMS.contains(&d) {
                 candle_core::bail!("attention: head size {d} not in {:?}", super::HEAD_DIMS)
             }
             let f = dev.get_or_load_custom_func(
-                &format!("attention_cf_{suffix}_d{d}"),
+                &format!("attention_cf_{}_d{d}", suffix(T::DTYPE)?),
                 "langevin_attention",
                 PTX,
             )?;
@@ -127,17 +122,7 @@ mod imp {
             v: &CudaStorage,
             vl: &Layout,
         ) -> candle_core::Result<(CudaStorage, Shape)> {
-            let dev = q.device().clone();
-            let st = match q.dtype() {
-                DType::F32 => {
-                    CudaStorage::wrap_cuda_slice(self.run::<f32>((q, ql), (k, kl), (v, vl))?, dev)
-                }
-                DType::BF16 => CudaStorage::wrap_cuda_slice(
-                    self.run::<half::bf16>((q, ql), (k, kl), (v, vl))?,
-                    dev,
-                ),
-                d => candle_core::bail!("{}: unsupported dtype {d:?}", self.name()),
-            };
+            let st = by_dtype!(self, q, (q, ql), (k, kl), (v, vl));
             Ok((st, ql.shape().clone()))
         }
     }

@@ -43,19 +43,12 @@ mod imp {
     use candle_core::cuda_backend::WrapErr;
     use candle_core::{CudaDevice, DType, Storage, Tensor};
 
+    use super::super::gpu::suffix;
     use super::{AdamRow, AdamStep};
 
     const TRAIN: &str = include_str!(concat!(env!("OUT_DIR"), "/train.ptx"));
     /// Elements per block of the multi-tensor kernels (`CHUNK` in train.cu).
     const CHUNK: usize = 16384;
-
-    fn suffix(dt: DType) -> candle_core::Result<&'static str> {
-        match dt {
-            DType::F32 => Ok("f32"),
-            DType::BF16 => Ok("bf16"),
-            d => candle_core::bail!("training kernels: unsupported dtype {d:?}"),
-        }
-    }
 
     /// The device address of `t`'s first element (`t` contiguous, of dtype `dt`, on CUDA).
     /// The address stays valid while `t` lives; kernels launched on the device's stream are

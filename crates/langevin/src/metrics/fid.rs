@@ -124,7 +124,7 @@ pub fn sqrtm_psd(m: &DMatrix<f64>) -> DMatrix<f64> {
 /// rank-revealing factorisation Σ1 = L Lᵀ ([`pivoted_cholesky`], L of size d × r), Σ1 Σ2 =
 /// L (Lᵀ Σ2 L) L⁻¹ on its range, so those eigenvalues are the ones of the symmetric r × r matrix
 /// Lᵀ Σ2 L (plus zeros). That needs eigenvalues only, not eigenvectors. The form with two full
-/// symmetric eigendecompositions ([`frechet_distance_eig`], the reference in the tests) took
+/// symmetric eigendecompositions (`frechet_distance_eig`, kept as the tests' reference) took
 /// about 50 s of one core at d = 2048 (measured: `langevin fid` on 3 images, 2026-11-30).
 pub fn frechet_distance(
     mu1: &DVector<f64>,
@@ -137,26 +137,6 @@ pub fn frechet_distance(
     let inner = l.transpose() * s2 * &l;
     let sym = (&inner + inner.transpose()) * 0.5;
     let tr_sqrt: f64 = (sym.symmetric_eigenvalues().iter())
-        .map(|v| v.max(0.0).sqrt())
-        .sum();
-    diff.dot(&diff) + s1.trace() + s2.trace() - 2.0 * tr_sqrt
-}
-
-/// [`frechet_distance`] through `(Σ1^½ Σ2 Σ1^½)^½` with two symmetric eigendecompositions:
-/// the textbook form, kept as the reference the fast one is tested against.
-pub fn frechet_distance_eig(
-    mu1: &DVector<f64>,
-    s1: &DMatrix<f64>,
-    mu2: &DVector<f64>,
-    s2: &DMatrix<f64>,
-) -> f64 {
-    let diff = mu1 - mu2;
-    let r1 = sqrtm_psd(s1);
-    let inner = &r1 * s2 * &r1;
-    let sym = (&inner + inner.transpose()) * 0.5;
-    let tr_sqrt: f64 = SymmetricEigen::new(sym)
-        .eigenvalues
-        .iter()
         .map(|v| v.max(0.0).sqrt())
         .sum();
     diff.dot(&diff) + s1.trace() + s2.trace() - 2.0 * tr_sqrt
@@ -395,6 +375,26 @@ mod tests {
                 .sum::<f64>();
         let got = frechet_distance(&mu1, &s1, &mu2, &s2);
         assert!((got - want).abs() < 1e-10, "{got} vs {want}");
+    }
+
+    /// [`frechet_distance`] through `(Σ1^½ Σ2 Σ1^½)^½` with two symmetric eigendecompositions:
+    /// the textbook form, kept as the reference the fast one is tested against.
+    fn frechet_distance_eig(
+        mu1: &DVector<f64>,
+        s1: &DMatrix<f64>,
+        mu2: &DVector<f64>,
+        s2: &DMatrix<f64>,
+    ) -> f64 {
+        let diff = mu1 - mu2;
+        let r1 = sqrtm_psd(s1);
+        let inner = &r1 * s2 * &r1;
+        let sym = (&inner + inner.transpose()) * 0.5;
+        let tr_sqrt: f64 = SymmetricEigen::new(sym)
+            .eigenvalues
+            .iter()
+            .map(|v| v.max(0.0).sqrt())
+            .sum();
+        diff.dot(&diff) + s1.trace() + s2.trace() - 2.0 * tr_sqrt
     }
 
     /// The fast Fréchet distance equals the two-eigendecomposition form on full-rank and on
