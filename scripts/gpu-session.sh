@@ -72,6 +72,10 @@ for stage in "$@"; do
             $B --gpu --device cuda --compile --reps 10 --exact --only "$w" 2>&1 |
                 grep -E "^\| $w \|" | tee -a "$OUT/bench-forward.md"
         done
+        # The same with channel-first activations (cuDNN transposes around each convolution).
+        echo "## LANGEVIN_NHWC=0" | tee -a "$OUT/bench-forward.md"
+        LANGEVIN_NHWC=0 $B --gpu --device cuda --no-torch --reps 10 --only forward 2>&1 |
+            grep -E "^\| (unet|resblocks|mlp)" | tee -a "$OUT/bench-forward.md"
         # The same without CUDA graphs (each forward launched op by op).
         echo "## LANGEVIN_CUDA_GRAPHS=0" | tee -a "$OUT/bench-forward.md"
         LANGEVIN_CUDA_GRAPHS=0 $B --gpu --device cuda --no-torch --reps 10 --only forward 2>&1 |
@@ -92,10 +96,10 @@ for stage in "$@"; do
             [ -z "${BF16_ONLY:-}" ] || dts=(" bf16")
             for dt in "${dts[@]}"; do
                 tag=fused$fused${dt// /-}
-                LANGEVIN_PROFILE_TIMED=1 LANGEVIN_FUSED=$fused ncu --clock-control none --profile-from-start off \
+                LANGEVIN_NHWC=${NHWC:-1} LANGEVIN_PROFILE_TIMED=1 LANGEVIN_FUSED=$fused ncu --clock-control none --profile-from-start off \
                     --metrics gpu__time_duration.sum --csv $B --gpu --device cuda --no-torch --reps 2 \
                     --exact --only "unet-cifar10 forward b256$dt" >/tmp/ncu-$tag.csv 2>/tmp/ncu-$tag.err
-                echo "## LANGEVIN_FUSED=$fused unet-cifar10 forward b256$dt (2 forwards)" | tee -a "$OUT/kernels.md"
+                echo "## LANGEVIN_FUSED=$fused LANGEVIN_NHWC=${NHWC:-1} unet-cifar10 forward b256$dt (2 forwards)" | tee -a "$OUT/kernels.md"
                 python3 scripts/ncu-summary.py /tmp/ncu-$tag.csv 25 2>&1 | tee -a "$OUT/kernels.md"
                 tail -n 3 /tmp/ncu-$tag.err
             done

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
-    const SOURCES: [&str; 3] = ["fused", "train", "attention"];
+    const SOURCES: [&str; 4] = ["fused", "train", "attention", "nhwc"];
     for name in SOURCES {
         println!("cargo:rerun-if-changed=src/kernels/cuda/{name}.cu");
     }

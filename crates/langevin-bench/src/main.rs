@@ -6,6 +6,7 @@
 //! ```
 //! See `docs/benchmarks.md` for results and `scripts/bench.sh` for the PyTorch install.
 mod gpu_checks;
+mod gpu_nhwc_checks;
 mod gpu_train_checks;
 mod kernels;
 mod parity;

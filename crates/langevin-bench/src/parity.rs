@@ -69,6 +69,19 @@ pub fn run(fixtures: &Path, dev: &Device) -> Result<()> {
                 bound(dt),
             ));
             if dev.is_cuda() {
+                // The channels-last path (the default on CUDA) against the channel-first one.
+                use langevin::kernels::gpu_nhwc;
+                let on = gpu_nhwc::enabled();
+                gpu_nhwc::set_enabled(!on);
+                let other = m.forward_diffusers(&x, &t, labels.as_ref());
+                gpu_nhwc::set_enabled(on);
+                let (cl, cf) = if on { (&y, &other?) } else { (&other?, &y) };
+                rows.push((
+                    format!("UNet2DModel {name}: NHWC vs NCHW activations"),
+                    dt.as_str(),
+                    crate::gpu_checks::rel(cl, cf)?,
+                    bound(dt),
+                ));
                 rows.push(crate::gpu_checks::graph_replay(m, &x, &t, labels, name)?);
             }
         }
@@ -152,6 +165,7 @@ pub fn run(fixtures: &Path, dev: &Device) -> Result<()> {
     }
     if dev.is_cuda() {
         rows.extend(crate::gpu_checks::run(dev)?);
+        rows.extend(crate::gpu_nhwc_checks::run(dev)?);
         rows.extend(crate::gpu_train_checks::run(dev)?);
     }
     // Inception-v3 FID features against the TorchScript reference (when the weights exist).

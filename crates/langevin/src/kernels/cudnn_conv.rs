@@ -13,6 +13,9 @@ use candle_core::Tensor;
 /// `conv2d(x, w)` (no bias) with `padding` and `stride` on the cached cuDNN path; its
 /// backward pass (both gradients) runs on cuDNN too.
 ///
+/// A channels-last `x` ([`super::gpu_nhwc`]) runs cuDNN in NHWC with the weights as
+/// [O, k, k, C] (inference only: no backward pass) and gives a channels-last result.
+///
 /// # Shapes
 /// `x`: [B, C, H, W]; `w`: [O, C, k, k]; returns [B, O, H', W'].
 pub fn conv2d(
@@ -21,8 +24,25 @@ pub fn conv2d(
     padding: usize,
     stride: usize,
 ) -> candle_core::Result<Tensor> {
-    x.contiguous()?
-        .apply_op2(&w.contiguous()?, imp::CudnnConv { padding, stride })
+    use super::gpu_nhwc::{is_channels_last, logical, physical};
+    if is_channels_last(x) {
+        // Weights to [O, k, k, C] per call (a copy of at most a few hundred KiB; none for
+        // 1×1): inference weights are plain tensors, but caching them per layer would go
+        // stale if a caller updated shared storage.
+        let wp = w.permute((0, 2, 3, 1))?.contiguous()?;
+        let op = imp::CudnnConv {
+            padding,
+            stride,
+            nhwc: true,
+        };
+        return logical(&physical(x)?.apply_op2_no_bwd(&wp, &op)?);
+    }
+    let op = imp::CudnnConv {
+        padding,
+        stride,
+        nhwc: false,
+    };
+    x.contiguous()?.apply_op2(&w.contiguous()?, op)
 }
 
 /// From now on, never free a cuDNN workspace (a grown one's predecessor, or a thread's at
@@ -59,6 +79,8 @@ mod imp {
     pub struct CudnnConv {
         pub padding: usize,
         pub stride: usize,
+        /// x [B, H, W, C] and w [O, k, k, C] (channels-last); the output [B, H', W', O].
+        pub nhwc: bool,
     }
 
     /// The input gradient: (dy, w) → dx of shape `x_dims`.
@@ -87,8 +109,8 @@ mod imp {
         bwd_filter: Option<(sys::cudnnConvolutionBwdFilterAlgo_t, usize)>,
     }
 
-    /// (dtype, [b, c, h, w, o, k, h', w'], padding, stride).
-    type Key = (DType, [usize; 8], usize, usize);
+    /// (dtype, [b, c, h, w, o, k, h', w'], padding, stride, channels-last).
+    type Key = (DType, [usize; 8], usize, usize, bool);
 
     struct State {
         handle: Arc<Cudnn>,
@@ -176,6 +198,7 @@ mod imp {
         [b, c, h, w, o, k, ho, wo]: [usize; 8],
         padding: usize,
         stride: usize,
+        nhwc: bool,
     ) -> candle_core::Result<Plan<T>> {
         let (p, s) = (padding as i32, stride as i32);
         let mut conv = handle
@@ -187,7 +210,11 @@ mod imp {
             )
             .map_err(wrap)?;
         conv.set_math_type(T::math()).map_err(wrap)?;
-        let nchw = sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
+        // The format says how memory is laid out; the sizes are given as n, c, h, w either way.
+        let nchw = match nhwc {
+            true => sys::cudnnTensorFormat_t::CUDNN_TENSOR_NHWC,
+            false => sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW,
+        };
         let i = |v: usize| v as i32;
         Ok(Plan {
             conv,
@@ -289,7 +316,7 @@ mod imp {
             let mut ws = state.workspace.take();
             let plans = T::plans(state);
             if !plans.contains_key(&key) {
-                plans.insert(key, descriptors::<T>(&handle, key.1, key.2, key.3)?);
+                plans.insert(key, descriptors::<T>(&handle, key.1, key.2, key.3, key.4)?);
             }
             let r = f(plans.get_mut(&key).expect("inserted above"), &mut ws);
             state.workspace = ws;
@@ -315,12 +342,23 @@ mod imp {
     }
 
     fn key<T: Elem>(x: [usize; 4], w: [usize; 4], p: usize, s: usize) -> candle_core::Result<Key> {
+        key_in::<T>(x, w, p, s, false)
+    }
+
+    /// [`key`] for sizes given as [b, c, h, w] and [o, c, k, k] whatever the memory layout.
+    fn key_in<T: Elem>(
+        x: [usize; 4],
+        w: [usize; 4],
+        p: usize,
+        s: usize,
+        nhwc: bool,
+    ) -> candle_core::Result<Key> {
         let ([b, c, h, wd], [o, c2, k, k2]) = (x, w);
         if c != c2 || k != k2 || h + 2 * p < k || wd + 2 * p < k {
             candle_core::bail!("cudnn conv2d: input {x:?}, weight {w:?}")
         }
         let (ho, wo) = ((h + 2 * p - k) / s + 1, (wd + 2 * p - k) / s + 1);
-        Ok((T::DTYPE, [b, c, h, wd, o, k, ho, wo], p, s))
+        Ok((T::DTYPE, [b, c, h, wd, o, k, ho, wo], p, s, nhwc))
     }
 
     fn dims4(l: &Layout) -> candle_core::Result<[usize; 4]> {
@@ -338,7 +376,15 @@ mod imp {
         w: &CudaStorage,
         wl: &Layout,
     ) -> candle_core::Result<(CudaSlice<T>, Shape)> {
-        let key = key::<T>(dims4(xl)?, dims4(wl)?, op.padding, op.stride)?;
+        let (xd, wd) = (dims4(xl)?, dims4(wl)?);
+        let key = match op.nhwc {
+            // [B, H, W, C] and [O, k, k, C] in memory.
+            true => {
+                let x = [xd[0], xd[3], xd[1], xd[2]];
+                key_in::<T>(x, [wd[0], wd[3], wd[1], wd[2]], op.padding, op.stride, true)?
+            }
+            false => key::<T>(xd, wd, op.padding, op.stride)?,
+        };
         let dev = x.device().clone();
         let xs = x.as_cuda_slice::<T>()?.slice(xl.start_offset()..);
         let ws = w.as_cuda_slice::<T>()?.slice(wl.start_offset()..);
@@ -379,7 +425,11 @@ mod imp {
             // at least the algorithm's size.
             unsafe { fwd.launch(algo, wsp, one, &xs, &ws, &mut out) }.map_err(wrap)
         })?;
-        Ok((out, Shape::from((b, o, ho, wo))))
+        let shape = match op.nhwc {
+            true => Shape::from((b, ho, wo, o)),
+            false => Shape::from((b, o, ho, wo)),
+        };
+        Ok((out, shape))
     }
 
     fn backward_data<T: Elem>(
@@ -544,6 +594,9 @@ mod imp {
             _res: &Tensor,
             dy: &Tensor,
         ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+            if self.nhwc {
+                candle_core::bail!("the channels-last cuDNN convolution has no backward pass")
+            }
             let dy = dy.contiguous()?;
             let (xd, wd) = (x.dims4()?, w.dims4()?);
             // No input gradient for data (the network's input): for the first convolution,
@@ -633,6 +686,7 @@ mod imp {
     pub struct CudnnConv {
         pub padding: usize,
         pub stride: usize,
+        pub nhwc: bool,
     }
 
     impl CustomOp2 for CudnnConv {
@@ -646,7 +700,7 @@ mod imp {
             _: &CpuStorage,
             _: &Layout,
         ) -> candle_core::Result<(CpuStorage, Shape)> {
-            let _ = (self.padding, self.stride);
+            let _ = (self.padding, self.stride, self.nhwc);
             candle_core::bail!("the cached cuDNN convolution needs a build with `cudnn`")
         }
     }

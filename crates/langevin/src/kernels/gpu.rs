@@ -39,6 +39,9 @@ pub fn group_norm(
     eps: f64,
     silu: bool,
 ) -> candle_core::Result<Tensor> {
+    if super::gpu_nhwc::is_channels_last(x) {
+        return super::gpu_nhwc::group_norm(x, shift, gamma, beta, groups, eps, silu);
+    }
     let (b, c) = (x.dim(0)?, x.dim(1)?);
     let shift = shift.map(|s| s.reshape((b, c))?.contiguous()).transpose()?;
     x.contiguous()?.apply_op3(
@@ -82,6 +85,9 @@ pub fn bias_residual(
         };
         return y.affine(scale, 0.0);
     }
+    if super::gpu_nhwc::is_channels_last(x) {
+        return super::gpu_nhwc::bias_residual(x, bias, residual, scale);
+    }
     x.contiguous()?.apply_op1(imp::BiasResidual {
         bias: bias.map(|t| t.contiguous()).transpose()?,
         residual: residual.map(|t| t.contiguous()).transpose()?,
@@ -90,7 +96,8 @@ pub fn bias_residual(
 }
 
 /// `conv2d(x, w)` without bias for the fused path: cuDNN with cached plans
-/// ([`super::cudnn_conv`]) in a `cudnn` build, candle's convolution otherwise.
+/// ([`super::cudnn_conv`]; channels-last in, channels-last out) in a `cudnn` build, candle's
+/// convolution otherwise.
 pub fn conv2d(
     x: &Tensor,
     w: &Tensor,
@@ -105,11 +112,16 @@ pub fn conv2d(
 
 /// Nearest-neighbour ×2 upsampling, [B, C, H, W] → [B, C, 2H, 2W].
 pub fn upsample2x(x: &Tensor) -> candle_core::Result<Tensor> {
+    if super::gpu_nhwc::is_channels_last(x) {
+        return super::gpu_nhwc::upsample2x(x);
+    }
     x.contiguous()?.apply_op1(imp::Upsample2x)
 }
 
 #[cfg(feature = "cuda")]
-pub(crate) use imp::{by_dtype, launch_bias_residual, launch_group_norm, suffix, vec_width, view};
+pub(crate) use imp::{
+    by_dtype, launch_bias_residual, launch_group_norm, suffix, vec_width, view, with_side,
+};
 
 #[cfg(feature = "cuda")]
 mod imp {
@@ -170,7 +182,7 @@ mod imp {
     }
 
     /// Runs `f` with the CUDA storage of an optional side tensor (a bias, shift or residual).
-    fn with_side<R>(
+    pub fn with_side<R>(
         t: &Option<Tensor>,
         f: impl FnOnce(Option<(&CudaStorage, &Layout)>) -> candle_core::Result<R>,
     ) -> candle_core::Result<R> {

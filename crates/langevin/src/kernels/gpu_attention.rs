@@ -32,8 +32,38 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> candle_core::Result<Tens
             v.dims()
         )
     }
+    let op = imp::Attention {
+        heads: 1,
+        cl: false,
+    };
     q.contiguous()?
-        .apply_op3(&k.contiguous()?, &v.contiguous()?, imp::Attention)
+        .apply_op3(&k.contiguous()?, &v.contiguous()?, op)
+}
+
+/// [`attention`] on channels-last maps ([`super::gpu_nhwc`]): `heads` heads of d = C / heads
+/// channels each, head h being channels h·d … h·d + d − 1 (diffusers' split). The result is
+/// channels-last.
+///
+/// # Shapes
+/// `q`, `k`, `v`: [B, C, H, W] channels-last → [B, C, H, W] channels-last.
+pub fn attention_channels_last(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+) -> candle_core::Result<Tensor> {
+    use super::gpu_nhwc::{logical, physical, to_channels_last};
+    if q.dims() != k.dims() || q.dims() != v.dims() || q.rank() != 4 || q.dim(1)? % heads != 0 {
+        candle_core::bail!(
+            "attention: q {:?}, k {:?}, v {:?} must all be [B, heads·d, H, W]",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        )
+    }
+    let p = |t: &Tensor| physical(&to_channels_last(t)?);
+    let op = imp::Attention { heads, cl: true };
+    logical(&p(q)?.apply_op3(&p(k)?, &p(v)?, op)?)
 }
 
 /// The composed reference on any device: softmax(qᵀk)·vᵀ in the same layout.
@@ -57,7 +87,11 @@ mod imp {
     /// Queries per block (one per thread).
     const THREADS: usize = 128;
 
-    pub struct Attention;
+    /// `cl`: q, k, v are [B, H, W, heads·d] (channels-last) instead of [B·heads, d, N].
+    pub struct Attention {
+        pub heads: usize,
+        pub cl: bool,
+    }
 
     impl Attention {
         fn run<T: CudaDType + DeviceRepr + WithDType>(
@@ -67,7 +101,13 @@ mod imp {
             v: (&CudaStorage, &Layout),
         ) -> candle_core::Result<CudaSlice<T>> {
             let dev = q.0.device();
-            let (bh, d, n) = q.1.shape().dims3()?;
+            let (bh, d, n) = match self.cl {
+                true => {
+                    let (b, h, w, c) = q.1.shape().dims4()?;
+                    (b * self.heads, c / self.heads, h * w)
+                }
+                false => q.1.shape().dims3()?,
+            };
             if !super::HEAD_DIMS.contains(&d) {
                 candle_core::bail!("attention: head size {d} not in {:?}", super::HEAD_DIMS)
             }
@@ -83,9 +123,15 @@ mod imp {
             );
             // SAFETY: every element is written by the kernel.
             let out = unsafe { dev.alloc::<T>(bh * d * n)? };
-            let ni = n as i32;
+            let (ni, hi, cl) = (n as i32, self.heads as i32, self.cl as i32);
             let mut a = f.builder();
-            a.arg(&qv).arg(&kv).arg(&vv).arg(&out).arg(&ni);
+            a.arg(&qv)
+                .arg(&kv)
+                .arg(&vv)
+                .arg(&out)
+                .arg(&ni)
+                .arg(&hi)
+                .arg(&cl);
             let cfg = LaunchConfig {
                 grid_dim: (n.div_ceil(THREADS) as u32, bh as u32, 1),
                 block_dim: (THREADS as u32, 1, 1),
@@ -133,7 +179,10 @@ mod imp {
 mod imp {
     use candle_core::{CpuStorage, CustomOp3, Layout, Shape};
 
-    pub struct Attention;
+    pub struct Attention {
+        pub heads: usize,
+        pub cl: bool,
+    }
 
     impl CustomOp3 for Attention {
         fn name(&self) -> &'static str {
@@ -148,6 +197,7 @@ mod imp {
             _: &CpuStorage,
             _: &Layout,
         ) -> candle_core::Result<(CpuStorage, Shape)> {
+            let _ = (self.heads, self.cl);
             candle_core::bail!("the fused attention needs a build with the `cuda` feature")
         }
     }

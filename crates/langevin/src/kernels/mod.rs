@@ -2,7 +2,7 @@
 //! CPU: convolution forward and backward, group normalisation fused with SiLU, the residual MLP
 //! as one op, and multi-head attention for inference. Each is a candle custom op with its
 //! backward pass, so autograd sees one node. On NVIDIA GPUs the same wrappers pick the fused
-//! inference kernels of [`gpu`], the differentiable training kernels of [`gpu_train`] and
+//! inference kernels of [`gpu`] (channels-last with [`gpu_nhwc`]), the differentiable training kernels of [`gpu_train`] and
 //! cuDNN ([`cudnn_conv`]); elsewhere they fall back to candle's own ops. [`cuda_graph`] replays a
 //! whole network evaluation as one captured CUDA graph.
 pub mod attention;
@@ -11,6 +11,7 @@ pub mod cuda_graph;
 pub mod cudnn_conv;
 pub mod gpu;
 pub mod gpu_attention;
+pub mod gpu_nhwc;
 pub mod gpu_optim;
 pub mod gpu_train;
 pub mod group_norm;

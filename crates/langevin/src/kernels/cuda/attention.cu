@@ -10,8 +10,9 @@
 // tiling of FlashAttention, Dao et al. 2022). For d ≤ 32 this SIMT form reads q, k, v once and
 // writes o once; larger heads keep the tensor-core GEMMs.
 //
-// Layout: q, k, v, o are [BH, D, N] contiguous (head-major channels, positions last), q already
-// scaled by 1/√d. f32 accumulation; f32 or bf16 I/O.
+// Layout: q, k, v, o are [BH, D, N] contiguous (head-major channels, positions last), or with
+// `cl` the channels-last map [B, N, heads·D] (head h of batch b is channels h·D … h·D + D − 1;
+// see kernels/cuda/nhwc.cu); q already scaled by 1/√d. f32 accumulation; f32 or bf16 I/O.
 #include <cuda_bf16.h>
 #include <stdint.h>
 
@@ -25,28 +26,34 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float
 
 constexpr int TK = 32;  // keys per shared-memory tile
 
-// One block of blockDim.x queries of one head (blockIdx.y); grid.x covers N.
+// One block of blockDim.x queries of one head (blockIdx.y = b·heads + h); grid.x covers N.
+// Element (d, i) of the head is at base + d·sd + i·si.
 template <typename T, int D>
 __device__ void attention_cf(const T* __restrict__ q, const T* __restrict__ k,
-                             const T* __restrict__ v, T* __restrict__ o, int n) {
+                             const T* __restrict__ v, T* __restrict__ o, int n, int heads,
+                             int cl) {
     __shared__ float ks[D][TK];
     __shared__ float vs[D][TK];
-    const size_t base = (size_t)blockIdx.y * D * n;
+    const int bh = blockIdx.y;
+    const size_t base = cl ? ((size_t)(bh / heads) * n * heads + bh % heads) * D
+                           : (size_t)bh * D * n;
+    const size_t sd = cl ? 1 : n, si = cl ? (size_t)heads * D : 1;
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     float qr[D], acc[D];
 #pragma unroll
     for (int d = 0; d < D; ++d) {
-        qr[d] = i < n ? to_f(q[base + (size_t)d * n + i]) : 0.f;
+        qr[d] = i < n ? to_f(q[base + d * sd + i * si]) : 0.f;
         acc[d] = 0.f;
     }
     float m = -INFINITY, l = 0.f;
     for (int j0 = 0; j0 < n; j0 += TK) {
         __syncthreads();  // the previous tile is no longer read
         for (int e = threadIdx.x; e < D * TK; e += blockDim.x) {
-            const int d = e / TK, jj = e % TK, j = j0 + jj;
+            // Consecutive threads read consecutive addresses in either layout.
+            const int d = cl ? e % D : e / TK, jj = cl ? e / D : e % TK, j = j0 + jj;
             const bool in = j < n;
-            ks[d][jj] = in ? to_f(k[base + (size_t)d * n + j]) : 0.f;
-            vs[d][jj] = in ? to_f(v[base + (size_t)d * n + j]) : 0.f;
+            ks[d][jj] = in ? to_f(k[base + d * sd + j * si]) : 0.f;
+            vs[d][jj] = in ? to_f(v[base + d * sd + j * si]) : 0.f;
         }
         __syncthreads();
         const int tk = min(TK, n - j0);
@@ -77,14 +84,14 @@ __device__ void attention_cf(const T* __restrict__ q, const T* __restrict__ k,
     if (i < n) {
         const float inv = 1.f / l;
 #pragma unroll
-        for (int d = 0; d < D; ++d) o[base + (size_t)d * n + i] = from_f<T>(acc[d] * inv);
+        for (int d = 0; d < D; ++d) o[base + d * sd + i * si] = from_f<T>(acc[d] * inv);
     }
 }
 
 #define ENTRY(T, SUF, D)                                                                  \
     extern "C" __global__ void attention_cf_##SUF##_d##D(const T* q, const T* k, const T* v, \
-                                                          T* o, int n) {                   \
-        attention_cf<T, D>(q, k, v, o, n);                                                \
+                                                          T* o, int n, int heads, int cl) { \
+        attention_cf<T, D>(q, k, v, o, n, heads, cl);                                     \
     }
 
 ENTRY(float, f32, 8)

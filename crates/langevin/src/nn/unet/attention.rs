@@ -5,7 +5,7 @@ use candle_core::Tensor;
 use candle_nn::{Linear, VarBuilder};
 
 use super::ops::{fwd, group_norm, linear, softmax_last_dim, GroupNorm};
-use crate::kernels::{self, gpu, gpu_attention};
+use crate::kernels::{self, gpu, gpu_attention, gpu_nhwc};
 use crate::Result;
 
 /// `out = (to_out.0(softmax(q·kᵀ/√d)·v) + x) / rescale_output_factor` over the H·W positions,
@@ -108,15 +108,20 @@ impl Attention {
             let y = gpu::bias_residual(&y, l.bias(), res, scale)?;
             Ok(y)
         };
-        let q = proj(&self.to_q, 1.0 / (d as f64).sqrt(), None)?.reshape((b * heads, d, n))?;
-        let k = proj(&self.to_k, 1.0, None)?.reshape((b * heads, d, n))?;
-        let v = proj(&self.to_v, 1.0, None)?.reshape((b * heads, d, n))?;
-        let o = match gpu_attention::supported(&q, d) {
-            // Small heads: one fused pass, no [B·heads, N, N] scores.
-            true => gpu_attention::attention(&q, &k, &v)?,
-            false => gpu_attention::attention_reference(&q, &k, &v)?,
+        let q = proj(&self.to_q, 1.0 / (d as f64).sqrt(), None)?;
+        let (k, v) = (proj(&self.to_k, 1.0, None)?, proj(&self.to_v, 1.0, None)?);
+        let o = if gpu_nhwc::is_channels_last(&q) {
+            channels_last_attention(&q, &k, &v, heads)?
+        } else {
+            let split = |t: Tensor| t.reshape((b * heads, d, n));
+            let (q, k, v) = (split(q)?, split(k)?, split(v)?);
+            let o = match gpu_attention::supported(&q, d) {
+                // Small heads: one fused pass, no [B·heads, N, N] scores.
+                true => gpu_attention::attention(&q, &k, &v)?,
+                false => gpu_attention::attention_reference(&q, &k, &v)?,
+            };
+            o.reshape((b, c, h, w))? // [B·heads, d, N]
         };
-        let o = o.reshape((b, c, h, w))?; // [B·heads, d, N]
         let y = hs_conv(&self.to_out, &o, c)?;
         Ok(gpu::bias_residual(
             &y,
@@ -125,6 +130,26 @@ impl Attention {
             1.0 / self.rescale_output_factor,
         )?)
     }
+}
+
+/// softmax(q·kᵀ)·v per head on channels-last maps (q scaled), channels-last out: the fused
+/// kernel for small heads, one [B, N, N] product pair for one head of any size (the map is
+/// [B, N, C] as it stands), and the channel-first form (two copies) otherwise.
+fn channels_last_attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor> {
+    let (b, c, h, w) = q.dims4()?;
+    let d = c / heads;
+    if gpu_attention::supported(q, d) {
+        return Ok(gpu_attention::attention_channels_last(q, k, v, heads)?);
+    }
+    if heads == 1 {
+        let tokens = |t: &Tensor| gpu_nhwc::physical(t)?.reshape((b, h * w, c));
+        let (q, k, v) = (tokens(q)?, tokens(k)?, tokens(v)?);
+        let p = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?; // [B, N, N]
+        return Ok(gpu_nhwc::logical(&p.matmul(&v)?.reshape((b, h, w, c))?)?);
+    }
+    let split = |t: &Tensor| t.contiguous()?.reshape((b * heads, d, h * w));
+    let o = gpu_attention::attention_reference(&split(q)?, &split(k)?, &split(v)?)?;
+    Ok(gpu_nhwc::to_channels_last(&o.reshape((b, c, h, w))?)?)
 }
 
 /// `l` as a 1×1 convolution (no bias) over a [B, C, H, W] map.

@@ -7,6 +7,7 @@ use candle_nn::VarBuilder;
 use super::attention::Attention;
 use super::resnet::{ResnetBlock2D, ResnetSettings};
 use super::sampling::{Downsample2D, Upsample2D};
+use crate::kernels::gpu_nhwc;
 use crate::Result;
 
 /// Attention settings of a block: channels per head (`None` = one head) and group-norm groups.
@@ -201,7 +202,7 @@ impl UpBlock {
             let s = skips
                 .pop()
                 .ok_or_else(|| candle_core::Error::Msg("UNet skip stack underflow".into()))?;
-            h = r.forward(&Tensor::cat(&[&h, &s], 1)?, temb_act)?;
+            h = r.forward(&gpu_nhwc::cat_channels(&h, &s)?, temb_act)?;
             if let Some(a) = self.attentions.get(j) {
                 h = a.forward(&h)?;
             }

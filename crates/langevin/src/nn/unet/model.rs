@@ -9,6 +9,7 @@ use super::ops::{activation, conv2d, fwd, group_norm, Conv2d, GroupNorm};
 use super::resnet::ResnetSettings;
 use super::time::{ClassEmbedding, TimeEmbedding, TimeProj};
 use crate::cond::Cond;
+use crate::kernels::gpu_nhwc;
 use crate::nn::Network;
 use crate::{Error, Result};
 
@@ -194,7 +195,13 @@ impl UNet2DModel {
         // Every resnet applies the activation to the embedding first; do it once.
         let temb_act = activation(&emb, c.act_fn)?;
 
-        // 2.-5. conv_in, down, mid, up
+        // 2.-5. conv_in, down, mid, up; on the fused CUDA path the feature maps are stored
+        // channels-last (`kernels::gpu_nhwc`), converted once here and once at the output.
+        let channels_last = gpu_nhwc::enabled() && self.conv_in.fused(&x);
+        let x = match channels_last {
+            true => gpu_nhwc::to_channels_last(&x)?,
+            false => x,
+        };
         let mut hs = fwd(&self.conv_in, &x)?;
         let mut skips = vec![hs.clone()];
         for d in &self.down_blocks {
@@ -211,7 +218,8 @@ impl UNet2DModel {
         let hs = fwd(
             &self.conv_out,
             &self.conv_norm_out.forward_act(&hs, Activation::Silu)?,
-        )?;
+        )?
+        .contiguous()?;
         if c.time_embedding_type == TimeEmbeddingType::Fourier {
             let t = t.to_dtype(dtype)?.reshape((b, 1, 1, 1))?;
             return Ok(hs.broadcast_div(&t)?);

@@ -1,0 +1,112 @@
+//! The channels-last (NHWC) CUDA kernels of `langevin::kernels::gpu_nhwc` against the
+//! channel-first results of the same ops, on the GPU, in f32 and bf16 (part of
+//! `langevin-bench --parity --device cuda`). A result that comes back in the wrong layout fails
+//! its row.
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor};
+use langevin::kernels::gpu_nhwc::{is_channels_last, to_channels_last};
+use langevin::kernels::{cudnn_conv, gpu, gpu_attention};
+
+use crate::gpu_checks::{rel, Row};
+
+/// `rel(got, want)`, or ∞ when `got` is not channels-last.
+fn rel_cl(got: &Tensor, want: &Tensor) -> Result<f64> {
+    match is_channels_last(got) || got.dims()[2..].iter().product::<usize>() == 1 {
+        true => rel(got, want),
+        false => Ok(f64::INFINITY),
+    }
+}
+
+pub fn run(dev: &Device) -> Result<Vec<Row>> {
+    let mut rows = vec![];
+    for dt in [DType::F32, DType::BF16] {
+        let name = dt.as_str();
+        let bound = if dt == DType::F32 { 1e-5 } else { 2e-2 };
+        for &(b, c, hw, g) in &[
+            (3, 128, 32, 32), // ddpm-cifar10's first level: 2 channels per thread column
+            (2, 256, 4, 32),
+            (2, 64, 28, 32), // a 28×28 map
+            (5, 96, 7, 3),   // 32-channel groups
+            (2, 16, 96, 2),  // too large for registers: the three-pass kernel
+            (2, 24, 8, 8),   // 3-channel groups: no plan, the channel-first fallback
+        ] {
+            let x = Tensor::randn(0f32, 1.0, (b, c, hw, hw), dev)?
+                .affine(3.0, 2.0)?
+                .to_dtype(dt)?;
+            let xcl = to_channels_last(&x)?;
+            let shift = Tensor::randn(0f32, 1.0, (b, c), dev)?.to_dtype(dt)?;
+            let gamma = Tensor::randn(1f32, 0.3, c, dev)?.to_dtype(dt)?;
+            let beta = Tensor::randn(0f32, 0.3, c, dev)?.to_dtype(dt)?;
+            for (sh, silu) in [(None, false), (Some(&shift), true)] {
+                let want = gpu::group_norm(&x, sh, &gamma, &beta, g, 1e-5, silu)?;
+                let got = gpu::group_norm(&xcl, sh, &gamma, &beta, g, 1e-5, silu)?;
+                rows.push((
+                    format!(
+                        "NHWC group norm [{b},{c},{hw},{hw}] g{g}{} vs NCHW",
+                        if silu { " + shift + SiLU" } else { "" }
+                    ),
+                    name,
+                    rel_cl(&got, &want)?,
+                    bound,
+                ));
+            }
+            let bias = Tensor::randn(0f32, 1.0, c, dev)?.to_dtype(dt)?;
+            let res = Tensor::randn(0f32, 1.0, (b, c, hw, hw), dev)?.to_dtype(dt)?;
+            let want = gpu::bias_residual(&x, Some(&bias), Some(&res), 0.5)?;
+            for (r, what) in [(res.clone(), "NCHW"), (to_channels_last(&res)?, "NHWC")] {
+                let got = gpu::bias_residual(&xcl, Some(&bias), Some(&r), 0.5)?;
+                rows.push((
+                    format!("NHWC bias + residual ({what}) [{b},{c},{hw},{hw}] vs NCHW"),
+                    name,
+                    rel_cl(&got, &want)?,
+                    bound,
+                ));
+            }
+            let want = gpu::upsample2x(&x)?;
+            rows.push((
+                format!("NHWC upsample ×2 [{b},{c},{hw},{hw}] vs NCHW"),
+                name,
+                rel_cl(&gpu::upsample2x(&xcl)?, &want)?,
+                0.0,
+            ));
+        }
+        for &(b, ci, co, hw, k, pad, stride) in &[
+            (4, 128, 128, 32, 3, 1, 1),
+            (3, 64, 96, 15, 3, 1, 2),
+            (2, 256, 128, 8, 1, 0, 1),
+            (2, 3, 64, 28, 3, 1, 1),
+        ] {
+            let x = Tensor::randn(0f32, 1.0, (b, ci, hw, hw), dev)?.to_dtype(dt)?;
+            let w = (Tensor::randn(0f32, 1.0, (co, ci, k, k), dev)?
+                / ((ci * k * k) as f64).sqrt())?
+            .to_dtype(dt)?;
+            let want = cudnn_conv::conv2d(&x, &w, pad, stride)?;
+            let got = cudnn_conv::conv2d(&to_channels_last(&x)?, &w, pad, stride)?;
+            rows.push((
+                format!("NHWC cuDNN conv {ci}→{co} {k}×{k} s{stride} on {hw}² vs NCHW"),
+                name,
+                rel_cl(&got, &want)?,
+                if dt == DType::F32 { 1e-5 } else { 1e-2 },
+            ));
+        }
+        for &(b, heads, d, h, w) in &[(2, 4, 8, 16, 16), (3, 2, 16, 7, 11), (2, 1, 32, 5, 5)] {
+            let c = heads * d;
+            let r = |s: f64| -> Result<Tensor> {
+                Ok((Tensor::randn(0f32, 1.0, (b, c, h, w), dev)? * s)?.to_dtype(dt)?)
+            };
+            let (q, k, v) = (r(2.0 / (d as f64).sqrt())?, r(1.0)?, r(1.0)?);
+            let split = |t: &Tensor| t.reshape((b * heads, d, h * w));
+            let want = gpu_attention::attention(&split(&q)?, &split(&k)?, &split(&v)?)?
+                .reshape((b, c, h, w))?;
+            let cl = |t: &Tensor| to_channels_last(t);
+            let got = gpu_attention::attention_channels_last(&cl(&q)?, &cl(&k)?, &cl(&v)?, heads)?;
+            rows.push((
+                format!("NHWC fused attention {heads}×{d} on {h}×{w} vs channel-first"),
+                name,
+                rel_cl(&got, &want)?,
+                bound,
+            ));
+        }
+    }
+    Ok(rows)
+}

@@ -1,0 +1,251 @@
+// Channels-last (NHWC) forms of the inference kernels of fused.cu (issue 13, item 3), compiled
+// to PTX by crates/langevin/build.rs and launched from `kernels::gpu_nhwc`.
+//
+// Written because cuDNN's tensor-core convolutions run in NHWC: on NCHW activations it wraps
+// every bf16 convolution in NCHW↔NHWC transposes (1.3–2.5 ms of the 14.8 ms ddpm-cifar10
+// forward at batch 256, docs/benchmarks.md). With the activations kept channels-last the group
+// norm, the bias/residual epilogue and the upsampling must read that layout too.
+//
+// Layout: x, y [B, S, C] contiguous (S = H·W positions, channels innermost). f32 statistics,
+// f32 or bf16 I/O (the `_f32` / `_bf16` entry points).
+#include <cuda_bf16.h>
+#include <stdint.h>
+
+__device__ __forceinline__ float to_f(float v) { return v; }
+__device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <typename T> __device__ __forceinline__ T from_f(float v);
+template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) {
+    return __float2bfloat16(v);
+}
+
+template <typename T, int V> struct alignas(sizeof(T) * V) Pack {
+    T e[V];
+};
+
+// Channels of one group-norm block at most (the launcher checks), and warps per block.
+#define CL_MAX_CH 256
+#define CL_MAX_WARPS 16
+
+// The group totals of per-thread partial sums `s[e]` (thread tx holds local channels
+// tx·V + e): every thread gets, in `out[e]`, the total of the group its channel e belongs to.
+// Fixed-order sums (warp shuffles, then warps in order, then the group's channels in order),
+// so the result is the same on every run. TX (channel threads) is a power of two ≤ 32.
+template <int V>
+__device__ void group_totals(float (&s)[V], float (&out)[V], int TX, int tx, int CH, int cg) {
+    __shared__ float part[CL_MAX_WARPS][CL_MAX_CH];
+    __shared__ float col[CL_MAX_CH];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+#pragma unroll
+    for (int e = 0; e < V; ++e)
+        for (int o = 16; o >= TX; o >>= 1) s[e] += __shfl_xor_sync(0xffffffff, s[e], o);
+    __syncthreads();  // `part` and `col` may still be read by a previous call
+    if (lane < TX) {
+#pragma unroll
+        for (int e = 0; e < V; ++e) part[warp][tx * V + e] = s[e];
+    }
+    __syncthreads();
+    for (int c = threadIdx.x; c < CH; c += blockDim.x) {
+        float t = 0.f;
+        for (int w = 0; w < nw; ++w) t += part[w][c];
+        col[c] = t;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int e = 0; e < V; ++e) {
+        const int g0 = ((tx * V + e) / cg) * cg;
+        float t = 0.f;
+        for (int j = 0; j < cg; ++j) t += col[g0 + j];
+        out[e] = t;
+    }
+}
+
+// y = act(((x + shift[b, c]) − μ) / √(σ² + eps) · γ[c] + β[c]) over groups of cg = C/G
+// channels, x and y [B, S, C]. One block per (b, chunk of CH channels = whole groups); thread
+// (tx, ty) = (t % TX, t / TX) owns channels c0 + tx·V … + V − 1 (so its γ, β and shift stay in
+// registers) and positions ty, ty + TY, …. R > 0: the block's S·CH values are held in
+// registers (S ≤ R·TY; one read of x); R = 0: three passes over x (any S). Mean and variance
+// by two passes, as in fused.cu.
+template <typename T, int V, int R>
+__device__ void group_norm_cl(const T* __restrict__ x, const T* __restrict__ shift,
+                              const T* __restrict__ gamma, const T* __restrict__ beta,
+                              T* __restrict__ y, int C, int G, int S, int CH, float eps,
+                              int silu) {
+    const int nch = C / CH;
+    const int b = blockIdx.x / nch, c0 = (blockIdx.x % nch) * CH;
+    const int TX = CH / V, TY = blockDim.x / TX;
+    const int tx = threadIdx.x % TX, ty = threadIdx.x / TX;
+    const int cg = C / G;
+    const float n = (float)S * cg;
+    const size_t base = (size_t)b * S * C + c0 + tx * V;
+    float sh[V], ga[V], be[V];
+#pragma unroll
+    for (int e = 0; e < V; ++e) {
+        const int c = c0 + tx * V + e;
+        sh[e] = shift ? to_f(shift[(size_t)b * C + c]) : 0.f;
+        ga[e] = to_f(gamma[c]);
+        be[e] = to_f(beta[c]);
+    }
+    float s[V], tot[V], mean[V], scale[V];
+#pragma unroll
+    for (int e = 0; e < V; ++e) s[e] = 0.f;
+    if constexpr (R > 0) {
+        float r[R > 0 ? R : 1][V];
+#pragma unroll
+        for (int k = 0; k < R; ++k) {
+            const int p = ty + k * TY;
+            if (p < S) {
+                const Pack<T, V> v = *reinterpret_cast<const Pack<T, V>*>(x + base + (size_t)p * C);
+#pragma unroll
+                for (int e = 0; e < V; ++e) {
+                    r[k][e] = to_f(v.e[e]) + sh[e];
+                    s[e] += r[k][e];
+                }
+            }
+        }
+        group_totals<V>(s, tot, TX, tx, CH, cg);
+#pragma unroll
+        for (int e = 0; e < V; ++e) {
+            mean[e] = tot[e] / n;
+            s[e] = 0.f;
+        }
+#pragma unroll
+        for (int k = 0; k < R; ++k) {
+            if (ty + k * TY < S) {
+#pragma unroll
+                for (int e = 0; e < V; ++e) {
+                    const float d = r[k][e] - mean[e];
+                    s[e] += d * d;
+                }
+            }
+        }
+        group_totals<V>(s, tot, TX, tx, CH, cg);
+#pragma unroll
+        for (int e = 0; e < V; ++e) scale[e] = rsqrtf(tot[e] / n + eps) * ga[e];
+#pragma unroll
+        for (int k = 0; k < R; ++k) {
+            const int p = ty + k * TY;
+            if (p < S) {
+                Pack<T, V> o;
+#pragma unroll
+                for (int e = 0; e < V; ++e) {
+                    float z = (r[k][e] - mean[e]) * scale[e] + be[e];
+                    if (silu) z = z / (1.f + __expf(-z));
+                    o.e[e] = from_f<T>(z);
+                }
+                *reinterpret_cast<Pack<T, V>*>(y + base + (size_t)p * C) = o;
+            }
+        }
+    } else {
+        for (int p = ty; p < S; p += TY) {
+            const Pack<T, V> v = *reinterpret_cast<const Pack<T, V>*>(x + base + (size_t)p * C);
+#pragma unroll
+            for (int e = 0; e < V; ++e) s[e] += to_f(v.e[e]) + sh[e];
+        }
+        group_totals<V>(s, tot, TX, tx, CH, cg);
+#pragma unroll
+        for (int e = 0; e < V; ++e) {
+            mean[e] = tot[e] / n;
+            s[e] = 0.f;
+        }
+        for (int p = ty; p < S; p += TY) {
+            const Pack<T, V> v = *reinterpret_cast<const Pack<T, V>*>(x + base + (size_t)p * C);
+#pragma unroll
+            for (int e = 0; e < V; ++e) {
+                const float d = to_f(v.e[e]) + sh[e] - mean[e];
+                s[e] += d * d;
+            }
+        }
+        group_totals<V>(s, tot, TX, tx, CH, cg);
+#pragma unroll
+        for (int e = 0; e < V; ++e) scale[e] = rsqrtf(tot[e] / n + eps) * ga[e];
+        for (int p = ty; p < S; p += TY) {
+            const Pack<T, V> v = *reinterpret_cast<const Pack<T, V>*>(x + base + (size_t)p * C);
+            Pack<T, V> o;
+#pragma unroll
+            for (int e = 0; e < V; ++e) {
+                float z = (to_f(v.e[e]) + sh[e] - mean[e]) * scale[e] + be[e];
+                if (silu) z = z / (1.f + __expf(-z));
+                o.e[e] = from_f<T>(z);
+            }
+            *reinterpret_cast<Pack<T, V>*>(y + base + (size_t)p * C) = o;
+        }
+    }
+}
+
+// y[i] = (x[i] + bias[c] + res[i]) · scale for x, res, y [B, S, C], bias [C] (or null), res (or
+// null): fused.cu's epilogue with the channel innermost. V elements per access (V divides C,
+// pointers V-aligned); nv = n / V vectors, Cv = C / V.
+template <typename T, int V>
+__device__ void bias_residual_cl(const T* __restrict__ x, const T* __restrict__ bias,
+                                 const T* __restrict__ res, T* __restrict__ y, unsigned nv,
+                                 unsigned Cv, float scale) {
+    const Pack<T, V>* xv = reinterpret_cast<const Pack<T, V>*>(x);
+    const Pack<T, V>* rv = reinterpret_cast<const Pack<T, V>*>(res);
+    Pack<T, V>* yv = reinterpret_cast<Pack<T, V>*>(y);
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < nv; i += gridDim.x * blockDim.x) {
+        const Pack<T, V> a = xv[i];
+        Pack<T, V> bb;
+        if (bias) bb = reinterpret_cast<const Pack<T, V>*>(bias)[i % Cv];
+        Pack<T, V> r;
+        if (res) r = rv[i];
+        Pack<T, V> o;
+#pragma unroll
+        for (int e = 0; e < V; ++e) {
+            float v = to_f(a.e[e]);
+            if (bias) v += to_f(bb.e[e]);
+            if (res) v += to_f(r.e[e]);
+            o.e[e] = from_f<T>(v * scale);
+        }
+        yv[i] = o;
+    }
+}
+
+// Nearest-neighbour ×2 upsampling, x [B, H, W, C] → y [B, 2H, 2W, C], one thread per output
+// vector of V channels (Cv = C / V).
+template <typename T, int V>
+__device__ void upsample2x_cl(const T* __restrict__ x, T* __restrict__ y, unsigned nv, int H,
+                              int W, unsigned Cv) {
+    const Pack<T, V>* xv = reinterpret_cast<const Pack<T, V>*>(x);
+    Pack<T, V>* yv = reinterpret_cast<Pack<T, V>*>(y);
+    const unsigned W2 = 2 * W, H2 = 2 * H;
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < nv; i += gridDim.x * blockDim.x) {
+        const unsigned cv = i % Cv, r = i / Cv;
+        const unsigned ox = r % W2, r2 = r / W2;
+        const unsigned oy = r2 % H2, b = r2 / H2;
+        yv[i] = xv[(((size_t)b * H + (oy >> 1)) * W + (ox >> 1)) * Cv + cv];
+    }
+}
+
+// Registers per thread of the register-resident group norm: R vectors.
+#define CL_R 8
+
+#define CL_ENTRY(T, SUF, V)                                                                  \
+    extern "C" __global__ void __launch_bounds__(512)                                        \
+        group_norm_cl_reg_##SUF##_v##V(const T* x, const T* shift, const T* gamma,           \
+                                       const T* beta, T* y, int C, int G, int S, int CH,     \
+                                       float eps, int silu) {                                \
+        group_norm_cl<T, V, CL_R>(x, shift, gamma, beta, y, C, G, S, CH, eps, silu);         \
+    }                                                                                        \
+    extern "C" __global__ void __launch_bounds__(512)                                        \
+        group_norm_cl_loop_##SUF##_v##V(const T* x, const T* shift, const T* gamma,          \
+                                        const T* beta, T* y, int C, int G, int S, int CH,    \
+                                        float eps, int silu) {                               \
+        group_norm_cl<T, V, 0>(x, shift, gamma, beta, y, C, G, S, CH, eps, silu);            \
+    }                                                                                        \
+    extern "C" __global__ void bias_residual_cl_##SUF##_v##V(                                \
+        const T* x, const T* bias, const T* res, T* y, unsigned nv, unsigned Cv, float scale) { \
+        bias_residual_cl<T, V>(x, bias, res, y, nv, Cv, scale);                              \
+    }                                                                                        \
+    extern "C" __global__ void upsample2x_cl_##SUF##_v##V(const T* x, T* y, unsigned nv,     \
+                                                          int H, int W, unsigned Cv) {       \
+        upsample2x_cl<T, V>(x, y, nv, H, W, Cv);                                             \
+    }
+
+CL_ENTRY(float, f32, 1)
+CL_ENTRY(float, f32, 2)
+CL_ENTRY(float, f32, 4)
+CL_ENTRY(__nv_bfloat16, bf16, 1)
+CL_ENTRY(__nv_bfloat16, bf16, 2)
+CL_ENTRY(__nv_bfloat16, bf16, 4)
+CL_ENTRY(__nv_bfloat16, bf16, 8)

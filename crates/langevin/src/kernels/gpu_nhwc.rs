@@ -1,0 +1,648 @@
+//! Channels-last (NHWC) activations on the CUDA inference path (issue 13, item 3): the UNet's
+//! feature maps stay [B, C, H, W] tensors for every caller, but their memory is NHWC (strides
+//! [H·W·C, 1, W·C, C]), so cuDNN runs its tensor-core convolutions without the NCHW↔NHWC
+//! transposes it wraps around NCHW bf16 inputs (docs/benchmarks.md). The fused kernels
+//! (`cuda/nhwc.cu`) read and write that layout; any op without a channels-last form gets a
+//! candle tensor it reads correctly through the strides (slower, never wrong).
+//!
+//! The layout is opt-out with `LANGEVIN_NHWC=0` (for comparisons) and needs the `cudnn` build.
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use candle_core::{DType, Tensor};
+
+/// 0: not decided yet (read `LANGEVIN_NHWC`), 1: on, 2: off.
+static STATE: AtomicU8 = AtomicU8::new(0);
+
+/// Channels-last activations are used unless `LANGEVIN_NHWC=0` or [`set_enabled`]`(false)`
+/// (in a `cudnn` build).
+pub fn enabled() -> bool {
+    if !cfg!(feature = "cudnn") {
+        return false;
+    }
+    match STATE.load(Ordering::Relaxed) {
+        0 => {
+            let on = std::env::var("LANGEVIN_NHWC").map_or(true, |v| v != "0");
+            STATE.store(if on { 1 } else { 2 }, Ordering::Relaxed);
+            on
+        }
+        s => s == 1,
+    }
+}
+
+/// Switch channels-last activations on or off for later network evaluations (the GPU parity
+/// run compares both).
+pub fn set_enabled(on: bool) {
+    STATE.store(if on { 1 } else { 2 }, Ordering::Relaxed);
+}
+
+/// Whether `t` is a [B, C, H, W] tensor stored channels-last (and not also plainly contiguous,
+/// as maps of one position or one channel are).
+pub fn is_channels_last(t: &Tensor) -> bool {
+    let Ok((_, c, h, w)) = t.dims4() else {
+        return false;
+    };
+    let l = t.layout();
+    !l.is_contiguous() && l.stride() == [h * w * c, 1, w * c, c]
+}
+
+/// `t` [B, C, H, W] stored channels-last (one copy unless it already is).
+pub fn to_channels_last(t: &Tensor) -> candle_core::Result<Tensor> {
+    if is_channels_last(t) {
+        return Ok(t.clone());
+    }
+    logical(&t.permute((0, 2, 3, 1))?.contiguous()?)
+}
+
+/// The memory of a channels-last `t` as the contiguous [B, H, W, C] tensor it is (no copy).
+pub fn physical(t: &Tensor) -> candle_core::Result<Tensor> {
+    let p = t.permute((0, 2, 3, 1))?;
+    if !p.is_contiguous() {
+        candle_core::bail!(
+            "channels-last view of a tensor with strides {:?}",
+            t.stride()
+        )
+    }
+    Ok(p)
+}
+
+/// A contiguous [B, H, W, C] tensor seen as [B, C, H, W] (no copy).
+pub fn logical(p: &Tensor) -> candle_core::Result<Tensor> {
+    p.permute((0, 3, 1, 2))
+}
+
+/// `t` in the layout of `like`: channels-last if `like` is, contiguous otherwise.
+pub fn like(t: &Tensor, like: &Tensor) -> candle_core::Result<Tensor> {
+    match is_channels_last(like) {
+        true => to_channels_last(t),
+        false => t.contiguous(),
+    }
+}
+
+/// `cat([a, b], 1)`: channels-last when either input is (a strided copy of rows of C_a and
+/// C_b channels), candle's concatenation otherwise.
+pub fn cat_channels(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+    if !(is_channels_last(a) || is_channels_last(b)) {
+        return Tensor::cat(&[a, b], 1);
+    }
+    let (a, b) = (
+        physical(&to_channels_last(a)?)?,
+        physical(&to_channels_last(b)?)?,
+    );
+    logical(&Tensor::cat(&[&a, &b], 3)?)
+}
+
+/// `CL_R`, `CL_MAX_CH` in nhwc.cu: vectors per thread of the register-resident group norm,
+/// channels per block at most.
+const GN_REGISTERS: usize = 8;
+const GN_MAX_CH: usize = 256;
+
+/// How one block covers its part of the map: `v`-element vectors, `ch` channels (whole
+/// groups; `ch / v` threads across them, a power of two ≤ 32), `threads` per block, and
+/// whether the block's values fit in registers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Plan {
+    pub v: usize,
+    pub ch: usize,
+    pub threads: usize,
+    pub registers: bool,
+}
+
+/// The plan for `c` channels in `groups` groups over `s` positions of `size`-byte
+/// elements, vectors of at most `max_v` (alignment); `None` if no geometry fits.
+/// Preference: values in registers, then wider vectors, then more channels per block
+/// (≥ 32 bytes per position, whole sectors).
+pub fn plan(c: usize, groups: usize, s: usize, size: usize, max_v: usize) -> Option<Plan> {
+    let cg = c / groups;
+    let mut looped = None;
+    let mut v = (16 / size).min(max_v);
+    while v >= 1 {
+        let mut gc = 1;
+        while gc < groups && gc * cg * size < 32 {
+            gc *= 2;
+        }
+        while gc >= 1 {
+            let ch = gc * cg;
+            let tx = ch / v;
+            let ok = groups % gc == 0
+                && c % v == 0
+                && ch % v == 0
+                && tx.is_power_of_two()
+                && tx <= 32
+                && ch <= GN_MAX_CH;
+            if ok {
+                let threads = (tx * s.div_ceil(GN_REGISTERS))
+                    .next_multiple_of(32)
+                    .clamp(32, 512);
+                if (threads / tx) * GN_REGISTERS >= s {
+                    return Some(Plan {
+                        v,
+                        ch,
+                        threads,
+                        registers: true,
+                    });
+                }
+                let threads = (tx * s).next_multiple_of(32).clamp(32, 512);
+                looped.get_or_insert(Plan {
+                    v,
+                    ch,
+                    threads,
+                    registers: false,
+                });
+            }
+            gc /= 2;
+        }
+        v /= 2;
+    }
+    looped
+}
+
+fn fits(dt: DType) -> bool {
+    matches!(dt, DType::F32 | DType::BF16)
+}
+
+/// `silu?(group_norm(x + shift) · γ + β)` for a channels-last `x` (as
+/// [`super::gpu::group_norm`]); the result is channels-last.
+///
+/// # Shapes
+/// `x`: [B, C, H, W] channels-last; `shift`: [B, C]; `gamma`, `beta`: [C].
+pub fn group_norm(
+    x: &Tensor,
+    shift: Option<&Tensor>,
+    gamma: &Tensor,
+    beta: &Tensor,
+    groups: usize,
+    eps: f64,
+    silu: bool,
+) -> candle_core::Result<Tensor> {
+    let (b, c, h, w) = x.dims4()?;
+    if !fits(x.dtype()) || c % groups != 0 {
+        candle_core::bail!(
+            "channels-last group norm: {:?}, {c} channels, {groups} groups",
+            x.dtype()
+        )
+    }
+    let size = x.dtype().size_in_bytes();
+    if plan(c, groups, h * w, size, 16 / size).is_none() {
+        // A channel geometry the kernel has no plan for: the channel-first kernel.
+        let y = super::gpu::group_norm(&x.contiguous()?, shift, gamma, beta, groups, eps, silu)?;
+        return to_channels_last(&y);
+    }
+    let shift = shift.map(|s| s.reshape((b, c))?.contiguous()).transpose()?;
+    let y = physical(x)?.apply_op3(
+        &gamma.contiguous()?,
+        &beta.contiguous()?,
+        imp::GroupNormCl {
+            groups,
+            eps: eps as f32,
+            silu,
+            shift,
+        },
+    )?;
+    logical(&y)
+}
+
+/// `(x + bias[c] + residual) · scale` for a channels-last `x`; `residual` is brought to that
+/// layout first. The result is channels-last.
+pub fn bias_residual(
+    x: &Tensor,
+    bias: Option<&Tensor>,
+    residual: Option<&Tensor>,
+    scale: f64,
+) -> candle_core::Result<Tensor> {
+    let residual = residual
+        .map(|r| physical(&to_channels_last(r)?))
+        .transpose()?;
+    let y = physical(x)?.apply_op1(imp::BiasResidualCl {
+        bias: bias.map(|t| t.contiguous()).transpose()?,
+        residual,
+        scale: scale as f32,
+    })?;
+    logical(&y)
+}
+
+/// Nearest-neighbour ×2 upsampling of a channels-last [B, C, H, W] → [B, C, 2H, 2W].
+pub fn upsample2x(x: &Tensor) -> candle_core::Result<Tensor> {
+    logical(&physical(x)?.apply_op1(imp::Upsample2xCl)?)
+}
+
+#[cfg(feature = "cuda")]
+mod imp {
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::cudarc::driver::{
+        CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg,
+    };
+    use candle_core::cuda_backend::{CudaDType, WrapErr};
+    use candle_core::{
+        CpuStorage, CudaStorage, CustomOp1, CustomOp3, DType, Layout, Shape, Tensor, WithDType,
+    };
+
+    use super::super::gpu::{by_dtype, suffix, vec_width, view, with_side};
+
+    const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/nhwc.ptx"));
+    use super::plan;
+
+    /// The kernel `name` for a dtype and vector width (`group_norm_cl_reg_bf16_v8`, …),
+    /// loaded once per device.
+    macro_rules! func {
+        ($dev:expr, $name:expr, $dt:expr, $v:expr) => {{
+            let name = format!("{}_{}_v{}", $name, suffix($dt)?, $v);
+            $dev.get_or_load_custom_func(&name, "langevin_nhwc", PTX)?
+        }};
+    }
+
+    fn blocks(n: usize, threads: usize) -> u32 {
+        n.div_ceil(threads).min(65535 * 8) as u32
+    }
+
+    pub struct GroupNormCl {
+        pub groups: usize,
+        pub eps: f32,
+        pub silu: bool,
+        pub shift: Option<Tensor>,
+    }
+
+    impl GroupNormCl {
+        fn run<T: CudaDType + DeviceRepr + WithDType>(
+            &self,
+            x: (&CudaStorage, &Layout),
+            gamma: (&CudaStorage, &Layout),
+            beta: (&CudaStorage, &Layout),
+        ) -> candle_core::Result<CudaSlice<T>> {
+            let dev = x.0.device();
+            let (b, h, w, c) = x.1.shape().dims4()?;
+            let s = h * w;
+            if gamma.1.dims() != [c] || beta.1.dims() != [c] || c % self.groups != 0 {
+                candle_core::bail!(
+                    "channels-last group norm: {c} channels, γ {:?}",
+                    gamma.1.dims()
+                )
+            }
+            let xv = view::<T>(x.0, x.1)?;
+            let (gv, bv) = (view::<T>(gamma.0, gamma.1)?, view::<T>(beta.0, beta.1)?);
+            with_side(&self.shift, |sh| {
+                if let Some((_, l)) = sh {
+                    if l.dims() != [b, c] {
+                        candle_core::bail!("channels-last group norm: shift {:?}", l.dims())
+                    }
+                }
+                let shv = sh.map(|(s, l)| view::<T>(s, l)).transpose()?;
+                let max_v = vec_width::<T>(dev, c, &[Some(&xv)])?;
+                let Some(p) = plan(c, self.groups, s, std::mem::size_of::<T>(), max_v) else {
+                    candle_core::bail!(
+                        "channels-last group norm: no plan for C {c}, G {}, S {s}",
+                        self.groups
+                    )
+                };
+                let kind = if p.registers {
+                    "group_norm_cl_reg"
+                } else {
+                    "group_norm_cl_loop"
+                };
+                let f = func!(dev, kind, T::DTYPE, p.v);
+                // SAFETY: every element is written by the kernel.
+                let out = unsafe { dev.alloc::<T>(b * s * c)? };
+                let null = 0u64;
+                let (ci, gi, si, chi) = (c as i32, self.groups as i32, s as i32, p.ch as i32);
+                let silu = self.silu as i32;
+                let mut a = f.builder();
+                a.arg(&xv);
+                match &shv {
+                    Some(v) => a.arg(v),
+                    None => a.arg(&null),
+                };
+                a.arg(&gv)
+                    .arg(&bv)
+                    .arg(&out)
+                    .arg(&ci)
+                    .arg(&gi)
+                    .arg(&si)
+                    .arg(&chi)
+                    .arg(&self.eps)
+                    .arg(&silu);
+                let cfg = LaunchConfig {
+                    grid_dim: ((b * (c / p.ch)) as u32, 1, 1),
+                    block_dim: (p.threads as u32, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                // SAFETY: the argument list matches `group_norm_cl_*` in nhwc.cu; `plan` keeps
+                // the block within its limits (channels ≤ CL_MAX_CH, ≤ 512 threads, V | C).
+                unsafe { a.launch(cfg) }.w()?;
+                Ok(out)
+            })
+        }
+    }
+
+    impl CustomOp3 for GroupNormCl {
+        fn name(&self) -> &'static str {
+            "langevin-gpu-group-norm-nhwc"
+        }
+        fn cpu_fwd(
+            &self,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> candle_core::Result<(CpuStorage, Shape)> {
+            candle_core::bail!("{} runs on CUDA only", self.name())
+        }
+        fn cuda_fwd(
+            &self,
+            x: &CudaStorage,
+            xl: &Layout,
+            g: &CudaStorage,
+            gl: &Layout,
+            b: &CudaStorage,
+            bl: &Layout,
+        ) -> candle_core::Result<(CudaStorage, Shape)> {
+            let st = by_dtype!(self, x, (x, xl), (g, gl), (b, bl));
+            Ok((st, xl.shape().clone()))
+        }
+    }
+
+    pub struct BiasResidualCl {
+        pub bias: Option<Tensor>,
+        pub residual: Option<Tensor>,
+        pub scale: f32,
+    }
+
+    impl BiasResidualCl {
+        fn run<T: CudaDType + DeviceRepr + WithDType>(
+            &self,
+            x: &CudaStorage,
+            xl: &Layout,
+        ) -> candle_core::Result<CudaSlice<T>> {
+            let dev = x.device();
+            let c = *xl.dims().last().unwrap_or(&1);
+            let n = xl.shape().elem_count();
+            let xv = view::<T>(x, xl)?;
+            with_side(&self.bias, |bias| {
+                with_side(&self.residual, |res| {
+                    if let Some((_, l)) = bias {
+                        if l.dims() != [c] {
+                            candle_core::bail!(
+                                "channels-last bias_residual: bias {:?}, want [{c}]",
+                                l.dims()
+                            )
+                        }
+                    }
+                    if let Some((_, l)) = res {
+                        if l.dims() != xl.dims() {
+                            candle_core::bail!(
+                                "channels-last bias_residual: residual {:?}",
+                                l.dims()
+                            )
+                        }
+                    }
+                    let bv = bias.map(|(s, l)| view::<T>(s, l)).transpose()?;
+                    let rv = res.map(|(s, l)| view::<T>(s, l)).transpose()?;
+                    let v = vec_width::<T>(dev, c, &[Some(&xv), rv.as_ref(), bv.as_ref()])?;
+                    let nv = n / v;
+                    if nv >= u32::MAX as usize {
+                        candle_core::bail!(
+                            "bias_residual: {n} elements are too many for one launch"
+                        )
+                    }
+                    let f = func!(dev, "bias_residual_cl", T::DTYPE, v);
+                    // SAFETY: every element is written by the kernel.
+                    let out = unsafe { dev.alloc::<T>(n)? };
+                    let null = 0u64;
+                    let (nvi, cvi) = (nv as u32, (c / v) as u32);
+                    let mut a = f.builder();
+                    a.arg(&xv);
+                    match &bv {
+                        Some(v) => a.arg(v),
+                        None => a.arg(&null),
+                    };
+                    match &rv {
+                        Some(v) => a.arg(v),
+                        None => a.arg(&null),
+                    };
+                    a.arg(&out).arg(&nvi).arg(&cvi).arg(&self.scale);
+                    let cfg = LaunchConfig {
+                        grid_dim: (blocks(nv, 256), 1, 1),
+                        block_dim: (256, 1, 1),
+                        shared_mem_bytes: 0,
+                    };
+                    // SAFETY: the argument list matches `bias_residual_cl_*` in nhwc.cu; sizes checked
+                    // above, vectors aligned (vec_width).
+                    unsafe { a.launch(cfg) }.w()?;
+                    Ok(out)
+                })
+            })
+        }
+    }
+
+    impl CustomOp1 for BiasResidualCl {
+        fn name(&self) -> &'static str {
+            "langevin-gpu-bias-residual-nhwc"
+        }
+        fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+            candle_core::bail!("{} runs on CUDA only", self.name())
+        }
+        fn cuda_fwd(
+            &self,
+            x: &CudaStorage,
+            l: &Layout,
+        ) -> candle_core::Result<(CudaStorage, Shape)> {
+            let st = by_dtype!(self, x, x, l);
+            Ok((st, l.shape().clone()))
+        }
+    }
+
+    pub struct Upsample2xCl;
+
+    impl Upsample2xCl {
+        fn run<T: CudaDType + DeviceRepr + WithDType>(
+            &self,
+            x: &CudaStorage,
+            xl: &Layout,
+        ) -> candle_core::Result<CudaSlice<T>> {
+            let dev = x.device();
+            let (_, h, w, c) = xl.shape().dims4()?;
+            let n = xl.shape().elem_count() * 4;
+            let xv = view::<T>(x, xl)?;
+            let v = vec_width::<T>(dev, c, &[Some(&xv)])?;
+            let nv = n / v;
+            if nv >= u32::MAX as usize {
+                candle_core::bail!("upsample2x: {n} elements are too many for one launch")
+            }
+            let f = func!(dev, "upsample2x_cl", T::DTYPE, v);
+            // SAFETY: every element is written by the kernel.
+            let out = unsafe { dev.alloc::<T>(n)? };
+            let (nvi, hi, wi, cvi) = (nv as u32, h as i32, w as i32, (c / v) as u32);
+            let mut a = f.builder();
+            a.arg(&xv).arg(&out).arg(&nvi).arg(&hi).arg(&wi).arg(&cvi);
+            let cfg = LaunchConfig {
+                grid_dim: (blocks(nv, 256), 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: the argument list matches `upsample2x_cl_*` in nhwc.cu.
+            unsafe { a.launch(cfg) }.w()?;
+            Ok(out)
+        }
+    }
+
+    impl CustomOp1 for Upsample2xCl {
+        fn name(&self) -> &'static str {
+            "langevin-gpu-upsample2x-nhwc"
+        }
+        fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+            candle_core::bail!("{} runs on CUDA only", self.name())
+        }
+        fn cuda_fwd(
+            &self,
+            x: &CudaStorage,
+            l: &Layout,
+        ) -> candle_core::Result<(CudaStorage, Shape)> {
+            let (b, h, w, c) = l.shape().dims4()?;
+            let st = by_dtype!(self, x, x, l);
+            Ok((st, Shape::from((b, 2 * h, 2 * w, c))))
+        }
+    }
+}
+
+/// Without the `cuda` feature the ops exist but no tensor is ever channels-last on CUDA
+/// ([`enabled`] is false), and calling one is an error.
+#[cfg(not(feature = "cuda"))]
+mod imp {
+    use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor};
+
+    pub struct GroupNormCl {
+        pub groups: usize,
+        pub eps: f32,
+        pub silu: bool,
+        pub shift: Option<Tensor>,
+    }
+    pub struct BiasResidualCl {
+        pub bias: Option<Tensor>,
+        pub residual: Option<Tensor>,
+        pub scale: f32,
+    }
+    pub struct Upsample2xCl;
+
+    fn no_cuda<T>() -> candle_core::Result<T> {
+        candle_core::bail!("the channels-last kernels need a build with the `cuda` feature")
+    }
+    impl CustomOp3 for GroupNormCl {
+        fn name(&self) -> &'static str {
+            "langevin-gpu-group-norm-nhwc"
+        }
+        fn cpu_fwd(
+            &self,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> candle_core::Result<(CpuStorage, Shape)> {
+            let _ = (self.groups, self.eps, self.silu, &self.shift);
+            no_cuda()
+        }
+    }
+    impl CustomOp1 for BiasResidualCl {
+        fn name(&self) -> &'static str {
+            "langevin-gpu-bias-residual-nhwc"
+        }
+        fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+            let _ = (&self.bias, &self.residual, self.scale);
+            no_cuda()
+        }
+    }
+    impl CustomOp1 for Upsample2xCl {
+        fn name(&self) -> &'static str {
+            "langevin-gpu-upsample2x-nhwc"
+        }
+        fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+            no_cuda()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// Every plan respects the kernel's limits and covers the map, and the UNet geometries
+    /// we benchmark get the register-resident form.
+    #[test]
+    fn group_norm_plans_fit_the_kernel() {
+        for (c, g) in [
+            (32, 32),
+            (64, 32),
+            (96, 32),
+            (128, 32),
+            (256, 32),
+            (512, 32),
+            (24, 8),
+        ] {
+            for s in [1, 16, 64, 49, 196, 256, 784, 1024, 4096, 16384] {
+                for size in [2, 4] {
+                    let Some(p) = plan(c, g, s, size, 16 / size) else {
+                        continue;
+                    };
+                    let (cg, tx) = (c / g, p.ch / p.v);
+                    assert!(p.ch % cg == 0 && c % p.ch == 0 && c % p.v == 0, "{p:?}");
+                    assert!(
+                        tx.is_power_of_two() && tx <= 32 && p.ch <= GN_MAX_CH,
+                        "{p:?}"
+                    );
+                    assert!(p.threads % 32 == 0 && p.threads <= 512, "{p:?}");
+                    if p.registers {
+                        assert!((p.threads / tx) * GN_REGISTERS >= s, "{p:?} for S {s}");
+                    }
+                }
+            }
+        }
+        // ddpm-cifar10 (128–256 channels, 32×32 … 4×4) and the README's small UNet in bf16.
+        for (c, s) in [
+            (128, 1024),
+            (256, 256),
+            (256, 64),
+            (256, 16),
+            (64, 784),
+            (32, 784),
+        ] {
+            let p = plan(c, 32, s, 2, 8).expect("a plan");
+            assert!(p.registers, "C {c}, S {s}: {p:?}");
+        }
+        // A 128×128 map of 128 channels does not fit in registers: the three-pass form.
+        assert!(!plan(128, 32, 4096 * 4, 2, 8).unwrap().registers);
+    }
+
+    /// The layout helpers keep values: channels-last views, concatenation along channels in
+    /// either layout, and the round trip.
+    #[test]
+    fn channels_last_views_keep_values() {
+        let dev = Device::Cpu;
+        let a = Tensor::arange(0f32, 2.0 * 3.0 * 4.0 * 5.0, &dev)
+            .unwrap()
+            .reshape((2, 3, 4, 5))
+            .unwrap();
+        let b = (a.narrow(1, 0, 2).unwrap() * 10.0).unwrap();
+        let acl = to_channels_last(&a).unwrap();
+        assert!(is_channels_last(&acl) && !is_channels_last(&a));
+        assert_eq!(acl.dims(), a.dims());
+        assert!(physical(&acl).unwrap().is_contiguous());
+        let same = |x: &Tensor, y: &Tensor| {
+            let d = (x - y).unwrap().abs().unwrap().max_all().unwrap();
+            d.to_scalar::<f32>().unwrap() == 0.0
+        };
+        assert!(same(&acl, &a));
+        let want = Tensor::cat(&[&a, &b], 1).unwrap();
+        for (x, y) in [(&acl, &b), (&a, &to_channels_last(&b).unwrap())] {
+            let got = cat_channels(x, y).unwrap();
+            assert!(is_channels_last(&got) && same(&got, &want));
+        }
+        assert!(!is_channels_last(&cat_channels(&a, &b).unwrap()));
+        assert!(like(&a, &acl).map(|t| is_channels_last(&t)).unwrap());
+        assert!(like(&acl, &a).unwrap().is_contiguous());
+        // One position: both layouts are the same memory; it counts as contiguous.
+        let p = Tensor::zeros((2, 3, 1, 1), DType::F32, &dev).unwrap();
+        assert!(!is_channels_last(&to_channels_last(&p).unwrap()));
+    }
+}
