@@ -39,6 +39,7 @@ pub fn group_norm(
     eps: f64,
     silu: bool,
 ) -> candle_core::Result<Tensor> {
+    super::gpu_nhwc::trace("group_norm", x);
     if super::gpu_nhwc::is_channels_last(x) {
         return super::gpu_nhwc::group_norm(x, shift, gamma, beta, groups, eps, silu);
     }
@@ -85,6 +86,10 @@ pub fn bias_residual(
         };
         return y.affine(scale, 0.0);
     }
+    super::gpu_nhwc::trace("bias_residual", x);
+    if let Some(r) = residual {
+        super::gpu_nhwc::trace("bias_residual:residual", r);
+    }
     if super::gpu_nhwc::is_channels_last(x) {
         return super::gpu_nhwc::bias_residual(x, bias, residual, scale);
     }
@@ -104,6 +109,7 @@ pub fn conv2d(
     padding: usize,
     stride: usize,
 ) -> candle_core::Result<Tensor> {
+    super::gpu_nhwc::trace("conv2d", x);
     if cfg!(feature = "cudnn") && x.device().is_cuda() {
         return super::cudnn_conv::conv2d(x, w, padding, stride);
     }
@@ -112,6 +118,7 @@ pub fn conv2d(
 
 /// Nearest-neighbour ×2 upsampling, [B, C, H, W] → [B, C, 2H, 2W].
 pub fn upsample2x(x: &Tensor) -> candle_core::Result<Tensor> {
+    super::gpu_nhwc::trace("upsample2x", x);
     if super::gpu_nhwc::is_channels_last(x) {
         return super::gpu_nhwc::upsample2x(x);
     }

@@ -35,6 +35,16 @@ pub fn set_enabled(on: bool) {
     STATE.store(if on { 1 } else { 2 }, Ordering::Relaxed);
 }
 
+/// `LANGEVIN_NHWC_TRACE=1`: print each fused op's input layout to stderr (to find the op that
+/// leaves the channels-last path).
+pub fn trace(op: &str, t: &Tensor) {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *ON.get_or_init(|| std::env::var("LANGEVIN_NHWC_TRACE").is_ok_and(|v| v == "1")) {
+        let l = if is_channels_last(t) { "NHWC" } else { "NCHW" };
+        eprintln!("nhwc-trace {op} {:?} {l}", t.dims());
+    }
+}
+
 /// Whether `t` is a [B, C, H, W] tensor stored channels-last (and not also plainly contiguous,
 /// as maps of one position or one channel are).
 pub fn is_channels_last(t: &Tensor) -> bool {
@@ -97,8 +107,8 @@ const GN_REGISTERS: usize = 8;
 const GN_MAX_CH: usize = 256;
 
 /// How one block covers its part of the map: `v`-element vectors, `ch` channels (whole
-/// groups; `ch / v` threads across them, a power of two ≤ 32), `threads` per block, and
-/// whether the block's values fit in registers.
+/// groups; `ch / v` threads across them, padded to a power of two ≤ 32), `threads` per
+/// block, and whether the block's values fit in registers.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Plan {
     pub v: usize,
@@ -122,13 +132,8 @@ pub fn plan(c: usize, groups: usize, s: usize, size: usize, max_v: usize) -> Opt
         }
         while gc >= 1 {
             let ch = gc * cg;
-            let tx = ch / v;
-            let ok = groups % gc == 0
-                && c % v == 0
-                && ch % v == 0
-                && tx.is_power_of_two()
-                && tx <= 32
-                && ch <= GN_MAX_CH;
+            let tx = (ch / v).max(1).next_power_of_two(); // with the idle padding
+            let ok = groups % gc == 0 && c % v == 0 && ch % v == 0 && tx <= 32 && ch <= GN_MAX_CH;
             if ok {
                 let threads = (tx * s.div_ceil(GN_REGISTERS))
                     .next_multiple_of(32)
@@ -585,12 +590,9 @@ mod tests {
                     let Some(p) = plan(c, g, s, size, 16 / size) else {
                         continue;
                     };
-                    let (cg, tx) = (c / g, p.ch / p.v);
+                    let (cg, tx) = (c / g, (p.ch / p.v).next_power_of_two());
                     assert!(p.ch % cg == 0 && c % p.ch == 0 && c % p.v == 0, "{p:?}");
-                    assert!(
-                        tx.is_power_of_two() && tx <= 32 && p.ch <= GN_MAX_CH,
-                        "{p:?}"
-                    );
+                    assert!(tx <= 32 && p.threads % tx == 0 && p.ch <= GN_MAX_CH, "{p:?}");
                     assert!(p.threads % 32 == 0 && p.threads <= 512, "{p:?}");
                     if p.registers {
                         assert!((p.threads / tx) * GN_REGISTERS >= s, "{p:?} for S {s}");
@@ -604,14 +606,19 @@ mod tests {
             (256, 256),
             (256, 64),
             (256, 16),
+            (384, 256),
+            (512, 64),
             (64, 784),
             (32, 784),
+            (192, 196),
         ] {
             let p = plan(c, 32, s, 2, 8).expect("a plan");
             assert!(p.registers, "C {c}, S {s}: {p:?}");
         }
         // A 128×128 map of 128 channels does not fit in registers: the three-pass form.
         assert!(!plan(128, 32, 4096 * 4, 2, 8).unwrap().registers);
+        // 33-channel groups have no geometry (the caller falls back to channel-first).
+        assert_eq!(plan(66, 2, 64, 2, 8), None);
     }
 
     /// The layout helpers keep values: channels-last views, concatenation along channels in

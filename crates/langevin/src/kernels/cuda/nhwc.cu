@@ -28,19 +28,21 @@ template <typename T, int V> struct alignas(sizeof(T) * V) Pack {
 #define CL_MAX_WARPS 16
 
 // The group totals of per-thread partial sums `s[e]` (thread tx holds local channels
-// tx·V + e): every thread gets, in `out[e]`, the total of the group its channel e belongs to.
-// Fixed-order sums (warp shuffles, then warps in order, then the group's channels in order),
-// so the result is the same on every run. TX (channel threads) is a power of two ≤ 32.
+// tx·V + e): every active thread gets, in `out[e]`, the total of the group its channel e
+// belongs to. Fixed-order sums (warp shuffles, then warps in order, then the group's channels
+// in order), so the result is the same on every run. TXP (channel threads, the active ones
+// and the idle padding) is a power of two ≤ 32.
 template <int V>
-__device__ void group_totals(float (&s)[V], float (&out)[V], int TX, int tx, int CH, int cg) {
+__device__ void group_totals(float (&s)[V], float (&out)[V], int TXP, int tx, bool active,
+                             int CH, int cg) {
     __shared__ float part[CL_MAX_WARPS][CL_MAX_CH];
     __shared__ float col[CL_MAX_CH];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
 #pragma unroll
     for (int e = 0; e < V; ++e)
-        for (int o = 16; o >= TX; o >>= 1) s[e] += __shfl_xor_sync(0xffffffff, s[e], o);
+        for (int o = 16; o >= TXP; o >>= 1) s[e] += __shfl_xor_sync(0xffffffff, s[e], o);
     __syncthreads();  // `part` and `col` may still be read by a previous call
-    if (lane < TX) {
+    if (lane < TXP && active) {
 #pragma unroll
         for (int e = 0; e < V; ++e) part[warp][tx * V + e] = s[e];
     }
@@ -55,15 +57,17 @@ __device__ void group_totals(float (&s)[V], float (&out)[V], int TX, int tx, int
     for (int e = 0; e < V; ++e) {
         const int g0 = ((tx * V + e) / cg) * cg;
         float t = 0.f;
-        for (int j = 0; j < cg; ++j) t += col[g0 + j];
+        if (active)
+            for (int j = 0; j < cg; ++j) t += col[g0 + j];
         out[e] = t;
     }
 }
 
 // y = act(((x + shift[b, c]) − μ) / √(σ² + eps) · γ[c] + β[c]) over groups of cg = C/G
 // channels, x and y [B, S, C]. One block per (b, chunk of CH channels = whole groups); thread
-// (tx, ty) = (t % TX, t / TX) owns channels c0 + tx·V … + V − 1 (so its γ, β and shift stay in
-// registers) and positions ty, ty + TY, …. R > 0: the block's S·CH values are held in
+// (tx, ty) = (t % TXP, t / TXP) owns channels c0 + tx·V … + V − 1 (so its γ, β and shift stay
+// in registers) and positions ty, ty + TY, …; TX = CH / V threads are active per position,
+// padded to a power of two TXP (3 channel vectors take 4 lanes). R > 0: the block's S·CH values are held in
 // registers (S ≤ R·TY; one read of x); R = 0: three passes over x (any S). Mean and variance
 // by two passes, as in fused.cu.
 template <typename T, int V, int R>
@@ -73,15 +77,17 @@ __device__ void group_norm_cl(const T* __restrict__ x, const T* __restrict__ shi
                               int silu) {
     const int nch = C / CH;
     const int b = blockIdx.x / nch, c0 = (blockIdx.x % nch) * CH;
-    const int TX = CH / V, TY = blockDim.x / TX;
-    const int tx = threadIdx.x % TX, ty = threadIdx.x / TX;
+    const int TX = CH / V, TXP = TX <= 1 ? 1 : 1 << (32 - __clz(TX - 1));
+    const int TY = blockDim.x / TXP;
+    const int tx = threadIdx.x % TXP, ty = threadIdx.x / TXP;
+    const bool active = tx < TX;
     const int cg = C / G;
     const float n = (float)S * cg;
     const size_t base = (size_t)b * S * C + c0 + tx * V;
     float sh[V], ga[V], be[V];
 #pragma unroll
     for (int e = 0; e < V; ++e) {
-        const int c = c0 + tx * V + e;
+        const int c = c0 + (active ? tx : 0) * V + e;  // idle lanes read valid, unused values
         sh[e] = shift ? to_f(shift[(size_t)b * C + c]) : 0.f;
         ga[e] = to_f(gamma[c]);
         be[e] = to_f(beta[c]);
@@ -94,7 +100,7 @@ __device__ void group_norm_cl(const T* __restrict__ x, const T* __restrict__ shi
 #pragma unroll
         for (int k = 0; k < R; ++k) {
             const int p = ty + k * TY;
-            if (p < S) {
+            if (active && p < S) {
                 const Pack<T, V> v = *reinterpret_cast<const Pack<T, V>*>(x + base + (size_t)p * C);
 #pragma unroll
                 for (int e = 0; e < V; ++e) {
@@ -103,7 +109,7 @@ __device__ void group_norm_cl(const T* __restrict__ x, const T* __restrict__ shi
                 }
             }
         }
-        group_totals<V>(s, tot, TX, tx, CH, cg);
+        group_totals<V>(s, tot, TXP, tx, active, CH, cg);
 #pragma unroll
         for (int e = 0; e < V; ++e) {
             mean[e] = tot[e] / n;
@@ -111,7 +117,7 @@ __device__ void group_norm_cl(const T* __restrict__ x, const T* __restrict__ shi
         }
 #pragma unroll
         for (int k = 0; k < R; ++k) {
-            if (ty + k * TY < S) {
+            if (active && ty + k * TY < S) {
 #pragma unroll
                 for (int e = 0; e < V; ++e) {
                     const float d = r[k][e] - mean[e];
@@ -119,13 +125,13 @@ __device__ void group_norm_cl(const T* __restrict__ x, const T* __restrict__ shi
                 }
             }
         }
-        group_totals<V>(s, tot, TX, tx, CH, cg);
+        group_totals<V>(s, tot, TXP, tx, active, CH, cg);
 #pragma unroll
         for (int e = 0; e < V; ++e) scale[e] = rsqrtf(tot[e] / n + eps) * ga[e];
 #pragma unroll
         for (int k = 0; k < R; ++k) {
             const int p = ty + k * TY;
-            if (p < S) {
+            if (active && p < S) {
                 Pack<T, V> o;
 #pragma unroll
                 for (int e = 0; e < V; ++e) {
@@ -137,18 +143,18 @@ __device__ void group_norm_cl(const T* __restrict__ x, const T* __restrict__ shi
             }
         }
     } else {
-        for (int p = ty; p < S; p += TY) {
+        for (int p = active ? ty : S; p < S; p += TY) {
             const Pack<T, V> v = *reinterpret_cast<const Pack<T, V>*>(x + base + (size_t)p * C);
 #pragma unroll
             for (int e = 0; e < V; ++e) s[e] += to_f(v.e[e]) + sh[e];
         }
-        group_totals<V>(s, tot, TX, tx, CH, cg);
+        group_totals<V>(s, tot, TXP, tx, active, CH, cg);
 #pragma unroll
         for (int e = 0; e < V; ++e) {
             mean[e] = tot[e] / n;
             s[e] = 0.f;
         }
-        for (int p = ty; p < S; p += TY) {
+        for (int p = active ? ty : S; p < S; p += TY) {
             const Pack<T, V> v = *reinterpret_cast<const Pack<T, V>*>(x + base + (size_t)p * C);
 #pragma unroll
             for (int e = 0; e < V; ++e) {
@@ -156,10 +162,10 @@ __device__ void group_norm_cl(const T* __restrict__ x, const T* __restrict__ shi
                 s[e] += d * d;
             }
         }
-        group_totals<V>(s, tot, TX, tx, CH, cg);
+        group_totals<V>(s, tot, TXP, tx, active, CH, cg);
 #pragma unroll
         for (int e = 0; e < V; ++e) scale[e] = rsqrtf(tot[e] / n + eps) * ga[e];
-        for (int p = ty; p < S; p += TY) {
+        for (int p = active ? ty : S; p < S; p += TY) {
             const Pack<T, V> v = *reinterpret_cast<const Pack<T, V>*>(x + base + (size_t)p * C);
             Pack<T, V> o;
 #pragma unroll

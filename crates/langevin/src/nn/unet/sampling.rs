@@ -4,6 +4,7 @@ use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
 use super::ops::{conv2d, fwd, upsample_nearest2x, Conv2d};
+use crate::kernels::gpu_nhwc;
 use crate::Result;
 
 /// A 3×3 stride-2 convolution `conv`. With `padding = 0`, diffusers pads one zero row and
@@ -24,7 +25,12 @@ impl Downsample2D {
     /// # Shapes
     /// `x`: [B, C, H, W] → [B, C, ⌈H/2⌉, ⌈W/2⌉] (for the default padding 1).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if self.pad_right {
+        if self.pad_right && gpu_nhwc::is_channels_last(x) {
+            // The same zeros on the [B, H, W, C] memory: the map stays channels-last.
+            let p = gpu_nhwc::physical(x)?;
+            let p = p.pad_with_zeros(1, 0, 1)?.pad_with_zeros(2, 0, 1)?;
+            fwd(&self.conv, &gpu_nhwc::logical(&p)?)
+        } else if self.pad_right {
             let x = x.pad_with_zeros(2, 0, 1)?.pad_with_zeros(3, 0, 1)?;
             fwd(&self.conv, &x)
         } else {
