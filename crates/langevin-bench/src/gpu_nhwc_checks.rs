@@ -25,10 +25,12 @@ pub fn run(dev: &Device) -> Result<Vec<Row>> {
         for &(b, c, hw, g) in &[
             (3, 128, 32, 32), // ddpm-cifar10's first level: 2 channels per thread column
             (2, 256, 4, 32),
-            (2, 64, 28, 32), // a 28×28 map
-            (5, 96, 7, 3),   // 32-channel groups
-            (2, 16, 96, 2),  // too large for registers: the three-pass kernel
-            (2, 24, 8, 8),   // 3-channel groups: no plan, the channel-first fallback
+            (2, 64, 28, 32),  // a 28×28 map
+            (5, 96, 7, 3),    // 32-channel groups
+            (2, 16, 96, 2),   // too large for registers: the three-pass kernel
+            (2, 24, 8, 8),    // 3-channel groups: 3 vectors a position, one idle lane
+            (2, 384, 16, 32), // 12-channel groups (ddpm-cifar10: a 256 + 128 concatenation)
+            (2, 66, 8, 2),    // 33-channel groups: no plan, the channel-first fallback
         ] {
             let x = Tensor::randn(0f32, 1.0, (b, c, hw, hw), dev)?
                 .affine(3.0, 2.0)?

@@ -120,14 +120,15 @@ pub struct Plan {
 /// The plan for `c` channels in `groups` groups over `s` positions of `size`-byte
 /// elements, vectors of at most `max_v` (alignment); `None` if no geometry fits.
 /// Preference: values in registers, then wider vectors, then more channels per block
-/// (≥ 32 bytes per position, whole sectors).
+/// (up to [`gn_row_bytes`] per position: a warp then reads whole DRAM bursts).
 pub fn plan(c: usize, groups: usize, s: usize, size: usize, max_v: usize) -> Option<Plan> {
     let cg = c / groups;
     let mut looped = None;
     let mut v = (16 / size).min(max_v);
+    let row = gn_row_bytes();
     while v >= 1 {
         let mut gc = 1;
-        while gc < groups && gc * cg * size < 32 {
+        while gc < groups && gc * cg * size < row {
             gc *= 2;
         }
         while gc >= 1 {
@@ -159,6 +160,16 @@ pub fn plan(c: usize, groups: usize, s: usize, size: usize, max_v: usize) -> Opt
         v /= 2;
     }
     looped
+}
+
+/// Bytes of each position a group-norm block aims to cover: 64 unless
+/// `LANGEVIN_NHWC_GN_BYTES` says otherwise (for measurements).
+fn gn_row_bytes() -> usize {
+    static B: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *B.get_or_init(|| {
+        let v = std::env::var("LANGEVIN_NHWC_GN_BYTES").ok();
+        v.and_then(|v| v.parse().ok()).unwrap_or(64)
+    })
 }
 
 fn fits(dt: DType) -> bool {
@@ -592,7 +603,10 @@ mod tests {
                     };
                     let (cg, tx) = (c / g, (p.ch / p.v).next_power_of_two());
                     assert!(p.ch % cg == 0 && c % p.ch == 0 && c % p.v == 0, "{p:?}");
-                    assert!(tx <= 32 && p.threads % tx == 0 && p.ch <= GN_MAX_CH, "{p:?}");
+                    assert!(
+                        tx <= 32 && p.threads % tx == 0 && p.ch <= GN_MAX_CH,
+                        "{p:?}"
+                    );
                     assert!(p.threads % 32 == 0 && p.threads <= 512, "{p:?}");
                     if p.registers {
                         assert!((p.threads / tx) * GN_REGISTERS >= s, "{p:?} for S {s}");

@@ -96,17 +96,16 @@ __device__ void group_norm_cl(const T* __restrict__ x, const T* __restrict__ shi
 #pragma unroll
     for (int e = 0; e < V; ++e) s[e] = 0.f;
     if constexpr (R > 0) {
-        float r[R > 0 ? R : 1][V];
+        // The raw vectors stay in registers (bf16: half the registers of floats, so more
+        // blocks fit on an SM); x + shift is recomputed in each pass (one add).
+        Pack<T, V> r[R > 0 ? R : 1];
 #pragma unroll
         for (int k = 0; k < R; ++k) {
             const int p = ty + k * TY;
             if (active && p < S) {
-                const Pack<T, V> v = *reinterpret_cast<const Pack<T, V>*>(x + base + (size_t)p * C);
+                r[k] = *reinterpret_cast<const Pack<T, V>*>(x + base + (size_t)p * C);
 #pragma unroll
-                for (int e = 0; e < V; ++e) {
-                    r[k][e] = to_f(v.e[e]) + sh[e];
-                    s[e] += r[k][e];
-                }
+                for (int e = 0; e < V; ++e) s[e] += to_f(r[k].e[e]) + sh[e];
             }
         }
         group_totals<V>(s, tot, TXP, tx, active, CH, cg);
@@ -120,7 +119,7 @@ __device__ void group_norm_cl(const T* __restrict__ x, const T* __restrict__ shi
             if (active && ty + k * TY < S) {
 #pragma unroll
                 for (int e = 0; e < V; ++e) {
-                    const float d = r[k][e] - mean[e];
+                    const float d = to_f(r[k].e[e]) + sh[e] - mean[e];
                     s[e] += d * d;
                 }
             }
@@ -135,7 +134,7 @@ __device__ void group_norm_cl(const T* __restrict__ x, const T* __restrict__ shi
                 Pack<T, V> o;
 #pragma unroll
                 for (int e = 0; e < V; ++e) {
-                    float z = (r[k][e] - mean[e]) * scale[e] + be[e];
+                    float z = (to_f(r[k].e[e]) + sh[e] - mean[e]) * scale[e] + be[e];
                     if (silu) z = z / (1.f + __expf(-z));
                     o.e[e] = from_f<T>(z);
                 }
