@@ -338,7 +338,8 @@ mod imp {
                 let cfg = LaunchConfig {
                     grid_dim: ((b * (c / p.ch)) as u32, 1, 1),
                     block_dim: (p.threads as u32, 1, 1),
-                    shared_mem_bytes: 0,
+                    // `group_totals`: a row of CH partial sums per warp, and the CH totals.
+                    shared_mem_bytes: ((p.threads / 32 + 1) * p.ch * 4) as u32,
                 };
                 // SAFETY: the argument list matches `group_norm_cl_*` in nhwc.cu; `plan` keeps
                 // the block within its limits (channels ≤ CL_MAX_CH, ≤ 512 threads, V | C).

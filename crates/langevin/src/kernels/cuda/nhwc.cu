@@ -23,33 +23,34 @@ template <typename T, int V> struct alignas(sizeof(T) * V) Pack {
     T e[V];
 };
 
-// Channels of one group-norm block at most (the launcher checks), and warps per block.
+// Channels of one group-norm block at most (the launcher checks).
 #define CL_MAX_CH 256
-#define CL_MAX_WARPS 16
 
 // The group totals of per-thread partial sums `s[e]` (thread tx holds local channels
 // tx·V + e): every active thread gets, in `out[e]`, the total of the group its channel e
 // belongs to. Fixed-order sums (warp shuffles, then warps in order, then the group's channels
 // in order), so the result is the same on every run. TXP (channel threads, the active ones
-// and the idle padding) is a power of two ≤ 32.
+// and the idle padding) is a power of two ≤ 32. Dynamic shared memory: (warps + 1)·CH floats,
+// sized by the launcher (a fixed worst-case array limited the SM to one block).
 template <int V>
 __device__ void group_totals(float (&s)[V], float (&out)[V], int TXP, int tx, bool active,
                              int CH, int cg) {
-    __shared__ float part[CL_MAX_WARPS][CL_MAX_CH];
-    __shared__ float col[CL_MAX_CH];
+    extern __shared__ float smem[];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    float* part = smem;          // [nw][CH]
+    float* col = smem + nw * CH;  // [CH]
 #pragma unroll
     for (int e = 0; e < V; ++e)
         for (int o = 16; o >= TXP; o >>= 1) s[e] += __shfl_xor_sync(0xffffffff, s[e], o);
     __syncthreads();  // `part` and `col` may still be read by a previous call
     if (lane < TXP && active) {
 #pragma unroll
-        for (int e = 0; e < V; ++e) part[warp][tx * V + e] = s[e];
+        for (int e = 0; e < V; ++e) part[warp * CH + tx * V + e] = s[e];
     }
     __syncthreads();
     for (int c = threadIdx.x; c < CH; c += blockDim.x) {
         float t = 0.f;
-        for (int w = 0; w < nw; ++w) t += part[w][c];
+        for (int w = 0; w < nw; ++w) t += part[w * CH + c];
         col[c] = t;
     }
     __syncthreads();
