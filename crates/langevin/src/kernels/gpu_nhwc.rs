@@ -106,21 +106,24 @@ pub fn cat_channels(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
 const GN_REGISTERS: usize = 8;
 const GN_MAX_CH: usize = 256;
 
-/// How one block covers its part of the map: `v`-element vectors, `ch` channels (whole
-/// groups; `ch / v` threads across them, padded to a power of two ≤ 32), `threads` per
-/// block, and whether the block's values fit in registers.
+/// How the group norm covers the map: `v`-element vectors; blocks of `ch` channels (whole
+/// groups; `ch / v` threads across them, padded to a power of two ≤ 32) and `threads`
+/// threads, `k` blocks (a thread-block cluster) sharing one (image, channel chunk), each with
+/// a slice of the positions; whether the values fit in registers.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Plan {
     pub v: usize,
     pub ch: usize,
     pub threads: usize,
+    pub k: usize,
     pub registers: bool,
 }
 
 /// The plan for `c` channels in `groups` groups over `s` positions of `size`-byte
 /// elements, vectors of at most `max_v` (alignment); `None` if no geometry fits.
-/// Preference: values in registers, then wider vectors, then more channels per block
-/// (up to [`gn_row_bytes`] per position: a warp then reads whole DRAM bursts).
+/// Preference: values in registers, wider vectors, more channels per block (up to
+/// [`gn_row_bytes`] per position: contiguous slabs keep DRAM rows open), then the smallest
+/// cluster whose blocks have at most 256 threads (else at most 512).
 pub fn plan(c: usize, groups: usize, s: usize, size: usize, max_v: usize) -> Option<Plan> {
     let cg = c / groups;
     let mut looped = None;
@@ -136,22 +139,35 @@ pub fn plan(c: usize, groups: usize, s: usize, size: usize, max_v: usize) -> Opt
             let tx = (ch / v).max(1).next_power_of_two(); // with the idle padding
             let ok = groups % gc == 0 && c % v == 0 && ch % v == 0 && tx <= 32 && ch <= GN_MAX_CH;
             if ok {
-                let threads = (tx * s.div_ceil(GN_REGISTERS))
-                    .next_multiple_of(32)
-                    .clamp(32, 512);
-                if (threads / tx) * GN_REGISTERS >= s {
-                    return Some(Plan {
-                        v,
-                        ch,
-                        threads,
-                        registers: true,
-                    });
+                let mut wide = None;
+                for k in [1, 2, 4, 8] {
+                    let sk = s.div_ceil(k);
+                    let threads = (tx * sk.div_ceil(GN_REGISTERS))
+                        .next_multiple_of(32)
+                        .clamp(32, 512);
+                    if (threads / tx) * GN_REGISTERS >= sk {
+                        let p = Plan {
+                            v,
+                            ch,
+                            threads,
+                            k,
+                            registers: true,
+                        };
+                        if threads <= 256 {
+                            return Some(p);
+                        }
+                        wide.get_or_insert(p);
+                    }
+                }
+                if wide.is_some() {
+                    return wide;
                 }
                 let threads = (tx * s).next_multiple_of(32).clamp(32, 512);
                 looped.get_or_insert(Plan {
                     v,
                     ch,
                     threads,
+                    k: 1,
                     registers: false,
                 });
             }
@@ -162,13 +178,13 @@ pub fn plan(c: usize, groups: usize, s: usize, size: usize, max_v: usize) -> Opt
     looped
 }
 
-/// Bytes of each position a group-norm block aims to cover: 64 unless
+/// Bytes of each position a group-norm block aims to cover: 256 unless
 /// `LANGEVIN_NHWC_GN_BYTES` says otherwise (for measurements).
 fn gn_row_bytes() -> usize {
     static B: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *B.get_or_init(|| {
         let v = std::env::var("LANGEVIN_NHWC_GN_BYTES").ok();
-        v.and_then(|v| v.parse().ok()).unwrap_or(64)
+        v.and_then(|v| v.parse().ok()).unwrap_or(256)
     })
 }
 
@@ -257,7 +273,7 @@ mod imp {
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/nhwc.ptx"));
     use super::plan;
 
-    /// The kernel `name` for a dtype and vector width (`group_norm_cl_reg_bf16_v8`, …),
+    /// The kernel `name` for a dtype and vector width (`bias_residual_cl_bf16_v8`, …),
     /// loaded once per device.
     macro_rules! func {
         ($dev:expr, $name:expr, $dt:expr, $v:expr) => {{
@@ -309,12 +325,14 @@ mod imp {
                         self.groups
                     )
                 };
-                let kind = if p.registers {
-                    "group_norm_cl_reg"
-                } else {
-                    "group_norm_cl_loop"
+                let f = match p.registers {
+                    true => {
+                        let name =
+                            format!("group_norm_cl_reg_{}_v{}_k{}", suffix(T::DTYPE)?, p.v, p.k);
+                        dev.get_or_load_custom_func(&name, "langevin_nhwc", PTX)?
+                    }
+                    false => func!(dev, "group_norm_cl_loop", T::DTYPE, p.v),
                 };
-                let f = func!(dev, kind, T::DTYPE, p.v);
                 // SAFETY: every element is written by the kernel.
                 let out = unsafe { dev.alloc::<T>(b * s * c)? };
                 let null = 0u64;
@@ -336,10 +354,11 @@ mod imp {
                     .arg(&self.eps)
                     .arg(&silu);
                 let cfg = LaunchConfig {
-                    grid_dim: ((b * (c / p.ch)) as u32, 1, 1),
+                    grid_dim: ((b * (c / p.ch) * p.k) as u32, 1, 1),
                     block_dim: (p.threads as u32, 1, 1),
-                    // `group_totals`: a row of CH partial sums per warp, and the CH totals.
-                    shared_mem_bytes: ((p.threads / 32 + 1) * p.ch * 4) as u32,
+                    // `group_totals`: a row of CH partial sums per warp, the block's and the
+                    // cluster's CH totals.
+                    shared_mem_bytes: ((p.threads / 32 + 2) * p.ch * 4) as u32,
                 };
                 // SAFETY: the argument list matches `group_norm_cl_*` in nhwc.cu; `plan` keeps
                 // the block within its limits (channels ≤ CL_MAX_CH, ≤ 512 threads, V | C).
@@ -609,8 +628,10 @@ mod tests {
                         "{p:?}"
                     );
                     assert!(p.threads % 32 == 0 && p.threads <= 512, "{p:?}");
+                    assert!([1, 2, 4, 8].contains(&p.k) && (p.registers || p.k == 1));
                     if p.registers {
-                        assert!((p.threads / tx) * GN_REGISTERS >= s, "{p:?} for S {s}");
+                        let sk = s.div_ceil(p.k);
+                        assert!((p.threads / tx) * GN_REGISTERS >= sk, "{p:?} for S {s}");
                     }
                 }
             }
@@ -630,8 +651,11 @@ mod tests {
             let p = plan(c, 32, s, 2, 8).expect("a plan");
             assert!(p.registers, "C {c}, S {s}: {p:?}");
         }
-        // A 128×128 map of 128 channels does not fit in registers: the three-pass form.
-        assert!(!plan(128, 32, 4096 * 4, 2, 8).unwrap().registers);
+        // ddpm-cifar10's 32×32 maps: whole 256-byte positions, a cluster of 8 blocks.
+        let p = plan(128, 32, 1024, 2, 8).unwrap();
+        assert_eq!((p.ch, p.k, p.threads), (128, 8, 256), "{p:?}");
+        // A 256×256 map of 128 channels does not fit in registers: the three-pass form.
+        assert!(!plan(128, 32, 256 * 256, 2, 8).unwrap().registers);
         // 33-channel groups have no geometry (the caller falls back to channel-first).
         assert_eq!(plan(66, 2, 64, 2, 8), None);
     }

@@ -8,6 +8,7 @@
 //
 // Layout: x, y [B, S, C] contiguous (S = H·W positions, channels innermost). f32 statistics,
 // f32 or bf16 I/O (the `_f32` / `_bf16` entry points).
+#include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <stdint.h>
 
@@ -30,15 +31,18 @@ template <typename T, int V> struct alignas(sizeof(T) * V) Pack {
 // tx·V + e): every active thread gets, in `out[e]`, the total of the group its channel e
 // belongs to. Fixed-order sums (warp shuffles, then warps in order, then the group's channels
 // in order), so the result is the same on every run. TXP (channel threads, the active ones
-// and the idle padding) is a power of two ≤ 32. Dynamic shared memory: (warps + 1)·CH floats,
-// sized by the launcher (a fixed worst-case array limited the SM to one block).
-template <int V>
+// and the idle padding) is a power of two ≤ 32. With K > 1 the block is one of a cluster of K
+// (each holding a slice of the positions): the per-channel totals of the K blocks are added
+// in rank order through distributed shared memory. Dynamic shared memory: (warps + 2)·CH
+// floats, sized by the launcher (a fixed worst-case array limited the SM to one block).
+template <int V, int K>
 __device__ void group_totals(float (&s)[V], float (&out)[V], int TXP, int tx, bool active,
                              int CH, int cg) {
     extern __shared__ float smem[];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    float* part = smem;          // [nw][CH]
-    float* col = smem + nw * CH;  // [CH]
+    float* part = smem;               // [nw][CH]
+    float* col = smem + nw * CH;      // [CH], this block's totals
+    float* total = col + CH;          // [CH], the cluster's
 #pragma unroll
     for (int e = 0; e < V; ++e)
         for (int o = 16; o >= TXP; o >>= 1) s[e] += __shfl_xor_sync(0xffffffff, s[e], o);
@@ -53,13 +57,27 @@ __device__ void group_totals(float (&s)[V], float (&out)[V], int TXP, int tx, bo
         for (int w = 0; w < nw; ++w) t += part[w * CH + c];
         col[c] = t;
     }
-    __syncthreads();
+    if constexpr (K > 1) {
+        namespace cg_ = cooperative_groups;
+        cg_::cluster_group cluster = cg_::this_cluster();
+        cluster.sync();  // every block's `col` is written
+        for (int c = threadIdx.x; c < CH; c += blockDim.x) {
+            float t = 0.f;
+#pragma unroll
+            for (int r = 0; r < K; ++r) t += cluster.map_shared_rank(col, r)[c];
+            total[c] = t;
+        }
+        cluster.sync();  // no block rewrites (or exits with) its `col` while another reads it
+    } else {
+        __syncthreads();
+        total = col;
+    }
 #pragma unroll
     for (int e = 0; e < V; ++e) {
         const int g0 = ((tx * V + e) / cg) * cg;
         float t = 0.f;
         if (active)
-            for (int j = 0; j < cg; ++j) t += col[g0 + j];
+            for (int j = 0; j < cg; ++j) t += total[g0 + j];
         out[e] = t;
     }
 }
@@ -69,15 +87,19 @@ __device__ void group_totals(float (&s)[V], float (&out)[V], int TXP, int tx, bo
 // (tx, ty) = (t % TXP, t / TXP) owns channels c0 + tx·V … + V − 1 (so its γ, β and shift stay
 // in registers) and positions ty, ty + TY, …; TX = CH / V threads are active per position,
 // padded to a power of two TXP (3 channel vectors take 4 lanes). R > 0: the block's S·CH values are held in
-// registers (S ≤ R·TY; one read of x); R = 0: three passes over x (any S). Mean and variance
-// by two passes, as in fused.cu.
-template <typename T, int V, int R>
+// registers (S ≤ R·TY; one read of x); R = 0: three passes over x (any S). K > 1: a cluster
+// of K consecutive blocks shares one (b, chunk), block rank r holding positions
+// [r·⌈S/K⌉, (r+1)·⌈S/K⌉) (with CH = C each block reads one contiguous slab, which keeps DRAM
+// rows open; narrow chunks strided by C ran at a fifth of the bandwidth). Mean and variance by
+// two passes, as in fused.cu.
+template <typename T, int V, int R, int K>
 __device__ void group_norm_cl(const T* __restrict__ x, const T* __restrict__ shift,
                               const T* __restrict__ gamma, const T* __restrict__ beta,
                               T* __restrict__ y, int C, int G, int S, int CH, float eps,
                               int silu) {
-    const int nch = C / CH;
-    const int b = blockIdx.x / nch, c0 = (blockIdx.x % nch) * CH;
+    const int nch = C / CH, blk = blockIdx.x / K, rank = blockIdx.x % K;
+    const int b = blk / nch, c0 = (blk % nch) * CH;
+    const int Sk = (S + K - 1) / K, p0 = rank * Sk, p1 = min(S, p0 + Sk);
     const int TX = CH / V, TXP = TX <= 1 ? 1 : 1 << (32 - __clz(TX - 1));
     const int TY = blockDim.x / TXP;
     const int tx = threadIdx.x % TXP, ty = threadIdx.x / TXP;
@@ -102,14 +124,14 @@ __device__ void group_norm_cl(const T* __restrict__ x, const T* __restrict__ shi
         Pack<T, V> r[R > 0 ? R : 1];
 #pragma unroll
         for (int k = 0; k < R; ++k) {
-            const int p = ty + k * TY;
-            if (active && p < S) {
+            const int p = p0 + ty + k * TY;
+            if (active && p < p1) {
                 r[k] = *reinterpret_cast<const Pack<T, V>*>(x + base + (size_t)p * C);
 #pragma unroll
                 for (int e = 0; e < V; ++e) s[e] += to_f(r[k].e[e]) + sh[e];
             }
         }
-        group_totals<V>(s, tot, TXP, tx, active, CH, cg);
+        group_totals<V, K>(s, tot, TXP, tx, active, CH, cg);
 #pragma unroll
         for (int e = 0; e < V; ++e) {
             mean[e] = tot[e] / n;
@@ -117,7 +139,7 @@ __device__ void group_norm_cl(const T* __restrict__ x, const T* __restrict__ shi
         }
 #pragma unroll
         for (int k = 0; k < R; ++k) {
-            if (active && ty + k * TY < S) {
+            if (active && p0 + ty + k * TY < p1) {
 #pragma unroll
                 for (int e = 0; e < V; ++e) {
                     const float d = to_f(r[k].e[e]) + sh[e] - mean[e];
@@ -125,13 +147,13 @@ __device__ void group_norm_cl(const T* __restrict__ x, const T* __restrict__ shi
                 }
             }
         }
-        group_totals<V>(s, tot, TXP, tx, active, CH, cg);
+        group_totals<V, K>(s, tot, TXP, tx, active, CH, cg);
 #pragma unroll
         for (int e = 0; e < V; ++e) scale[e] = rsqrtf(tot[e] / n + eps) * ga[e];
 #pragma unroll
         for (int k = 0; k < R; ++k) {
-            const int p = ty + k * TY;
-            if (active && p < S) {
+            const int p = p0 + ty + k * TY;
+            if (active && p < p1) {
                 Pack<T, V> o;
 #pragma unroll
                 for (int e = 0; e < V; ++e) {
@@ -143,18 +165,18 @@ __device__ void group_norm_cl(const T* __restrict__ x, const T* __restrict__ shi
             }
         }
     } else {
-        for (int p = active ? ty : S; p < S; p += TY) {
+        for (int p = active ? p0 + ty : p1; p < p1; p += TY) {
             const Pack<T, V> v = *reinterpret_cast<const Pack<T, V>*>(x + base + (size_t)p * C);
 #pragma unroll
             for (int e = 0; e < V; ++e) s[e] += to_f(v.e[e]) + sh[e];
         }
-        group_totals<V>(s, tot, TXP, tx, active, CH, cg);
+        group_totals<V, K>(s, tot, TXP, tx, active, CH, cg);
 #pragma unroll
         for (int e = 0; e < V; ++e) {
             mean[e] = tot[e] / n;
             s[e] = 0.f;
         }
-        for (int p = active ? ty : S; p < S; p += TY) {
+        for (int p = active ? p0 + ty : p1; p < p1; p += TY) {
             const Pack<T, V> v = *reinterpret_cast<const Pack<T, V>*>(x + base + (size_t)p * C);
 #pragma unroll
             for (int e = 0; e < V; ++e) {
@@ -162,10 +184,10 @@ __device__ void group_norm_cl(const T* __restrict__ x, const T* __restrict__ shi
                 s[e] += d * d;
             }
         }
-        group_totals<V>(s, tot, TXP, tx, active, CH, cg);
+        group_totals<V, K>(s, tot, TXP, tx, active, CH, cg);
 #pragma unroll
         for (int e = 0; e < V; ++e) scale[e] = rsqrtf(tot[e] / n + eps) * ga[e];
-        for (int p = active ? ty : S; p < S; p += TY) {
+        for (int p = active ? p0 + ty : p1; p < p1; p += TY) {
             const Pack<T, V> v = *reinterpret_cast<const Pack<T, V>*>(x + base + (size_t)p * C);
             Pack<T, V> o;
 #pragma unroll
@@ -226,18 +248,24 @@ __device__ void upsample2x_cl(const T* __restrict__ x, T* __restrict__ y, unsign
 // Registers per thread of the register-resident group norm: R vectors.
 #define CL_R 8
 
+#define CL_GN_ENTRY(T, SUF, V, K, ATTR)                                                     \
+    extern "C" __global__ void __launch_bounds__(512) ATTR                                   \
+        group_norm_cl_reg_##SUF##_v##V##_k##K(const T* x, const T* shift, const T* gamma,    \
+                                              const T* beta, T* y, int C, int G, int S,      \
+                                              int CH, float eps, int silu) {                 \
+        group_norm_cl<T, V, CL_R, K>(x, shift, gamma, beta, y, C, G, S, CH, eps, silu);      \
+    }
+
 #define CL_ENTRY(T, SUF, V)                                                                  \
-    extern "C" __global__ void __launch_bounds__(512)                                        \
-        group_norm_cl_reg_##SUF##_v##V(const T* x, const T* shift, const T* gamma,           \
-                                       const T* beta, T* y, int C, int G, int S, int CH,     \
-                                       float eps, int silu) {                                \
-        group_norm_cl<T, V, CL_R>(x, shift, gamma, beta, y, C, G, S, CH, eps, silu);         \
-    }                                                                                        \
+    CL_GN_ENTRY(T, SUF, V, 1, )                                                              \
+    CL_GN_ENTRY(T, SUF, V, 2, __cluster_dims__(2, 1, 1))                                     \
+    CL_GN_ENTRY(T, SUF, V, 4, __cluster_dims__(4, 1, 1))                                     \
+    CL_GN_ENTRY(T, SUF, V, 8, __cluster_dims__(8, 1, 1))                                     \
     extern "C" __global__ void __launch_bounds__(512)                                        \
         group_norm_cl_loop_##SUF##_v##V(const T* x, const T* shift, const T* gamma,          \
                                         const T* beta, T* y, int C, int G, int S, int CH,    \
                                         float eps, int silu) {                               \
-        group_norm_cl<T, V, 0>(x, shift, gamma, beta, y, C, G, S, CH, eps, silu);            \
+        group_norm_cl<T, V, 0, 1>(x, shift, gamma, beta, y, C, G, S, CH, eps, silu);         \
     }                                                                                        \
     extern "C" __global__ void bias_residual_cl_##SUF##_v##V(                                \
         const T* x, const T* bias, const T* res, T* y, unsigned nv, unsigned Cv, float scale) { \
