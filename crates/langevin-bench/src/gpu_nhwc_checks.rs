@@ -23,7 +23,7 @@ pub fn run(dev: &Device) -> Result<Vec<Row>> {
         let name = dt.as_str();
         let bound = if dt == DType::F32 { 1e-5 } else { 2e-2 };
         for &(b, c, hw, g) in &[
-            (3, 128, 32, 32), // ddpm-cifar10's first level: a cluster of 8 blocks
+            (3, 128, 32, 32), // ddpm-cifar10's first level
             (2, 256, 4, 32),
             (2, 64, 28, 32),  // a 28×28 map
             (5, 96, 7, 3),    // 32-channel groups
