@@ -171,6 +171,33 @@ fn split(b: usize) -> (bool, Parallelism, usize) {
     }
 }
 
+/// A buffer of `n` values left unwritten, for outputs that are written in full before
+/// anything reads them (GEMM outputs with `accumulate == false`, im2col columns, images
+/// filled per worker): `vec![0; n]` zeroed each convolution's output serially, before the
+/// parallel loop, and the scratch columns once per rayon job (issue 17; candle's own conv2d
+/// allocates its outputs the same way, `alloc_uninit_vec`).
+#[allow(clippy::uninit_vec)]
+fn uninit<T: Real>(n: usize) -> Vec<T> {
+    if cfg!(test) {
+        // NaN wherever a value would be read unwritten, so the tests below would see it.
+        return vec![T::from_f64(f64::NAN); n];
+    }
+    let mut v = Vec::with_capacity(n);
+    // SAFETY: `T` is f32 or f64 (the only `Real`s): no destructor and every bit pattern a
+    // valid value. Each caller writes every element before reading it; `gemm` with
+    // `read_dst == false` overwrites its destination without using the old values.
+    unsafe { v.set_len(n) };
+    v
+}
+
+/// Make the scratch buffer `v` hold `n` values without writing them (see [`uninit`]).
+fn scratch<T: Real>(v: &mut Vec<T>, n: usize) {
+    if v.len() < n {
+        *v = uninit(n);
+    }
+    v.truncate(n);
+}
+
 /// Fill each channel's plane of every image in `out` ([B, channels, plane]) with its bias.
 fn fill_bias<T: Real>(out: &mut [T], bias: &[T], plane: usize) {
     for (row, &v) in out.chunks_mut(plane).zip(bias.iter().cycle()) {
@@ -194,7 +221,7 @@ pub(super) fn forward<T: Real>(x: &[T], wt: &[T], bias: Option<&[T]>, g: &Geom) 
 /// value.
 pub(super) fn forward_im2col<T: Real>(x: &[T], wt: &[T], bias: Option<&[T]>, g: &Geom) -> Vec<T> {
     let (ckk, hwo) = (g.ckk(), g.hwo());
-    let mut out = vec![T::ZERO; g.b * g.o * hwo];
+    let mut out = uninit(g.b * g.o * hwo);
     let one = |xb: &[T], ob: &mut [T], col: &mut Vec<T>, par| {
         if let Some(bias) = bias {
             fill_bias(ob, bias, hwo);
@@ -202,7 +229,7 @@ pub(super) fn forward_im2col<T: Real>(x: &[T], wt: &[T], bias: Option<&[T]>, g: 
         let src: &[T] = if g.pointwise() {
             xb
         } else {
-            col.resize(ckk * hwo, T::ZERO);
+            scratch(col, ckk * hwo);
             im2col(xb, g, col);
             col
         };
@@ -264,10 +291,13 @@ fn flip<T: Real>(wt: &[T], g: &Geom) -> Vec<T> {
 /// columns `Wᵀ·dy`, folded back by [`col2im`] onto the bias (or zeros).
 pub(super) fn transposed_conv<T: Real>(dy: &[T], wt: &[T], bias: Option<&[T]>, g: &Geom) -> Vec<T> {
     let (ckk, hwo, hwi) = (g.ckk(), g.hwo(), g.hwi());
-    let mut dx = vec![T::ZERO; g.b * g.c * hwi];
+    let mut dx = uninit(g.b * g.c * hwi);
     let one = |dyb: &[T], dxb: &mut [T], col: &mut Vec<T>, par| {
-        if let Some(bias) = bias {
-            fill_bias(dxb, bias, hwi);
+        // The pointwise GEMM overwrites `dxb` unless it accumulates onto the bias; col2im adds.
+        match bias {
+            Some(bias) => fill_bias(dxb, bias, hwi),
+            None if !g.pointwise() => dxb.fill(T::ZERO),
+            None => {}
         }
         if g.pointwise() {
             mm(
@@ -281,7 +311,7 @@ pub(super) fn transposed_conv<T: Real>(dy: &[T], wt: &[T], bias: Option<&[T]>, g
                 par,
             );
         } else {
-            col.resize(ckk * hwo, T::ZERO);
+            scratch(col, ckk * hwo);
             mm(
                 (ckk, hwo, g.o),
                 col,
@@ -323,7 +353,7 @@ pub(super) fn backward_weight<T: Real>(x: &[T], dy: &[T], g: &Geom) -> Vec<T> {
             let src: &[T] = if g.pointwise() {
                 xb
             } else {
-                col.resize(ckk * hwo, T::ZERO);
+                scratch(&mut col, ckk * hwo);
                 im2col(xb, g, &mut col);
                 &col
             };
@@ -453,7 +483,11 @@ mod tests {
         dx
     }
 
+    /// max |a − b| / max |b|; infinite if any value is not finite (`f64::max` would skip NaN).
     fn max_rel(a: &[f64], b: &[f64]) -> f64 {
+        if a.iter().chain(b).any(|v| !v.is_finite()) {
+            return f64::INFINITY;
+        }
         let scale = b.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-30);
         a.iter().zip(b).fold(0f64, |m, (x, y)| m.max((x - y).abs())) / scale
     }
@@ -567,6 +601,28 @@ mod tests {
                 let err = max_rel(&y, &reference);
                 assert!(err < 1e-13, "case {i} {case:?}: {name} {err}");
             }
+        }
+    }
+
+    /// dw[o, c, ky, kx] = Σ dy[b, o, oy, ox]·x[b, c, iy, ix] (the index map of [`direct`]):
+    /// the weight gradient over its partial sums of images, against the definition in f64.
+    #[test]
+    fn weight_gradient_matches_the_definition() {
+        for (i, case) in CASES.iter().enumerate() {
+            let g = geom(case);
+            let x = values::<f64>(g.b * g.c * g.hwi(), 5 * i as u64);
+            let dy = values::<f64>(g.b * g.o * g.hwo(), 5 * i as u64 + 1);
+            let mut reference = vec![0.0; g.o * g.ckk()];
+            for (j, r) in reference.iter_mut().enumerate() {
+                // The gradient along weight j is the forward with that single weight set to 1.
+                let mut unit = vec![0.0; g.o * g.ckk()];
+                unit[j] = 1.0;
+                let y = direct_forward(&x, &unit, &vec![0.0; g.o], &g);
+                *r = y.iter().zip(&dy).map(|(a, b)| a * b).sum();
+            }
+            let dw = backward_weight(&x, &dy, &g);
+            let err = max_rel(&dw, &reference);
+            assert!(err < 1e-13, "case {i} {case:?}: {err}");
         }
     }
 
