@@ -93,10 +93,10 @@ impl Geom {
     }
 }
 
-/// Unfold one image [C, H, W] into columns [C·k·k, Ho·Wo].
+/// Unfold one image [C, H, W] (or any run of its channels) into columns [C·k·k, Ho·Wo].
 fn im2col<T: Real>(x: &[T], g: &Geom, col: &mut [T]) {
     let (k, s, hwo) = (g.k, g.s, g.hwo());
-    for c in 0..g.c {
+    for c in 0..x.len() / g.hwi() {
         let xc = &x[c * g.hwi()..(c + 1) * g.hwi()];
         for ky in 0..k {
             for kx in 0..k {
@@ -127,10 +127,10 @@ fn im2col<T: Real>(x: &[T], g: &Geom, col: &mut [T]) {
 }
 
 /// Fold columns [C·k·k, Ho·Wo] back onto one image [C, H, W], adding overlaps (the adjoint of
-/// [`im2col`]). `dx` must be zeroed.
+/// [`im2col`]); any run of the channels. `dx` must be zeroed.
 fn col2im<T: Real>(col: &[T], g: &Geom, dx: &mut [T]) {
     let (k, s, hwo) = (g.k, g.s, g.hwo());
-    for c in 0..g.c {
+    for c in 0..dx.len() / g.hwi() {
         let xc = &mut dx[c * g.hwi()..(c + 1) * g.hwi()];
         for ky in 0..k {
             for kx in 0..k {
@@ -251,6 +251,40 @@ pub(super) fn forward_im2col<T: Real>(x: &[T], wt: &[T], bias: Option<&[T]>, g: 
             .zip(x.par_chunks(xchunk))
             .with_min_len(min)
             .for_each_init(Vec::new, |col, (ob, xb)| one(xb, ob, col, par));
+    } else if let Some(rows) = row_split(g.o, hwo, ckk) {
+        let mut col = Vec::new();
+        for (ob, xb) in out.chunks_mut(ochunk).zip(x.chunks(xchunk)) {
+            let src: &[T] = if g.pointwise() {
+                xb
+            } else {
+                scratch(&mut col, ckk * hwo);
+                let kkhwo = g.k * g.k * hwo;
+                col.par_chunks_mut(kkhwo)
+                    .zip(xb.par_chunks(g.hwi()))
+                    .for_each(|(cc, xc)| im2col(xc, g, cc));
+                &col
+            };
+            ob.par_chunks_mut(rows * hwo)
+                .enumerate()
+                .for_each(|(i, oc)| {
+                    let (o0, m) = (i * rows, oc.len() / hwo);
+                    if let Some(bias) = bias {
+                        fill_bias(oc, &bias[o0..o0 + m], hwo);
+                    }
+                    let w = &wt[o0 * ckk..(o0 + m) * ckk];
+                    let nopar = Parallelism::None;
+                    mm(
+                        (m, hwo, ckk),
+                        oc,
+                        bias.is_some(),
+                        w,
+                        (ckk, 1),
+                        src,
+                        (hwo, 1),
+                        nopar,
+                    );
+                });
+        }
     } else {
         let mut col = Vec::new();
         for (ob, xb) in out.chunks_mut(ochunk).zip(x.chunks(xchunk)) {
@@ -258,6 +292,20 @@ pub(super) fn forward_im2col<T: Real>(x: &[T], wt: &[T], bias: Option<&[T]>, g: 
         }
     }
     out
+}
+
+/// Rows per piece when one image's GEMM (`m` rows, `n` columns, depth `k`) is split by rows
+/// over the threads: at batch 1 `gemm`'s own threading gained nothing on 2 threads (measured:
+/// 128→128 channels at 32×32, 6.9 ms on 1 thread and on 2), and the im2col before it ran on
+/// one thread. Pieces of whole multiples of 16 rows, each large enough for `gemm`'s general
+/// kernel (which the unsplit product uses too: its small-matrix and matrix-vector kernels sum
+/// in another order), so every output gets the same bits on any number of threads. `None`
+/// where a split would not pay or could change the kernel.
+fn row_split(m: usize, n: usize, k: usize) -> Option<usize> {
+    let nt = threads();
+    let rows = m.div_ceil(nt).next_multiple_of(16);
+    (nt > 1 && rows < m && rows * n > 16 * 16 && n > 1 && k > 2 && m * n * k >= 1 << 20)
+        .then_some(rows)
 }
 
 /// dL/dx from dL/dy. At stride 1 (k > 1, p < k) the input gradient is itself a convolution,
@@ -332,6 +380,41 @@ pub(super) fn transposed_conv<T: Real>(dy: &[T], wt: &[T], bias: Option<&[T]>, g
             .zip(dy.par_chunks(ychunk))
             .with_min_len(min)
             .for_each_init(Vec::new, |col, (dxb, dyb)| one(dyb, dxb, col, par));
+    } else if let Some(rows) = row_split(g.c, hwo, g.o) {
+        // Pieces of `rows` input channels: their GEMM rows (c, ky, kx) and their planes of dx.
+        let kk = g.k * g.k;
+        for (dxb, dyb) in dx.chunks_mut(xchunk).zip(dy.chunks(ychunk)) {
+            dxb.par_chunks_mut(rows * hwi)
+                .enumerate()
+                .for_each(|(i, dc)| {
+                    let (c0, m) = (i * rows, dc.len() / hwi);
+                    let nopar = Parallelism::None;
+                    let w = &wt[c0 * kk..];
+                    if let Some(bias) = bias {
+                        fill_bias(dc, &bias[c0..c0 + m], hwi);
+                    }
+                    if g.pointwise() {
+                        let acc = bias.is_some();
+                        mm((m, hwi, g.o), dc, acc, w, (1, ckk), dyb, (hwo, 1), nopar);
+                    } else {
+                        if bias.is_none() {
+                            dc.fill(T::ZERO);
+                        }
+                        let mut col = uninit(m * kk * hwo);
+                        mm(
+                            (m * kk, hwo, g.o),
+                            &mut col,
+                            false,
+                            w,
+                            (1, ckk),
+                            dyb,
+                            (hwo, 1),
+                            nopar,
+                        );
+                        col2im(&col, g, dc);
+                    }
+                });
+        }
     } else {
         let mut col = Vec::new();
         for (dxb, dyb) in dx.chunks_mut(xchunk).zip(dy.chunks(ychunk)) {
@@ -417,250 +500,5 @@ pub(super) fn bias_grad<T: Real>(dy: &[T], g: &Geom) -> Vec<T> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// (batch, channels, height, width, out channels, kernel, stride, padding): 3×3 at padding
-    /// 0, 1 and 2, 5×5, odd and 1×1 images, 1×1 kernels with and without padding, stride 2,
-    /// fewer, more and at least twice as many input as output channels.
-    const CASES: &[(usize, usize, usize, usize, usize, usize, usize, usize)] = &[
-        (1, 3, 7, 5, 4, 3, 1, 1),
-        (2, 2, 5, 7, 3, 3, 1, 0),
-        (2, 3, 5, 5, 4, 3, 1, 2),
-        (3, 4, 6, 6, 6, 1, 1, 0),
-        (1, 5, 4, 3, 2, 1, 1, 1),
-        (2, 3, 6, 9, 2, 5, 1, 2),
-        (1, 2, 1, 1, 3, 3, 1, 1),
-        (2, 5, 9, 8, 3, 3, 2, 1),
-        (1, 16, 13, 11, 7, 3, 1, 1),
-        (2, 6, 7, 5, 3, 3, 1, 1),
-        (3, 7, 6, 8, 2, 3, 1, 0),
-    ];
-
-    /// Deterministic values in [-1, 1) (SplitMix64), so the test needs no RNG crate.
-    fn values<T: Real>(n: usize, seed: u64) -> Vec<T> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-                let mut z = s;
-                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-                z ^= z >> 31;
-                T::from_f64((z >> 11) as f64 / (1u64 << 52) as f64 - 1.0)
-            })
-            .collect()
-    }
-
-    /// dx[b, c, iy, ix] = Σ dy[b, o, oy, ox]·w[o, c, ky, kx] over iy = oy·s + ky − p,
-    /// ix = ox·s + kx − p: the definition, summed term by term in f64.
-    fn direct(dy: &[f64], wt: &[f64], g: &Geom) -> Vec<f64> {
-        let mut dx = vec![0.0; g.b * g.c * g.hwi()];
-        for b in 0..g.b {
-            for o in 0..g.o {
-                for c in 0..g.c {
-                    for ky in 0..g.k {
-                        for kx in 0..g.k {
-                            let w = wt[((o * g.c + c) * g.k + ky) * g.k + kx];
-                            for oy in 0..g.ho {
-                                for ox in 0..g.wo {
-                                    let iy = (oy * g.s + ky) as isize - g.p as isize;
-                                    let ix = (ox * g.s + kx) as isize - g.p as isize;
-                                    if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize
-                                    {
-                                        continue;
-                                    }
-                                    let d = dy[((b * g.o + o) * g.ho + oy) * g.wo + ox];
-                                    dx[((b * g.c + c) * g.h + iy as usize) * g.w + ix as usize] +=
-                                        d * w;
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        dx
-    }
-
-    /// max |a − b| / max |b|; infinite if any value is not finite (`f64::max` would skip NaN).
-    fn max_rel(a: &[f64], b: &[f64]) -> f64 {
-        if a.iter().chain(b).any(|v| !v.is_finite()) {
-            return f64::INFINITY;
-        }
-        let scale = b.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-30);
-        a.iter().zip(b).fold(0f64, |m, (x, y)| m.max((x - y).abs())) / scale
-    }
-
-    fn geom(
-        &(b, c, h, w, o, k, s, p): &(usize, usize, usize, usize, usize, usize, usize, usize),
-    ) -> Geom {
-        Geom::new(&[b, c, h, w], &[o, c, k, k], s, p).unwrap()
-    }
-
-    /// y[b, o, oy, ox] = bias[o] + Σ x[b, c, iy, ix]·w[o, c, ky, kx] (same index map as
-    /// [`direct`]), term by term in f64.
-    fn direct_forward(x: &[f64], wt: &[f64], bias: &[f64], g: &Geom) -> Vec<f64> {
-        let mut y = vec![0.0; g.b * g.o * g.hwo()];
-        for b in 0..g.b {
-            for o in 0..g.o {
-                for oy in 0..g.ho {
-                    for ox in 0..g.wo {
-                        let mut acc = bias[o];
-                        for c in 0..g.c {
-                            for ky in 0..g.k {
-                                for kx in 0..g.k {
-                                    let iy = (oy * g.s + ky) as isize - g.p as isize;
-                                    let ix = (ox * g.s + kx) as isize - g.p as isize;
-                                    if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize
-                                    {
-                                        continue;
-                                    }
-                                    acc += x
-                                        [((b * g.c + c) * g.h + iy as usize) * g.w + ix as usize]
-                                        * wt[((o * g.c + c) * g.k + ky) * g.k + kx];
-                                }
-                            }
-                        }
-                        y[((b * g.o + o) * g.ho + oy) * g.wo + ox] = acc;
-                    }
-                }
-            }
-        }
-        y
-    }
-
-    fn to32(v: &[f64]) -> Vec<f32> {
-        v.iter().map(|&x| x as f32).collect()
-    }
-
-    fn to64(v: &[f32]) -> Vec<f64> {
-        v.iter().map(|&x| x as f64).collect()
-    }
-
-    /// Both input-gradient paths (the convolution of dy with the flipped weights wherever the
-    /// geometry allows it, GEMM + col2im everywhere) and the dispatch between them give the
-    /// definition's values in f64, and agree to rounding in f32.
-    #[test]
-    fn input_gradient_paths_match_the_definition() {
-        for (i, case) in CASES.iter().enumerate() {
-            let g = geom(case);
-            let conv_form = case.6 == 1 && case.7 < case.5 && case.5 > 1;
-            assert_eq!(g.transposed().is_some(), conv_form, "case {i}");
-            let dy = values::<f64>(g.b * g.o * g.hwo(), 2 * i as u64);
-            let wt = values::<f64>(g.o * g.ckk(), 2 * i as u64 + 1);
-            let reference = direct(&dy, &wt, &g);
-            let mut paths = vec![
-                ("col2im", transposed_conv(&dy, &wt, None, &g)),
-                ("dispatch", backward_input(&dy, &wt, &g)),
-            ];
-            if let Some(gt) = g.transposed() {
-                paths.push(("conv", forward_im2col(&dy, &flip(&wt, &g), None, &gt)));
-                let (a, b) = (to32(&dy), to32(&wt));
-                let by_conv = forward_im2col(&a, &flip(&b, &g), None, &gt);
-                let by_col2im = transposed_conv(&a, &b, None, &g);
-                let err = max_rel(&to64(&by_conv), &to64(&by_col2im));
-                assert!(err < 1e-5, "case {i} {case:?}: f32 conv vs col2im {err}");
-            }
-            for (name, dx) in paths {
-                assert_eq!(dx.len(), reference.len(), "case {i} {name}");
-                let err = max_rel(&dx, &reference);
-                assert!(err < 1e-13, "case {i} {case:?}: {name} {err}");
-            }
-        }
-    }
-
-    /// The forward by im2col, by the transposed convolution of the flipped weights (where the
-    /// geometry allows it) and the dispatch between them give the definition's values, bias
-    /// included, in f64, and agree to rounding in f32.
-    #[test]
-    fn forward_paths_match_the_definition() {
-        for (i, case) in CASES.iter().enumerate() {
-            let g = geom(case);
-            let x = values::<f64>(g.b * g.c * g.hwi(), 3 * i as u64);
-            let wt = values::<f64>(g.o * g.ckk(), 3 * i as u64 + 1);
-            let bias = values::<f64>(g.o, 3 * i as u64 + 2);
-            let reference = direct_forward(&x, &wt, &bias, &g);
-            let mut paths = vec![
-                ("im2col", forward_im2col(&x, &wt, Some(&bias), &g)),
-                ("dispatch", forward(&x, &wt, Some(&bias), &g)),
-            ];
-            if let Some(gt) = g.transposed() {
-                paths.push((
-                    "col2im",
-                    transposed_conv(&x, &flip(&wt, &g), Some(&bias), &gt),
-                ));
-                let (a, b, c) = (to32(&x), to32(&wt), to32(&bias));
-                let by_col2im = transposed_conv(&a, &flip(&b, &g), Some(&c), &gt);
-                let by_im2col = forward_im2col(&a, &b, Some(&c), &g);
-                let err = max_rel(&to64(&by_col2im), &to64(&by_im2col));
-                assert!(err < 1e-5, "case {i} {case:?}: f32 col2im vs im2col {err}");
-            }
-            for (name, y) in paths {
-                assert_eq!(y.len(), reference.len(), "case {i} {name}");
-                let err = max_rel(&y, &reference);
-                assert!(err < 1e-13, "case {i} {case:?}: {name} {err}");
-            }
-        }
-    }
-
-    /// dw[o, c, ky, kx] = Σ dy[b, o, oy, ox]·x[b, c, iy, ix] (the index map of [`direct`]):
-    /// the weight gradient over its partial sums of images, against the definition in f64.
-    #[test]
-    fn weight_gradient_matches_the_definition() {
-        for (i, case) in CASES.iter().enumerate() {
-            let g = geom(case);
-            let x = values::<f64>(g.b * g.c * g.hwi(), 5 * i as u64);
-            let dy = values::<f64>(g.b * g.o * g.hwo(), 5 * i as u64 + 1);
-            let mut reference = vec![0.0; g.o * g.ckk()];
-            for (j, r) in reference.iter_mut().enumerate() {
-                // The gradient along weight j is the forward with that single weight set to 1.
-                let mut unit = vec![0.0; g.o * g.ckk()];
-                unit[j] = 1.0;
-                let y = direct_forward(&x, &unit, &vec![0.0; g.o], &g);
-                *r = y.iter().zip(&dy).map(|(a, b)| a * b).sum();
-            }
-            let dw = backward_weight(&x, &dy, &g);
-            let err = max_rel(&dw, &reference);
-            assert!(err < 1e-13, "case {i} {case:?}: {err}");
-        }
-    }
-
-    /// The same bits on 1, 2 and 3 threads for the forward and the input gradient on every path
-    /// (C < O, C > O, C ≥ 2·O), in both work splits (batch 1: one image at a time with a
-    /// threaded GEMM; batch 5: images per worker).
-    #[test]
-    fn conv_paths_are_bit_identical_across_thread_counts() {
-        for (b, c, o) in [
-            (1, 4, 6),
-            (1, 8, 6),
-            (1, 12, 5),
-            (5, 4, 6),
-            (5, 8, 6),
-            (5, 12, 5),
-        ] {
-            let g = Geom::new(&[b, c, 9, 7], &[o, c, 3, 3], 1, 1).unwrap();
-            let x = values::<f32>(g.b * g.c * g.hwi(), 10);
-            let dy = values::<f32>(g.b * g.o * g.hwo(), 11);
-            let wt = values::<f32>(g.o * g.ckk(), 12);
-            let bias = values::<f32>(g.o, 13);
-            let run = |n: usize| {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(n)
-                    .build()
-                    .unwrap();
-                let (y, dx) = pool.install(|| {
-                    (
-                        forward(&x, &wt, Some(&bias), &g),
-                        backward_input(&dy, &wt, &g),
-                    )
-                });
-                let bits = |v: Vec<f32>| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-                (bits(y), bits(dx))
-            };
-            let one = run(1);
-            assert_eq!(one, run(2), "{:?}", (b, c, o));
-            assert_eq!(one, run(3), "{:?}", (b, c, o));
-        }
-    }
-}
+#[path = "cpu_conv_tests.rs"]
+mod tests;
