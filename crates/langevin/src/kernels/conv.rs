@@ -1,6 +1,7 @@
 //! 2-D convolution on the CPU by im2col + GEMM, one image per worker, with its own backward
-//! pass (input gradient by GEMM + col2im, weight gradient by GEMM against the recomputed
-//! columns).
+//! pass (input gradient as a convolution of dy with the flipped weights at stride 1, else by
+//! GEMM + col2im; weight gradient by GEMM against the recomputed columns). The arithmetic is in
+//! [`super::cpu_conv`]; this file holds the candle ops and the GEMM form for other devices.
 //!
 //! Written because candle 0.11's CPU convolution backward (a naive `conv_transpose2d` and a
 //! convolution over transposed tensors) made a UNet training step ~8× slower than PyTorch
@@ -11,9 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Tensor};
 use gemm::Parallelism;
-use rayon::prelude::*;
 
-use super::real::{data, min_len, own_kernel, threads, with_data, Real};
+use super::cpu_conv::{backward_input, backward_weight, bias_grad, forward, Geom};
+use super::real::{data, own_kernel, with_data, Real};
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
 
@@ -136,139 +137,6 @@ pub fn conv2d_gemm(
     }
 }
 
-/// The sizes of one convolution.
-#[derive(Debug, Clone, Copy)]
-struct Geom {
-    b: usize,
-    c: usize,
-    h: usize,
-    w: usize,
-    o: usize,
-    k: usize,
-    s: usize,
-    p: usize,
-    ho: usize,
-    wo: usize,
-}
-
-impl Geom {
-    fn new(x: &[usize], w: &[usize], s: usize, p: usize) -> candle_core::Result<Self> {
-        let bad = || candle_core::Error::Msg(format!("conv2d: input {x:?} and weight {w:?}"));
-        let ([b, c, h, wd], [o, ci, k, k2]) = (
-            <[usize; 4]>::try_from(x).map_err(|_| bad())?,
-            <[usize; 4]>::try_from(w).map_err(|_| bad())?,
-        );
-        if ci != c || k != k2 || s == 0 || h + 2 * p < k || wd + 2 * p < k {
-            return Err(bad());
-        }
-        Ok(Self {
-            b,
-            c,
-            h,
-            w: wd,
-            o,
-            k,
-            s,
-            p,
-            ho: (h + 2 * p - k) / s + 1,
-            wo: (wd + 2 * p - k) / s + 1,
-        })
-    }
-    fn ckk(&self) -> usize {
-        self.c * self.k * self.k
-    }
-    fn hwi(&self) -> usize {
-        self.h * self.w
-    }
-    fn hwo(&self) -> usize {
-        self.ho * self.wo
-    }
-    /// A 1×1 stride-1 convolution is a plain matrix product; no columns needed.
-    fn pointwise(&self) -> bool {
-        self.k == 1 && self.s == 1 && self.p == 0
-    }
-    /// The output columns `ox` whose input column `ox·s + kx − p` lies inside the image.
-    fn valid_cols(&self, kx: usize) -> (usize, usize) {
-        let lo = if kx >= self.p {
-            0
-        } else {
-            (self.p - kx).div_ceil(self.s)
-        };
-        let hi = if self.w + self.p > kx {
-            ((self.w - 1 + self.p - kx) / self.s + 1).min(self.wo)
-        } else {
-            0
-        };
-        (lo.min(hi), hi)
-    }
-}
-
-/// Unfold one image [C, H, W] into columns [C·k·k, Ho·Wo].
-fn im2col<T: Real>(x: &[T], g: &Geom, col: &mut [T]) {
-    let (k, s, hwo) = (g.k, g.s, g.hwo());
-    for c in 0..g.c {
-        let xc = &x[c * g.hwi()..(c + 1) * g.hwi()];
-        for ky in 0..k {
-            for kx in 0..k {
-                let row = &mut col[((c * k + ky) * k + kx) * hwo..][..hwo];
-                let (lo, hi) = g.valid_cols(kx);
-                for oy in 0..g.ho {
-                    let dst = &mut row[oy * g.wo..(oy + 1) * g.wo];
-                    let iy = (oy * s + ky) as isize - g.p as isize;
-                    if iy < 0 || iy >= g.h as isize {
-                        dst.fill(T::ZERO);
-                        continue;
-                    }
-                    let src = &xc[iy as usize * g.w..(iy as usize + 1) * g.w];
-                    dst[..lo].fill(T::ZERO);
-                    dst[hi..].fill(T::ZERO);
-                    let ix0 = lo * s + kx - g.p;
-                    if s == 1 {
-                        dst[lo..hi].copy_from_slice(&src[ix0..ix0 + (hi - lo)]);
-                    } else {
-                        for (j, d) in dst[lo..hi].iter_mut().enumerate() {
-                            *d = src[ix0 + j * s];
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Fold columns [C·k·k, Ho·Wo] back onto one image [C, H, W], adding overlaps (the adjoint of
-/// [`im2col`]). `dx` must be zeroed.
-fn col2im<T: Real>(col: &[T], g: &Geom, dx: &mut [T]) {
-    let (k, s, hwo) = (g.k, g.s, g.hwo());
-    for c in 0..g.c {
-        let xc = &mut dx[c * g.hwi()..(c + 1) * g.hwi()];
-        for ky in 0..k {
-            for kx in 0..k {
-                let row = &col[((c * k + ky) * k + kx) * hwo..][..hwo];
-                let (lo, hi) = g.valid_cols(kx);
-                for oy in 0..g.ho {
-                    let iy = (oy * s + ky) as isize - g.p as isize;
-                    if iy < 0 || iy >= g.h as isize {
-                        continue;
-                    }
-                    let src = &row[oy * g.wo..(oy + 1) * g.wo];
-                    let dst = &mut xc[iy as usize * g.w..(iy as usize + 1) * g.w];
-                    let ix0 = lo * s + kx - g.p;
-                    if s == 1 {
-                        for (d, v) in dst[ix0..ix0 + (hi - lo)].iter_mut().zip(&src[lo..hi]) {
-                            *d += *v;
-                        }
-                    } else {
-                        for (j, v) in src[lo..hi].iter().enumerate() {
-                            dst[ix0 + j * s] += *v;
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
 /// Row-major strides of a matrix operand: (row stride, column stride).
 pub(super) type Strides = (usize, usize);
 
@@ -313,171 +181,6 @@ pub(super) fn mm<T: Real>(
         )
     }
 }
-
-/// Work split: whole images per worker when the batch fills the pool, else one image at a time
-/// with a multi-threaded GEMM.
-/// The third value is the `with_min_len` of the loop over images.
-fn split(b: usize) -> (bool, Parallelism, usize) {
-    let nt = threads();
-    if b >= nt || nt == 1 {
-        (true, Parallelism::None, min_len(nt))
-    } else {
-        (false, Parallelism::Rayon(nt), 1)
-    }
-}
-
-fn forward<T: Real>(x: &[T], wt: &[T], bias: Option<&[T]>, g: &Geom) -> Vec<T> {
-    let (ckk, hwo) = (g.ckk(), g.hwo());
-    let mut out = vec![T::ZERO; g.b * g.o * hwo];
-    let one = |xb: &[T], ob: &mut [T], col: &mut Vec<T>, par| {
-        if let Some(bias) = bias {
-            for (row, &v) in ob.chunks_mut(hwo).zip(bias) {
-                row.fill(v);
-            }
-        }
-        let src: &[T] = if g.pointwise() {
-            xb
-        } else {
-            col.resize(ckk * hwo, T::ZERO);
-            im2col(xb, g, col);
-            col
-        };
-        mm(
-            (g.o, hwo, ckk),
-            ob,
-            bias.is_some(),
-            wt,
-            (ckk, 1),
-            src,
-            (hwo, 1),
-            par,
-        );
-    };
-    let (per_image, par, min) = split(g.b);
-    let (ochunk, xchunk) = (g.o * hwo, g.c * g.hwi());
-    if per_image {
-        out.par_chunks_mut(ochunk)
-            .zip(x.par_chunks(xchunk))
-            .with_min_len(min)
-            .for_each_init(Vec::new, |col, (ob, xb)| one(xb, ob, col, par));
-    } else {
-        let mut col = Vec::new();
-        for (ob, xb) in out.chunks_mut(ochunk).zip(x.chunks(xchunk)) {
-            one(xb, ob, &mut col, par);
-        }
-    }
-    out
-}
-
-/// dL/dx from dL/dy: columns `Wᵀ·dy`, folded back by [`col2im`].
-fn backward_input<T: Real>(dy: &[T], wt: &[T], g: &Geom) -> Vec<T> {
-    let (ckk, hwo, hwi) = (g.ckk(), g.hwo(), g.hwi());
-    let mut dx = vec![T::ZERO; g.b * g.c * hwi];
-    let one = |dyb: &[T], dxb: &mut [T], col: &mut Vec<T>, par| {
-        if g.pointwise() {
-            mm(
-                (g.c, hwi, g.o),
-                dxb,
-                false,
-                wt,
-                (1, ckk),
-                dyb,
-                (hwo, 1),
-                par,
-            );
-        } else {
-            col.resize(ckk * hwo, T::ZERO);
-            mm(
-                (ckk, hwo, g.o),
-                col,
-                false,
-                wt,
-                (1, ckk),
-                dyb,
-                (hwo, 1),
-                par,
-            );
-            col2im(col, g, dxb);
-        }
-    };
-    let (per_image, par, min) = split(g.b);
-    let (xchunk, ychunk) = (g.c * hwi, g.o * hwo);
-    if per_image {
-        dx.par_chunks_mut(xchunk)
-            .zip(dy.par_chunks(ychunk))
-            .with_min_len(min)
-            .for_each_init(Vec::new, |col, (dxb, dyb)| one(dyb, dxb, col, par));
-    } else {
-        let mut col = Vec::new();
-        for (dxb, dyb) in dx.chunks_mut(xchunk).zip(dy.chunks(ychunk)) {
-            one(dyb, dxb, &mut col, par);
-        }
-    }
-    dx
-}
-
-/// dL/dw = Σ_b dy_b · col_bᵀ, in partial sums over groups of images.
-fn backward_weight<T: Real>(x: &[T], dy: &[T], g: &Geom) -> Vec<T> {
-    let (ckk, hwo) = (g.ckk(), g.hwo());
-    let (xchunk, ychunk) = (g.c * g.hwi(), g.o * hwo);
-    let images = |range: std::ops::Range<usize>, par| {
-        let mut dw = vec![T::ZERO; g.o * ckk];
-        let mut col = Vec::new();
-        for (n, b) in range.enumerate() {
-            let (xb, dyb) = (&x[b * xchunk..][..xchunk], &dy[b * ychunk..][..ychunk]);
-            let src: &[T] = if g.pointwise() {
-                xb
-            } else {
-                col.resize(ckk * hwo, T::ZERO);
-                im2col(xb, g, &mut col);
-                &col
-            };
-            mm(
-                (g.o, ckk, hwo),
-                &mut dw,
-                n > 0,
-                dyb,
-                (hwo, 1),
-                src,
-                (1, hwo),
-                par,
-            );
-        }
-        dw
-    };
-    // The images are summed in a fixed number of consecutive groups and the groups' sums added
-    // in order, so the result does not depend on the number of threads (which
-    // `crate::threads::adapt` may change between calls).
-    let groups = g.b.clamp(1, WEIGHT_GRAD_GROUPS);
-    let per = g.b.div_ceil(groups);
-    let range = |t: usize| (t * per).min(g.b)..((t + 1) * per).min(g.b);
-    let nt = threads();
-    let parts: Vec<Vec<T>> = if groups >= nt && nt > 1 {
-        (0..groups)
-            .into_par_iter()
-            .map(|t| images(range(t), Parallelism::None))
-            .collect()
-    } else {
-        let par = if nt > 1 {
-            Parallelism::Rayon(nt)
-        } else {
-            Parallelism::None
-        };
-        (0..groups).map(|t| images(range(t), par)).collect()
-    };
-    let mut parts = parts.into_iter();
-    let mut dw = parts.next().unwrap_or_else(|| vec![T::ZERO; g.o * ckk]);
-    for p in parts {
-        for (x, y) in dw.iter_mut().zip(p) {
-            *x += y;
-        }
-    }
-    dw
-}
-
-/// Partial sums of the weight gradient: enough groups to keep 8 threads busy, few enough that
-/// adding them up costs nothing next to the GEMMs.
-const WEIGHT_GRAD_GROUPS: usize = 8;
 
 fn dispatch2(
     op: &str,
@@ -546,18 +249,6 @@ impl CustomOp2 for Conv2dOp {
         let dw = x.contiguous()?.apply_op2_no_bwd(&dy, &BackwardWeight(g))?;
         Ok((Some(dx), Some(dw)))
     }
-}
-
-/// dL/dbias: the sum of dy over batch and positions, per output channel.
-fn bias_grad<T: Real>(dy: &[T], g: &Geom) -> Vec<T> {
-    let hwo = g.hwo();
-    let mut db = vec![0f64; g.o];
-    for img in dy.chunks(g.o * hwo) {
-        for (d, row) in db.iter_mut().zip(img.chunks(hwo)) {
-            *d += row.iter().map(|v| v.to_f64()).sum::<f64>();
-        }
-    }
-    db.into_iter().map(T::from_f64).collect()
 }
 
 /// The convolution with its bias fused in: (x, w, bias) → y.

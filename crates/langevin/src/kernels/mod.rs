@@ -7,6 +7,7 @@
 //! whole network evaluation as one captured CUDA graph.
 pub mod attention;
 pub mod conv;
+mod cpu_conv;
 pub mod cuda_graph;
 pub mod cudnn_conv;
 pub mod gpu;

@@ -1,0 +1,504 @@
+//! The CPU arithmetic of the own 2-D convolution ([`super::conv`]): im2col, the GEMMs per
+//! image and the weight gradient's partial sums; `conv.rs` wraps these as candle ops.
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use super::conv::mm;
+use super::real::{min_len, threads, Real};
+
+/// The sizes of one convolution.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Geom {
+    pub(super) b: usize,
+    pub(super) c: usize,
+    pub(super) h: usize,
+    pub(super) w: usize,
+    pub(super) o: usize,
+    pub(super) k: usize,
+    pub(super) s: usize,
+    pub(super) p: usize,
+    pub(super) ho: usize,
+    pub(super) wo: usize,
+}
+
+impl Geom {
+    pub(super) fn new(x: &[usize], w: &[usize], s: usize, p: usize) -> candle_core::Result<Self> {
+        let bad = || candle_core::Error::Msg(format!("conv2d: input {x:?} and weight {w:?}"));
+        let ([b, c, h, wd], [o, ci, k, k2]) = (
+            <[usize; 4]>::try_from(x).map_err(|_| bad())?,
+            <[usize; 4]>::try_from(w).map_err(|_| bad())?,
+        );
+        if ci != c || k != k2 || s == 0 || h + 2 * p < k || wd + 2 * p < k {
+            return Err(bad());
+        }
+        Ok(Self {
+            b,
+            c,
+            h,
+            w: wd,
+            o,
+            k,
+            s,
+            p,
+            ho: (h + 2 * p - k) / s + 1,
+            wo: (wd + 2 * p - k) / s + 1,
+        })
+    }
+    fn ckk(&self) -> usize {
+        self.c * self.k * self.k
+    }
+    fn hwi(&self) -> usize {
+        self.h * self.w
+    }
+    fn hwo(&self) -> usize {
+        self.ho * self.wo
+    }
+    /// The geometry of the convolution that maps dy to dx ([`backward_input`]): O → C
+    /// channels over Ho×Wo, padding k − 1 − p; `None` where that does not hold (stride > 1,
+    /// p ≥ k) or gains nothing (1×1, already a plain matrix product).
+    fn transposed(&self) -> Option<Self> {
+        if self.s != 1 || self.p >= self.k || self.k == 1 {
+            return None;
+        }
+        Some(Self {
+            b: self.b,
+            c: self.o,
+            h: self.ho,
+            w: self.wo,
+            o: self.c,
+            k: self.k,
+            s: 1,
+            p: self.k - 1 - self.p,
+            ho: self.h,
+            wo: self.w,
+        })
+    }
+    /// A 1×1 stride-1 convolution is a plain matrix product; no columns needed.
+    fn pointwise(&self) -> bool {
+        self.k == 1 && self.s == 1 && self.p == 0
+    }
+    /// The output columns `ox` whose input column `ox·s + kx − p` lies inside the image.
+    fn valid_cols(&self, kx: usize) -> (usize, usize) {
+        let lo = if kx >= self.p {
+            0
+        } else {
+            (self.p - kx).div_ceil(self.s)
+        };
+        let hi = if self.w + self.p > kx {
+            ((self.w - 1 + self.p - kx) / self.s + 1).min(self.wo)
+        } else {
+            0
+        };
+        (lo.min(hi), hi)
+    }
+}
+
+/// Unfold one image [C, H, W] (or any run of its channels) into columns [C·k·k, Ho·Wo].
+fn im2col<T: Real>(x: &[T], g: &Geom, col: &mut [T]) {
+    let (k, s, hwo) = (g.k, g.s, g.hwo());
+    for c in 0..x.len() / g.hwi() {
+        let xc = &x[c * g.hwi()..(c + 1) * g.hwi()];
+        for ky in 0..k {
+            for kx in 0..k {
+                let row = &mut col[((c * k + ky) * k + kx) * hwo..][..hwo];
+                let (lo, hi) = g.valid_cols(kx);
+                for oy in 0..g.ho {
+                    let dst = &mut row[oy * g.wo..(oy + 1) * g.wo];
+                    let iy = (oy * s + ky) as isize - g.p as isize;
+                    if iy < 0 || iy >= g.h as isize {
+                        dst.fill(T::ZERO);
+                        continue;
+                    }
+                    let src = &xc[iy as usize * g.w..(iy as usize + 1) * g.w];
+                    dst[..lo].fill(T::ZERO);
+                    dst[hi..].fill(T::ZERO);
+                    let ix0 = lo * s + kx - g.p;
+                    if s == 1 {
+                        dst[lo..hi].copy_from_slice(&src[ix0..ix0 + (hi - lo)]);
+                    } else {
+                        for (j, d) in dst[lo..hi].iter_mut().enumerate() {
+                            *d = src[ix0 + j * s];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Fold columns [C·k·k, Ho·Wo] back onto one image [C, H, W], adding overlaps (the adjoint of
+/// [`im2col`]); any run of the channels. `dx` must be zeroed.
+fn col2im<T: Real>(col: &[T], g: &Geom, dx: &mut [T]) {
+    let (k, s, hwo) = (g.k, g.s, g.hwo());
+    for c in 0..dx.len() / g.hwi() {
+        let xc = &mut dx[c * g.hwi()..(c + 1) * g.hwi()];
+        for ky in 0..k {
+            for kx in 0..k {
+                let row = &col[((c * k + ky) * k + kx) * hwo..][..hwo];
+                let (lo, hi) = g.valid_cols(kx);
+                for oy in 0..g.ho {
+                    let iy = (oy * s + ky) as isize - g.p as isize;
+                    if iy < 0 || iy >= g.h as isize {
+                        continue;
+                    }
+                    let src = &row[oy * g.wo..(oy + 1) * g.wo];
+                    let dst = &mut xc[iy as usize * g.w..(iy as usize + 1) * g.w];
+                    let ix0 = lo * s + kx - g.p;
+                    if s == 1 {
+                        for (d, v) in dst[ix0..ix0 + (hi - lo)].iter_mut().zip(&src[lo..hi]) {
+                            *d += *v;
+                        }
+                    } else {
+                        for (j, v) in src[lo..hi].iter().enumerate() {
+                            dst[ix0 + j * s] += *v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Work split: whole images per worker when the batch fills the pool, else one image at a time
+/// with a multi-threaded GEMM.
+/// The third value is the `with_min_len` of the loop over images.
+fn split(b: usize) -> (bool, Parallelism, usize) {
+    let nt = threads();
+    if b >= nt || nt == 1 {
+        (true, Parallelism::None, min_len(nt))
+    } else {
+        (false, Parallelism::Rayon(nt), 1)
+    }
+}
+
+/// A buffer of `n` values left unwritten, for outputs that are written in full before
+/// anything reads them (GEMM outputs with `accumulate == false`, im2col columns, images
+/// filled per worker): `vec![0; n]` zeroed each convolution's output serially, before the
+/// parallel loop, and the scratch columns once per rayon job (issue 17; candle's own conv2d
+/// allocates its outputs the same way, `alloc_uninit_vec`).
+#[allow(clippy::uninit_vec)]
+fn uninit<T: Real>(n: usize) -> Vec<T> {
+    if cfg!(test) {
+        // NaN wherever a value would be read unwritten, so the tests below would see it.
+        return vec![T::from_f64(f64::NAN); n];
+    }
+    let mut v = Vec::with_capacity(n);
+    // SAFETY: `T` is f32 or f64 (the only `Real`s): no destructor and every bit pattern a
+    // valid value. Each caller writes every element before reading it; `gemm` with
+    // `read_dst == false` overwrites its destination without using the old values.
+    unsafe { v.set_len(n) };
+    v
+}
+
+/// Make the scratch buffer `v` hold `n` values without writing them (see [`uninit`]).
+fn scratch<T: Real>(v: &mut Vec<T>, n: usize) {
+    if v.len() < n {
+        *v = uninit(n);
+    }
+    v.truncate(n);
+}
+
+/// Fill each channel's plane of every image in `out` ([B, channels, plane]) with its bias.
+fn fill_bias<T: Real>(out: &mut [T], bias: &[T], plane: usize) {
+    for (row, &v) in out.chunks_mut(plane).zip(bias.iter().cycle()) {
+        row.fill(v);
+    }
+}
+
+/// `y = conv(x, w) + bias`. Where the output has at most half the input's channels (a UNet's
+/// up blocks after the skip concatenation, the output convolution) the im2col GEMM has only O
+/// rows and runs well below the matmul rate (measured 96→32 channels at 32×32: 1.25× the time of
+/// the same flops as [`transposed_conv`], 0.8× with it); there the convolution is computed as
+/// the transposed convolution of the flipped weights (GEMM with C·k² rows, then [`col2im`]).
+pub(super) fn forward<T: Real>(x: &[T], wt: &[T], bias: Option<&[T]>, g: &Geom) -> Vec<T> {
+    match g.transposed() {
+        Some(gt) if g.c >= 2 * g.o => transposed_conv(x, &flip(wt, g), bias, &gt),
+        _ => forward_im2col(x, wt, bias, g),
+    }
+}
+
+/// `y = conv(x, w) + bias` by im2col and one GEMM per image, the bias as the GEMM's initial
+/// value.
+pub(super) fn forward_im2col<T: Real>(x: &[T], wt: &[T], bias: Option<&[T]>, g: &Geom) -> Vec<T> {
+    let (ckk, hwo) = (g.ckk(), g.hwo());
+    let mut out = uninit(g.b * g.o * hwo);
+    let one = |xb: &[T], ob: &mut [T], col: &mut Vec<T>, par| {
+        if let Some(bias) = bias {
+            fill_bias(ob, bias, hwo);
+        }
+        let src: &[T] = if g.pointwise() {
+            xb
+        } else {
+            scratch(col, ckk * hwo);
+            im2col(xb, g, col);
+            col
+        };
+        mm(
+            (g.o, hwo, ckk),
+            ob,
+            bias.is_some(),
+            wt,
+            (ckk, 1),
+            src,
+            (hwo, 1),
+            par,
+        );
+    };
+    let (per_image, par, min) = split(g.b);
+    let (ochunk, xchunk) = (g.o * hwo, g.c * g.hwi());
+    if per_image {
+        out.par_chunks_mut(ochunk)
+            .zip(x.par_chunks(xchunk))
+            .with_min_len(min)
+            .for_each_init(Vec::new, |col, (ob, xb)| one(xb, ob, col, par));
+    } else if let Some(rows) = row_split(g.o, hwo, ckk) {
+        let mut col = Vec::new();
+        for (ob, xb) in out.chunks_mut(ochunk).zip(x.chunks(xchunk)) {
+            let src: &[T] = if g.pointwise() {
+                xb
+            } else {
+                scratch(&mut col, ckk * hwo);
+                let kkhwo = g.k * g.k * hwo;
+                col.par_chunks_mut(kkhwo)
+                    .zip(xb.par_chunks(g.hwi()))
+                    .for_each(|(cc, xc)| im2col(xc, g, cc));
+                &col
+            };
+            ob.par_chunks_mut(rows * hwo)
+                .enumerate()
+                .for_each(|(i, oc)| {
+                    let (o0, m) = (i * rows, oc.len() / hwo);
+                    if let Some(bias) = bias {
+                        fill_bias(oc, &bias[o0..o0 + m], hwo);
+                    }
+                    let w = &wt[o0 * ckk..(o0 + m) * ckk];
+                    let nopar = Parallelism::None;
+                    mm(
+                        (m, hwo, ckk),
+                        oc,
+                        bias.is_some(),
+                        w,
+                        (ckk, 1),
+                        src,
+                        (hwo, 1),
+                        nopar,
+                    );
+                });
+        }
+    } else {
+        let mut col = Vec::new();
+        for (ob, xb) in out.chunks_mut(ochunk).zip(x.chunks(xchunk)) {
+            one(xb, ob, &mut col, par);
+        }
+    }
+    out
+}
+
+/// Rows per piece when one image's GEMM (`m` rows, `n` columns, depth `k`) is split by rows
+/// over the threads: at batch 1 `gemm`'s own threading gained nothing on 2 threads (measured:
+/// 128→128 channels at 32×32, 6.9 ms on 1 thread and on 2), and the im2col before it ran on
+/// one thread. Pieces of whole multiples of 16 rows, each large enough for `gemm`'s general
+/// kernel (which the unsplit product uses too: its small-matrix and matrix-vector kernels sum
+/// in another order), so every output gets the same bits on any number of threads. `None`
+/// where a split would not pay or could change the kernel.
+fn row_split(m: usize, n: usize, k: usize) -> Option<usize> {
+    let nt = threads();
+    let rows = m.div_ceil(nt).next_multiple_of(16);
+    (nt > 1 && rows < m && rows * n > 16 * 16 && n > 1 && k > 2 && m * n * k >= 1 << 20)
+        .then_some(rows)
+}
+
+/// dL/dx from dL/dy. At stride 1 (k > 1, p < k) the input gradient is itself a convolution,
+/// dx = conv(dy, w̃, padding k − 1 − p) with w̃[c, o, ky, kx] = w[o, c, k−1−ky, k−1−kx]: the
+/// forward's im2col + one GEMM per image with C rows and depth O·k², no col2im scatter. That
+/// wins where C > O (measured 96→32 channels at 32×32: 0.75× the time of GEMM + col2im; 128→64
+/// at 16×16: 0.9×) and loses a few per cent at C ≤ O, where [`transposed_conv`] (GEMM Wᵀ·dy
+/// with C·k² rows, then col2im) stays, as it does for stride 2 and 1×1.
+pub(super) fn backward_input<T: Real>(dy: &[T], wt: &[T], g: &Geom) -> Vec<T> {
+    match g.transposed() {
+        Some(gt) if g.c > g.o => forward_im2col(dy, &flip(wt, g), None, &gt),
+        _ => transposed_conv(dy, wt, None, g),
+    }
+}
+
+/// The weights of the input gradient's convolution: [O, C, k, k] → [C, O, k, k], each kernel
+/// rotated by 180°.
+fn flip<T: Real>(wt: &[T], g: &Geom) -> Vec<T> {
+    let kk = g.k * g.k;
+    let mut out = Vec::with_capacity(wt.len());
+    for c in 0..g.c {
+        for o in 0..g.o {
+            let src = &wt[(o * g.c + c) * kk..][..kk];
+            out.extend(src.iter().rev());
+        }
+    }
+    out
+}
+
+/// The adjoint of the convolution `g` (dL/dx from dL/dy), plus `bias` per input channel:
+/// columns `Wᵀ·dy`, folded back by [`col2im`] onto the bias (or zeros).
+pub(super) fn transposed_conv<T: Real>(dy: &[T], wt: &[T], bias: Option<&[T]>, g: &Geom) -> Vec<T> {
+    let (ckk, hwo, hwi) = (g.ckk(), g.hwo(), g.hwi());
+    let mut dx = uninit(g.b * g.c * hwi);
+    let one = |dyb: &[T], dxb: &mut [T], col: &mut Vec<T>, par| {
+        // The pointwise GEMM overwrites `dxb` unless it accumulates onto the bias; col2im adds.
+        match bias {
+            Some(bias) => fill_bias(dxb, bias, hwi),
+            None if !g.pointwise() => dxb.fill(T::ZERO),
+            None => {}
+        }
+        if g.pointwise() {
+            mm(
+                (g.c, hwi, g.o),
+                dxb,
+                bias.is_some(),
+                wt,
+                (1, ckk),
+                dyb,
+                (hwo, 1),
+                par,
+            );
+        } else {
+            scratch(col, ckk * hwo);
+            mm(
+                (ckk, hwo, g.o),
+                col,
+                false,
+                wt,
+                (1, ckk),
+                dyb,
+                (hwo, 1),
+                par,
+            );
+            col2im(col, g, dxb);
+        }
+    };
+    let (per_image, par, min) = split(g.b);
+    let (xchunk, ychunk) = (g.c * hwi, g.o * hwo);
+    if per_image {
+        dx.par_chunks_mut(xchunk)
+            .zip(dy.par_chunks(ychunk))
+            .with_min_len(min)
+            .for_each_init(Vec::new, |col, (dxb, dyb)| one(dyb, dxb, col, par));
+    } else if let Some(rows) = row_split(g.c, hwo, g.o) {
+        // Pieces of `rows` input channels: their GEMM rows (c, ky, kx) and their planes of dx.
+        let kk = g.k * g.k;
+        for (dxb, dyb) in dx.chunks_mut(xchunk).zip(dy.chunks(ychunk)) {
+            dxb.par_chunks_mut(rows * hwi)
+                .enumerate()
+                .for_each(|(i, dc)| {
+                    let (c0, m) = (i * rows, dc.len() / hwi);
+                    let nopar = Parallelism::None;
+                    let w = &wt[c0 * kk..];
+                    if let Some(bias) = bias {
+                        fill_bias(dc, &bias[c0..c0 + m], hwi);
+                    }
+                    if g.pointwise() {
+                        let acc = bias.is_some();
+                        mm((m, hwi, g.o), dc, acc, w, (1, ckk), dyb, (hwo, 1), nopar);
+                    } else {
+                        if bias.is_none() {
+                            dc.fill(T::ZERO);
+                        }
+                        let mut col = uninit(m * kk * hwo);
+                        mm(
+                            (m * kk, hwo, g.o),
+                            &mut col,
+                            false,
+                            w,
+                            (1, ckk),
+                            dyb,
+                            (hwo, 1),
+                            nopar,
+                        );
+                        col2im(&col, g, dc);
+                    }
+                });
+        }
+    } else {
+        let mut col = Vec::new();
+        for (dxb, dyb) in dx.chunks_mut(xchunk).zip(dy.chunks(ychunk)) {
+            one(dyb, dxb, &mut col, par);
+        }
+    }
+    dx
+}
+
+/// dL/dw = Σ_b dy_b · col_bᵀ, in partial sums over groups of images.
+pub(super) fn backward_weight<T: Real>(x: &[T], dy: &[T], g: &Geom) -> Vec<T> {
+    let (ckk, hwo) = (g.ckk(), g.hwo());
+    let (xchunk, ychunk) = (g.c * g.hwi(), g.o * hwo);
+    let images = |range: std::ops::Range<usize>, par| {
+        let mut dw = vec![T::ZERO; g.o * ckk];
+        let mut col = Vec::new();
+        for (n, b) in range.enumerate() {
+            let (xb, dyb) = (&x[b * xchunk..][..xchunk], &dy[b * ychunk..][..ychunk]);
+            let src: &[T] = if g.pointwise() {
+                xb
+            } else {
+                scratch(&mut col, ckk * hwo);
+                im2col(xb, g, &mut col);
+                &col
+            };
+            mm(
+                (g.o, ckk, hwo),
+                &mut dw,
+                n > 0,
+                dyb,
+                (hwo, 1),
+                src,
+                (1, hwo),
+                par,
+            );
+        }
+        dw
+    };
+    // The images are summed in a fixed number of consecutive groups and the groups' sums added
+    // in order, so the result does not depend on the number of threads (which
+    // `crate::threads::adapt` may change between calls).
+    let groups = g.b.clamp(1, WEIGHT_GRAD_GROUPS);
+    let per = g.b.div_ceil(groups);
+    let range = |t: usize| (t * per).min(g.b)..((t + 1) * per).min(g.b);
+    let nt = threads();
+    let parts: Vec<Vec<T>> = if groups >= nt && nt > 1 {
+        (0..groups)
+            .into_par_iter()
+            .map(|t| images(range(t), Parallelism::None))
+            .collect()
+    } else {
+        let par = if nt > 1 {
+            Parallelism::Rayon(nt)
+        } else {
+            Parallelism::None
+        };
+        (0..groups).map(|t| images(range(t), par)).collect()
+    };
+    let mut parts = parts.into_iter();
+    let mut dw = parts.next().unwrap_or_else(|| vec![T::ZERO; g.o * ckk]);
+    for p in parts {
+        for (x, y) in dw.iter_mut().zip(p) {
+            *x += y;
+        }
+    }
+    dw
+}
+
+/// Partial sums of the weight gradient: enough groups to keep 8 threads busy, few enough that
+/// adding them up costs nothing next to the GEMMs.
+const WEIGHT_GRAD_GROUPS: usize = 8;
+
+/// dL/dbias: the sum of dy over batch and positions, per output channel.
+pub(super) fn bias_grad<T: Real>(dy: &[T], g: &Geom) -> Vec<T> {
+    let hwo = g.hwo();
+    let mut db = vec![0f64; g.o];
+    for img in dy.chunks(g.o * hwo) {
+        for (d, row) in db.iter_mut().zip(img.chunks(hwo)) {
+            *d += row.iter().map(|v| v.to_f64()).sum::<f64>();
+        }
+    }
+    db.into_iter().map(T::from_f64).collect()
+}
+
+#[cfg(test)]
+#[path = "cpu_conv_tests.rs"]
+mod tests;
