@@ -10,6 +10,8 @@ pub mod conv;
 mod cpu_conv;
 pub mod cuda_graph;
 pub mod cudnn_conv;
+#[cfg(feature = "cudnn")]
+mod cudnn_plans;
 pub mod gpu;
 pub mod gpu_attention;
 pub mod gpu_nhwc;

@@ -1,0 +1,268 @@
+//! The CUDA launches of [`super`]'s channels-last kernels (`cuda/nhwc.cu`) as candle custom
+//! ops over the [B, H, W, C] memory: group norm (with the [`super::plan`] geometry), the
+//! bias/residual epilogue and ×2 upsampling.
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg,
+};
+use candle_core::cuda_backend::{CudaDType, WrapErr};
+use candle_core::{
+    CpuStorage, CudaStorage, CustomOp1, CustomOp3, DType, Layout, Shape, Tensor, WithDType,
+};
+
+use super::super::gpu::{by_dtype, suffix, vec_width, view, with_side};
+
+const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/nhwc.ptx"));
+use super::plan;
+
+/// The kernel `name` for a dtype and vector width (`bias_residual_cl_bf16_v8`, …),
+/// loaded once per device.
+macro_rules! func {
+    ($dev:expr, $name:expr, $dt:expr, $v:expr) => {{
+        let name = format!("{}_{}_v{}", $name, suffix($dt)?, $v);
+        $dev.get_or_load_custom_func(&name, "langevin_nhwc", PTX)?
+    }};
+}
+
+fn blocks(n: usize, threads: usize) -> u32 {
+    n.div_ceil(threads).min(65535 * 8) as u32
+}
+
+pub struct GroupNormCl {
+    pub groups: usize,
+    pub eps: f32,
+    pub silu: bool,
+    pub shift: Option<Tensor>,
+}
+
+impl GroupNormCl {
+    fn run<T: CudaDType + DeviceRepr + WithDType>(
+        &self,
+        x: (&CudaStorage, &Layout),
+        gamma: (&CudaStorage, &Layout),
+        beta: (&CudaStorage, &Layout),
+    ) -> candle_core::Result<CudaSlice<T>> {
+        let dev = x.0.device();
+        let (b, h, w, c) = x.1.shape().dims4()?;
+        let s = h * w;
+        if gamma.1.dims() != [c] || beta.1.dims() != [c] || c % self.groups != 0 {
+            candle_core::bail!(
+                "channels-last group norm: {c} channels, γ {:?}",
+                gamma.1.dims()
+            )
+        }
+        let xv = view::<T>(x.0, x.1)?;
+        let (gv, bv) = (view::<T>(gamma.0, gamma.1)?, view::<T>(beta.0, beta.1)?);
+        with_side(&self.shift, |sh| {
+            if let Some((_, l)) = sh {
+                if l.dims() != [b, c] {
+                    candle_core::bail!("channels-last group norm: shift {:?}", l.dims())
+                }
+            }
+            let shv = sh.map(|(s, l)| view::<T>(s, l)).transpose()?;
+            let max_v = vec_width::<T>(dev, c, &[Some(&xv)])?;
+            let Some(p) = plan(c, self.groups, s, std::mem::size_of::<T>(), max_v) else {
+                candle_core::bail!(
+                    "channels-last group norm: no plan for C {c}, G {}, S {s}",
+                    self.groups
+                )
+            };
+            let f = match p.registers {
+                true => {
+                    let name = format!("group_norm_cl_reg_{}_v{}_k{}", suffix(T::DTYPE)?, p.v, p.k);
+                    dev.get_or_load_custom_func(&name, "langevin_nhwc", PTX)?
+                }
+                false => func!(dev, "group_norm_cl_loop", T::DTYPE, p.v),
+            };
+            // SAFETY: every element is written by the kernel.
+            let out = unsafe { dev.alloc::<T>(b * s * c)? };
+            let null = 0u64;
+            let (ci, gi, si, chi) = (c as i32, self.groups as i32, s as i32, p.ch as i32);
+            let silu = self.silu as i32;
+            let mut a = f.builder();
+            a.arg(&xv);
+            match &shv {
+                Some(v) => a.arg(v),
+                None => a.arg(&null),
+            };
+            a.arg(&gv)
+                .arg(&bv)
+                .arg(&out)
+                .arg(&ci)
+                .arg(&gi)
+                .arg(&si)
+                .arg(&chi)
+                .arg(&self.eps)
+                .arg(&silu);
+            let cfg = LaunchConfig {
+                grid_dim: ((b * (c / p.ch) * p.k) as u32, 1, 1),
+                block_dim: (p.threads as u32, 1, 1),
+                // `group_totals`: a row of CH partial sums per warp, the block's and the
+                // cluster's CH totals.
+                shared_mem_bytes: ((p.threads / 32 + 2) * p.ch * 4) as u32,
+            };
+            // SAFETY: the argument list matches `group_norm_cl_*` in nhwc.cu; `plan` keeps
+            // the block within its limits (channels ≤ CL_MAX_CH, ≤ 512 threads, V | C).
+            unsafe { a.launch(cfg) }.w()?;
+            Ok(out)
+        })
+    }
+}
+
+impl CustomOp3 for GroupNormCl {
+    fn name(&self) -> &'static str {
+        "langevin-gpu-group-norm-nhwc"
+    }
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        candle_core::bail!("{} runs on CUDA only", self.name())
+    }
+    fn cuda_fwd(
+        &self,
+        x: &CudaStorage,
+        xl: &Layout,
+        g: &CudaStorage,
+        gl: &Layout,
+        b: &CudaStorage,
+        bl: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        let st = by_dtype!(self, x, (x, xl), (g, gl), (b, bl));
+        Ok((st, xl.shape().clone()))
+    }
+}
+
+pub struct BiasResidualCl {
+    pub bias: Option<Tensor>,
+    pub residual: Option<Tensor>,
+    pub scale: f32,
+}
+
+impl BiasResidualCl {
+    fn run<T: CudaDType + DeviceRepr + WithDType>(
+        &self,
+        x: &CudaStorage,
+        xl: &Layout,
+    ) -> candle_core::Result<CudaSlice<T>> {
+        let dev = x.device();
+        let c = *xl.dims().last().unwrap_or(&1);
+        let n = xl.shape().elem_count();
+        let xv = view::<T>(x, xl)?;
+        with_side(&self.bias, |bias| {
+            with_side(&self.residual, |res| {
+                if let Some((_, l)) = bias {
+                    if l.dims() != [c] {
+                        candle_core::bail!(
+                            "channels-last bias_residual: bias {:?}, want [{c}]",
+                            l.dims()
+                        )
+                    }
+                }
+                if let Some((_, l)) = res {
+                    if l.dims() != xl.dims() {
+                        candle_core::bail!("channels-last bias_residual: residual {:?}", l.dims())
+                    }
+                }
+                let bv = bias.map(|(s, l)| view::<T>(s, l)).transpose()?;
+                let rv = res.map(|(s, l)| view::<T>(s, l)).transpose()?;
+                let v = vec_width::<T>(dev, c, &[Some(&xv), rv.as_ref(), bv.as_ref()])?;
+                let nv = n / v;
+                if nv >= u32::MAX as usize {
+                    candle_core::bail!("bias_residual: {n} elements are too many for one launch")
+                }
+                let f = func!(dev, "bias_residual_cl", T::DTYPE, v);
+                // SAFETY: every element is written by the kernel.
+                let out = unsafe { dev.alloc::<T>(n)? };
+                let null = 0u64;
+                let (nvi, cvi) = (nv as u32, (c / v) as u32);
+                let mut a = f.builder();
+                a.arg(&xv);
+                match &bv {
+                    Some(v) => a.arg(v),
+                    None => a.arg(&null),
+                };
+                match &rv {
+                    Some(v) => a.arg(v),
+                    None => a.arg(&null),
+                };
+                a.arg(&out).arg(&nvi).arg(&cvi).arg(&self.scale);
+                let cfg = LaunchConfig {
+                    grid_dim: (blocks(nv, 256), 1, 1),
+                    block_dim: (256, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                // SAFETY: the argument list matches `bias_residual_cl_*` in nhwc.cu; sizes checked
+                // above, vectors aligned (vec_width).
+                unsafe { a.launch(cfg) }.w()?;
+                Ok(out)
+            })
+        })
+    }
+}
+
+impl CustomOp1 for BiasResidualCl {
+    fn name(&self) -> &'static str {
+        "langevin-gpu-bias-residual-nhwc"
+    }
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        candle_core::bail!("{} runs on CUDA only", self.name())
+    }
+    fn cuda_fwd(&self, x: &CudaStorage, l: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        let st = by_dtype!(self, x, x, l);
+        Ok((st, l.shape().clone()))
+    }
+}
+
+pub struct Upsample2xCl;
+
+impl Upsample2xCl {
+    fn run<T: CudaDType + DeviceRepr + WithDType>(
+        &self,
+        x: &CudaStorage,
+        xl: &Layout,
+    ) -> candle_core::Result<CudaSlice<T>> {
+        let dev = x.device();
+        let (_, h, w, c) = xl.shape().dims4()?;
+        let n = xl.shape().elem_count() * 4;
+        let xv = view::<T>(x, xl)?;
+        let v = vec_width::<T>(dev, c, &[Some(&xv)])?;
+        let nv = n / v;
+        if nv >= u32::MAX as usize {
+            candle_core::bail!("upsample2x: {n} elements are too many for one launch")
+        }
+        let f = func!(dev, "upsample2x_cl", T::DTYPE, v);
+        // SAFETY: every element is written by the kernel.
+        let out = unsafe { dev.alloc::<T>(n)? };
+        let (nvi, hi, wi, cvi) = (nv as u32, h as i32, w as i32, (c / v) as u32);
+        let mut a = f.builder();
+        a.arg(&xv).arg(&out).arg(&nvi).arg(&hi).arg(&wi).arg(&cvi);
+        let cfg = LaunchConfig {
+            grid_dim: (blocks(nv, 256), 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the argument list matches `upsample2x_cl_*` in nhwc.cu.
+        unsafe { a.launch(cfg) }.w()?;
+        Ok(out)
+    }
+}
+
+impl CustomOp1 for Upsample2xCl {
+    fn name(&self) -> &'static str {
+        "langevin-gpu-upsample2x-nhwc"
+    }
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        candle_core::bail!("{} runs on CUDA only", self.name())
+    }
+    fn cuda_fwd(&self, x: &CudaStorage, l: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        let (b, h, w, c) = l.shape().dims4()?;
+        let st = by_dtype!(self, x, x, l);
+        Ok((st, Shape::from((b, 2 * h, 2 * w, c))))
+    }
+}
