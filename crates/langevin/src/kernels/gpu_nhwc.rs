@@ -80,14 +80,6 @@ pub fn logical(p: &Tensor) -> candle_core::Result<Tensor> {
     p.permute((0, 3, 1, 2))
 }
 
-/// `t` in the layout of `like`: channels-last if `like` is, contiguous otherwise.
-pub fn like(t: &Tensor, like: &Tensor) -> candle_core::Result<Tensor> {
-    match is_channels_last(like) {
-        true => to_channels_last(t),
-        false => t.contiguous(),
-    }
-}
-
 /// `cat([a, b], 1)`: channels-last when either input is (a strided copy of rows of C_a and
 /// C_b channels), candle's concatenation otherwise.
 pub fn cat_channels(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
@@ -401,8 +393,6 @@ mod tests {
             assert!(is_channels_last(&got) && same(&got, &want));
         }
         assert!(!is_channels_last(&cat_channels(&a, &b).unwrap()));
-        assert!(like(&a, &acl).map(|t| is_channels_last(&t)).unwrap());
-        assert!(like(&acl, &a).unwrap().is_contiguous());
         // One position: both layouts are the same memory; it counts as contiguous.
         let p = Tensor::zeros((2, 3, 1, 1), DType::F32, &dev).unwrap();
         assert!(!is_channels_last(&to_channels_last(&p).unwrap()));
