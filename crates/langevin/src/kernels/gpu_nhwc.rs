@@ -205,15 +205,15 @@ pub fn group_norm(
         return to_channels_last(&y);
     }
     let shift = shift.map(|s| s.reshape((b, c))?.contiguous()).transpose()?;
-    let y = physical(x)?.apply_op3(
-        &gamma.contiguous()?,
-        &beta.contiguous()?,
-        imp::GroupNormCl {
-            groups,
-            eps: eps as f32,
-            silu,
-            shift,
-        },
+    let (gamma, beta) = (gamma.contiguous()?, beta.contiguous()?);
+    let y = imp::group_norm(
+        &physical(x)?,
+        &gamma,
+        &beta,
+        shift,
+        groups,
+        eps as f32,
+        silu,
     )?;
     logical(&y)
 }
@@ -229,78 +229,50 @@ pub fn bias_residual(
     let residual = residual
         .map(|r| physical(&to_channels_last(r)?))
         .transpose()?;
-    let y = physical(x)?.apply_op1(imp::BiasResidualCl {
-        bias: bias.map(|t| t.contiguous()).transpose()?,
-        residual,
-        scale: scale as f32,
-    })?;
+    let bias = bias.map(|t| t.contiguous()).transpose()?;
+    let y = imp::bias_residual(&physical(x)?, bias, residual, scale as f32)?;
     logical(&y)
 }
 
 /// Nearest-neighbour ×2 upsampling of a channels-last [B, C, H, W] → [B, C, 2H, 2W].
 pub fn upsample2x(x: &Tensor) -> candle_core::Result<Tensor> {
-    logical(&physical(x)?.apply_op1(imp::Upsample2xCl)?)
+    logical(&imp::upsample2x(&physical(x)?)?)
 }
 
 #[cfg(feature = "cuda")]
 #[path = "gpu_nhwc_launch.rs"]
 mod imp;
 
-/// Without the `cuda` feature the ops exist but no tensor is ever channels-last on CUDA
-/// ([`enabled`] is false), and calling one is an error.
+/// Without the `cuda` feature no tensor is ever channels-last on CUDA ([`enabled`] is false);
+/// the launches only report that.
 #[cfg(not(feature = "cuda"))]
 mod imp {
-    use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor};
+    use candle_core::{Result, Tensor};
 
-    pub struct GroupNormCl {
-        pub groups: usize,
-        pub eps: f32,
-        pub silu: bool,
-        pub shift: Option<Tensor>,
-    }
-    pub struct BiasResidualCl {
-        pub bias: Option<Tensor>,
-        pub residual: Option<Tensor>,
-        pub scale: f32,
-    }
-    pub struct Upsample2xCl;
-
-    fn no_cuda<T>() -> candle_core::Result<T> {
+    fn no_cuda<T>() -> Result<T> {
         candle_core::bail!("the channels-last kernels need a build with the `cuda` feature")
     }
-    impl CustomOp3 for GroupNormCl {
-        fn name(&self) -> &'static str {
-            "langevin-gpu-group-norm-nhwc"
-        }
-        fn cpu_fwd(
-            &self,
-            _: &CpuStorage,
-            _: &Layout,
-            _: &CpuStorage,
-            _: &Layout,
-            _: &CpuStorage,
-            _: &Layout,
-        ) -> candle_core::Result<(CpuStorage, Shape)> {
-            let _ = (self.groups, self.eps, self.silu, &self.shift);
-            no_cuda()
-        }
+    pub fn group_norm(
+        _: &Tensor,
+        _: &Tensor,
+        _: &Tensor,
+        _: Option<Tensor>,
+        _: usize,
+        _: f32,
+        _: bool,
+    ) -> Result<Tensor> {
+        no_cuda()
     }
-    impl CustomOp1 for BiasResidualCl {
-        fn name(&self) -> &'static str {
-            "langevin-gpu-bias-residual-nhwc"
-        }
-        fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-            let _ = (&self.bias, &self.residual, self.scale);
-            no_cuda()
-        }
+    pub fn bias_residual(
+        _: &Tensor,
+        _: Option<Tensor>,
+        _: Option<Tensor>,
+        _: f32,
+    ) -> Result<Tensor> {
+        no_cuda()
     }
-    impl CustomOp1 for Upsample2xCl {
-        fn name(&self) -> &'static str {
-            "langevin-gpu-upsample2x-nhwc"
-        }
-        fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-            no_cuda()
-        }
+    pub fn upsample2x(_: &Tensor) -> Result<Tensor> {
+        no_cuda()
     }
 }
 

@@ -12,8 +12,47 @@ use candle_core::{
 
 use super::super::gpu::{by_dtype, suffix, vec_width, view, with_side};
 
-const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/nhwc.ptx"));
 use super::plan;
+
+const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/nhwc.ptx"));
+
+/// The group norm of the [B, H, W, C] memory `x` (see [`super::group_norm`]).
+pub fn group_norm(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    shift: Option<Tensor>,
+    groups: usize,
+    eps: f32,
+    silu: bool,
+) -> candle_core::Result<Tensor> {
+    let op = GroupNormCl {
+        groups,
+        eps,
+        silu,
+        shift,
+    };
+    x.apply_op3(gamma, beta, op)
+}
+
+/// The bias/residual epilogue over [B, H, W, C] memory (see [`super::bias_residual`]).
+pub fn bias_residual(
+    x: &Tensor,
+    bias: Option<Tensor>,
+    residual: Option<Tensor>,
+    scale: f32,
+) -> candle_core::Result<Tensor> {
+    x.apply_op1(BiasResidualCl {
+        bias,
+        residual,
+        scale,
+    })
+}
+
+/// ×2 nearest upsampling of [B, H, W, C] memory.
+pub fn upsample2x(x: &Tensor) -> candle_core::Result<Tensor> {
+    x.apply_op1(Upsample2xCl)
+}
 
 /// The kernel `name` for a dtype and vector width (`bias_residual_cl_bf16_v8`, …),
 /// loaded once per device.
@@ -28,11 +67,11 @@ fn blocks(n: usize, threads: usize) -> u32 {
     n.div_ceil(threads).min(65535 * 8) as u32
 }
 
-pub struct GroupNormCl {
-    pub groups: usize,
-    pub eps: f32,
-    pub silu: bool,
-    pub shift: Option<Tensor>,
+struct GroupNormCl {
+    groups: usize,
+    eps: f32,
+    silu: bool,
+    shift: Option<Tensor>,
 }
 
 impl GroupNormCl {
@@ -138,10 +177,10 @@ impl CustomOp3 for GroupNormCl {
     }
 }
 
-pub struct BiasResidualCl {
-    pub bias: Option<Tensor>,
-    pub residual: Option<Tensor>,
-    pub scale: f32,
+struct BiasResidualCl {
+    bias: Option<Tensor>,
+    residual: Option<Tensor>,
+    scale: f32,
 }
 
 impl BiasResidualCl {
@@ -219,7 +258,7 @@ impl CustomOp1 for BiasResidualCl {
     }
 }
 
-pub struct Upsample2xCl;
+struct Upsample2xCl;
 
 impl Upsample2xCl {
     fn run<T: CudaDType + DeviceRepr + WithDType>(
