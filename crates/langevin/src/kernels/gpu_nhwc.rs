@@ -129,7 +129,11 @@ pub fn plan(c: usize, groups: usize, s: usize, size: usize, max_v: usize) -> Opt
         while gc >= 1 {
             let ch = gc * cg;
             let tx = (ch / v).max(1).next_power_of_two(); // with the idle padding
-            let ok = groups % gc == 0 && c % v == 0 && ch % v == 0 && tx <= 32 && ch <= GN_MAX_CH;
+            let ok = groups.is_multiple_of(gc)
+                && c.is_multiple_of(v)
+                && ch.is_multiple_of(v)
+                && tx <= 32
+                && ch <= GN_MAX_CH;
             if ok {
                 for k in [1, 2, 4, 8] {
                     let sk = s.div_ceil(k);
