@@ -389,3 +389,37 @@ fn weight_gradient_at_unet_sizes_is_exact_and_bit_identical_across_thread_counts
         }
     }
 }
+
+/// dL/dbias against its definition (Σ of dy over images and positions, in f64 term by term),
+/// plane sizes that are and are not multiples of the 8 partial sums, and the same bits on 1, 2
+/// and 3 threads.
+#[test]
+fn bias_gradient_matches_the_definition_and_thread_counts() {
+    for (i, &(b, o, hw)) in [(3, 5, 7), (1, 9, 8), (4, 16, 5), (2, 3, 1)]
+        .iter()
+        .enumerate()
+    {
+        let g = Geom::new(&[b, 2, hw, hw], &[o, 2, 1, 1], 1, 0).unwrap();
+        let dy = values::<f64>(b * o * hw * hw, 80 + i as u64);
+        let mut reference = vec![0.0; o];
+        for (j, v) in dy.iter().enumerate() {
+            reference[(j / (hw * hw)) % o] += v;
+        }
+        let pool = |n: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build()
+                .unwrap()
+        };
+        let db = pool(2).install(|| bias_grad(&dy, &g));
+        assert!(max_rel(&db, &reference) < 1e-14, "case {i}");
+        let dy32 = to32(&dy);
+        let bits = |n: usize| {
+            let v = pool(n).install(|| bias_grad(&dy32, &g));
+            v.iter().map(|f| f.to_bits()).collect::<Vec<_>>()
+        };
+        assert!(max_rel(&to64(&pool(1).install(|| bias_grad(&dy32, &g))), &reference) < 1e-6);
+        assert_eq!(bits(1), bits(2), "case {i}");
+        assert_eq!(bits(1), bits(3), "case {i}");
+    }
+}
