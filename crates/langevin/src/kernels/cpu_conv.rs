@@ -130,13 +130,6 @@ fn im2col<T: Real>(x: &[T], g: &Geom, col: &mut [T]) {
 /// Fold columns [C·k·k, Ho·Wo] back onto one image [C, H, W], adding overlaps (the adjoint of
 /// [`im2col`]); any run of the channels. `dx` must be zeroed.
 fn col2im<T: Real>(col: &[T], g: &Geom, dx: &mut [T]) {
-    // The release build targets baseline x86-64: the adds below ran 4 lanes wide (SSE2), 8
-    // inside `vectorized`, with the same bits (see `super::simd`).
-    vectorized(|| col2im_rows(col, g, dx))
-}
-
-#[inline(always)]
-fn col2im_rows<T: Real>(col: &[T], g: &Geom, dx: &mut [T]) {
     let (k, s, hwo) = (g.k, g.s, g.hwo());
     for c in 0..dx.len() / g.hwi() {
         let xc = &mut dx[c * g.hwi()..(c + 1) * g.hwi()];
