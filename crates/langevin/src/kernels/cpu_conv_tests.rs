@@ -319,3 +319,107 @@ fn batch_one_row_split_is_exact_and_bit_identical_across_thread_counts() {
         );
     }
 }
+
+/// dw[o, c, ky, kx] = Σ dy[b, o, oy, ox]·x[b, c, oy·s + ky − p, ox·s + kx − p]: the weight
+/// gradient's definition, summed term by term in f64.
+fn direct_weight_grad(x: &[f64], dy: &[f64], g: &Geom) -> Vec<f64> {
+    let mut dw = vec![0.0; g.o * g.ckk()];
+    for b in 0..g.b {
+        for o in 0..g.o {
+            for c in 0..g.c {
+                for ky in 0..g.k {
+                    for kx in 0..g.k {
+                        let mut s = 0.0;
+                        for oy in 0..g.ho {
+                            for ox in 0..g.wo {
+                                let iy = (oy * g.s + ky) as isize - g.p as isize;
+                                let ix = (ox * g.s + kx) as isize - g.p as isize;
+                                if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
+                                    continue;
+                                }
+                                s += dy[((b * g.o + o) * g.ho + oy) * g.wo + ox]
+                                    * x[((b * g.c + c) * g.h + iy as usize) * g.w + ix as usize];
+                            }
+                        }
+                        dw[((o * g.c + c) * g.k + ky) * g.k + kx] += s;
+                    }
+                }
+            }
+        }
+    }
+    dw
+}
+
+/// The weight gradient (kept transposed while summing, see [`backward_weight`]) at UNet-like
+/// sizes, where `gemm` takes its packed general kernel (the small [`CASES`] mostly take its
+/// small-matrix kernels): the definition's values in f64 and f32, and the same bits on 1, 2
+/// and 3 threads, with one image (a threaded GEMM), a batch split into per-thread groups, one
+/// output channel (`gemm`'s matrix-vector path), a 1×1 kernel and stride 2.
+#[test]
+fn weight_gradient_at_unet_sizes_is_exact_and_bit_identical_across_thread_counts() {
+    // (batch, channels, out channels, size, kernel, stride, padding)
+    let cases = [
+        (1, 32, 64, 14, 3, 1, 1),
+        (5, 32, 32, 14, 3, 1, 1),
+        (3, 16, 1, 28, 3, 1, 1),
+        (4, 48, 64, 9, 1, 1, 0),
+        (2, 32, 48, 15, 3, 2, 1),
+        (9, 24, 40, 7, 3, 1, 1),
+    ];
+    for (i, &(b, c, o, hw, k, s, p)) in cases.iter().enumerate() {
+        let g = Geom::new(&[b, c, hw, hw], &[o, c, k, k], s, p).unwrap();
+        let x = values::<f64>(g.b * g.c * g.hwi(), 60 + i as u64);
+        let dy = values::<f64>(g.b * g.o * g.hwo(), 70 + i as u64);
+        let (x32, dy32) = (to32(&x), to32(&dy));
+        let pool = |n: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build()
+                .unwrap()
+        };
+        let reference = direct_weight_grad(&x, &dy, &g);
+        let dw = pool(2).install(|| backward_weight(&x, &dy, &g));
+        assert!(max_rel(&dw, &reference) < 1e-13, "case {i}: f64");
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        let one = pool(1).install(|| backward_weight(&x32, &dy32, &g));
+        assert!(max_rel(&to64(&one), &reference) < 1e-5, "case {i}: f32");
+        for n in [2, 3] {
+            let dw = pool(n).install(|| backward_weight(&x32, &dy32, &g));
+            assert_eq!(bits(&one), bits(&dw), "case {i}: {n} threads");
+        }
+    }
+}
+
+/// dL/dbias against its definition (Σ of dy over images and positions, in f64 term by term),
+/// plane sizes that are and are not multiples of the 8 partial sums, and the same bits on 1, 2
+/// and 3 threads.
+#[test]
+fn bias_gradient_matches_the_definition_and_thread_counts() {
+    for (i, &(b, o, hw)) in [(3, 5, 7), (1, 9, 8), (4, 16, 5), (2, 3, 1)]
+        .iter()
+        .enumerate()
+    {
+        let g = Geom::new(&[b, 2, hw, hw], &[o, 2, 1, 1], 1, 0).unwrap();
+        let dy = values::<f64>(b * o * hw * hw, 80 + i as u64);
+        let mut reference = vec![0.0; o];
+        for (j, v) in dy.iter().enumerate() {
+            reference[(j / (hw * hw)) % o] += v;
+        }
+        let pool = |n: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build()
+                .unwrap()
+        };
+        let db = pool(2).install(|| bias_grad(&dy, &g));
+        assert!(max_rel(&db, &reference) < 1e-14, "case {i}");
+        let dy32 = to32(&dy);
+        let bits = |n: usize| {
+            let v = pool(n).install(|| bias_grad(&dy32, &g));
+            v.iter().map(|f| f.to_bits()).collect::<Vec<_>>()
+        };
+        assert!(max_rel(&to64(&pool(1).install(|| bias_grad(&dy32, &g))), &reference) < 1e-6);
+        assert_eq!(bits(1), bits(2), "case {i}");
+        assert_eq!(bits(1), bits(3), "case {i}");
+    }
+}
