@@ -143,8 +143,42 @@ pub(super) type Strides = (usize, usize);
 /// `dst[m×n] (+)= lhs[m×k] · rhs[k×n]` with `dst` row-major.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn mm<T: Real>(
+    mnk: (usize, usize, usize),
+    dst: &mut [T],
+    accumulate: bool,
+    lhs: &[T],
+    ls: Strides,
+    rhs: &[T],
+    rs: Strides,
+    par: Parallelism,
+) {
+    gemm_into(mnk, dst, (mnk.1, 1), accumulate, lhs, ls, rhs, rs, par)
+}
+
+/// `dst[m×n] (+)= lhs[m×k] · rhs[k×n]` with `dst` column-major (element (i, j) at `i + j·m`).
+/// `gemm` multiplies in its column-major view without transposing the problem here, so `lhs`
+/// is the operand it packs; [`super::cpu_conv::backward_weight`] uses this to pack dy (O rows)
+/// instead of the C·k² rows of im2col columns that the row-major [`mm`] would pack.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn mm_colmajor<T: Real>(
+    mnk: (usize, usize, usize),
+    dst: &mut [T],
+    accumulate: bool,
+    lhs: &[T],
+    ls: Strides,
+    rhs: &[T],
+    rs: Strides,
+    par: Parallelism,
+) {
+    gemm_into(mnk, dst, (1, mnk.0), accumulate, lhs, ls, rhs, rs, par)
+}
+
+/// [`mm`] with `dst`'s (row, column) strides given.
+#[allow(clippy::too_many_arguments)]
+fn gemm_into<T: Real>(
     (m, n, k): (usize, usize, usize),
     dst: &mut [T],
+    (drs, dcs): Strides,
     accumulate: bool,
     lhs: &[T],
     (lrs, lcs): Strides,
@@ -152,7 +186,7 @@ pub(super) fn mm<T: Real>(
     (rrs, rcs): Strides,
     par: Parallelism,
 ) {
-    assert!(dst.len() >= m * n);
+    assert!(m == 0 || n == 0 || dst.len() > (m - 1) * drs + (n - 1) * dcs);
     assert!(m == 0 || k == 0 || lhs.len() > (m - 1) * lrs + (k - 1) * lcs);
     assert!(n == 0 || k == 0 || rhs.len() > (k - 1) * rrs + (n - 1) * rcs);
     // SAFETY: the asserts above keep every index gemm touches inside the three slices, and
@@ -163,52 +197,8 @@ pub(super) fn mm<T: Real>(
             n,
             k,
             dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            lhs.as_ptr(),
-            lcs as isize,
-            lrs as isize,
-            rhs.as_ptr(),
-            rcs as isize,
-            rrs as isize,
-            T::ONE,
-            T::ONE,
-            false,
-            false,
-            false,
-            par,
-        )
-    }
-}
-
-/// `dst[m×n] (+)= lhs[m×k] · rhs[k×n]` with `dst` column-major (element (i, j) at `i + j·m`).
-/// `gemm` multiplies in its column-major view without transposing the problem here, so `lhs`
-/// is the operand it packs; [`super::cpu_conv::backward_weight`] uses this to pack dy (O rows)
-/// instead of the C·k² rows of im2col columns that the row-major [`mm`] would pack.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn mm_colmajor<T: Real>(
-    (m, n, k): (usize, usize, usize),
-    dst: &mut [T],
-    accumulate: bool,
-    lhs: &[T],
-    (lrs, lcs): Strides,
-    rhs: &[T],
-    (rrs, rcs): Strides,
-    par: Parallelism,
-) {
-    assert!(dst.len() >= m * n);
-    assert!(m == 0 || k == 0 || lhs.len() > (m - 1) * lrs + (k - 1) * lcs);
-    assert!(n == 0 || k == 0 || rhs.len() > (k - 1) * rrs + (n - 1) * rcs);
-    // SAFETY: as in `mm`: the asserts keep every index inside the slices; `dst` is a `&mut`.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            m as isize,
-            1,
+            dcs as isize,
+            drs as isize,
             accumulate,
             lhs.as_ptr(),
             lcs as isize,

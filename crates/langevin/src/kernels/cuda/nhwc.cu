@@ -89,9 +89,9 @@ __device__ void group_totals(float (&s)[V], float (&out)[V], int TXP, int tx, bo
 // padded to a power of two TXP (3 channel vectors take 4 lanes). R > 0: the block's S·CH values are held in
 // registers (S ≤ R·TY; one read of x); R = 0: three passes over x (any S). K > 1: a cluster
 // of K consecutive blocks shares one (b, chunk), block rank r holding positions
-// [r·⌈S/K⌉, (r+1)·⌈S/K⌉) (with CH = C each block reads one contiguous slab, which keeps DRAM
-// rows open; narrow chunks strided by C ran at a fifth of the bandwidth). Mean and variance by
-// two passes, as in fused.cu.
+// [r·⌈S/K⌉, (r+1)·⌈S/K⌉): maps too large for one block stay register-resident. (Whole-C
+// slabs split this way were measured no faster than 64-byte rows; docs/benchmarks.md.) Mean
+// and variance by two passes, as in fused.cu.
 template <typename T, int V, int R, int K>
 __device__ void group_norm_cl(const T* __restrict__ x, const T* __restrict__ shift,
                               const T* __restrict__ gamma, const T* __restrict__ beta,
