@@ -76,6 +76,10 @@ for stage in "$@"; do
         echo "## LANGEVIN_NHWC=0" | tee -a "$OUT/bench-forward.md"
         LANGEVIN_NHWC=0 $B --gpu --device cuda --no-torch --reps 10 --only forward 2>&1 |
             grep -E "^\| (unet|resblocks|mlp)" | tee -a "$OUT/bench-forward.md"
+        # The one-kernel channels-last group norm (values in registers) instead of the split one.
+        echo "## LANGEVIN_NHWC_GN=reg" | tee -a "$OUT/bench-forward.md"
+        LANGEVIN_NHWC_GN=reg $B --gpu --device cuda --no-torch --reps 10 --only forward 2>&1 |
+            grep -E "^\| (unet|resblocks|mlp)" | tee -a "$OUT/bench-forward.md"
         # The same without CUDA graphs (each forward launched op by op).
         echo "## LANGEVIN_CUDA_GRAPHS=0" | tee -a "$OUT/bench-forward.md"
         LANGEVIN_CUDA_GRAPHS=0 $B --gpu --device cuda --no-torch --reps 10 --only forward 2>&1 |
@@ -86,6 +90,13 @@ for stage in "$@"; do
                 grep -E "^\| (unet|resblocks)" | tee -a "$OUT/bench-forward.md"
         fi
         ;;
+    compile)
+        # Only the torch.compile rows of the two targets that name it, with ours beside them.
+        for w in "unet-cifar10 forward b256 bf16" "unet-small forward b256 bf16"; do
+            $B --gpu --device cuda --compile --reps 10 --exact --only "$w" 2>&1 |
+                grep -E "^\| $w \|" | tee -a "$OUT/compile.md"
+        done
+        ;;
     kprofile)
         # Per-kernel time of two timed forwards (LANGEVIN_PROFILE_TIMED brackets them with the
         # CUDA profiler: no warm-up, no cuDNN algorithm search, no matmul reference) of the
@@ -95,11 +106,12 @@ for stage in "$@"; do
             dts=("" " bf16")
             [ -z "${BF16_ONLY:-}" ] || dts=(" bf16")
             for dt in "${dts[@]}"; do
-                tag=fused$fused${dt// /-}
+                W="${WL:-unet-cifar10 forward b256}"
+                tag=fused$fused${dt// /-}-${W// /-}
                 LANGEVIN_NHWC=${NHWC:-1} LANGEVIN_PROFILE_TIMED=1 LANGEVIN_FUSED=$fused ncu --clock-control none --profile-from-start off \
                     --metrics gpu__time_duration.sum --csv $B --gpu --device cuda --no-torch --reps 2 \
-                    --exact --only "unet-cifar10 forward b256$dt" >/tmp/ncu-$tag.csv 2>/tmp/ncu-$tag.err
-                echo "## LANGEVIN_FUSED=$fused LANGEVIN_NHWC=${NHWC:-1} unet-cifar10 forward b256$dt (2 forwards)" | tee -a "$OUT/kernels.md"
+                    --exact --only "$W$dt" >/tmp/ncu-$tag.csv 2>/tmp/ncu-$tag.err
+                echo "## LANGEVIN_FUSED=$fused LANGEVIN_NHWC=${NHWC:-1} $W$dt (2 forwards)" | tee -a "$OUT/kernels.md"
                 python3 scripts/ncu-summary.py /tmp/ncu-$tag.csv 25 2>&1 | tee -a "$OUT/kernels.md"
                 tail -n 3 /tmp/ncu-$tag.err
             done
@@ -109,6 +121,10 @@ for stage in "$@"; do
         # The training-step workloads against PyTorch (eager; autocast for bf16), then ours
         # with the own kernels off (LANGEVIN_FUSED=0: candle's ops, GEMM-form convolution).
         $B --gpu --device cuda --reps 10 --only train 2>&1 | tee "$OUT/bench-train.md"
+        # The same step without its CUDA graph (forward and backward launched op by op).
+        echo "## LANGEVIN_CUDA_GRAPHS=0" | tee -a "$OUT/bench-train.md"
+        LANGEVIN_CUDA_GRAPHS=0 $B --gpu --device cuda --no-torch --reps 10 --only train 2>&1 |
+            grep -E "^\| (unet|resblocks|mlp)" | tee -a "$OUT/bench-train.md"
         if [ -n "${BEFORE:-}" ]; then
             echo "## LANGEVIN_FUSED=0 (before)" | tee -a "$OUT/bench-train.md"
             LANGEVIN_FUSED=0 $B --gpu --device cuda --no-torch --reps 3 --only train 2>&1 |
@@ -143,7 +159,14 @@ for stage in "$@"; do
         export LANGEVIN_DETERMINISTIC=1
         $L train "${common[@]}" --out $T/a >/dev/null 2>&1
         $L train "${common[@]}" --out $T/b >/dev/null 2>&1
-        timeout -s INT 9 $L train "${common[@]}" --out $T/r 2>&1 | grep SIGINT | tee -a "$OUT/train-e2e.md"
+        # Interrupted after its first checkpoint (step 100), whenever that comes: a fixed
+        # delay stopped nothing once 400 steps took under 9 s.
+        $L train "${common[@]}" --out $T/r >$T/r.log 2>&1 &
+        pid=$!
+        while kill -0 $pid 2>/dev/null && [ ! -e $T/r/train_state.safetensors ]; do sleep 0.05; done
+        kill -INT $pid 2>/dev/null
+        wait $pid
+        grep SIGINT $T/r.log | tee -a "$OUT/train-e2e.md"
         $L train --out $T/r --resume --device cuda --dtype bf16 2>&1 | tail -n 1 | tee -a "$OUT/train-e2e.md"
         unset LANGEVIN_DETERMINISTIC
         python3 - "$T" <<'PY' 2>&1 | tee -a "$OUT/train-e2e.md"

@@ -4,7 +4,10 @@
 //! its row.
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
-use langevin::kernels::gpu_nhwc::{is_channels_last, to_channels_last};
+use langevin::kernels::gpu_nhwc::{
+    cat_channels, gn_form, is_channels_last, pad_bottom_right, set_gn_form, to_channels_last,
+    GnForm,
+};
 use langevin::kernels::{cudnn_conv, gpu, gpu_attention};
 
 use crate::gpu_checks::{rel, Row};
@@ -19,6 +22,7 @@ fn rel_cl(got: &Tensor, want: &Tensor) -> Result<f64> {
 
 pub fn run(dev: &Device) -> Result<Vec<Row>> {
     let mut rows = vec![];
+    let form0 = gn_form();
     for dt in [DType::F32, DType::BF16] {
         let name = dt.as_str();
         let bound = if dt == DType::F32 { 1e-5 } else { 2e-2 };
@@ -31,7 +35,9 @@ pub fn run(dev: &Device) -> Result<Vec<Row>> {
             (1, 16, 256, 2),  // too large for registers: the three-pass kernel
             (2, 24, 8, 8),    // 3-channel groups: 3 vectors a position, one idle lane
             (2, 384, 16, 32), // 12-channel groups (ddpm-cifar10: a 256 + 128 concatenation)
-            (2, 66, 8, 2),    // 33-channel groups: no plan, the channel-first fallback
+            (2, 66, 8, 2),    // 33-channel groups: split form only (no one-kernel plan)
+            (3, 512, 5, 32),  // split: 64 lanes × 4 rows, a partial last chunk
+            (2, 24, 33, 8),   // split: 3 or 6 lanes a position, a partial last chunk
         ] {
             let x = Tensor::randn(0f32, 1.0, (b, c, hw, hw), dev)?
                 .affine(3.0, 2.0)?
@@ -42,16 +48,20 @@ pub fn run(dev: &Device) -> Result<Vec<Row>> {
             let beta = Tensor::randn(0f32, 0.3, c, dev)?.to_dtype(dt)?;
             for (sh, silu) in [(None, false), (Some(&shift), true)] {
                 let want = gpu::group_norm(&x, sh, &gamma, &beta, g, 1e-5, silu)?;
-                let got = gpu::group_norm(&xcl, sh, &gamma, &beta, g, 1e-5, silu)?;
-                rows.push((
-                    format!(
-                        "NHWC group norm [{b},{c},{hw},{hw}] g{g}{} vs NCHW",
-                        if silu { " + shift + SiLU" } else { "" }
-                    ),
-                    name,
-                    rel_cl(&got, &want)?,
-                    bound,
-                ));
+                for form in [GnForm::Split, GnForm::Registers] {
+                    set_gn_form(form);
+                    let got = gpu::group_norm(&xcl, sh, &gamma, &beta, g, 1e-5, silu)?;
+                    rows.push((
+                        format!(
+                            "NHWC group norm ({form:?}) [{b},{c},{hw},{hw}] g{g}{} vs NCHW",
+                            if silu { " + shift + SiLU" } else { "" }
+                        ),
+                        name,
+                        rel_cl(&got, &want)?,
+                        bound,
+                    ));
+                }
+                set_gn_form(form0);
             }
             let bias = Tensor::randn(0f32, 1.0, c, dev)?.to_dtype(dt)?;
             let res = Tensor::randn(0f32, 1.0, (b, c, hw, hw), dev)?.to_dtype(dt)?;
@@ -70,6 +80,31 @@ pub fn run(dev: &Device) -> Result<Vec<Row>> {
                 format!("NHWC upsample ×2 [{b},{c},{hw},{hw}] vs NCHW"),
                 name,
                 rel_cl(&gpu::upsample2x(&xcl)?, &want)?,
+                0.0,
+            ));
+        }
+        // Downsampling's bottom-right zeros: exact.
+        for &(b, c, h, w) in &[(2, 128, 32, 32), (3, 12, 7, 5), (2, 3, 4, 4)] {
+            let x = Tensor::randn(0f32, 1.0, (b, c, h, w), dev)?.to_dtype(dt)?;
+            let want = x.pad_with_zeros(2, 0, 1)?.pad_with_zeros(3, 0, 1)?;
+            let got = pad_bottom_right(&to_channels_last(&x)?, 1, 1)?;
+            rows.push((
+                format!("NHWC zero padding (0, 1, 0, 1) [{b},{c},{h},{w}] vs candle's"),
+                name,
+                rel_cl(&got, &want)?,
+                0.0,
+            ));
+        }
+        // The skip concatenation: exact, in vectors of 8, 4 or 1 channels.
+        for &(b, ca, cb, hw) in &[(3, 256, 128, 16), (2, 12, 20, 7), (2, 3, 5, 4)] {
+            let a = Tensor::randn(0f32, 1.0, (b, ca, hw, hw), dev)?.to_dtype(dt)?;
+            let c = Tensor::randn(0f32, 1.0, (b, cb, hw, hw), dev)?.to_dtype(dt)?;
+            let want = Tensor::cat(&[&a, &c], 1)?;
+            let got = cat_channels(&to_channels_last(&a)?, &to_channels_last(&c)?)?;
+            rows.push((
+                format!("NHWC concatenation {ca} + {cb} on {hw}² vs candle's"),
+                name,
+                rel_cl(&got, &want)?,
                 0.0,
             ));
         }

@@ -141,6 +141,88 @@ pub fn run(dev: &Device) -> Result<Vec<Row>> {
         }
     }
     rows.extend(optimiser(dev)?);
+    rows.extend(graphed_training(dev)?);
+    Ok(rows)
+}
+
+/// The trainer's step through its captured CUDA graph (forward + backward replayed from the
+/// second step on) against the eager step: a small attention UNet, f32 and bf16 mixed
+/// precision, five steps from the same seed. The same kernels run on the same buffers, so the
+/// weights agree to the bit (up to cuDNN gradient algorithms that add with atomics); a run
+/// whose graph never replayed fails its row (∞).
+fn graphed_training(dev: &Device) -> Result<Vec<Row>> {
+    use langevin::kernels::cuda_graph;
+    use langevin::model::{DataInfo, Diffusion, NetworkConfig, RunConfig};
+    use langevin::nn::unet::UNet2DConfig;
+    use langevin::train::{TrainConfig, TrainData, Trainer};
+    let json = r#"{"sample_size": 16, "in_channels": 1, "out_channels": 1,
+        "block_out_channels": [32, 64], "layers_per_block": 1, "norm_num_groups": 8,
+        "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
+        "up_block_types": ["AttnUpBlock2D", "UpBlock2D"]}"#;
+    let unet = UNet2DConfig::from_json(json, std::path::Path::new("graph-check"))?;
+    let run = RunConfig {
+        network: NetworkConfig::Unet(unet),
+        diffusion: Diffusion::default(),
+        data: DataInfo::default(),
+    };
+    let cfg = TrainConfig {
+        batch_size: 16,
+        lr: 1e-3,
+        warmup_steps: 1,
+        ..Default::default()
+    };
+    let x = Tensor::randn(0f32, 1.0, (64, 1, 16, 16), dev)?;
+    let data = TrainData::unlabelled(x);
+    let mut rows = vec![];
+    for dt in [DType::F32, DType::BF16] {
+        let mut runs = vec![];
+        for graphs in [false, true, false] {
+            cuda_graph::set_enabled(graphs);
+            let mut t = Trainer::new(run.clone(), cfg.clone(), dev)?;
+            t.set_compute_dtype(dt)?;
+            let mut losses = vec![];
+            for _ in 0..5 {
+                losses.push(t.train_step(&data)?.loss);
+            }
+            let replays = t.graph_stats().map_or(0, |s| s.replays);
+            let w: Vec<Tensor> = t
+                .parameters()
+                .map(|(_, w)| w.flatten_all())
+                .collect::<candle_core::Result<_>>()?;
+            runs.push((Tensor::cat(&w, 0)?, replays, losses));
+        }
+        let (eager, graphed) = (&runs[0], &runs[1]);
+        rows.push((
+            "training step, eager vs eager (determinism): weights".into(),
+            dt.as_str(),
+            rel(&runs[2].0, &eager.0)?,
+            if dt == DType::F32 { 1e-5 } else { 1e-2 },
+        ));
+        let worst = (graphed.2.iter().zip(&eager.2))
+            .map(|(g, e)| (g - e).abs() / e.abs().max(1e-12))
+            .fold(0f64, f64::max);
+        rows.push((
+            "training step as a CUDA graph vs eager: the 5 losses".into(),
+            dt.as_str(),
+            worst,
+            if dt == DType::F32 { 1e-5 } else { 1e-2 },
+        ));
+        let err = match graphed.1 >= 3 && eager.1 == 0 {
+            true => rel(&graphed.0, &eager.0)?,
+            false => f64::INFINITY,
+        };
+        rows.push((
+            format!(
+                "training step as a CUDA graph (5 steps, {} replays) vs eager: weights",
+                graphed.1
+            ),
+            dt.as_str(),
+            err,
+            // Equal bits unless cuDNN picked a gradient algorithm that adds with atomics.
+            if dt == DType::F32 { 1e-5 } else { 1e-2 },
+        ));
+    }
+    cuda_graph::set_enabled(true);
     Ok(rows)
 }
 

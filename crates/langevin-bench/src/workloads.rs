@@ -17,6 +17,7 @@ use langevin::nn::mlp::{Mlp, MlpConfig};
 use langevin::nn::unet::{save_unet, varmap_tensors, UNet2DConfig, UNet2DModel};
 use langevin::nn::Network;
 use langevin::train::adamw::{AdamW, AdamWConfig};
+use langevin::train::graphed::GradGraph;
 use langevin::train::CastVars;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -327,10 +328,17 @@ pub fn prepare(w: &Workload, dir: &Path, seed: u64, dev: &Device) -> Result<Prep
                 opt.set_shadows(shadows.into_iter().map(|(_, v)| v).collect())?;
             }
             let xd = x.to_dtype(dt)?;
+            // As the trainer runs it: forward and backward replayed as a CUDA graph on CUDA
+            // (unless LANGEVIN_CUDA_GRAPHS=0), the optimiser eager.
+            let graph = GradGraph::new(opt.grad_keys());
             Box::new(move || {
-                let y = net(&xd, &t)?.to_dtype(DType::F32)?;
-                let loss = (y - &target)?.sqr()?.mean_all()?;
-                let grads = loss.backward()?;
+                let f = |i: &[Tensor]| -> langevin::Result<Tensor> {
+                    let y = net(&i[0], &i[1])
+                        .map_err(|e| candle_core::Error::Msg(e.to_string()))?
+                        .to_dtype(DType::F32)?;
+                    Ok((y - &i[2])?.sqr()?.mean_all()?)
+                };
+                let (_, grads) = graph.loss_and_grads(&[&xd, &t, &target], &f)?;
                 opt.step(&grads, 1e-4, 1.0)?;
                 Ok(sync.synchronize()?)
             })

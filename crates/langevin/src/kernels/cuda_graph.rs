@@ -16,6 +16,7 @@
 //! If capture fails anyway, that evaluation runs eagerly from then on, after one warning.
 //!
 //! `LANGEVIN_CUDA_GRAPHS=0` turns graphs off (the eager path, for comparison and debugging).
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Mutex;
 
 use candle_core::{DType, Device, Tensor};
@@ -26,10 +27,25 @@ use crate::Result;
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 const MAX_GRAPHS: usize = 4;
 
-/// Whether graphs are allowed (`LANGEVIN_CUDA_GRAPHS=0` forbids them).
+/// 0: not decided yet (read `LANGEVIN_CUDA_GRAPHS`), 1: allowed, 2: forbidden.
+static ENABLED: AtomicU8 = AtomicU8::new(0);
+
+/// Whether graphs are allowed (`LANGEVIN_CUDA_GRAPHS=0` or [`set_enabled`]`(false)` forbids
+/// them).
 pub fn enabled() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("LANGEVIN_CUDA_GRAPHS").map_or(true, |v| v != "0"))
+    match ENABLED.load(Ordering::Relaxed) {
+        0 => {
+            let on = std::env::var("LANGEVIN_CUDA_GRAPHS").map_or(true, |v| v != "0");
+            ENABLED.store(if on { 1 } else { 2 }, Ordering::Relaxed);
+            on
+        }
+        s => s == 1,
+    }
+}
+
+/// Allow or forbid graphs for later captures (the GPU parity run compares both).
+pub fn set_enabled(on: bool) {
+    ENABLED.store(if on { 1 } else { 2 }, Ordering::Relaxed);
 }
 
 /// Whether `dev`'s stream is being captured into a graph right now (work is recorded, not
@@ -78,7 +94,7 @@ struct State {
 struct Entry {
     key: Key,
     inputs: Vec<Tensor>,
-    output: Tensor,
+    outputs: Vec<Tensor>,
     #[cfg(feature = "cuda")]
     graph: candle_core::cuda_backend::cudarc::driver::CudaGraph,
 }
@@ -111,15 +127,31 @@ impl CudaGraphs {
         inputs: &[&Tensor],
         f: &dyn Fn(&[Tensor]) -> Result<Tensor>,
     ) -> Result<Tensor> {
+        let many = |t: &[Tensor]| Ok(vec![f(t)?]);
+        let mut out = self.run_many(inputs, &many, true)?;
+        Ok(out.remove(0))
+    }
+
+    /// [`CudaGraphs::run`] for a function with several results (a loss and its gradients).
+    /// With `copy_out == false` a replay returns the graph's own output buffers, which the
+    /// next replay overwrites: the caller must be done with them by then (a training step
+    /// reads its gradients once).
+    pub fn run_many(
+        &self,
+        inputs: &[&Tensor],
+        f: &dyn Fn(&[Tensor]) -> Result<Vec<Tensor>>,
+        copy_out: bool,
+    ) -> Result<Vec<Tensor>> {
         let owned: Vec<Tensor> = inputs.iter().map(|t| (*t).clone()).collect();
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         #[cfg(feature = "cuda")]
         if let Some(Device::Cuda(dev)) = inputs.first().map(|t| t.device()) {
             if enabled() && !st.failed {
                 let dev = dev.clone();
-                return capture_or_replay(&mut st, &dev, &owned, f);
+                return capture_or_replay(&mut st, &dev, &owned, f, copy_out);
             }
         }
+        let _ = copy_out;
         st.stats.eager += 1;
         drop(st);
         f(&owned)
@@ -131,8 +163,9 @@ fn capture_or_replay(
     st: &mut State,
     dev: &candle_core::CudaDevice,
     inputs: &[Tensor],
-    f: &dyn Fn(&[Tensor]) -> Result<Tensor>,
-) -> Result<Tensor> {
+    f: &dyn Fn(&[Tensor]) -> Result<Vec<Tensor>>,
+    copy_out: bool,
+) -> Result<Vec<Tensor>> {
     use candle_core::cuda_backend::cudarc::driver::sys;
     let key: Key = inputs
         .iter()
@@ -146,7 +179,12 @@ fn capture_or_replay(
                 .slice_set(&src.contiguous()?.flatten_all()?, 0, 0)?;
         }
         e.graph.launch().map_err(driver)?;
-        let out = e.output.copy()?;
+        let out = match copy_out {
+            true => (e.outputs.iter())
+                .map(|o| o.copy())
+                .collect::<candle_core::Result<_>>()?,
+            false => e.outputs.clone(),
+        };
         st.entries.push(e);
         st.stats.replays += 1;
         return Ok(out);
@@ -158,7 +196,9 @@ fn capture_or_replay(
     let statics = (inputs.iter())
         .map(|t| Ok(t.contiguous()?.copy()?))
         .collect::<Result<Vec<_>>>()?;
-    let output = Tensor::zeros(y.shape(), y.dtype(), y.device())?;
+    let outputs = (y.iter())
+        .map(|y| Tensor::zeros(y.shape(), y.dtype(), y.device()))
+        .collect::<candle_core::Result<Vec<_>>>()?;
     super::cudnn_conv::pin_workspaces();
     use candle_core::backend::BackendDevice;
     dev.synchronize()?;
@@ -169,9 +209,13 @@ fn capture_or_replay(
     // Everything `f` allocates is dropped inside the capture, so the graph owns it.
     let run = (|| -> Result<()> {
         let o = f(&statics)?;
-        output
-            .flatten_all()?
-            .slice_set(&o.contiguous()?.flatten_all()?, 0, 0)?;
+        if o.len() != outputs.len() {
+            return Err(candle_core::Error::Msg("a different number of results".into()).into());
+        }
+        for (dst, o) in outputs.iter().zip(&o) {
+            dst.flatten_all()?
+                .slice_set(&o.contiguous()?.flatten_all()?, 0, 0)?;
+        }
         Ok(())
     })();
     // Instantiated and uploaded (its memory reserved) now, so that a graph that does not fit
@@ -186,7 +230,7 @@ fn capture_or_replay(
             st.entries.push(Entry {
                 key,
                 inputs: statics,
-                output,
+                outputs,
                 graph,
             });
             st.stats.captured += 1;

@@ -90,6 +90,9 @@ pub fn cat_channels(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
         physical(&to_channels_last(a)?)?,
         physical(&to_channels_last(b)?)?,
     );
+    if a.device().is_cuda() && a.dtype() == b.dtype() && fits(a.dtype()) {
+        return logical(&imp::cat_channels(&a, &b)?);
+    }
     logical(&Tensor::cat(&[&a, &b], 3)?)
 }
 
@@ -166,6 +169,78 @@ pub fn plan(c: usize, groups: usize, s: usize, size: usize, max_v: usize) -> Opt
     looped
 }
 
+/// Which channels-last group-norm kernel runs: the split form (statistics per chunk of
+/// positions, their combination, then one normalising pass: three launches of small blocks
+/// streaming contiguous memory) or the one-kernel form with the values in registers
+/// ([`plan`]). `LANGEVIN_NHWC_GN=reg` picks the second (for comparisons).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GnForm {
+    Split,
+    Registers,
+}
+
+/// 0: not decided yet (read `LANGEVIN_NHWC_GN`), 1: split, 2: registers.
+static GN_FORM: AtomicU8 = AtomicU8::new(0);
+
+/// The group-norm form in use (see [`GnForm`]).
+pub fn gn_form() -> GnForm {
+    match GN_FORM.load(Ordering::Relaxed) {
+        0 => {
+            let reg = std::env::var("LANGEVIN_NHWC_GN").is_ok_and(|v| v == "reg");
+            GN_FORM.store(if reg { 2 } else { 1 }, Ordering::Relaxed);
+            if reg {
+                GnForm::Registers
+            } else {
+                GnForm::Split
+            }
+        }
+        1 => GnForm::Split,
+        _ => GnForm::Registers,
+    }
+}
+
+/// Choose the group-norm form for later calls (the GPU parity run checks both).
+pub fn set_gn_form(f: GnForm) {
+    GN_FORM.store(if f == GnForm::Split { 1 } else { 2 }, Ordering::Relaxed);
+}
+
+/// Vectors a thread of the split group norm holds (`CL_SPLIT_R` in nhwc.cu).
+const SPLIT_R: usize = 4;
+
+/// The split group norm's geometry: `v`-element vectors, blocks of `threads` threads
+/// (`ty = threads / (c / v)` positions a row, `p = SPLIT_R · ty` positions a block), `nchunk`
+/// blocks an image.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SplitPlan {
+    pub v: usize,
+    pub threads: usize,
+    pub p: usize,
+    pub nchunk: usize,
+}
+
+/// The split plan for `c` channels over `s` positions of `size`-byte elements, vectors of at
+/// most `max_v`; `None` when a position's vectors exceed one block (c / v > 256).
+pub fn split_plan(c: usize, s: usize, size: usize, max_v: usize) -> Option<SplitPlan> {
+    let mut v = (16 / size).min(max_v).max(1);
+    while v > 1 && !c.is_multiple_of(v) {
+        v /= 2;
+    }
+    let tx = c / v;
+    if tx > 256 || s == 0 {
+        return None;
+    }
+    let want = (tx * s.div_ceil(SPLIT_R)).next_multiple_of(32);
+    let threads = want.clamp(tx.next_multiple_of(32), 256);
+    let ty = threads / tx;
+    let p = SPLIT_R * ty;
+    Some(SplitPlan {
+        v,
+        threads,
+        p,
+        nchunk: s.div_ceil(p),
+    })
+}
+
 /// Bytes of each position a group-norm block aims to cover: 64 unless
 /// `LANGEVIN_NHWC_GN_BYTES` says otherwise. Measured on an H200 (ddpm-cifar10 bf16 forward,
 /// batch 256): 8, 16, 32, 64 and 256 bytes gave 14.2, 15.9, 14.9, 12.6 and 14.9 ms.
@@ -203,7 +278,11 @@ pub fn group_norm(
         )
     }
     let size = x.dtype().size_in_bytes();
-    if plan(c, groups, h * w, size, 16 / size).is_none() {
+    let planned = match gn_form() {
+        GnForm::Split => split_plan(c, h * w, size, 16 / size).is_some(),
+        GnForm::Registers => false,
+    } || plan(c, groups, h * w, size, 16 / size).is_some();
+    if !planned {
         // A channel geometry the kernel has no plan for: the channel-first kernel.
         let y = super::gpu::group_norm(&x.contiguous()?, shift, gamma, beta, groups, eps, silu)?;
         return to_channels_last(&y);
@@ -236,6 +315,17 @@ pub fn bias_residual(
     let bias = bias.map(|t| t.contiguous()).transpose()?;
     let y = imp::bias_residual(&physical(x)?, bias, residual, scale as f32)?;
     logical(&y)
+}
+
+/// `ph` rows and `pw` columns of zeros below and right of a channels-last [B, C, H, W] map:
+/// [B, C, H + ph, W + pw], channels-last (one kernel on CUDA for f32/bf16; candle's
+/// `pad_with_zeros` on the [B, H, W, C] memory otherwise).
+pub fn pad_bottom_right(x: &Tensor, ph: usize, pw: usize) -> candle_core::Result<Tensor> {
+    let p = physical(x)?;
+    if p.device().is_cuda() && fits(p.dtype()) {
+        return logical(&imp::pad_bottom_right(&p, ph, pw)?);
+    }
+    logical(&p.pad_with_zeros(1, 0, ph)?.pad_with_zeros(2, 0, pw)?)
 }
 
 /// Nearest-neighbour ×2 upsampling of a channels-last [B, C, H, W] → [B, C, 2H, 2W].
@@ -278,6 +368,12 @@ mod imp {
     pub fn upsample2x(_: &Tensor) -> Result<Tensor> {
         no_cuda()
     }
+    pub fn cat_channels(_: &Tensor, _: &Tensor) -> Result<Tensor> {
+        no_cuda()
+    }
+    pub fn pad_bottom_right(_: &Tensor, _: usize, _: usize) -> Result<Tensor> {
+        no_cuda()
+    }
 }
 
 #[cfg(test)]
@@ -314,6 +410,24 @@ mod tests {
                     if p.registers {
                         let sk = s.div_ceil(p.k);
                         assert!((p.threads / tx) * GN_REGISTERS >= sk, "{p:?} for S {s}");
+                    }
+                }
+            }
+        }
+        // The split form: whole positions in one block, chunks that cover the map exactly.
+        for c in [1, 3, 16, 24, 32, 66, 128, 384, 512, 1024, 2048] {
+            for s in [1, 5, 64, 1089, 16384] {
+                for size in [2, 4] {
+                    for max_v in [1, 2, 16 / size] {
+                        let Some(p) = split_plan(c, s, size, max_v) else {
+                            assert!(c / max_v.min(16 / size) > 256, "C {c}");
+                            continue;
+                        };
+                        let tx = c / p.v;
+                        assert!(c % p.v == 0 && p.v <= max_v, "{p:?}");
+                        assert!(p.threads % 32 == 0 && tx <= p.threads && p.threads <= 256);
+                        assert_eq!(p.p, SPLIT_R * (p.threads / tx), "{p:?}");
+                        assert!(p.p * p.nchunk >= s && p.p * (p.nchunk - 1) < s, "{p:?}");
                     }
                 }
             }
@@ -369,6 +483,14 @@ mod tests {
             assert!(is_channels_last(&got) && same(&got, &want));
         }
         assert!(!is_channels_last(&cat_channels(&a, &b).unwrap()));
+        // Bottom-right zeros (the CPU fallback of the CUDA kernel's layout contract).
+        let want = a
+            .pad_with_zeros(2, 0, 1)
+            .unwrap()
+            .pad_with_zeros(3, 0, 2)
+            .unwrap();
+        let got = pad_bottom_right(&acl, 1, 2).unwrap();
+        assert!(is_channels_last(&got) && same(&got, &want));
         // One position: both layouts are the same memory; it counts as contiguous.
         let p = Tensor::zeros((2, 3, 1, 1), DType::F32, &dev).unwrap();
         assert!(!is_channels_last(&to_channels_last(&p).unwrap()));

@@ -10,11 +10,15 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::Result;
 
+/// Whether `t` holds a constant initialisation (a norm's ones, a zeroed layer), which
+/// [`reinit_seeded`] keeps. A one-element tensor is constant only as 0 or 1: a random
+/// one-element bias (a UNet's `conv_out.bias` for one output channel) was taken for a
+/// constant and kept candle's unseeded draw, so two trainers with one seed differed.
 fn is_constant(t: &Tensor) -> Result<bool> {
     let f = t.flatten_all()?.to_dtype(DType::F32)?;
     let lo = f.min(0)?.to_scalar::<f32>()?;
     let hi = f.max(0)?.to_scalar::<f32>()?;
-    Ok(lo == hi)
+    Ok(lo == hi && (f.elem_count() > 1 || lo == 0.0 || lo == 1.0))
 }
 
 /// Redraw the non-constant parameters of `vars` (sorted by name) from `rng`.

@@ -85,6 +85,25 @@ impl AdamW {
         self.shadows = None;
     }
 
+    /// The tensors the network computes with, in parameter order (the gradients' keys).
+    pub fn grad_keys(&self) -> Vec<Tensor> {
+        (0..self.params.len())
+            .map(|i| self.computed(i).clone())
+            .collect()
+    }
+
+    /// Whether a step runs as the fused CUDA kernels, which update the weights (and shadows)
+    /// in their storage: what a captured training graph ([`super::graphed`]) relies on.
+    pub fn updates_in_place(&self) -> bool {
+        self.fused
+            && self
+                .params
+                .first()
+                .is_some_and(|p| gpu_train::available(p.1.as_tensor()))
+            && (self.params.iter())
+                .all(|(_, v, _, _)| v.dtype() == DType::F32 && v.device().is_cuda())
+    }
+
     /// The tensor the network computes with for parameter `i` (its gradient's key).
     fn computed(&self, i: usize) -> &Tensor {
         match &self.shadows {

@@ -4,7 +4,7 @@ use rand::Rng;
 use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
-use crate::denoiser::precond::scalings;
+use crate::denoiser::precond::{scalings, RowScalings};
 use crate::denoiser::{Cond, Precond, Prediction};
 use crate::forward::per_row;
 use crate::nn::Network;
@@ -62,15 +62,104 @@ pub fn denoising_loss<N: Network>(
     cond: &Cond,
     weights: Option<&[f32]>,
 ) -> Result<Tensor> {
-    let x = crate::forward::q_sample_sigma(x0, sigmas, eps)?;
-    let sc = model.row_scalings(sigmas, &x)?;
-    let f = model.raw(&x, &sc, cond)?;
-    let target = Precond::<N>::target(x0, &x, &sc)?;
-    let se = (f - target)?.sqr()?;
-    Ok(match weights {
-        None => se.mean_all()?,
-        Some(w) => se.broadcast_mul(&per_row(w, &se)?)?.mean_all()?,
-    })
+    LossInputs::new(model, x0, sigmas, eps, cond.clone(), weights)?.loss(model)
+}
+
+/// The tensors of one [`denoising_loss`], with everything the host computes per row (σ, the
+/// preconditioning scalings, the loss weights) already uploaded: [`LossInputs::loss`] is then
+/// a pure function of tensors, which a CUDA graph can capture and replay
+/// ([`super::graphed`]).
+pub struct LossInputs {
+    pub x0: Tensor,
+    pub eps: Tensor,
+    /// σ per row, [B, 1, …] in x0's dtype.
+    pub sigma: Tensor,
+    pub sc: RowScalings,
+    /// w(σ) per row, [B, 1, …]; `None`: uniform.
+    pub weights: Option<Tensor>,
+    pub cond: Cond,
+}
+
+impl LossInputs {
+    pub fn new<N: Network>(
+        model: &Precond<N>,
+        x0: &Tensor,
+        sigmas: &[f64],
+        eps: &Tensor,
+        cond: Cond,
+        weights: Option<&[f32]>,
+    ) -> Result<Self> {
+        let s: Vec<f32> = sigmas.iter().map(|s| *s as f32).collect();
+        Ok(Self {
+            x0: x0.clone(),
+            eps: eps.clone(),
+            sigma: per_row(&s, x0)?,
+            sc: model.row_scalings(sigmas, x0)?,
+            weights: weights.map(|w| per_row(w, x0)).transpose()?,
+            cond,
+        })
+    }
+
+    /// The tensors in a fixed order: x0, ε, σ, c_skip, c_out, c_in, c_noise, then the weights,
+    /// labels and conditioning image that are present.
+    pub fn tensors(&self) -> Vec<&Tensor> {
+        let sc = &self.sc;
+        let mut t = vec![
+            &self.x0,
+            &self.eps,
+            &self.sigma,
+            &sc.c_skip,
+            &sc.c_out,
+            &sc.c_in,
+            &sc.c_noise,
+        ];
+        t.extend(self.weights.as_ref());
+        t.extend(self.cond.labels.as_ref());
+        t.extend(self.cond.image.as_ref());
+        t
+    }
+
+    /// The same inputs with the tensors of [`LossInputs::tensors`] replaced by `t` (in that
+    /// order and presence).
+    pub fn with_tensors(&self, t: &[Tensor]) -> Result<Self> {
+        let want = self.tensors().len();
+        if t.len() != want {
+            return Err(candle_core::Error::Msg(format!(
+                "denoising loss: {} input tensors, expected {want}",
+                t.len()
+            ))
+            .into());
+        }
+        let mut rest = t[7..].iter().cloned();
+        Ok(Self {
+            x0: t[0].clone(),
+            eps: t[1].clone(),
+            sigma: t[2].clone(),
+            sc: RowScalings {
+                c_skip: t[3].clone(),
+                c_out: t[4].clone(),
+                c_in: t[5].clone(),
+                c_noise: t[6].clone(),
+            },
+            weights: self.weights.as_ref().and_then(|_| rest.next()),
+            cond: Cond {
+                labels: self.cond.labels.as_ref().and_then(|_| rest.next()),
+                image: self.cond.image.as_ref().and_then(|_| rest.next()),
+            },
+        })
+    }
+
+    /// The loss: tensor operations only (nothing uploaded or read back).
+    pub fn loss<N: Network>(&self, model: &Precond<N>) -> Result<Tensor> {
+        let x = (&self.x0 + self.eps.broadcast_mul(&self.sigma)?)?;
+        let f = model.raw(&x, &self.sc, &self.cond)?;
+        let target = Precond::<N>::target(&self.x0, &x, &self.sc)?;
+        let se = (f - target)?.sqr()?;
+        Ok(match &self.weights {
+            None => se.mean_all()?,
+            Some(w) => se.broadcast_mul(w)?.mean_all()?,
+        })
+    }
 }
 
 /// Mirror rows of an image batch [B, C, H, W] left–right where `flips[i]` is 1.

@@ -4,6 +4,7 @@ pub mod adamw;
 pub mod checkpoint;
 mod cpu_optim;
 pub mod ema;
+pub mod graphed;
 pub mod loss;
 
 use std::collections::HashMap;
@@ -124,6 +125,11 @@ pub struct Trainer {
     /// For a compute dtype other than f32: the network built once over low-precision copies
     /// of the weights, which the optimiser refreshes every step (mixed precision).
     low_precision: Option<Precond<Net>>,
+    /// On CUDA, from the second step of this process on: forward and backward as one
+    /// captured graph (`LANGEVIN_CUDA_GRAPHS=0` turns it off).
+    graph: Option<graphed::GradGraph>,
+    /// Steps taken by this `Trainer` (not restored on resume).
+    steps_here: u64,
 }
 
 /// The f32 training variables seen through a cast: a network built from this backend computes
@@ -227,6 +233,8 @@ impl Trainer {
             dev: dev.clone(),
             compute: DType::F32,
             low_precision: None,
+            graph: None,
+            steps_here: 0,
         })
     }
 
@@ -236,6 +244,7 @@ impl Trainer {
     /// CUDA inside the fused AdamW kernel): nothing is rebuilt or cast per step.
     pub fn set_compute_dtype(&mut self, dtype: DType) -> Result<()> {
         self.compute = dtype;
+        self.graph = None;
         if dtype == DType::F32 {
             self.low_precision = None;
             self.opt.clear_shadows();
@@ -274,6 +283,11 @@ impl Trainer {
     }
 
     /// Number of trained parameters.
+    /// The f32 weights by name, in name order.
+    pub fn parameters(&self) -> impl Iterator<Item = (&str, &Tensor)> {
+        self.vars.iter().map(|(n, v)| (n.as_str(), v.as_tensor()))
+    }
+
     pub fn model_parameters(&self) -> usize {
         self.vars.iter().map(|(_, v)| v.elem_count()).sum()
     }
@@ -331,20 +345,18 @@ impl Trainer {
             .cfg
             .loss_weighting
             .weights(self.model.prediction, &sigmas);
-        let loss = loss::denoising_loss(
-            self.low_precision.as_ref().unwrap_or(&self.model),
-            x0,
-            &sigmas,
-            &eps,
-            &Cond {
-                labels,
-                image: match self.run.data.superres_scale {
-                    Some(s) => Some(crate::data::images::low_resolution(x0, s)?),
-                    None => None,
-                },
+        let cond = Cond {
+            labels,
+            image: match self.run.data.superres_scale {
+                Some(s) => Some(crate::data::images::low_resolution(x0, s)?),
+                None => None,
             },
-            weights.as_deref(),
-        )?;
+        };
+        let inputs = {
+            let model = self.low_precision.as_ref().unwrap_or(&self.model);
+            loss::LossInputs::new(model, x0, &sigmas, &eps, cond, weights.as_deref())?
+        };
+        let (loss, grads) = self.loss_and_grads(&inputs)?;
 
         let step = self.opt.t;
         let lr = self.cfg.lr_at(step);
@@ -359,7 +371,6 @@ impl Trainer {
                 lr,
             });
         }
-        let grads = loss.backward()?;
         let grad_norm = self.opt.grad_norm(&grads)?;
         if !grad_norm.is_finite() {
             return Err(Error::Diverged {
@@ -384,6 +395,37 @@ impl Trainer {
             lr,
             grad_norm,
         })
+    }
+
+    /// The loss of `inputs` and its gradients: eagerly, or on CUDA from this trainer's second
+    /// step on through a captured graph ([`graphed`]) when the optimiser updates the weights
+    /// in place (the fused CUDA AdamW).
+    fn loss_and_grads(
+        &mut self,
+        inputs: &loss::LossInputs,
+    ) -> Result<(Tensor, candle_core::backprop::GradStore)> {
+        self.steps_here += 1;
+        if self.graph.is_none()
+            && self.steps_here >= 2
+            && self.dev.is_cuda()
+            && crate::kernels::cuda_graph::enabled()
+            && self.opt.updates_in_place()
+        {
+            self.graph = Some(graphed::GradGraph::new(self.opt.grad_keys()));
+        }
+        let model = self.low_precision.as_ref().unwrap_or(&self.model);
+        if let Some(g) = &self.graph {
+            let f = |t: &[Tensor]| inputs.with_tensors(t)?.loss(model);
+            return g.loss_and_grads(&inputs.tensors(), &f);
+        }
+        let loss = inputs.loss(model)?;
+        let grads = loss.backward()?;
+        Ok((loss, grads))
+    }
+
+    /// Counters of the training graph (captures, replays), if one is in use.
+    pub fn graph_stats(&self) -> Option<crate::kernels::cuda_graph::GraphStats> {
+        self.graph.as_ref().map(|g| g.stats())
     }
 
     /// The EMA weights as a denoiser (what gets sampled).

@@ -201,6 +201,165 @@ __device__ void group_norm_cl(const T* __restrict__ x, const T* __restrict__ shi
     }
 }
 
+// ---- The split group norm: statistics, combination and normalisation as three launches ----
+// Written because the one-kernel form above runs at half the channel-first kernel's bandwidth
+// on NHWC maps (127–148 µs against 60–65 µs for 256×128×32×32 bf16, docs/benchmarks.md): its
+// 512-thread blocks hold a whole (image, channel chunk) in registers, so one block fills an SM
+// and the SM's memory traffic stops during each block's reductions. Here every block streams
+// one chunk of P consecutive positions × all C channels of one image (contiguous memory) and
+// holds only R vectors a thread: many small blocks per SM overlap their loads.
+//
+// Thread (tx, ty) = (t % TX, t / TX), TX = C / V, TY = blockDim.x / TX: channels
+// tx·V … tx·V + V − 1 of positions p0 + ty + k·TY, k < R (P = R·TY); threads with ty ≥ TY idle.
+
+// The chunk's per-group totals of the per-thread sums s[e] into out[g], g < G, in a fixed
+// order (rows, then the group's channels). Dynamic shared memory `red`: TY·C + C floats.
+template <int V>
+__device__ void chunk_group_totals(const float (&s)[V], float* out, int C, int G, int TY,
+                                   int tx, int ty) {
+    extern __shared__ float smem[];
+    float* red = smem;          // [TY][C]
+    float* col = smem + TY * C; // [C]
+    const int cg = C / G;
+    if (ty < TY) {
+#pragma unroll
+        for (int e = 0; e < V; ++e) red[ty * C + tx * V + e] = s[e];
+    }
+    __syncthreads();
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        float t = 0.f;
+        for (int r = 0; r < TY; ++r) t += red[r * C + c];
+        col[c] = t;
+    }
+    __syncthreads();
+    for (int g = threadIdx.x; g < G; g += blockDim.x) {
+        float t = 0.f;
+        for (int j = 0; j < cg; ++j) t += col[g * cg + j];
+        out[g] = t;
+    }
+    __syncthreads();
+}
+
+// Per (image b, chunk i): part[(b·nchunk + i)·G + g] = (mean, M2) of x + shift over the
+// chunk's positions and group g's channels (two passes over the values held in registers).
+template <typename T, int V, int R>
+__device__ void gn_cl_stats(const T* __restrict__ x, const T* __restrict__ shift,
+                            float2* __restrict__ part, int C, int G, int S, int P) {
+    extern __shared__ float smem[];
+    const int TX = C / V, TY = blockDim.x / TX, cg = C / G;
+    const int nchunk = (S + P - 1) / P, b = blockIdx.x / nchunk, chunk = blockIdx.x % nchunk;
+    const int tx = threadIdx.x % TX, ty = threadIdx.x / TX;
+    const int p0 = chunk * P, p1 = min(S, p0 + P);
+    const bool active = ty < TY;
+    float* gsum = smem + TY * C + C;  // [G]
+    float* gm2 = gsum + G;            // [G]
+    float sh[V], s[V], mean[V];
+    const size_t base = (size_t)b * S * C + tx * V;
+#pragma unroll
+    for (int e = 0; e < V; ++e) {
+        sh[e] = (shift && active) ? to_f(shift[(size_t)b * C + tx * V + e]) : 0.f;
+        s[e] = 0.f;
+    }
+    Pack<T, V> r[R];
+#pragma unroll
+    for (int k = 0; k < R; ++k) {
+        const int p = p0 + ty + k * TY;
+        if (active && p < p1) r[k] = *reinterpret_cast<const Pack<T, V>*>(x + base + (size_t)p * C);
+    }
+#pragma unroll
+    for (int k = 0; k < R; ++k) {
+        if (active && p0 + ty + k * TY < p1) {
+#pragma unroll
+            for (int e = 0; e < V; ++e) s[e] += to_f(r[k].e[e]) + sh[e];
+        }
+    }
+    chunk_group_totals<V>(s, gsum, C, G, TY, tx, ty);
+    const float n = (float)(p1 - p0) * cg;
+#pragma unroll
+    for (int e = 0; e < V; ++e) {
+        mean[e] = active ? gsum[(tx * V + e) / cg] / n : 0.f;
+        s[e] = 0.f;
+    }
+#pragma unroll
+    for (int k = 0; k < R; ++k) {
+        if (active && p0 + ty + k * TY < p1) {
+#pragma unroll
+            for (int e = 0; e < V; ++e) {
+                const float d = to_f(r[k].e[e]) + sh[e] - mean[e];
+                s[e] += d * d;
+            }
+        }
+    }
+    chunk_group_totals<V>(s, gm2, C, G, TY, tx, ty);
+    for (int g = threadIdx.x; g < G; g += blockDim.x)
+        part[((size_t)b * nchunk + chunk) * G + g] = make_float2(gsum[g] / n, gm2[g]);
+}
+
+// stats[b·G + g] = (mean, 1/√(σ² + eps)) from the chunks' (mean, M2), combined in chunk order
+// (Chan, Golub & LeVeque's pairwise update). One thread per (b, g).
+extern "C" __global__ void group_norm_cl_finalize(const float2* __restrict__ part,
+                                                  float2* __restrict__ stats, int B, int G,
+                                                  int S, int P, int cg, float eps) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= B * G) return;
+    const int b = i / G, g = i % G, nchunk = (S + P - 1) / P;
+    float n = 0.f, mean = 0.f, m2 = 0.f;
+    for (int k = 0; k < nchunk; ++k) {
+        const float nk = (float)(min(S, (k + 1) * P) - k * P) * cg;
+        const float2 pk = part[((size_t)b * nchunk + k) * G + g];
+        const float nn = n + nk, d = pk.x - mean;
+        mean += d * (nk / nn);
+        m2 += pk.y + d * d * (n * nk / nn);
+        n = nn;
+    }
+    stats[i] = make_float2(mean, rsqrtf(m2 / n + eps));
+}
+
+// y = act((x + shift − μ) · rstd · γ + β) over the same (image, chunk) blocks as the statistics.
+template <typename T, int V, int R>
+__device__ void gn_cl_apply(const T* __restrict__ x, const T* __restrict__ shift,
+                            const float2* __restrict__ stats, const T* __restrict__ gamma,
+                            const T* __restrict__ beta, T* __restrict__ y, int C, int G, int S,
+                            int P, int silu) {
+    const int TX = C / V, TY = blockDim.x / TX, cg = C / G;
+    const int nchunk = (S + P - 1) / P, b = blockIdx.x / nchunk, chunk = blockIdx.x % nchunk;
+    const int tx = threadIdx.x % TX, ty = threadIdx.x / TX;
+    if (ty >= TY) return;
+    const int p0 = chunk * P, p1 = min(S, p0 + P);
+    // z = (x + shift − μ)·scale + β folded into z = x·a + o per channel: two registers a
+    // channel, so four blocks fit on an SM.
+    float a[V], o[V];
+#pragma unroll
+    for (int e = 0; e < V; ++e) {
+        const int c = tx * V + e;
+        const float2 st = stats[(size_t)b * G + c / cg];
+        const float sh = shift ? to_f(shift[(size_t)b * C + c]) : 0.f;
+        a[e] = st.y * to_f(gamma[c]);
+        o[e] = (sh - st.x) * a[e] + to_f(beta[c]);
+    }
+    const size_t base = (size_t)b * S * C + tx * V;
+    Pack<T, V> r[R];
+#pragma unroll
+    for (int k = 0; k < R; ++k) {
+        const int p = p0 + ty + k * TY;
+        if (p < p1) r[k] = *reinterpret_cast<const Pack<T, V>*>(x + base + (size_t)p * C);
+    }
+#pragma unroll
+    for (int k = 0; k < R; ++k) {
+        const int p = p0 + ty + k * TY;
+        if (p < p1) {
+            Pack<T, V> out;
+#pragma unroll
+            for (int e = 0; e < V; ++e) {
+                float z = fmaf(to_f(r[k].e[e]), a[e], o[e]);
+                if (silu) z = z / (1.f + __expf(-z));
+                out.e[e] = from_f<T>(z);
+            }
+            *reinterpret_cast<Pack<T, V>*>(y + base + (size_t)p * C) = out;
+        }
+    }
+}
+
 // y[i] = (x[i] + bias[c] + res[i]) · scale for x, res, y [B, S, C], bias [C] (or null), res (or
 // null): fused.cu's epilogue with the channel innermost. V elements per access (V divides C,
 // pointers V-aligned); nv = n / V vectors, Cv = C / V.
@@ -245,6 +404,47 @@ __device__ void upsample2x_cl(const T* __restrict__ x, T* __restrict__ y, unsign
     }
 }
 
+// The skip concatenation along channels, a [P, Ca] and b [P, Cb] → y [P, Ca + Cb], one
+// thread per output vector of V channels (V divides Ca and Cb; Cav = Ca / V, Cbv = Cb / V).
+// Written because candle's strided copy moved these rows element by element (1.8 ms of the
+// 16 ms ddpm-cifar10 bf16 forward, docs/benchmarks.md).
+template <typename T, int V>
+__device__ void cat_channels_cl(const T* __restrict__ a, const T* __restrict__ b,
+                                T* __restrict__ y, unsigned nv, unsigned Cav, unsigned Cbv) {
+    const Pack<T, V>* av = reinterpret_cast<const Pack<T, V>*>(a);
+    const Pack<T, V>* bv = reinterpret_cast<const Pack<T, V>*>(b);
+    Pack<T, V>* yv = reinterpret_cast<Pack<T, V>*>(y);
+    const unsigned Cv = Cav + Cbv;
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < nv; i += gridDim.x * blockDim.x) {
+        const unsigned p = i / Cv, cv = i % Cv;
+        yv[i] = cv < Cav ? av[(size_t)p * Cav + cv] : bv[(size_t)p * Cbv + (cv - Cav)];
+    }
+}
+
+// Zeros appended below and right of each map, x [B, H, W, C] → y [B, H + ph, W + pw, C]
+// (diffusers' `downsample_padding = 0` pads (0, 1, 0, 1) before its stride-2 convolution), one
+// thread per output vector. Written because candle's two `pad_with_zeros` made four strided
+// copies and two zero fills per downsampling (0.45 ms of the ddpm-cifar10 bf16 forward).
+template <typename T, int V>
+__device__ void pad_br_cl(const T* __restrict__ x, T* __restrict__ y, unsigned nv, int H, int W,
+                          int Hp, int Wp, unsigned Cv) {
+    const Pack<T, V>* xv = reinterpret_cast<const Pack<T, V>*>(x);
+    Pack<T, V>* yv = reinterpret_cast<Pack<T, V>*>(y);
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < nv; i += gridDim.x * blockDim.x) {
+        const unsigned cv = i % Cv, r = i / Cv;
+        const unsigned ox = r % Wp, r2 = r / Wp;
+        const unsigned oy = r2 % Hp, b = r2 / Hp;
+        Pack<T, V> v;
+        if (oy < (unsigned)H && ox < (unsigned)W) {
+            v = xv[(((size_t)b * H + oy) * W + ox) * Cv + cv];
+        } else {
+#pragma unroll
+            for (int e = 0; e < V; ++e) v.e[e] = from_f<T>(0.f);
+        }
+        yv[i] = v;
+    }
+}
+
 // Registers per thread of the register-resident group norm: R vectors.
 #define CL_R 8
 
@@ -256,7 +456,20 @@ __device__ void upsample2x_cl(const T* __restrict__ x, T* __restrict__ y, unsign
         group_norm_cl<T, V, CL_R, K>(x, shift, gamma, beta, y, C, G, S, CH, eps, silu);      \
     }
 
+// Vectors a thread holds in the split group norm (P = CL_SPLIT_R · TY positions a block).
+#define CL_SPLIT_R 4
+
 #define CL_ENTRY(T, SUF, V)                                                                  \
+    extern "C" __global__ void __launch_bounds__(256, 4)                                     \
+        group_norm_cl_stats_##SUF##_v##V(const T* x, const T* shift, float2* part, int C,    \
+                                         int G, int S, int P) {                              \
+        gn_cl_stats<T, V, CL_SPLIT_R>(x, shift, part, C, G, S, P);                           \
+    }                                                                                        \
+    extern "C" __global__ void __launch_bounds__(256, 4) group_norm_cl_apply_##SUF##_v##V(   \
+        const T* x, const T* shift, const float2* stats, const T* gamma, const T* beta, T* y, \
+        int C, int G, int S, int P, int silu) {                                              \
+        gn_cl_apply<T, V, CL_SPLIT_R>(x, shift, stats, gamma, beta, y, C, G, S, P, silu);    \
+    }                                                                                        \
     CL_GN_ENTRY(T, SUF, V, 1, )                                                              \
     CL_GN_ENTRY(T, SUF, V, 2, __cluster_dims__(2, 1, 1))                                     \
     CL_GN_ENTRY(T, SUF, V, 4, __cluster_dims__(4, 1, 1))                                     \
@@ -270,6 +483,14 @@ __device__ void upsample2x_cl(const T* __restrict__ x, T* __restrict__ y, unsign
     extern "C" __global__ void bias_residual_cl_##SUF##_v##V(                                \
         const T* x, const T* bias, const T* res, T* y, unsigned nv, unsigned Cv, float scale) { \
         bias_residual_cl<T, V>(x, bias, res, y, nv, Cv, scale);                              \
+    }                                                                                        \
+    extern "C" __global__ void cat_channels_cl_##SUF##_v##V(                                 \
+        const T* a, const T* b, T* y, unsigned nv, unsigned Cav, unsigned Cbv) {             \
+        cat_channels_cl<T, V>(a, b, y, nv, Cav, Cbv);                                        \
+    }                                                                                        \
+    extern "C" __global__ void pad_br_cl_##SUF##_v##V(const T* x, T* y, unsigned nv, int H,  \
+                                                      int W, int Hp, int Wp, unsigned Cv) {  \
+        pad_br_cl<T, V>(x, y, nv, H, W, Hp, Wp, Cv);                                         \
     }                                                                                        \
     extern "C" __global__ void upsample2x_cl_##SUF##_v##V(const T* x, T* y, unsigned nv,     \
                                                           int H, int W, unsigned Cv) {       \

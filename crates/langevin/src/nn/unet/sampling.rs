@@ -27,9 +27,7 @@ impl Downsample2D {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if self.pad_right && gpu_nhwc::is_channels_last(x) {
             // The same zeros on the [B, H, W, C] memory: the map stays channels-last.
-            let p = gpu_nhwc::physical(x)?;
-            let p = p.pad_with_zeros(1, 0, 1)?.pad_with_zeros(2, 0, 1)?;
-            fwd(&self.conv, &gpu_nhwc::logical(&p)?)
+            fwd(&self.conv, &gpu_nhwc::pad_bottom_right(x, 1, 1)?)
         } else if self.pad_right {
             let x = x.pad_with_zeros(2, 0, 1)?.pad_with_zeros(3, 0, 1)?;
             fwd(&self.conv, &x)
