@@ -75,8 +75,14 @@ macro_rules! func {
     }};
 }
 
-fn blocks(n: usize, threads: usize) -> u32 {
-    n.div_ceil(threads).min(65535 * 8) as u32
+/// The launch of a grid-stride kernel over `nv` vectors: blocks of 256 threads, at most
+/// 65535 · 8 blocks.
+fn vectors(nv: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (nv.div_ceil(256).min(65535 * 8) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
 }
 
 struct GroupNormCl {
@@ -329,11 +335,7 @@ impl BiasResidualCl {
                     None => a.arg(&null),
                 };
                 a.arg(&out).arg(&nvi).arg(&cvi).arg(&self.scale);
-                let cfg = LaunchConfig {
-                    grid_dim: (blocks(nv, 256), 1, 1),
-                    block_dim: (256, 1, 1),
-                    shared_mem_bytes: 0,
-                };
+                let cfg = vectors(nv);
                 // SAFETY: the argument list matches `bias_residual_cl_*` in nhwc.cu; sizes checked
                 // above, vectors aligned (vec_width).
                 unsafe { a.launch(cfg) }.w()?;
@@ -379,11 +381,7 @@ impl Upsample2xCl {
         let (nvi, hi, wi, cvi) = (nv as u32, h as i32, w as i32, (c / v) as u32);
         let mut a = f.builder();
         a.arg(&xv).arg(&out).arg(&nvi).arg(&hi).arg(&wi).arg(&cvi);
-        let cfg = LaunchConfig {
-            grid_dim: (blocks(nv, 256), 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = vectors(nv);
         // SAFETY: the argument list matches `upsample2x_cl_*` in nhwc.cu.
         unsafe { a.launch(cfg) }.w()?;
         Ok(out)
@@ -436,11 +434,7 @@ impl CatChannelsCl {
         let (nvi, cav, cbv) = (nv as u32, (ca / v) as u32, (cb / v) as u32);
         let mut l = f.builder();
         l.arg(&av).arg(&bv).arg(&out).arg(&nvi).arg(&cav).arg(&cbv);
-        let cfg = LaunchConfig {
-            grid_dim: (blocks(nv, 256), 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = vectors(nv);
         // SAFETY: the argument list matches `cat_channels_cl_*` in nhwc.cu.
         unsafe { l.launch(cfg) }.w()?;
         Ok(out)
@@ -509,11 +503,7 @@ impl PadBr {
             .arg(&hpi)
             .arg(&wpi)
             .arg(&cvi);
-        let cfg = LaunchConfig {
-            grid_dim: (blocks(nv, 256), 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = vectors(nv);
         // SAFETY: the argument list matches `pad_br_cl_*` in nhwc.cu.
         unsafe { a.launch(cfg) }.w()?;
         Ok(out)
