@@ -25,18 +25,11 @@ pub fn conv2d(
     padding: usize,
     stride: usize,
 ) -> candle_core::Result<Tensor> {
-    use super::gpu_nhwc::{is_channels_last, logical, physical};
+    use super::gpu_nhwc::is_channels_last;
     if is_channels_last(x) {
         // Weights to [O, k, k, C] per call (a copy of at most a few hundred KiB; none for
-        // 1×1): inference weights are plain tensors, but caching them per layer would go
-        // stale if a caller updated shared storage.
-        let wp = w.permute((0, 2, 3, 1))?.contiguous()?;
-        let op = imp::CudnnConv {
-            padding,
-            stride,
-            nhwc: true,
-        };
-        return logical(&physical(x)?.apply_op2_no_bwd(&wp, &op)?);
+        // 1×1). Layers that own their weights keep that copy ([`conv2d_nhwc`]).
+        return conv2d_nhwc(x, &nhwc_weight(w)?, padding, stride);
     }
     let op = imp::CudnnConv {
         padding,
@@ -44,6 +37,31 @@ pub fn conv2d(
         nhwc: false,
     };
     x.contiguous()?.apply_op2(&w.contiguous()?, op)
+}
+
+/// The [O, k, k, C] copy of [O, C, k, k] weights that a channels-last convolution reads.
+pub fn nhwc_weight(w: &Tensor) -> candle_core::Result<Tensor> {
+    w.permute((0, 2, 3, 1))?.contiguous()
+}
+
+/// [`conv2d`] of a channels-last `x` with weights already in [O, k, k, C] memory
+/// ([`nhwc_weight`]); inference only (no backward pass).
+pub fn conv2d_nhwc(
+    x: &Tensor,
+    w_okkc: &Tensor,
+    padding: usize,
+    stride: usize,
+) -> candle_core::Result<Tensor> {
+    use super::gpu_nhwc::{is_channels_last, logical, physical};
+    if !is_channels_last(x) || !w_okkc.is_contiguous() {
+        candle_core::bail!("conv2d_nhwc: a channels-last input and contiguous [O, k, k, C] weights")
+    }
+    let op = imp::CudnnConv {
+        padding,
+        stride,
+        nhwc: true,
+    };
+    logical(&physical(x)?.apply_op2_no_bwd(w_okkc, &op)?)
 }
 
 /// From now on, never free a cuDNN workspace (a grown one's predecessor, or a thread's at

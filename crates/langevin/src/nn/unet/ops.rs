@@ -55,6 +55,8 @@ pub struct Conv2d {
     bias: Tensor,
     stride: usize,
     padding: usize,
+    /// The [O, k, k, C] weights of the channels-last inference path, made on first use.
+    nhwc: std::sync::OnceLock<Tensor>,
 }
 
 impl Conv2d {
@@ -84,7 +86,13 @@ impl Conv2d {
     /// (on the fused path only; elsewhere the bias is added as usual).
     pub fn forward_unbiased(&self, x: &Tensor) -> Result<Tensor> {
         if self.fused(x) {
-            return Ok(gpu::conv2d(x, &self.weight, self.padding, self.stride)?);
+            return Ok(gpu::conv2d_cached(
+                x,
+                &self.weight,
+                &self.nhwc,
+                self.padding,
+                self.stride,
+            )?);
         }
         fwd(self, x)
     }
@@ -99,7 +107,7 @@ impl Conv2d {
         divisor: f64,
     ) -> Result<Tensor> {
         if self.fused(x) {
-            let y = gpu::conv2d(x, &self.weight, self.padding, self.stride)?;
+            let y = gpu::conv2d_cached(x, &self.weight, &self.nhwc, self.padding, self.stride)?;
             return Ok(gpu::bias_residual(
                 &y,
                 Some(&self.bias),
@@ -130,7 +138,7 @@ impl Conv2d {
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         if self.fused(x) {
-            let y = gpu::conv2d(x, &self.weight, self.padding, self.stride)?;
+            let y = gpu::conv2d_cached(x, &self.weight, &self.nhwc, self.padding, self.stride)?;
             return gpu::bias_residual(&y, Some(&self.bias), None, 1.0);
         }
         kernels::conv2d(x, &self.weight, Some(&self.bias), self.stride, self.padding)
@@ -171,6 +179,7 @@ pub fn conv2d(
         bias,
         stride,
         padding,
+        nhwc: std::sync::OnceLock::new(),
     })
 }
 
