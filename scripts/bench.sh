@@ -3,7 +3,7 @@
 # count, in one run (docs/benchmarks.md). `--install-torch` first makes .venv-bench with torch,
 # diffusers and safetensors from PyPI; without a Python that has them the PyTorch side is
 # skipped (the table says so). Other arguments go to langevin-bench (--threads, --reps, --only,
-# --candle, --quick).
+# --candle, --quick). The binary is built and run from $CARGO_TARGET_DIR when that is set.
 set -eu
 cd "$(dirname "$0")/.."
 PY=${LANGEVIN_BENCH_PYTHON:-}
@@ -14,4 +14,4 @@ if [ "${1:-}" = "--install-torch" ]; then
 fi
 if [ -z "$PY" ] && [ -x .venv-bench/bin/python ]; then PY=.venv-bench/bin/python; fi
 cargo build --release -p langevin-bench
-exec ./target/release/langevin-bench --python "${PY:-python3}" "$@"
+exec "${CARGO_TARGET_DIR:-target}/release/langevin-bench" --python "${PY:-python3}" "$@"

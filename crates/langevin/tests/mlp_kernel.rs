@@ -1,8 +1,9 @@
 //! The fused residual-MLP kernel against the same network composed from candle's ops: values
 //! and gradients (input, embedding, every packed parameter) to ≤ 1e-5 relative in f32, central
 //! finite differences in f64, bit-identical results on 1, 2 and 3 threads (one and several
-//! row blocks), the shared-noise-level (sampling) path against the per-row one, and the
-//! `nn::mlp` network's fused forward against its composed one.
+//! row blocks), the shared-noise-level (sampling) path against the per-row one, batches whose
+//! rows repeat noise levels (the time path once per level), and the `nn::mlp` network's fused
+//! forward against its composed one.
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use langevin::denoiser::Cond;
@@ -206,8 +207,8 @@ fn fused_mlp_over_several_row_blocks_matches_and_is_thread_independent() {
 }
 
 /// Every row at one noise level without gradients (a sampler step): the time MLP runs once.
-/// Same values as the composed ops and as the per-row path (taken when the inputs track
-/// gradients); the one-row products may round differently in the last bits.
+/// Same values as the composed ops and as the per-row path (taken when the embedding tracks
+/// a gradient, which is per row); the one-row products may round differently in the last bits.
 #[test]
 fn shared_noise_level_path_matches_the_per_row_path() {
     let d = MlpDims {
@@ -221,9 +222,95 @@ fn shared_noise_level_path_matches_the_per_row_path() {
     let shared = residual_mlp(&x, &e, &p, d).unwrap();
     let y0 = composed(&x, &e, &p, d);
     assert!(rel(&shared, &y0) < 1e-5, "{}", rel(&shared, &y0));
-    let pv = Var::from_tensor(&p).unwrap();
-    let per_row = residual_mlp(&x, &e, pv.as_tensor(), d).unwrap();
+    let ev = Var::from_tensor(&e).unwrap();
+    let per_row = residual_mlp(&x, ev.as_tensor(), &p, d).unwrap();
     assert!(rel(&shared, &per_row) < 1e-6, "{}", rel(&shared, &per_row));
+}
+
+/// `rows` embedding rows drawn from `levels` distinct ones (a training batch at discrete
+/// timesteps), with every level used.
+fn repeated_levels(rows: usize, levels: usize, d: MlpDims, seed: u64) -> Tensor {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let table = randn_scaled(&[levels, d.temb_dim], 1.0, DType::F32, &mut rng);
+    let idx: Vec<u32> = (0..rows as u32)
+        .map(|r| match r < levels as u32 {
+            true => r * 7919 % levels as u32,
+            false => (r * 7 + r * r / 3) % levels as u32,
+        })
+        .collect();
+    assert!((0..levels as u32).all(|l| idx.contains(&l)));
+    let idx = Tensor::new(idx.as_slice(), &Device::Cpu).unwrap();
+    table.index_select(&idx, 0).unwrap()
+}
+
+/// (output, gradients w.r.t. x and params) with the embedding a constant (as in training):
+/// rows at the same noise level share one time-path evaluation.
+fn value_and_grads_const_emb(
+    f: impl Fn(&Tensor, &Tensor, &Tensor) -> Tensor,
+    [x, e, p]: [&Tensor; 3],
+) -> Vec<Tensor> {
+    let (xv, pv) = (Var::from_tensor(x).unwrap(), Var::from_tensor(p).unwrap());
+    let y = f(xv.as_tensor(), e, pv.as_tensor());
+    let r = randn_scaled(y.dims(), 1.0, y.dtype(), &mut ChaCha8Rng::seed_from_u64(7));
+    let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let gx = g.get(xv.as_tensor()).unwrap().clone();
+    let gp = g.get(pv.as_tensor()).unwrap().clone();
+    vec![y, gx, gp]
+}
+
+/// Training-like batches whose rows repeat noise levels (the time path runs once per level,
+/// its gradient summed over the level's rows): the composed ops' values and gradients, with
+/// the embedding constant and with it tracked (then every row is its own level), and the same
+/// bits on 1, 2 and 3 threads. 600 rows over 3 row blocks; 5 levels (one chunk) and 530
+/// levels (three chunks of levels).
+#[test]
+fn repeated_noise_levels_match_composed_ops_and_are_thread_independent() {
+    let d = MlpDims {
+        in_dim: 2,
+        hidden: 32,
+        blocks: 3,
+        temb_dim: 16,
+    };
+    for (levels, seed) in [(5, 41), (530, 42)] {
+        let [x, _, p] = inputs(600, d, DType::F32, seed);
+        let e = repeated_levels(600, levels, d, seed);
+        let got =
+            value_and_grads_const_emb(|x, e, p| residual_mlp(x, e, p, d).unwrap(), [&x, &e, &p]);
+        let want = value_and_grads_const_emb(|x, e, p| composed(x, e, p, d), [&x, &e, &p]);
+        for (k, (a, b)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                rel(a, b) < 1e-5,
+                "{levels} levels, output {k}: {}",
+                rel(a, b)
+            );
+        }
+        // Tracked embedding: per-row gradients, the composed ops' to 1e-5.
+        let (y, g) = value_and_grads(|x, e, p| residual_mlp(x, e, p, d).unwrap(), [&x, &e, &p]);
+        let (y0, g0) = value_and_grads(|x, e, p| composed(x, e, p, d), [&x, &e, &p]);
+        assert!(rel(&y, &y0) < 1e-5);
+        for (k, (a, b)) in g.iter().zip(&g0).enumerate() {
+            assert!(
+                rel(a, b) < 1e-5,
+                "{levels} levels, tracked: gradient {k}: {}",
+                rel(a, b)
+            );
+        }
+        let run = |n: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                value_and_grads_const_emb(|x, e, p| residual_mlp(x, e, p, d).unwrap(), [&x, &e, &p])
+                    .iter()
+                    .map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+                    .collect::<Vec<_>>()
+            })
+        };
+        let one = run(1);
+        assert_eq!(one, run(2), "{levels} levels");
+        assert_eq!(one, run(3), "{levels} levels");
+    }
 }
 
 #[test]

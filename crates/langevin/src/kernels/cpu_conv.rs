@@ -178,7 +178,7 @@ fn split(b: usize) -> (bool, Parallelism, usize) {
 /// parallel loop, and the scratch columns once per rayon job (issue 17; candle's own conv2d
 /// allocates its outputs the same way, `alloc_uninit_vec`).
 #[allow(clippy::uninit_vec)]
-fn uninit<T: Real>(n: usize) -> Vec<T> {
+pub(super) fn uninit<T: Real>(n: usize) -> Vec<T> {
     if cfg!(test) {
         // NaN wherever a value would be read unwritten, so the tests below would see it.
         return vec![T::from_f64(f64::NAN); n];

@@ -8,7 +8,8 @@
 //! preallocated buffers with the bias as the GEMM's initial value, SiLU's sigmoid saved in the
 //! forward pass for the backward one, and every parameter's gradient written into one packed
 //! vector. The batch is cut into fixed blocks of rows that threads take whole
-//! ([`super::mlp_rows`]), and each weight gradient sums the blocks in order, so results do not
+//! ([`super::mlp_rows`]), the time path runs once per distinct noise level
+//! ([`super::mlp_time`]), and each weight gradient sums its blocks in order, so results do not
 //! depend on the thread count.
 use std::any::Any;
 use std::sync::Mutex;
@@ -18,7 +19,9 @@ use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor, W
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::mlp_rows::{self, Acts, Emb, RowBlock, ROWS};
+use super::cpu_conv::uninit;
+use super::mlp_rows::{self, Acts, Emb, Part, ROWS};
+use super::mlp_time::{self, Levels, TimePath};
 use super::real::{data, threads, with_data, Real};
 
 /// The network's sizes (as [`crate::nn::mlp::MlpConfig`]).
@@ -128,8 +131,7 @@ pub fn residual_mlp(
 
 struct MlpOp {
     dims: MlpDims,
-    /// The forward pass's activations (a `Vec` of [`Acts`] of the op's dtype, one per block
-    /// of rows), kept for `bwd`.
+    /// The forward pass's values (a [`Saved`] of the op's dtype), kept for `bwd`.
     saved: Mutex<Option<Box<dyn Any + Send>>>,
     save: bool,
     /// Whether the embedding input needs a gradient (not in training: it is a constant).
@@ -204,22 +206,30 @@ pub fn exp_f32(x: f32) -> f32 {
     y * f32::from_bits(two_n)
 }
 
+/// What the forward pass keeps for the backward one.
+struct Saved<T> {
+    levels: Levels,
+    time: TimePath<T>,
+    /// One per block of rows.
+    acts: Vec<Acts<T>>,
+}
+
 impl MlpOp {
-    fn forward<T: Sigmoid>(&self, x: &[T], emb: &[T], p: &[T]) -> (Vec<T>, Vec<Acts<T>>) {
+    fn forward<T: Sigmoid>(&self, x: &[T], emb: &[T], p: &[T]) -> (Vec<T>, Saved<T>) {
         let lay = self.dims.layout();
         let (d, de) = (self.dims.in_dim, self.dims.temb_dim);
         let b = x.len() / d;
         let rpb = ROWS;
         let n = b.div_ceil(rpb);
+        // The time path once per distinct noise level (all rows share one in a sampler step).
+        let levels = Levels::of(emb, de, !self.need_demb);
+        let time = mlp_time::forward(&lay, p, emb, &levels, plan(levels.count().div_ceil(rpb)));
         let (nt, par) = plan(n);
-        // A sampler step evaluates every row at one noise level: the time MLP runs once.
-        let shared = (!self.save && b > 0 && emb.chunks(de).all(|r| r == &emb[..de]))
-            .then(|| mlp_rows::shared_time_path(&lay, p, &emb[..de]));
         let blocks = map_blocks(n, nt, |k| {
             let r = k * rpb..((k + 1) * rpb).min(b);
-            let e = match &shared {
-                Some(q) => Emb::Shared(q),
-                None => Emb::Rows(&emb[r.start * de..r.end * de]),
+            let e = Emb {
+                q: &time.q,
+                idx: &levels.idx[r.clone()],
             };
             mlp_rows::forward(&lay, p, &x[r.start * d..r.end * d], e, par)
         });
@@ -229,65 +239,100 @@ impl MlpOp {
             out.extend_from_slice(&o);
             acts.push(a);
         }
-        (out, acts)
+        (out, Saved { levels, time, acts })
     }
 
     /// (dx, d emb, d params) from the output gradient `g`.
     fn backward<T: Sigmoid>(
         &self,
         x: &[T],
-        emb: &[T],
         p: &[T],
-        acts: &[Acts<T>],
+        s: &Saved<T>,
         g: &[T],
     ) -> (Vec<T>, Vec<T>, Vec<T>) {
         let lay = self.dims.layout();
-        let (d, de) = (self.dims.in_dim, self.dims.temb_dim);
+        let (d, h) = (self.dims.in_dim, self.dims.hidden);
         let b = x.len() / d;
-        let (nt, par) = plan(acts.len());
         let rpb = ROWS;
         let rows = |k: usize| k * rpb..((k + 1) * rpb).min(b);
-        let grads = map_blocks(acts.len(), nt, |k| {
+        let grads = map_blocks(s.acts.len(), plan(s.acts.len()).0, |k| {
             let r = rows(k);
-            let g = &g[r.start * d..r.end * d];
-            mlp_rows::backward(&lay, p, &acts[k], g, self.need_demb, par)
+            let par = plan(s.acts.len()).1;
+            mlp_rows::backward(&lay, p, &s.acts[k], &g[r.start * d..r.end * d], par)
         });
-        let blocks: Vec<RowBlock<'_, T>> = (0..acts.len())
-            .map(|k| {
-                let r = rows(k);
-                RowBlock {
-                    x: &x[r.start * d..r.end * d],
-                    emb: &emb[r.start * de..r.end * de],
-                    g: &g[r.start * d..r.end * d],
-                    acts: &acts[k],
-                    grads: &grads[k],
-                }
-            })
-            .collect();
-        // Each layer's weight gradient is one task over its own slice of the packed vector.
-        let mut dp = vec![T::ZERO; lay.len];
-        let mut tasks = vec![];
+        let tg = mlp_time::backward(
+            &lay,
+            p,
+            &s.time,
+            (&grads, &s.levels.idx),
+            self.need_demb,
+            plan(s.time.chunks.len()),
+        );
+        // Each layer's weight gradient is one task over its own slice of the packed vector,
+        // summing its parts (row blocks or chunks of levels) in order.
+        let nr = s.acts.len();
+        let chunks = &s.time.chunks;
+        let xs = |k: usize| &x[rows(k).start * d..rows(k).end * d];
+        let gs = |k: usize| &g[rows(k).start * d..rows(k).end * d];
+        let nc = chunks.len();
+        let qw = lay.blocks.len() * h;
+        let mut tasks: Vec<(Lin, Vec<Part<'_, T>>)> = vec![
+            (
+                lay.time1,
+                (0..nc)
+                    .map(|c| Part::new(&tg.ds[c], h, &chunks[c].emb, chunks[c].range.len()))
+                    .collect(),
+            ),
+            (
+                lay.time2,
+                (0..nc)
+                    .map(|c| Part::new(&tg.de[c], h, &chunks[c].t1.act, chunks[c].range.len()))
+                    .collect(),
+            ),
+            (
+                lay.in_proj,
+                (0..nr)
+                    .map(|k| Part::new(&grads[k].dh[0], h, xs(k), rows(k).len()))
+                    .collect(),
+            ),
+        ];
+        for (i, [lin1, temb, lin2]) in lay.blocks.iter().enumerate() {
+            let pre =
+                (0..nr).map(|k| Part::new(&grads[k].du[i], h, s.acts[k].pre(i), rows(k).len()));
+            tasks.push((*lin1, pre.collect()));
+            // ∂Q's columns of block i: row stride blocks·hidden.
+            let dq_i = |c: usize| &tg.dq[c][i * h..];
+            let lv =
+                (0..nc).map(|c| Part::new(dq_i(c), qw, &chunks[c].t2.act, chunks[c].range.len()));
+            tasks.push((*temb, lv.collect()));
+            let mid =
+                (0..nr).map(|k| Part::new(&grads[k].dh[i + 1], h, s.acts[k].mid(i), rows(k).len()));
+            tasks.push((*lin2, mid.collect()));
+        }
+        let out = (0..nr).map(|k| Part::new(gs(k), d, s.acts[k].last(), rows(k).len()));
+        tasks.push((lay.out_proj, out.collect()));
+        // Each slice is overwritten in full by its task.
+        let mut dp = uninit(lay.len);
+        let mut jobs = vec![];
         let mut rest = dp.as_mut_slice();
-        for t in mlp_rows::weight_grad_tasks(&lay) {
-            let (head, tail) = rest.split_at_mut(t.0.len());
-            tasks.push((t, head));
+        for (l, parts) in &tasks {
+            let (head, tail) = rest.split_at_mut(l.len());
+            jobs.push((l, parts.as_slice(), head));
             rest = tail;
         }
+        let run =
+            |(l, parts, dp): (&Lin, &[Part<'_, T>], &mut [T])| mlp_rows::weight_grad(l, parts, dp);
         if threads() <= 1 {
-            for (t, dp) in tasks {
-                mlp_rows::weight_grad(t, &blocks, dp, Parallelism::None);
-            }
+            jobs.into_iter().for_each(run);
         } else {
-            tasks
-                .into_par_iter()
-                .for_each(|(t, dp)| mlp_rows::weight_grad(t, &blocks, dp, Parallelism::None));
+            jobs.into_par_iter().for_each(run);
         }
         let mut dx = Vec::with_capacity(x.len());
-        let mut demb = Vec::with_capacity(emb.len());
         for gr in &grads {
             dx.extend_from_slice(&gr.dx);
-            demb.extend_from_slice(&gr.demb);
         }
+        // With the embedding's gradient asked for, every row is its own level, in order.
+        let demb = tg.demb.concat();
         (dx, demb, dp)
     }
 }
@@ -313,9 +358,10 @@ impl CustomOp3 for MlpOp {
             (s3, l3): (&CpuStorage, &Layout),
         ) -> candle_core::Result<CpuStorage> {
             let n = op.name();
-            let (out, acts) = op.forward(data::<T>(s1, l1, n)?, data(s2, l2, n)?, data(s3, l3, n)?);
+            let (out, saved) =
+                op.forward(data::<T>(s1, l1, n)?, data(s2, l2, n)?, data(s3, l3, n)?);
             if op.save {
-                *op.saved.lock().expect("not poisoned") = Some(Box::new(acts));
+                *op.saved.lock().expect("not poisoned") = Some(Box::new(saved));
             }
             Ok(T::storage(out))
         }
@@ -354,14 +400,11 @@ impl CustomOp3 for MlpOp {
                     with_data::<T, _>(params, n, |ps| {
                         with_data::<T, _>(g, n, |gs| {
                             let saved = op.saved.lock().expect("not poisoned");
-                            match saved
-                                .as_ref()
-                                .and_then(|a| a.downcast_ref::<Vec<Acts<T>>>())
-                            {
-                                Some(acts) => Ok(op.backward(xs, es, ps, acts, gs)),
+                            match saved.as_ref().and_then(|a| a.downcast_ref::<Saved<T>>()) {
+                                Some(s) => Ok(op.backward(xs, ps, s, gs)),
                                 None => {
-                                    let (_, acts) = op.forward(xs, es, ps);
-                                    Ok(op.backward(xs, es, ps, &acts, gs))
+                                    let (_, s) = op.forward(xs, es, ps);
+                                    Ok(op.backward(xs, ps, &s, gs))
                                 }
                             }
                         })

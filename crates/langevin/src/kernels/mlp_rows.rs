@@ -1,5 +1,5 @@
-//! The residual MLP's forward and backward passes over one block of batch rows, and the weight
-//! gradients summed over the blocks (the parts of [`super::mlp`]).
+//! The residual MLP's forward and backward passes over one block of batch rows (all but the
+//! time path, [`super::mlp_time`]), and the weight gradients summed over blocks or chunks.
 //!
 //! Why blocks: the demo's training step (batch 512, width 128) is ~30 GEMMs of about
 //! 512×128×128, and splitting each of them over the threads inside `gemm` gave 1.13× on 2
@@ -7,11 +7,12 @@
 //! docs/benchmarks.md, CPU round 3). Here a thread takes a block of [`ROWS`] rows through every
 //! layer with one-thread GEMMs; the backward pass does the same for the activation gradients
 //! and then computes each layer's weight gradient as one task, summing the blocks in order.
-//! Two forks per pass, and the blocks do not depend on the thread count, so neither do the
+//! A few forks per pass, and the blocks do not depend on the thread count, so neither do the
 //! results.
 use gemm::Parallelism;
 
 use super::conv::mm;
+use super::cpu_conv::uninit;
 use super::mlp::{Lin, Packing, Sigmoid};
 use super::simd::vectorized;
 
@@ -21,15 +22,15 @@ use super::simd::vectorized;
 /// amortise more).
 pub(super) const ROWS: usize = 256;
 
-/// A SiLU site: pre-activation z, σ(z) and silu(z) = z·σ(z), each [rows, width].
+/// A SiLU site: σ(z) and silu(z) = z·σ(z) of the pre-activation z, each [rows, width]. z itself
+/// is not kept: silu'(z) = σ + silu·(1 − σ), so the residual stream h_i needs no copy.
 pub(super) struct Site<T> {
-    z: Vec<T>,
     sig: Vec<T>,
     pub(super) act: Vec<T>,
 }
 
 impl<T: Sigmoid> Site<T> {
-    fn new(z: Vec<T>) -> Self {
+    pub(super) fn new(z: &[T]) -> Self {
         let n = z.len();
         let (mut sig, mut act) = (Vec::with_capacity(n), Vec::with_capacity(n));
         // Written in place of fresh buffers (copying or zeroing them first was 22% of a
@@ -39,7 +40,7 @@ impl<T: Sigmoid> Site<T> {
                 .spare_capacity_mut()
                 .iter_mut()
                 .zip(act.spare_capacity_mut());
-            for ((s, a), &v) in outs.zip(&z) {
+            for ((s, a), &v) in outs.zip(z) {
                 let sv = v.sig();
                 s.write(sv);
                 a.write(v * sv);
@@ -50,53 +51,60 @@ impl<T: Sigmoid> Site<T> {
             sig.set_len(n);
             act.set_len(n);
         }
-        Self { z, sig, act }
+        Self { sig, act }
     }
 
-    /// An empty site (the time MLP's, when it ran once for every row: [`Emb::Shared`]).
-    fn none() -> Self {
-        Self {
-            z: vec![],
-            sig: vec![],
-            act: vec![],
-        }
-    }
-
-    /// `g ← g · silu'(z)`, silu'(z) = σ(z)·(1 + z·(1 − σ(z))).
-    fn backward(&self, g: &mut [T]) {
+    /// `g ← g · silu'(z)`, silu'(z) = σ(z)·(1 + z·(1 − σ(z))) = σ + silu(z)·(1 − σ).
+    pub(super) fn backward(&self, g: &mut [T]) {
         vectorized(|| {
-            for ((g, &z), &s) in g.iter_mut().zip(&self.z).zip(&self.sig) {
-                *g = *g * (s * (T::ONE + z * (T::ONE - s)));
+            for ((g, &a), &s) in g.iter_mut().zip(&self.act).zip(&self.sig) {
+                *g = *g * (s + a * (T::ONE - s));
             }
         })
     }
 }
 
-/// One block's forward activations: the two time-MLP sites, then per block silu(h_i) and
-/// silu(u_i), then silu(h_n) before the output layer.
+/// One block's forward activations: per block silu(h_i) and silu(u_i), then silu(h_n) before
+/// the output layer (the time path's are per level, in [`super::mlp_time`]).
 pub(super) struct Acts<T> {
-    t1: Site<T>,
-    t2: Site<T>,
     blocks: Vec<[Site<T>; 2]>,
     last: Site<T>,
 }
 
+impl<T> Acts<T> {
+    /// silu(h_i), the input of block i's first layer.
+    pub(super) fn pre(&self, i: usize) -> &[T] {
+        &self.blocks[i][0].act
+    }
+    /// silu(u_i), the input of block i's second layer.
+    pub(super) fn mid(&self, i: usize) -> &[T] {
+        &self.blocks[i][1].act
+    }
+    /// silu(h_n), the input of the output layer.
+    pub(super) fn last(&self) -> &[T] {
+        &self.last.act
+    }
+}
+
 /// One block's gradients with respect to each layer's output (what the weight gradients
-/// need), and with respect to the op's inputs.
+/// need), and with respect to the rows' input.
 pub(super) struct Grads<T> {
     /// ∂/∂h_i of the residual stream, i = 0..=blocks (h_0 = in_proj(x)).
-    dh: Vec<Vec<T>>,
+    pub(super) dh: Vec<Vec<T>>,
     /// ∂/∂u_i, the pre-activation inside block i.
-    du: Vec<Vec<T>>,
-    /// ∂/∂ of the time MLP's second and first layer outputs.
-    de: Vec<T>,
-    ds: Vec<T>,
+    pub(super) du: Vec<Vec<T>>,
     pub(super) dx: Vec<T>,
-    pub(super) demb: Vec<T>,
 }
 
 /// `y = a·Wᵀ + b` (`y` replaced) or `y += a·Wᵀ + b` (when `acc`), a [rows, inp], y [rows, out].
-fn linear<T: Sigmoid>(l: &Lin, p: &[T], a: &[T], y: &mut Vec<T>, acc: bool, par: Parallelism) {
+pub(super) fn linear<T: Sigmoid>(
+    l: &Lin,
+    p: &[T],
+    a: &[T],
+    y: &mut Vec<T>,
+    acc: bool,
+    par: Parallelism,
+) {
     let rows = a.len() / l.inp;
     if !acc {
         y.clear();
@@ -137,49 +145,15 @@ fn input_grad<T: Sigmoid>(l: &Lin, p: &[T], dy: &[T], da: &mut [T], acc: bool, p
     );
 }
 
-/// The noise-level embeddings of a block of rows.
+/// The time path's contribution to a block of rows: Q [levels, 3·hidden] of
+/// [`super::mlp_time`] and each row's level.
 #[derive(Clone, Copy)]
-pub(super) enum Emb<'a, T> {
-    /// One embedding per row, [rows, temb_dim].
-    Rows(&'a [T]),
-    /// Every row at the same noise level (a sampler step): the time MLP's contribution
-    /// W_t·silu(e) to each block, one [hidden] vector per block ([`shared_time_path`]).
-    Shared(&'a [Vec<T>]),
+pub(super) struct Emb<'a, T> {
+    pub(super) q: &'a [T],
+    pub(super) idx: &'a [usize],
 }
 
-/// The time MLP and each block's W_t·silu(e) for one embedding row `emb` [temb_dim], without
-/// the bias (added per row as in [`forward`]). Written because every row of a sampler's network
-/// evaluation has the same noise level, and this path is 43% of the network's FLOPs. The same
-/// function as the per-row path; its one-row products may round differently in the last bits
-/// (tested to 1e-6 relative).
-pub(super) fn shared_time_path<T: Sigmoid>(lay: &Packing, p: &[T], emb: &[T]) -> Vec<Vec<T>> {
-    let par = Parallelism::None;
-    let mut z = vec![];
-    linear(&lay.time1, p, emb, &mut z, false, par);
-    let t1 = Site::new(z);
-    let mut z = vec![];
-    linear(&lay.time2, p, &t1.act, &mut z, false, par);
-    let t2 = Site::new(z);
-    lay.blocks
-        .iter()
-        .map(|[_, temb, _]| {
-            let mut q = vec![T::ZERO; temb.out];
-            mm(
-                (1, temb.out, temb.inp),
-                &mut q,
-                false,
-                &t2.act,
-                (temb.inp, 1),
-                temb.w(p),
-                (1, temb.inp),
-                par,
-            );
-            q
-        })
-        .collect()
-}
-
-/// The forward pass of rows `x` [rows, in_dim] at noise-level embeddings `emb`.
+/// The forward pass of rows `x` [rows, in_dim] with the time path's values `emb`.
 pub(super) fn forward<T: Sigmoid>(
     lay: &Packing,
     p: &[T],
@@ -189,52 +163,30 @@ pub(super) fn forward<T: Sigmoid>(
 ) -> (Vec<T>, Acts<T>) {
     let rows = x.len() / lay.in_proj.inp;
     let h = lay.in_proj.out;
+    let qw = lay.blocks.len() * h;
     let buf = || Vec::with_capacity(rows * h);
-    let (t1, t2) = match emb {
-        Emb::Rows(emb) => {
-            let mut z = buf();
-            linear(&lay.time1, p, emb, &mut z, false, par);
-            let t1 = Site::new(z);
-            let mut z = buf();
-            linear(&lay.time2, p, &t1.act, &mut z, false, par);
-            (t1, Site::new(z))
-        }
-        Emb::Shared(_) => (Site::none(), Site::none()),
-    };
     let mut hs = buf();
     linear(&lay.in_proj, p, x, &mut hs, false, par);
     let mut blocks = Vec::with_capacity(lay.blocks.len());
     for (i, [lin1, temb, lin2]) in lay.blocks.iter().enumerate() {
-        let a = Site::new(hs.clone());
+        let a = Site::new(&hs);
         let mut u = buf();
         linear(lin1, p, &a.act, &mut u, false, par);
-        match emb {
-            Emb::Rows(_) => linear(temb, p, &t2.act, &mut u, true, par),
-            // The same sums as `linear`'s: (u + b) + W_t·silu(e).
-            Emb::Shared(q) => {
-                for r in u.chunks_mut(h) {
-                    for ((v, &b), &q) in r.iter_mut().zip(temb.b(p)).zip(&q[i]) {
-                        *v = (*v + b) + q;
-                    }
-                }
+        // The same sums as `linear`'s accumulation: (u + b) + W_t·silu(e).
+        for (r, &l) in u.chunks_mut(h).zip(emb.idx) {
+            let q = &emb.q[l * qw + i * h..l * qw + (i + 1) * h];
+            for ((v, &b), &q) in r.iter_mut().zip(temb.b(p)).zip(q) {
+                *v = (*v + b) + q;
             }
         }
-        let v = Site::new(u);
+        let v = Site::new(&u);
         linear(lin2, p, &v.act, &mut hs, true, par);
         blocks.push([a, v]);
     }
-    let last = Site::new(hs);
+    let last = Site::new(&hs);
     let mut out = Vec::with_capacity(rows * lay.out_proj.out);
     linear(&lay.out_proj, p, &last.act, &mut out, false, par);
-    (
-        out,
-        Acts {
-            t1,
-            t2,
-            blocks,
-            last,
-        },
-    )
+    (out, Acts { blocks, last })
 }
 
 /// The activation gradients of one block of rows from the output gradient `g` [rows, in_dim].
@@ -243,24 +195,23 @@ pub(super) fn backward<T: Sigmoid>(
     p: &[T],
     acts: &Acts<T>,
     g: &[T],
-    need_demb: bool,
     par: Parallelism,
 ) -> Grads<T> {
     let n = lay.blocks.len();
     let rows = g.len() / lay.out_proj.out;
     let h = lay.in_proj.out;
-    let zeros = || vec![T::ZERO; rows * h];
+    // Every buffer below is overwritten in full (GEMMs with `accumulate == false`, the
+    // residual sum) before it is read.
+    let zeros = || uninit(rows * h);
     let mut dh: Vec<Vec<T>> = (0..=n).map(|_| zeros()).collect();
     input_grad(&lay.out_proj, p, g, &mut dh[n], false, par);
     acts.last.backward(&mut dh[n]);
     let mut du: Vec<Vec<T>> = (0..n).map(|_| zeros()).collect();
-    let mut de = zeros();
     let mut da = zeros();
-    for (i, ([lin1, temb, lin2], [a, v])) in lay.blocks.iter().zip(&acts.blocks).enumerate().rev() {
+    for (i, ([lin1, _, lin2], [a, v])) in lay.blocks.iter().zip(&acts.blocks).enumerate().rev() {
         // h_{i+1} = h_i + lin2(silu(u_i)): ∂h_{i+1} flows on unchanged and into the branch.
         input_grad(lin2, p, &dh[i + 1], &mut du[i], false, par);
         v.backward(&mut du[i]);
-        input_grad(temb, p, &du[i], &mut de, i + 1 < n, par);
         input_grad(lin1, p, &du[i], &mut da, false, par);
         a.backward(&mut da);
         let (lo, hi) = dh.split_at_mut(i + 1);
@@ -270,125 +221,48 @@ pub(super) fn backward<T: Sigmoid>(
             }
         });
     }
-    let mut dx = vec![T::ZERO; rows * lay.in_proj.inp];
+    let mut dx = uninit(rows * lay.in_proj.inp);
     input_grad(&lay.in_proj, p, &dh[0], &mut dx, false, par);
-    acts.t2.backward(&mut de);
-    let mut ds = zeros();
-    input_grad(&lay.time2, p, &de, &mut ds, false, par);
-    acts.t1.backward(&mut ds);
-    // The embedding of a noise level is a constant in training: no gradient unless asked.
-    let mut demb = vec![];
-    if need_demb {
-        demb.resize(rows * lay.time1.inp, T::ZERO);
-        input_grad(&lay.time1, p, &ds, &mut demb, false, par);
-    }
-    Grads {
-        dh,
-        du,
-        de,
-        ds,
-        dx,
-        demb,
+    Grads { dh, du, dx }
+}
+
+/// One operand pair of a weight gradient: `rows` rows of the layer's output gradient (row
+/// stride `dys`) and of its input (contiguous).
+pub(super) struct Part<'a, T> {
+    pub(super) dy: &'a [T],
+    pub(super) dys: usize,
+    pub(super) a: &'a [T],
+    pub(super) rows: usize,
+}
+
+impl<'a, T> Part<'a, T> {
+    pub(super) fn new(dy: &'a [T], dys: usize, a: &'a [T], rows: usize) -> Self {
+        Self { dy, dys, a, rows }
     }
 }
 
-/// Which output gradient a layer's weight gradient reads.
-#[derive(Clone, Copy)]
-pub(super) enum Dy {
-    Out,
-    Dh(usize),
-    Du(usize),
-    De,
-    Ds,
-}
-
-/// Which input a layer's weight gradient reads.
-#[derive(Clone, Copy)]
-pub(super) enum In {
-    X,
-    Emb,
-    T1,
-    T2,
-    /// silu(h_i), the input of block i's first layer.
-    Pre(usize),
-    /// silu(u_i), the input of block i's second layer.
-    Mid(usize),
-    Last,
-}
-
-/// One block of rows as the weight gradients see it.
-pub(super) struct RowBlock<'a, T> {
-    pub x: &'a [T],
-    pub emb: &'a [T],
-    pub g: &'a [T],
-    pub acts: &'a Acts<T>,
-    pub grads: &'a Grads<T>,
-}
-
-impl<T> RowBlock<'_, T> {
-    fn dy(&self, d: Dy) -> &[T] {
-        match d {
-            Dy::Out => self.g,
-            Dy::Dh(i) => &self.grads.dh[i],
-            Dy::Du(i) => &self.grads.du[i],
-            Dy::De => &self.grads.de,
-            Dy::Ds => &self.grads.ds,
-        }
-    }
-    fn input(&self, a: In) -> &[T] {
-        match a {
-            In::X => self.x,
-            In::Emb => self.emb,
-            In::T1 => &self.acts.t1.act,
-            In::T2 => &self.acts.t2.act,
-            In::Pre(i) => &self.acts.blocks[i][0].act,
-            In::Mid(i) => &self.acts.blocks[i][1].act,
-            In::Last => &self.acts.last.act,
-        }
-    }
-}
-
-/// The layers in packing order with the gradient and input each weight gradient reads.
-pub(super) fn weight_grad_tasks(lay: &Packing) -> Vec<(Lin, Dy, In)> {
-    let mut t = vec![
-        (lay.time1, Dy::Ds, In::Emb),
-        (lay.time2, Dy::De, In::T1),
-        (lay.in_proj, Dy::Dh(0), In::X),
-    ];
-    for (i, [lin1, temb, lin2]) in lay.blocks.iter().enumerate() {
-        t.push((*lin1, Dy::Du(i), In::Pre(i)));
-        t.push((*temb, Dy::Du(i), In::T2));
-        t.push((*lin2, Dy::Dh(i + 1), In::Mid(i)));
-    }
-    t.push((lay.out_proj, Dy::Out, In::Last));
-    t
-}
-
-/// One layer's dW [out, inp] = Σ_blocks dyᵀ·a and db = Σ_rows dy into `dp` (its slice of the
-/// packed gradient, overwritten), the blocks summed in order.
-pub(super) fn weight_grad<T: Sigmoid>(
-    (l, dy, a): (Lin, Dy, In),
-    blocks: &[RowBlock<'_, T>],
-    dp: &mut [T],
-    par: Parallelism,
-) {
+/// One layer's dW [out, inp] = Σ_parts dyᵀ·a and db = Σ_rows dy into `dp` (its slice of the
+/// packed gradient, overwritten), the parts summed in order.
+pub(super) fn weight_grad<T: Sigmoid>(l: &Lin, parts: &[Part<'_, T>], dp: &mut [T]) {
     let (dw, db) = dp.split_at_mut(l.out * l.inp);
     db.fill(T::ZERO);
-    for (k, blk) in blocks.iter().enumerate() {
-        let (dy, a) = (blk.dy(dy), blk.input(a));
-        let rows = dy.len() / l.out;
+    if parts.iter().all(|pt| pt.rows == 0) {
+        dw.fill(T::ZERO);
+    }
+    for (k, pt) in parts.iter().filter(|pt| pt.rows > 0).enumerate() {
         mm(
-            (l.out, l.inp, rows),
+            (l.out, l.inp, pt.rows),
             dw,
             k > 0,
-            dy,
-            (1, l.out),
-            a,
+            pt.dy,
+            (1, pt.dys),
+            pt.a,
             (l.inp, 1),
-            par,
+            Parallelism::None,
         );
-        for r in dy.chunks(l.out) {
-            for (s, &v) in db.iter_mut().zip(r) {
+        for r in 0..pt.rows {
+            let dy = &pt.dy[r * pt.dys..r * pt.dys + l.out];
+            for (s, &v) in db.iter_mut().zip(dy) {
                 *s += v;
             }
         }

@@ -20,6 +20,7 @@ pub mod gpu_train;
 pub mod group_norm;
 pub mod mlp;
 mod mlp_rows;
+mod mlp_time;
 pub(crate) mod real;
 pub(crate) mod simd;
 

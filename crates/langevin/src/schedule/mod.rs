@@ -326,8 +326,11 @@ impl Schedule {
         if ls >= ln(self.sigmas[n - 1]) {
             return (n - 1) as f64;
         }
-        // sigmas increase with t.
-        let hi = self.sigmas.partition_point(|s| ln(*s) < ls);
+        // sigmas increase with t. The search compares σ itself (ln is increasing; where two
+        // σ share one ln the interpolation below gives the same t from either side): a `ln`
+        // per bisection step was ~0.1 ms of each 512-row training step, on the serial path.
+        let at = sigma.max(1e-300);
+        let hi = self.sigmas.partition_point(|s| s.max(1e-300) < at);
         let lo = hi - 1;
         let (a, b) = (ln(self.sigmas[lo]), ln(self.sigmas[hi]));
         let w = if b > a { (ls - a) / (b - a) } else { 0.0 };

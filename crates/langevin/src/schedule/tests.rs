@@ -245,3 +245,31 @@ fn geometric_with_large_beta_keeps_tiny_sigmas_exact_and_skips_them() {
         1e-12
     ));
 }
+
+/// σ → t with the search on σ (no `ln` per bisection step) gives the bits of the search on
+/// ln σ it replaced: at every table value (where training's σ come from), between neighbours,
+/// and outside the table.
+#[test]
+fn sigma_to_t_equals_the_search_in_log_sigma() {
+    let s = BetaSchedule::default().build(1000).unwrap();
+    let by_log = |sigma: f64| -> f64 {
+        let ln = |v: f64| v.max(1e-300).ln();
+        let (ls, n) = (ln(sigma), s.sigmas.len());
+        if ls <= ln(s.sigmas[0]) {
+            return 0.0;
+        }
+        if ls >= ln(s.sigmas[n - 1]) {
+            return (n - 1) as f64;
+        }
+        let hi = s.sigmas.partition_point(|v| ln(*v) < ls);
+        let (a, b) = (ln(s.sigmas[hi - 1]), ln(s.sigmas[hi]));
+        (hi - 1) as f64 + if b > a { (ls - a) / (b - a) } else { 0.0 }
+    };
+    let mut probes = s.sigmas.clone();
+    probes.extend(s.sigmas.windows(2).map(|w| 0.5 * (w[0] + w[1])));
+    probes.extend(s.sigmas.iter().map(|v| v * (1.0 + 1e-15)));
+    probes.extend([0.0, 1e-9, 1e9, -1.0]);
+    for x in probes {
+        assert_eq!(s.sigma_to_t(x).to_bits(), by_log(x).to_bits(), "σ = {x:e}");
+    }
+}
