@@ -16,36 +16,28 @@
 //! If capture fails anyway, that evaluation runs eagerly from then on, after one warning.
 //!
 //! `LANGEVIN_CUDA_GRAPHS=0` turns graphs off (the eager path, for comparison and debugging).
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Mutex;
 
 use candle_core::{DType, Device, Tensor};
 
+use super::switch::{unless_zero, EnvSwitch};
 use crate::Result;
 
 /// At most this many captured shapes per network (each holds its activations' memory).
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 const MAX_GRAPHS: usize = 4;
 
-/// 0: not decided yet (read `LANGEVIN_CUDA_GRAPHS`), 1: allowed, 2: forbidden.
-static ENABLED: AtomicU8 = AtomicU8::new(0);
+static GRAPHS: EnvSwitch = EnvSwitch::new("LANGEVIN_CUDA_GRAPHS", unless_zero);
 
 /// Whether graphs are allowed (`LANGEVIN_CUDA_GRAPHS=0` or [`set_enabled`]`(false)` forbids
 /// them).
 pub fn enabled() -> bool {
-    match ENABLED.load(Ordering::Relaxed) {
-        0 => {
-            let on = std::env::var("LANGEVIN_CUDA_GRAPHS").map_or(true, |v| v != "0");
-            ENABLED.store(if on { 1 } else { 2 }, Ordering::Relaxed);
-            on
-        }
-        s => s == 1,
-    }
+    GRAPHS.get()
 }
 
 /// Allow or forbid graphs for later captures (the GPU parity run compares both).
 pub fn set_enabled(on: bool) {
-    ENABLED.store(if on { 1 } else { 2 }, Ordering::Relaxed);
+    GRAPHS.set(on);
 }
 
 /// Whether `dev`'s stream is being captured into a graph right now (work is recorded, not

@@ -6,33 +6,22 @@
 //! candle tensor it reads correctly through the strides (slower, never wrong).
 //!
 //! The layout is opt-out with `LANGEVIN_NHWC=0` (for comparisons) and needs the `cudnn` build.
-use std::sync::atomic::{AtomicU8, Ordering};
-
 use candle_core::{DType, Tensor};
 
-/// 0: not decided yet (read `LANGEVIN_NHWC`), 1: on, 2: off.
-static STATE: AtomicU8 = AtomicU8::new(0);
+use super::switch::{unless_zero, EnvSwitch};
+
+static NHWC: EnvSwitch = EnvSwitch::new("LANGEVIN_NHWC", unless_zero);
 
 /// Channels-last activations are used unless `LANGEVIN_NHWC=0` or [`set_enabled`]`(false)`
 /// (in a `cudnn` build).
 pub fn enabled() -> bool {
-    if !cfg!(feature = "cudnn") {
-        return false;
-    }
-    match STATE.load(Ordering::Relaxed) {
-        0 => {
-            let on = std::env::var("LANGEVIN_NHWC").map_or(true, |v| v != "0");
-            STATE.store(if on { 1 } else { 2 }, Ordering::Relaxed);
-            on
-        }
-        s => s == 1,
-    }
+    cfg!(feature = "cudnn") && NHWC.get()
 }
 
 /// Switch channels-last activations on or off for later network evaluations (the GPU parity
 /// run compares both).
 pub fn set_enabled(on: bool) {
-    STATE.store(if on { 1 } else { 2 }, Ordering::Relaxed);
+    NHWC.set(on);
 }
 
 /// `LANGEVIN_NHWC_TRACE=1`: print each fused op's input layout to stderr (to find the op that
@@ -179,29 +168,20 @@ pub enum GnForm {
     Registers,
 }
 
-/// 0: not decided yet (read `LANGEVIN_NHWC_GN`), 1: split, 2: registers.
-static GN_FORM: AtomicU8 = AtomicU8::new(0);
+/// On: the split form; `LANGEVIN_NHWC_GN=reg` turns it off.
+static GN_SPLIT: EnvSwitch = EnvSwitch::new("LANGEVIN_NHWC_GN", |v| v != Some("reg"));
 
 /// The group-norm form in use (see [`GnForm`]).
 pub fn gn_form() -> GnForm {
-    match GN_FORM.load(Ordering::Relaxed) {
-        0 => {
-            let reg = std::env::var("LANGEVIN_NHWC_GN").is_ok_and(|v| v == "reg");
-            GN_FORM.store(if reg { 2 } else { 1 }, Ordering::Relaxed);
-            if reg {
-                GnForm::Registers
-            } else {
-                GnForm::Split
-            }
-        }
-        1 => GnForm::Split,
-        _ => GnForm::Registers,
+    match GN_SPLIT.get() {
+        true => GnForm::Split,
+        false => GnForm::Registers,
     }
 }
 
 /// Choose the group-norm form for later calls (the GPU parity run checks both).
 pub fn set_gn_form(f: GnForm) {
-    GN_FORM.store(if f == GnForm::Split { 1 } else { 2 }, Ordering::Relaxed);
+    GN_SPLIT.set(f == GnForm::Split);
 }
 
 /// Vectors a thread of the split group norm holds (`CL_SPLIT_R` in nhwc.cu).

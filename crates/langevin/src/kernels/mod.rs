@@ -23,6 +23,7 @@ mod mlp_rows;
 mod mlp_time;
 pub(crate) mod real;
 pub(crate) mod simd;
+mod switch;
 
 pub use conv::conv2d;
 pub use group_norm::group_norm_act;
