@@ -84,6 +84,19 @@ pub fn setup(requested: Option<usize>) -> usize {
     rayon::current_num_threads()
 }
 
+/// Runs `f` on a worker of the thread pool (the calling thread waits), so that the parallel
+/// loops inside it split their work from a worker, not from outside the pool: measured on the
+/// demo's training (issue 17, CPU round 8), each parallel section entered from the main thread
+/// paid a hand-over to a sleeping worker and then a second wake-up.
+pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() || rayon::current_num_threads() <= 1 {
+        return f();
+    }
+    let mut out = None;
+    rayon::scope(|s| s.spawn(|_| out = Some(f())));
+    out.expect("the scope ran the task")
+}
+
 /// The thread pool's size (what [`setup`] chose).
 pub fn pool() -> usize {
     rayon::current_num_threads()

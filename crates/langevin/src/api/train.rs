@@ -380,7 +380,7 @@ pub fn train_loop(
     trainer: &mut Trainer,
     out: &Path,
     time_limit: Option<f64>,
-    step: &mut dyn FnMut(&mut Trainer) -> Result<StepReport>,
+    step: &mut (dyn FnMut(&mut Trainer) -> Result<StepReport> + Send),
     obs: &dyn Observer,
 ) -> Result<f64> {
     let total = trainer.cfg.steps;
@@ -393,7 +393,8 @@ pub fn train_loop(
     let every = trainer.cfg.checkpoint_every;
     let result = (|| {
         while trainer.step() < total {
-            let r = step(trainer).map_err(|e| Error::Context {
+            // On a pool worker: the step's parallel sections then start from inside the pool.
+            let r = crate::threads::on_pool(|| step(trainer)).map_err(|e| Error::Context {
                 context: match last_saved {
                     Some(s) => format!(
                         "{}: training stopped; the run keeps its last checkpoint (step {s})",

@@ -178,7 +178,7 @@ fn split(b: usize) -> (bool, Parallelism, usize) {
 /// parallel loop, and the scratch columns once per rayon job (issue 17; candle's own conv2d
 /// allocates its outputs the same way, `alloc_uninit_vec`).
 #[allow(clippy::uninit_vec)]
-pub(super) fn uninit<T: Real>(n: usize) -> Vec<T> {
+pub(crate) fn uninit<T: Real>(n: usize) -> Vec<T> {
     if cfg!(test) {
         // NaN wherever a value would be read unwritten, so the tests below would see it.
         return vec![T::from_f64(f64::NAN); n];
@@ -212,6 +212,9 @@ fn fill_bias<T: Real>(out: &mut [T], bias: &[T], plane: usize) {
 /// the same flops as [`transposed_conv`], 0.8× with it); there the convolution is computed as
 /// the transposed convolution of the flipped weights (GEMM with C·k² rows, then [`col2im`]).
 pub(super) fn forward<T: Real>(x: &[T], wt: &[T], bias: Option<&[T]>, g: &Geom) -> Vec<T> {
+    if super::winograd::applies(g) {
+        return super::winograd::forward(x, wt, bias, g);
+    }
     match g.transposed() {
         Some(gt) if g.c >= 2 * g.o => transposed_conv(x, &flip(wt, g), bias, &gt),
         _ => forward_im2col(x, wt, bias, g),
@@ -317,6 +320,9 @@ fn row_split(m: usize, n: usize, k: usize) -> Option<usize> {
 /// with C·k² rows, then col2im) stays, as it does for stride 2 and 1×1.
 pub(super) fn backward_input<T: Real>(dy: &[T], wt: &[T], g: &Geom) -> Vec<T> {
     match g.transposed() {
+        Some(gt) if super::winograd::applies(&gt) => {
+            super::winograd::forward(dy, &flip(wt, g), None, &gt)
+        }
         Some(gt) if g.c > g.o => forward_im2col(dy, &flip(wt, g), None, &gt),
         _ => transposed_conv(dy, wt, None, g),
     }

@@ -7,7 +7,7 @@
 //! whole network evaluation as one captured CUDA graph.
 pub mod attention;
 pub mod conv;
-mod cpu_conv;
+pub(crate) mod cpu_conv;
 pub mod cuda_graph;
 pub mod cudnn_conv;
 #[cfg(feature = "cudnn")]
@@ -24,6 +24,7 @@ mod mlp_time;
 pub(crate) mod real;
 pub(crate) mod simd;
 mod switch;
+mod winograd;
 
 pub use conv::conv2d;
 pub use group_norm::group_norm_act;

@@ -185,6 +185,20 @@ impl AdamW {
 
     /// One update with learning rate `lr`, gradients scaled by `grad_scale` (for clipping).
     pub fn step(&mut self, grads: &GradStore, lr: f64, grad_scale: f64) -> Result<()> {
+        self.step_averaged(grads, lr, grad_scale, None).map(|_| ())
+    }
+
+    /// [`Self::step`], and with `ema` = (the averages, one per parameter in this optimiser's
+    /// order, and the decay d) the averages e ← e·d + θ'·(1 − d) of the updated weights θ' in
+    /// the same pass, where the one-pass CPU update applies. Returns whether the averages were
+    /// updated; if not, the caller updates them (`Ema::update`).
+    pub fn step_averaged(
+        &mut self,
+        grads: &GradStore,
+        lr: f64,
+        grad_scale: f64,
+        ema: Option<(&mut [(String, Tensor)], f64)>,
+    ) -> Result<bool> {
         self.t += 1;
         let c = self.config;
         let bc1 = 1.0 - c.beta1.powi(self.t as i32);
@@ -214,21 +228,49 @@ impl AdamW {
                     }
                 })
                 .collect();
-            return Ok(gpu_optim::adamw(&rows, k)?);
+            gpu_optim::adamw(&rows, k)?;
+            return Ok(false);
         }
         if let Some(gs) = self.cpu_grads(grads)? {
+            // The averages in the same pass when they line up with the parameters.
+            let ema = ema.filter(|(w, _)| {
+                w.len() == self.params.len()
+                    && w.iter().zip(&self.params).all(|((we, e), (n, v, _, _))| {
+                        we == n && cpu_optim::eligible(e) && e.shape() == v.shape()
+                    })
+            });
             // One task per tensor (no sum crosses tensors, so the bits do not depend on the
             // threads): this pass was a serial ~0.5 ms of the demo's step.
             let params = &self.params;
-            let moments = cpu_optim::per_tensor(&gs, |(i, g)| {
+            let averages = ema.as_ref().map(|(w, d)| (&**w, *d));
+            let news = cpu_optim::per_tensor(&gs, |(i, g)| {
                 let (_, var, m, v) = &params[*i];
-                cpu_optim::adamw(var, m, v, g, &k)
+                let e = averages.map(|(w, d)| (&w[*i].1, d));
+                cpu_optim::adamw(var, m, v, g, &k, e)
             })?;
-            for ((i, _), (m2, v2)) in gs.iter().zip(moments) {
+            let mut averaged = vec![false; self.params.len()];
+            let mut new_avg = vec![];
+            for ((i, _), (m2, v2, e2)) in gs.iter().zip(news) {
                 let (_, _, m, v) = &mut self.params[*i];
                 (*m, *v) = (m2, v2);
+                if let Some(e2) = e2 {
+                    new_avg.push((*i, e2));
+                    averaged[*i] = true;
+                }
             }
-            return Ok(());
+            let Some((w, d)) = ema else {
+                return Ok(false);
+            };
+            for (i, e2) in new_avg {
+                w[i].1 = e2;
+            }
+            // Parameters without a gradient keep θ, and their averages still move toward it.
+            for (i, done) in averaged.into_iter().enumerate() {
+                if !done {
+                    w[i].1 = cpu_optim::ema(&w[i].1, self.params[i].1.as_tensor(), d)?;
+                }
+            }
+            return Ok(true);
         }
         for i in 0..self.params.len() {
             let Some(g) = grads.get(self.computed(i)) else {
@@ -246,7 +288,7 @@ impl AdamW {
                 s[i].set(&self.params[i].1.as_tensor().to_dtype(s[i].dtype())?)?;
             }
         }
-        Ok(())
+        Ok(false)
     }
 }
 
@@ -344,6 +386,68 @@ mod tests {
             assert_eq!(bits(&pa.2), bits(&pb.2), "{}: first moment", pa.0);
             assert_eq!(bits(&pa.3), bits(&pb.3), "{}: second moment", pa.0);
         }
+    }
+
+    /// The averages folded into the optimiser's pass give the bits of a step followed by
+    /// `Ema::update`, including a parameter that gets no gradient (its average still moves).
+    #[test]
+    fn averaged_step_matches_step_then_ema_update() {
+        use super::super::ema::Ema;
+        let mk = || -> Vec<(String, Var)> {
+            [vec![0.3f32, -1.2, 2.0, 0.7], vec![0.5f32, -0.25]]
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    (
+                        format!("p{i}"),
+                        Var::new(v.as_slice(), &Device::Cpu).unwrap(),
+                    )
+                })
+                .collect()
+        };
+        let (va, vb) = (mk(), mk());
+        let (mut a, mut b) = (
+            AdamW::new(va.clone(), AdamWConfig::default()).unwrap(),
+            AdamW::new(vb.clone(), AdamWConfig::default()).unwrap(),
+        );
+        let (mut ea, mut eb) = (Ema::new(&va, 0.9).unwrap(), Ema::new(&vb, 0.9).unwrap());
+        for step in 1..=4u64 {
+            // Only p0 enters the loss: p1 has no gradient.
+            let loss = |v: &[(String, Var)]| {
+                (v[0].1.as_tensor().sqr().unwrap() * step as f64)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+            };
+            let (ga, gb) = (loss(&va).backward().unwrap(), loss(&vb).backward().unwrap());
+            let d = ea.decay_at(step);
+            assert!(a
+                .step_averaged(&ga, 0.05, 0.7, Some((&mut ea.weights, d)))
+                .unwrap());
+            b.step(&gb, 0.05, 0.7).unwrap();
+            eb.update(&vb, step).unwrap();
+        }
+        let bits = |t: &Tensor| -> Vec<u32> {
+            t.to_vec1::<f32>()
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect()
+        };
+        for i in 0..2 {
+            assert_eq!(
+                bits(va[i].1.as_tensor()),
+                bits(vb[i].1.as_tensor()),
+                "weights {i}"
+            );
+            assert_eq!(
+                bits(&ea.weights[i].1),
+                bits(&eb.weights[i].1),
+                "average {i}"
+            );
+        }
+        // p0's average lags its weights (the pass did average, not copy).
+        assert_ne!(bits(&ea.weights[0].1), bits(va[0].1.as_tensor()));
     }
 
     #[test]

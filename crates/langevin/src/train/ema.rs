@@ -23,9 +23,14 @@ impl Ema {
         Ok(Self { decay, weights })
     }
 
+    /// The decay used after optimiser step `step` (1-based).
+    pub fn decay_at(&self, step: u64) -> f64 {
+        self.decay.min((1.0 + step as f64) / (10.0 + step as f64))
+    }
+
     /// Fold in the current weights after optimiser step `step` (1-based).
     pub fn update(&mut self, vars: &[(String, Var)], step: u64) -> Result<()> {
-        let d = self.decay.min((1.0 + step as f64) / (10.0 + step as f64));
+        let d = self.decay_at(step);
         let on_gpu = |t: &Tensor| gpu_train::available(t) && t.dtype() == DType::F32;
         if self
             .weights

@@ -385,8 +385,13 @@ impl Trainer {
         } else {
             1.0
         };
-        self.opt.step(&grads, lr, scale)?;
-        self.ema.update(&self.vars, self.opt.t)?;
+        // The averages in the optimiser's pass where it can (the CPU one-pass update).
+        let d = self.ema.decay_at(self.opt.t + 1);
+        let averaged =
+            (self.opt).step_averaged(&grads, lr, scale, Some((&mut self.ema.weights, d)))?;
+        if !averaged {
+            self.ema.update(&self.vars, self.opt.t)?;
+        }
         let loss = loss_value;
         self.losses.push((step + 1, loss));
         Ok(StepReport {

@@ -1,0 +1,373 @@
+//! 3×3 stride-1 convolutions by Winograd's minimal filtering F(2×2, 3×3) (Lavin & Gray 2016,
+//! "Fast Algorithms for Convolutional Neural Networks"): each 2×2 output tile is
+//! Aᵀ[(G g Gᵀ) ⊙ (Bᵀ d B)]A from a 4×4 input tile d, so the products are 16 GEMMs over
+//! [O, C]·[C, tiles] instead of one over [O, 9·C]·[9·C, pixels] — 2.25× fewer multiply-adds.
+//!
+//! Written for a measured hot spot (issue 17, CPU round 8 in docs/benchmarks.md): 3×3
+//! convolutions at 16–64 channels are most of a small UNet's CPU time, and the im2col GEMM ran
+//! them at 84 GFLOP/s on 2 cores where PyTorch was ahead. The transforms are additions over
+//! whole rows (vectorised), their cost a few per cent of the GEMMs at 32+ channels.
+//!
+//! Every image is transformed and multiplied on its own, in the same blocks on any number of
+//! threads and at any batch size, so results depend only on the image.
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use super::conv::mm;
+use super::cpu_conv::{uninit, Geom};
+use super::real::{threads, Real};
+use super::simd::vectorized;
+
+/// Whether the Winograd path takes this convolution: 3×3, stride 1, padding 1, and enough
+/// channels on both sides that the GEMMs dominate the transforms.
+pub(super) fn applies(g: &Geom) -> bool {
+    g.k == 3 && g.s == 1 && g.p == 1 && g.c >= 16 && g.o >= 16 && g.h >= 2 && g.w >= 2
+}
+
+/// U = G g Gᵀ of every filter, as 16 matrices [O, C] (ξ = 4·i + j): `wt` is [O, C, 3, 3].
+fn filter_transform<T: Real>(wt: &[T], o: usize, c: usize) -> Vec<T> {
+    let half = T::from_f64(0.5);
+    let mut u = uninit(16 * o * c);
+    for oc in 0..o * c {
+        let g = &wt[oc * 9..oc * 9 + 9];
+        // t = G g: rows g0, (g0+g1+g2)/2, (g0−g1+g2)/2, g2 of the 3×3 filter.
+        let mut t = [[T::ZERO; 3]; 4];
+        for j in 0..3 {
+            let (a, b, cc) = (g[j], g[3 + j], g[6 + j]);
+            t[0][j] = a;
+            t[1][j] = (a + b + cc) * half;
+            t[2][j] = (a - b + cc) * half;
+            t[3][j] = cc;
+        }
+        for (i, r) in t.iter().enumerate() {
+            let (a, b, cc) = (r[0], r[1], r[2]);
+            let row = [a, (a + b + cc) * half, (a - b + cc) * half, cc];
+            for (j, v) in row.into_iter().enumerate() {
+                u[(4 * i + j) * o * c + oc] = v;
+            }
+        }
+    }
+    u
+}
+
+/// Tiles per row and per column of an H×W output.
+fn tiles(g: &Geom) -> (usize, usize) {
+    (g.h.div_ceil(2), g.w.div_ceil(2))
+}
+
+/// V = Bᵀ d B of every 4×4 input tile of the channels `x` ([n, H, W]) into `v`: 16 blocks
+/// [C_total, T] (row stride T, block stride `cstride`·T), this run's channels at rows
+/// `c0..c0+n`. Bᵀ = [[1,0,−1,0],[0,1,1,0],[0,−1,1,0],[0,1,0,−1]]; tile (ty, tx) covers input
+/// rows 2ty−1..2ty+2 and columns 2tx−1..2tx+2, zero outside the image. Written as loops over
+/// whole rows of tiles so that they vectorise (per-tile code was 6 ns per input value).
+fn input_transform<T: Real>(x: &[T], g: &Geom, v: &mut [T], c0: usize, cstride: usize) {
+    let (th, tw) = tiles(g);
+    let t = th * tw;
+    // e[j][r % 2][r / 2][tx]: row r − 1 of the input (zero rows around it) times B, column
+    // j; even and odd rows apart, so that each of the 16 outputs below is one loop over T.
+    let half_rows = th + 1;
+    let mut e = vec![T::ZERO; 8 * half_rows * tw];
+    let (mut od, mut ev) = (vec![T::ZERO; tw + 1], vec![T::ZERO; tw + 1]);
+    let half = g.w / 2;
+    vectorized(|| {
+        for (ci, xc) in x.chunks_exact(g.h * g.w).enumerate() {
+            for r in 1..=g.h {
+                let src = &xc[(r - 1) * g.w..r * g.w];
+                // od[t] = x[2t − 1] (od[0] = 0), ev[t] = x[2t]; zero past the row's end.
+                for (k, pair) in src.chunks_exact(2).enumerate() {
+                    ev[k] = pair[0];
+                    od[k + 1] = pair[1];
+                }
+                ev[half..].fill(T::ZERO);
+                od[half + 1..].fill(T::ZERO);
+                if g.w % 2 == 1 {
+                    ev[half] = src[g.w - 1];
+                }
+                let (o0, o1) = (&od[..tw], &od[1..]);
+                let (e0, e1) = (&ev[..tw], &ev[1..]);
+                let row = |j: usize| ((2 * j + r % 2) * half_rows + r / 2) * tw;
+                let [a0, a1, a2, a3] = [row(0), row(1), row(2), row(3)];
+                for (d, (&a, &b)) in e[a0..a0 + tw].iter_mut().zip(o0.iter().zip(o1)) {
+                    *d = a - b;
+                }
+                for (d, (&a, &b)) in e[a1..a1 + tw].iter_mut().zip(e0.iter().zip(o1)) {
+                    *d = a + b;
+                }
+                for (d, (&a, &b)) in e[a2..a2 + tw].iter_mut().zip(o1.iter().zip(e0)) {
+                    *d = a - b;
+                }
+                for (d, (&a, &b)) in e[a3..a3 + tw].iter_mut().zip(e0.iter().zip(e1)) {
+                    *d = a - b;
+                }
+            }
+            // Rows past the image stay zero (written once: only rows 1..=h change).
+            let c = c0 + ci;
+            for j in 0..4 {
+                // Rows 2ty + k for all ty: parity k % 2, from row k / 2 on, T values.
+                let r = |k: usize| &e[((2 * j + k % 2) * half_rows + k / 2) * tw..][..t];
+                for i in 0..4 {
+                    let o = ((4 * i + j) * cstride + c) * t;
+                    let dst = &mut v[o..o + t];
+                    let (p, q) = match i {
+                        0 => (r(0), r(2)),
+                        1 => (r(1), r(2)),
+                        2 => (r(2), r(1)),
+                        _ => (r(1), r(3)),
+                    };
+                    if i == 1 {
+                        for (d, (&a, &b)) in dst.iter_mut().zip(p.iter().zip(q)) {
+                            *d = a + b;
+                        }
+                    } else {
+                        for (d, (&a, &b)) in dst.iter_mut().zip(p.iter().zip(q)) {
+                            *d = a - b;
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Y = Aᵀ m A of every tile for the output channels `out` ([n, H, W], channels `o0..`) from
+/// the 16 products `m` ([16][O, T]), plus the bias. Aᵀ = [[1,1,1,0],[0,1,−1,−1]]. Loops over
+/// all T tiles of a channel at once (vectorised), then the 2×2 results interleaved into rows.
+fn output_transform<T: Real>(m: &[T], g: &Geom, bias: Option<&[T]>, out: &mut [T], o0: usize) {
+    let (th, tw) = tiles(g);
+    let t = th * tw;
+    // s[k][j]: k = 0 → m0j + m1j + m2j, k = 1 → m1j − m2j − m3j; then y[a][b] over T.
+    let mut s = vec![T::ZERO; 8 * t];
+    let mut y = vec![T::ZERO; 4 * t];
+    vectorized(|| {
+        for (oi, yo) in out.chunks_exact_mut(g.h * g.w).enumerate() {
+            let o = o0 + oi;
+            let b = bias.map_or(T::ZERO, |b| b[o]);
+            let mv = |i: usize, j: usize| &m[((4 * i + j) * g.o + o) * t..][..t];
+            for j in 0..4 {
+                let (m0, m1, m2, m3) = (mv(0, j), mv(1, j), mv(2, j), mv(3, j));
+                let (s0, s1) = s[2 * j * t..(2 * j + 2) * t].split_at_mut(t);
+                for (d, ((&a, &bb), &c)) in s0.iter_mut().zip(m0.iter().zip(m1).zip(m2)) {
+                    *d = (a + bb) + c;
+                }
+                for (d, ((&a, &bb), &c)) in s1.iter_mut().zip(m1.iter().zip(m2).zip(m3)) {
+                    *d = (a - bb) - c;
+                }
+            }
+            let sk = |k: usize, j: usize| &s[(2 * j + k) * t..(2 * j + k + 1) * t];
+            for (a, ya) in y.chunks_exact_mut(2 * t).enumerate() {
+                let (y0, y1) = ya.split_at_mut(t);
+                let (p0, p1, p2, p3) = (sk(a, 0), sk(a, 1), sk(a, 2), sk(a, 3));
+                for (d, ((&x0, &x1), &x2)) in y0.iter_mut().zip(p0.iter().zip(p1).zip(p2)) {
+                    *d = ((x0 + x1) + x2) + b;
+                }
+                for (d, ((&x1, &x2), &x3)) in y1.iter_mut().zip(p1.iter().zip(p2).zip(p3)) {
+                    *d = ((x1 - x2) - x3) + b;
+                }
+            }
+            for r in 0..g.h {
+                let (a, ty) = (r % 2, r / 2);
+                let ya = &y[(2 * a) * t + ty * tw..][..tw];
+                let yb = &y[(2 * a + 1) * t + ty * tw..][..tw];
+                let row = &mut yo[r * g.w..(r + 1) * g.w];
+                let mut px = row.chunks_exact_mut(2);
+                for ((p, &va), &vb) in (&mut px).zip(ya).zip(yb) {
+                    p[0] = va;
+                    p[1] = vb;
+                }
+                if let Some(last) = px.into_remainder().first_mut() {
+                    *last = ya[tw - 1];
+                }
+            }
+        }
+    });
+}
+
+/// Scratch of one image: V [16][C, T] and the products M [16][O, T].
+struct Scratch<T> {
+    v: Vec<T>,
+    m: Vec<T>,
+}
+
+/// `y = conv(x, w) + bias` for a convolution [`applies`] accepts: `wt` [O, C, 3, 3].
+pub(super) fn forward<T: Real>(x: &[T], wt: &[T], bias: Option<&[T]>, g: &Geom) -> Vec<T> {
+    let (th, tw) = tiles(g);
+    let t = th * tw;
+    let u = filter_transform(wt, g.o, g.c);
+    let (hw, nt) = (g.h * g.w, threads());
+    let mut out = uninit(g.b * g.o * hw);
+    let new = || Scratch {
+        v: uninit(16 * g.c * t),
+        m: uninit(16 * g.o * t),
+    };
+    // The 16 products of one image: M_ξ [O, T] = U_ξ [O, C] · V_ξ [C, T].
+    let products = |s: &mut Scratch<T>, xi: usize| {
+        let (oc, ct, ot) = (g.o * g.c, g.c * t, g.o * t);
+        let (mx, vx) = (
+            &mut s.m[xi * ot..(xi + 1) * ot],
+            &s.v[xi * ct..(xi + 1) * ct],
+        );
+        let ux = &u[xi * oc..(xi + 1) * oc];
+        mm(
+            (g.o, t, g.c),
+            mx,
+            false,
+            ux,
+            (g.c, 1),
+            vx,
+            (t, 1),
+            Parallelism::None,
+        );
+    };
+    let image = |s: &mut Scratch<T>, xb: &[T], ob: &mut [T]| {
+        input_transform(xb, g, &mut s.v, 0, g.c);
+        for xi in 0..16 {
+            products(s, xi);
+        }
+        output_transform(&s.m, g, bias, ob, 0);
+    };
+    let (xs, os) = (g.c * hw, g.o * hw);
+    if nt <= 1 {
+        let mut s = new();
+        for (xb, ob) in x.chunks(xs).zip(out.chunks_mut(os)) {
+            image(&mut s, xb, ob);
+        }
+    } else if g.b >= nt {
+        x.par_chunks(xs)
+            .zip(out.par_chunks_mut(os))
+            .for_each_init(new, |s, (xb, ob)| image(s, xb, ob));
+    } else {
+        // Fewer images than threads: each stage of one image split over the threads, in
+        // pieces that do not depend on the thread count (channels, the 16 products).
+        let mut s = new();
+        let ct = g.c * t;
+        for (xb, ob) in x.chunks(xs).zip(out.chunks_mut(os)) {
+            // Channels in runs of 8: each run writes its rows of every V_ξ.
+            let runs: Vec<(usize, &[T])> = xb.chunks(8 * hw).enumerate().collect();
+            let v_ptr = SendPtr(s.v.as_mut_ptr());
+            let vlen = s.v.len();
+            runs.into_par_iter().for_each(|(r, xr)| {
+                // SAFETY: run r writes only rows 8r..8r+n of each V_ξ block, disjoint from
+                // the other runs' rows; `v` outlives the loop.
+                let v = unsafe { std::slice::from_raw_parts_mut(v_ptr.get(), vlen) };
+                input_transform(xr, g, v, 8 * r, g.c);
+            });
+            let ot = g.o * t;
+            let (m, v) = (&mut s.m, &s.v);
+            m.par_chunks_mut(ot).enumerate().for_each(|(xi, mx)| {
+                let ux = &u[xi * g.o * g.c..(xi + 1) * g.o * g.c];
+                let vx = &v[xi * ct..(xi + 1) * ct];
+                mm(
+                    (g.o, t, g.c),
+                    mx,
+                    false,
+                    ux,
+                    (g.c, 1),
+                    vx,
+                    (t, 1),
+                    Parallelism::None,
+                );
+            });
+            let m = &s.m;
+            ob.par_chunks_mut(8 * hw)
+                .enumerate()
+                .for_each(|(r, oc)| output_transform(m, g, bias, oc, 8 * r));
+        }
+    }
+    out
+}
+
+/// A raw pointer that may cross threads (the callers guarantee disjoint writes).
+#[derive(Clone, Copy)]
+struct SendPtr<T>(*mut T);
+// SAFETY: only used for disjoint writes inside one parallel loop (see its uses).
+unsafe impl<T> Send for SendPtr<T> {}
+unsafe impl<T> Sync for SendPtr<T> {}
+impl<T> SendPtr<T> {
+    fn get(self) -> *mut T {
+        self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// The convolution by its definition, in f64.
+    fn direct(x: &[f64], w: &[f64], b: &[f64], g: &Geom) -> Vec<f64> {
+        let mut y = vec![0f64; g.b * g.o * g.h * g.w];
+        for n in 0..g.b {
+            for o in 0..g.o {
+                for oy in 0..g.h {
+                    for ox in 0..g.w {
+                        let mut s = b[o];
+                        for c in 0..g.c {
+                            for ky in 0..3 {
+                                for kx in 0..3 {
+                                    let (iy, ix) = (oy + ky, ox + kx);
+                                    if iy < 1 || ix < 1 || iy > g.h || ix > g.w {
+                                        continue;
+                                    }
+                                    s += x[((n * g.c + c) * g.h + iy - 1) * g.w + ix - 1]
+                                        * w[((o * g.c + c) * 3 + ky) * 3 + kx];
+                                }
+                            }
+                        }
+                        y[((n * g.o + o) * g.h + oy) * g.w + ox] = s;
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn matches_the_definition_at_odd_and_even_sizes_on_any_thread_count() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        // (batch, C, O, H, W): odd sizes, one image (split stages), several (per image).
+        for &(b, c, o, h, w) in &[(1, 16, 16, 5, 7), (3, 24, 16, 8, 8), (2, 16, 40, 9, 4)] {
+            let g = Geom::new(&[b, c, h, w], &[o, c, 3, 3], 1, 1).unwrap();
+            assert!(applies(&g));
+            let x: Vec<f64> = (0..b * c * h * w)
+                .map(|_| rng.random_range(-1.0..1.0))
+                .collect();
+            let wt: Vec<f64> = (0..o * c * 9)
+                .map(|_| rng.random_range(-0.3..0.3))
+                .collect();
+            let bias: Vec<f64> = (0..o).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let want = direct(&x, &wt, &bias, &g);
+            let got = forward(&x, &wt, Some(&bias), &g);
+            let err = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f64, f64::max);
+            assert!(err < 1e-12, "f64 {b}×{c}→{o} {h}×{w}: {err}");
+            let f = |v: &[f64]| v.iter().map(|&v| v as f32).collect::<Vec<f32>>();
+            let (x32, w32, b32) = (f(&x), f(&wt), f(&bias));
+            let scale = want.iter().map(|v| v.abs()).fold(0f64, f64::max);
+            let mut bits = None;
+            for threads in [1, 2, 3] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let y = pool.install(|| forward(&x32, &w32, Some(&b32), &g));
+                let err = y
+                    .iter()
+                    .zip(&want)
+                    .map(|(&a, b)| (a as f64 - b).abs())
+                    .fold(0f64, f64::max);
+                assert!(
+                    err < 2e-6 * scale,
+                    "f32 {b}×{c}→{o} {h}×{w}: {err} of {scale}"
+                );
+                let yb: Vec<u32> = y.iter().map(|v| v.to_bits()).collect();
+                assert!(
+                    bits.get_or_insert(yb.clone()) == &yb,
+                    "{threads} threads changed bits"
+                );
+            }
+        }
+    }
+}
