@@ -61,6 +61,19 @@ fn tiles(g: &Geom) -> (usize, usize) {
 /// rows 2ty−1..2ty+2 and columns 2tx−1..2tx+2, zero outside the image. Written as loops over
 /// whole rows of tiles so that they vectorise (per-tile code was 6 ns per input value).
 fn input_transform<T: Real>(x: &[T], g: &Geom, v: &mut [T], c0: usize, cstride: usize) {
+    let t = tiles(g).0 * tiles(g).1;
+    input_transform_at(x, g, v, (c0, cstride), (t, 0))
+}
+
+/// [`input_transform`] into rows of length `ld`, this image's tiles from column `col0` on
+/// (several images side by side, as the weight gradient's GEMMs take them).
+fn input_transform_at<T: Real>(
+    x: &[T],
+    g: &Geom,
+    v: &mut [T],
+    (c0, cstride): (usize, usize),
+    (ld, col0): (usize, usize),
+) {
     let (th, tw) = tiles(g);
     let t = th * tw;
     // e[j][r % 2][r / 2][tx]: row r − 1 of the input (zero rows around it) times B, column
@@ -106,7 +119,7 @@ fn input_transform<T: Real>(x: &[T], g: &Geom, v: &mut [T], c0: usize, cstride: 
                 // Rows 2ty + k for all ty: parity k % 2, from row k / 2 on, T values.
                 let r = |k: usize| &e[((2 * j + k % 2) * half_rows + k / 2) * tw..][..t];
                 for i in 0..4 {
-                    let o = ((4 * i + j) * cstride + c) * t;
+                    let o = ((4 * i + j) * cstride + c) * ld + col0;
                     let dst = &mut v[o..o + t];
                     let (p, q) = match i {
                         0 => (r(0), r(2)),
@@ -276,6 +289,154 @@ pub(super) fn forward<T: Real>(x: &[T], wt: &[T], bias: Option<&[T]>, g: &Geom) 
     out
 }
 
+/// Z = A ∂y Aᵀ of every 2×2 tile of the output gradient `dy` ([O, H, W], one image) into `z`
+/// ([16][O, T]), A = (Aᵀ)ᵀ of [`output_transform`]: a 2-vector (p, q) becomes
+/// (p, p + q, p − q, −q), along rows and then along columns; zero past the image.
+fn grad_transform<T: Real>(dy: &[T], g: &Geom, z: &mut [T], (ld, col0): (usize, usize)) {
+    let (th, tw) = tiles(g);
+    let t = th * tw;
+    // e[j][r % 2][r / 2][tx] as in `input_transform`, for the rows r of dy.
+    let mut e = vec![T::ZERO; 8 * t];
+    let (mut ev, mut od) = (vec![T::ZERO; tw], vec![T::ZERO; tw]);
+    let half = g.w / 2;
+    vectorized(|| {
+        for (o, yo) in dy.chunks_exact(g.h * g.w).enumerate() {
+            for r in 0..g.h {
+                let src = &yo[r * g.w..(r + 1) * g.w];
+                for (k, pair) in src.chunks_exact(2).enumerate() {
+                    ev[k] = pair[0];
+                    od[k] = pair[1];
+                }
+                if g.w % 2 == 1 {
+                    ev[half] = src[g.w - 1];
+                    od[half] = T::ZERO;
+                }
+                let row = |j: usize| ((2 * j + r % 2) * th + r / 2) * tw;
+                let [a0, a1, a2, a3] = [row(0), row(1), row(2), row(3)];
+                e[a0..a0 + tw].copy_from_slice(&ev);
+                for (d, (&p, &q)) in e[a1..a1 + tw].iter_mut().zip(ev.iter().zip(&od)) {
+                    *d = p + q;
+                }
+                for (d, (&p, &q)) in e[a2..a2 + tw].iter_mut().zip(ev.iter().zip(&od)) {
+                    *d = p - q;
+                }
+                for (d, &q) in e[a3..a3 + tw].iter_mut().zip(&od) {
+                    *d = T::ZERO - q;
+                }
+            }
+            if g.h % 2 == 1 {
+                // The last tile row's bottom row lies outside the image.
+                for j in 0..4 {
+                    let at = ((2 * j + 1) * th + th - 1) * tw;
+                    e[at..at + tw].fill(T::ZERO);
+                }
+            }
+            for j in 0..4 {
+                let top = &e[(2 * j) * th * tw..][..t];
+                let bot = &e[(2 * j + 1) * th * tw..][..t];
+                for i in 0..4 {
+                    let at = ((4 * i + j) * g.o + o) * ld + col0;
+                    let dst = &mut z[at..at + t];
+                    match i {
+                        0 => dst.copy_from_slice(top),
+                        1 => dst
+                            .iter_mut()
+                            .zip(top.iter().zip(bot))
+                            .for_each(|(d, (&p, &q))| *d = p + q),
+                        2 => dst
+                            .iter_mut()
+                            .zip(top.iter().zip(bot))
+                            .for_each(|(d, (&p, &q))| *d = p - q),
+                        _ => dst.iter_mut().zip(bot).for_each(|(d, &q)| *d = T::ZERO - q),
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// dL/dw [O, C, 3, 3] of a convolution [`applies`] accepts, from its input `x` and output
+/// gradient `dy`: ∂L/∂g = Σ_tiles Gᵀ[(A ∂y Aᵀ) ⊙ (Bᵀ d B)]G, so per ξ one GEMM
+/// M_ξ [O, C] = Z_ξ [O, T] · V_ξ [C, T]ᵀ summed over the tiles of every image — depth T per
+/// image, where the im2col weight gradient has 9·C·Ho·Wo / (O) work per output and packs the
+/// columns. Images are summed in `groups` consecutive groups (fixed by the batch, not the
+/// threads), the groups' sums added in order.
+pub(super) fn backward_weight<T: Real>(x: &[T], dy: &[T], g: &Geom, groups: usize) -> Vec<T> {
+    let (th, tw) = tiles(g);
+    let t = th * tw;
+    let hw = g.h * g.w;
+    let (ct, ot, oc) = (g.c * t, g.o * t, g.o * g.c);
+    // A group's images side by side along the tiles: one GEMM of depth images·T per ξ.
+    let group = |range: std::ops::Range<usize>, par: Parallelism| {
+        if range.is_empty() {
+            return vec![T::ZERO; 16 * oc];
+        }
+        let mut m = uninit(16 * oc);
+        let ld = range.len() * t;
+        let (mut v, mut z) = (uninit(16 * ct * range.len()), uninit(16 * ot * range.len()));
+        for (n, b) in range.clone().enumerate() {
+            let xb = &x[b * g.c * hw..][..g.c * hw];
+            input_transform_at(xb, g, &mut v, (0, g.c), (ld, n * t));
+            grad_transform(&dy[b * g.o * hw..][..g.o * hw], g, &mut z, (ld, n * t));
+        }
+        for xi in 0..16 {
+            mm(
+                (g.o, g.c, ld),
+                &mut m[xi * oc..(xi + 1) * oc],
+                false,
+                &z[xi * ot * range.len()..][..ot * range.len()],
+                (ld, 1),
+                &v[xi * ct * range.len()..][..ct * range.len()],
+                (1, ld),
+                par,
+            );
+        }
+        m
+    };
+    let groups = g.b.clamp(1, groups.max(1));
+    let per = g.b.div_ceil(groups);
+    let range = |k: usize| (k * per).min(g.b)..((k + 1) * per).min(g.b);
+    let nt = threads();
+    let parts: Vec<Vec<T>> = if groups >= nt && nt > 1 {
+        (0..groups)
+            .into_par_iter()
+            .map(|k| group(range(k), Parallelism::None))
+            .collect()
+    } else {
+        let par = if nt > 1 {
+            Parallelism::Rayon(nt)
+        } else {
+            Parallelism::None
+        };
+        (0..groups).map(|k| group(range(k), par)).collect()
+    };
+    let mut parts = parts.into_iter();
+    let mut m = parts.next().unwrap_or_else(|| vec![T::ZERO; 16 * oc]);
+    for p in parts {
+        vectorized(|| m.iter_mut().zip(p).for_each(|(a, b)| *a += b));
+    }
+    // dw = Gᵀ M G per (o, c), G = [[1,0,0],[½,½,½],[½,−½,½],[0,0,1]].
+    let half = T::from_f64(0.5);
+    let mut dw = uninit(oc * 9);
+    for k in 0..oc {
+        let mk = |i: usize, j: usize| m[(4 * i + j) * oc + k];
+        let mut tt = [[T::ZERO; 4]; 3];
+        for j in 0..4 {
+            let (a, b, c, d) = (mk(0, j), mk(1, j), mk(2, j), mk(3, j));
+            tt[0][j] = a + (b + c) * half;
+            tt[1][j] = (b - c) * half;
+            tt[2][j] = (b + c) * half + d;
+        }
+        for (a, r) in tt.iter().enumerate() {
+            let w = &mut dw[k * 9 + a * 3..k * 9 + a * 3 + 3];
+            w[0] = r[0] + (r[1] + r[2]) * half;
+            w[1] = (r[1] - r[2]) * half;
+            w[2] = (r[1] + r[2]) * half + r[3];
+        }
+    }
+    dw
+}
+
 /// A raw pointer that may cross threads (the callers guarantee disjoint writes).
 #[derive(Clone, Copy)]
 struct SendPtr<T>(*mut T);
@@ -319,6 +480,81 @@ mod tests {
             }
         }
         y
+    }
+
+    /// dL/dw by its definition, in f64.
+    fn direct_dw(x: &[f64], dy: &[f64], g: &Geom) -> Vec<f64> {
+        let mut dw = vec![0f64; g.o * g.c * 9];
+        for n in 0..g.b {
+            for o in 0..g.o {
+                for c in 0..g.c {
+                    for ky in 0..3 {
+                        for kx in 0..3 {
+                            let mut s = 0.0;
+                            for oy in 0..g.h {
+                                for ox in 0..g.w {
+                                    let (iy, ix) = (oy + ky, ox + kx);
+                                    if iy < 1 || ix < 1 || iy > g.h || ix > g.w {
+                                        continue;
+                                    }
+                                    s += x[((n * g.c + c) * g.h + iy - 1) * g.w + ix - 1]
+                                        * dy[((n * g.o + o) * g.h + oy) * g.w + ox];
+                                }
+                            }
+                            dw[((o * g.c + c) * 3 + ky) * 3 + kx] += s;
+                        }
+                    }
+                }
+            }
+        }
+        dw
+    }
+
+    #[test]
+    fn weight_gradient_matches_the_definition_on_any_thread_count() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        for &(b, c, o, h, w) in &[(1, 16, 16, 5, 7), (5, 24, 16, 8, 8), (3, 16, 40, 9, 4)] {
+            let g = Geom::new(&[b, c, h, w], &[o, c, 3, 3], 1, 1).unwrap();
+            let x: Vec<f64> = (0..b * c * h * w)
+                .map(|_| rng.random_range(-1.0..1.0))
+                .collect();
+            let dy: Vec<f64> = (0..b * o * h * w)
+                .map(|_| rng.random_range(-1.0..1.0))
+                .collect();
+            let want = direct_dw(&x, &dy, &g);
+            let got = backward_weight(&x, &dy, &g, 4);
+            let err = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f64, f64::max);
+            assert!(err < 1e-11, "f64 {b}×{c}→{o} {h}×{w}: {err}");
+            let f = |v: &[f64]| v.iter().map(|&v| v as f32).collect::<Vec<f32>>();
+            let (x32, dy32) = (f(&x), f(&dy));
+            let scale = want.iter().map(|v| v.abs()).fold(0f64, f64::max);
+            let mut bits = None;
+            for threads in [1, 2, 3] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let d = pool.install(|| backward_weight(&x32, &dy32, &g, 4));
+                let err = d
+                    .iter()
+                    .zip(&want)
+                    .map(|(&a, b)| (a as f64 - b).abs())
+                    .fold(0f64, f64::max);
+                assert!(
+                    err < 4e-6 * scale,
+                    "f32 {b}×{c}→{o} {h}×{w}: {err} of {scale}"
+                );
+                let db: Vec<u32> = d.iter().map(|v| v.to_bits()).collect();
+                assert!(
+                    bits.get_or_insert(db.clone()) == &db,
+                    "{threads} threads changed bits"
+                );
+            }
+        }
     }
 
     #[test]
