@@ -420,15 +420,13 @@ pub(super) fn backward_weight<T: Real>(x: &[T], dy: &[T], g: &Geom, groups: usiz
     let mut dw = uninit(oc * 9);
     for k in 0..oc {
         let mk = |i: usize, j: usize| m[(4 * i + j) * oc + k];
-        let mut tt = [[T::ZERO; 4]; 3];
-        for j in 0..4 {
+        // Column j of Gᵀ M (3 values).
+        let cols: [[T; 3]; 4] = std::array::from_fn(|j| {
             let (a, b, c, d) = (mk(0, j), mk(1, j), mk(2, j), mk(3, j));
-            tt[0][j] = a + (b + c) * half;
-            tt[1][j] = (b - c) * half;
-            tt[2][j] = (b + c) * half + d;
-        }
-        for (a, r) in tt.iter().enumerate() {
-            let w = &mut dw[k * 9 + a * 3..k * 9 + a * 3 + 3];
+            [a + (b + c) * half, (b - c) * half, (b + c) * half + d]
+        });
+        for (a, w) in dw[k * 9..(k + 1) * 9].chunks_exact_mut(3).enumerate() {
+            let r = cols.map(|c| c[a]);
             w[0] = r[0] + (r[1] + r[2]) * half;
             w[1] = (r[1] - r[2]) * half;
             w[2] = (r[1] + r[2]) * half + r[3];
