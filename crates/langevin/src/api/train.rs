@@ -393,8 +393,15 @@ pub fn train_loop(
     let every = trainer.cfg.checkpoint_every;
     let result = (|| {
         while trainer.step() < total {
-            // On a pool worker: the step's parallel sections then start from inside the pool.
-            let r = crate::threads::on_pool(|| step(trainer)).map_err(|e| Error::Context {
+            // On the CPU, on a pool worker: the step's parallel sections then start from inside
+            // the pool. Elsewhere on this thread (a CUDA context and graph capture belong to the
+            // thread that set them up).
+            let r = if trainer.device().is_cpu() {
+                crate::threads::on_pool(|| step(trainer))
+            } else {
+                step(trainer)
+            };
+            let r = r.map_err(|e| Error::Context {
                 context: match last_saved {
                     Some(s) => format!(
                         "{}: training stopped; the run keeps its last checkpoint (step {s})",
