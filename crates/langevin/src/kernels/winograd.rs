@@ -71,6 +71,35 @@ fn input_transform_at<T: Real>(
     x: &[T],
     g: &Geom,
     v: &mut [T],
+    cs: (usize, usize),
+    at: (usize, usize),
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // The loops compiled with AVX2 (same bits: no fused multiply-adds here): a closure
+        // this size handed to `vectorized` stayed out of line, in SSE2 (measured 2–7 ns per
+        // input value).
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2<T: Real>(
+            x: &[T],
+            g: &Geom,
+            v: &mut [T],
+            cs: (usize, usize),
+            at: (usize, usize),
+        ) {
+            input_transform_at_impl(x, g, v, cs, at)
+        }
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        return unsafe { avx2(x, g, v, cs, at) };
+    }
+    input_transform_at_impl(x, g, v, cs, at)
+}
+
+#[inline(always)]
+fn input_transform_at_impl<T: Real>(
+    x: &[T],
+    g: &Geom,
+    v: &mut [T],
     (c0, cstride): (usize, usize),
     (ld, col0): (usize, usize),
 ) {
@@ -80,119 +109,140 @@ fn input_transform_at<T: Real>(
     // j; even and odd rows apart, so that each of the 16 outputs below is one loop over T.
     let half_rows = th + 1;
     let mut e = vec![T::ZERO; 8 * half_rows * tw];
+    // One input row with a zero on the left and zeros past its end: px[i + 1] = x[i].
+    let mut px = vec![T::ZERO; 2 * tw + 4];
+    // Its odd and even positions: od[t] = x[2t − 1], ev[t] = x[2t].
     let (mut od, mut ev) = (vec![T::ZERO; tw + 1], vec![T::ZERO; tw + 1]);
-    let half = g.w / 2;
-    vectorized(|| {
-        for (ci, xc) in x.chunks_exact(g.h * g.w).enumerate() {
-            for r in 1..=g.h {
-                let src = &xc[(r - 1) * g.w..r * g.w];
-                // od[t] = x[2t − 1] (od[0] = 0), ev[t] = x[2t]; zero past the row's end.
-                for (k, pair) in src.chunks_exact(2).enumerate() {
-                    ev[k] = pair[0];
-                    od[k + 1] = pair[1];
-                }
-                ev[half..].fill(T::ZERO);
-                od[half + 1..].fill(T::ZERO);
-                if g.w % 2 == 1 {
-                    ev[half] = src[g.w - 1];
-                }
-                let (o0, o1) = (&od[..tw], &od[1..]);
-                let (e0, e1) = (&ev[..tw], &ev[1..]);
-                let row = |j: usize| ((2 * j + r % 2) * half_rows + r / 2) * tw;
-                let [a0, a1, a2, a3] = [row(0), row(1), row(2), row(3)];
-                for (d, (&a, &b)) in e[a0..a0 + tw].iter_mut().zip(o0.iter().zip(o1)) {
-                    *d = a - b;
-                }
-                for (d, (&a, &b)) in e[a1..a1 + tw].iter_mut().zip(e0.iter().zip(o1)) {
-                    *d = a + b;
-                }
-                for (d, (&a, &b)) in e[a2..a2 + tw].iter_mut().zip(o1.iter().zip(e0)) {
-                    *d = a - b;
-                }
-                for (d, (&a, &b)) in e[a3..a3 + tw].iter_mut().zip(e0.iter().zip(e1)) {
-                    *d = a - b;
+    for (ci, xc) in x.chunks_exact(g.h * g.w).enumerate() {
+        for r in 1..=g.h {
+            px[1..=g.w].copy_from_slice(&xc[(r - 1) * g.w..r * g.w]);
+            // Unchecked indices so that the stride-2 loads vectorise (a checked loop stayed
+            // scalar: half of this function's time).
+            for t in 0..=tw {
+                // SAFETY: t ≤ tw, so 2t + 1 < 2tw + 4 = px.len(), and od, ev have tw + 1.
+                unsafe {
+                    *od.get_unchecked_mut(t) = *px.get_unchecked(2 * t);
+                    *ev.get_unchecked_mut(t) = *px.get_unchecked(2 * t + 1);
                 }
             }
-            // Rows past the image stay zero (written once: only rows 1..=h change).
-            let c = c0 + ci;
-            for j in 0..4 {
-                // Rows 2ty + k for all ty: parity k % 2, from row k / 2 on, T values.
-                let r = |k: usize| &e[((2 * j + k % 2) * half_rows + k / 2) * tw..][..t];
-                for i in 0..4 {
-                    let o = ((4 * i + j) * cstride + c) * ld + col0;
-                    let dst = &mut v[o..o + t];
-                    let (p, q) = match i {
-                        0 => (r(0), r(2)),
-                        1 => (r(1), r(2)),
-                        2 => (r(2), r(1)),
-                        _ => (r(1), r(3)),
-                    };
-                    if i == 1 {
-                        for (d, (&a, &b)) in dst.iter_mut().zip(p.iter().zip(q)) {
-                            *d = a + b;
-                        }
-                    } else {
-                        for (d, (&a, &b)) in dst.iter_mut().zip(p.iter().zip(q)) {
-                            *d = a - b;
-                        }
+            // The four columns of d·B for every tile of the row: (d0 − d2, d1 + d2, d2 − d1,
+            // d1 − d3) with d = (od[t], ev[t], od[t + 1], ev[t + 1]), written in place.
+            let at = |j: usize| ((2 * j + r % 2) * half_rows + r / 2) * tw;
+            let (s0, rest) = e.split_at_mut(at(1));
+            let (s1, rest) = rest.split_at_mut(at(2) - at(1));
+            let (s2, s3) = rest.split_at_mut(at(3) - at(2));
+            let (d0, d1, d2, d3) = (
+                &mut s0[at(0)..at(0) + tw],
+                &mut s1[..tw],
+                &mut s2[..tw],
+                &mut s3[..tw],
+            );
+            let (o0, o1, e0, e1) = (&od[..tw], &od[1..], &ev[..tw], &ev[1..]);
+            for (d, (&a, &b)) in d0.iter_mut().zip(o0.iter().zip(o1)) {
+                *d = a - b;
+            }
+            for (d, (&a, &b)) in d1.iter_mut().zip(e0.iter().zip(o1)) {
+                *d = a + b;
+            }
+            for (d, (&a, &b)) in d2.iter_mut().zip(o1.iter().zip(e0)) {
+                *d = a - b;
+            }
+            for (d, (&a, &b)) in d3.iter_mut().zip(e0.iter().zip(e1)) {
+                *d = a - b;
+            }
+        }
+        // Rows outside the image stay zero (only rows 1..=h are written).
+        let c = c0 + ci;
+        for j in 0..4 {
+            // Rows 2ty + k for all ty: parity k % 2, from row k / 2 on, T values.
+            let r = |k: usize| &e[((2 * j + k % 2) * half_rows + k / 2) * tw..][..t];
+            for i in 0..4 {
+                let o = ((4 * i + j) * cstride + c) * ld + col0;
+                let dst = &mut v[o..o + t];
+                let (p, q) = match i {
+                    0 => (r(0), r(2)),
+                    1 => (r(1), r(2)),
+                    2 => (r(2), r(1)),
+                    _ => (r(1), r(3)),
+                };
+                if i == 1 {
+                    for (d, (&a, &b)) in dst.iter_mut().zip(p.iter().zip(q)) {
+                        *d = a + b;
+                    }
+                } else {
+                    for (d, (&a, &b)) in dst.iter_mut().zip(p.iter().zip(q)) {
+                        *d = a - b;
                     }
                 }
             }
         }
-    });
+    }
 }
 
 /// Y = Aᵀ m A of every tile for the output channels `out` ([n, H, W], channels `o0..`) from
 /// the 16 products `m` ([16][O, T]), plus the bias. Aᵀ = [[1,1,1,0],[0,1,−1,−1]]. Loops over
 /// all T tiles of a channel at once (vectorised), then the 2×2 results interleaved into rows.
 fn output_transform<T: Real>(m: &[T], g: &Geom, bias: Option<&[T]>, out: &mut [T], o0: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // Compiled with AVX2, as `input_transform_at`.
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2<T: Real>(m: &[T], g: &Geom, bias: Option<&[T]>, out: &mut [T], o0: usize) {
+            output_transform_impl(m, g, bias, out, o0)
+        }
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        return unsafe { avx2(m, g, bias, out, o0) };
+    }
+    output_transform_impl(m, g, bias, out, o0)
+}
+
+#[inline(always)]
+fn output_transform_impl<T: Real>(m: &[T], g: &Geom, bias: Option<&[T]>, out: &mut [T], o0: usize) {
     let (th, tw) = tiles(g);
     let t = th * tw;
     // s[k][j]: k = 0 → m0j + m1j + m2j, k = 1 → m1j − m2j − m3j; then y[a][b] over T.
     let mut s = vec![T::ZERO; 8 * t];
     let mut y = vec![T::ZERO; 4 * t];
-    vectorized(|| {
-        for (oi, yo) in out.chunks_exact_mut(g.h * g.w).enumerate() {
-            let o = o0 + oi;
-            let b = bias.map_or(T::ZERO, |b| b[o]);
-            let mv = |i: usize, j: usize| &m[((4 * i + j) * g.o + o) * t..][..t];
-            for j in 0..4 {
-                let (m0, m1, m2, m3) = (mv(0, j), mv(1, j), mv(2, j), mv(3, j));
-                let (s0, s1) = s[2 * j * t..(2 * j + 2) * t].split_at_mut(t);
-                for (d, ((&a, &bb), &c)) in s0.iter_mut().zip(m0.iter().zip(m1).zip(m2)) {
-                    *d = (a + bb) + c;
-                }
-                for (d, ((&a, &bb), &c)) in s1.iter_mut().zip(m1.iter().zip(m2).zip(m3)) {
-                    *d = (a - bb) - c;
-                }
+    for (oi, yo) in out.chunks_exact_mut(g.h * g.w).enumerate() {
+        let o = o0 + oi;
+        let b = bias.map_or(T::ZERO, |b| b[o]);
+        let mv = |i: usize, j: usize| &m[((4 * i + j) * g.o + o) * t..][..t];
+        for j in 0..4 {
+            let (m0, m1, m2, m3) = (mv(0, j), mv(1, j), mv(2, j), mv(3, j));
+            let (s0, s1) = s[2 * j * t..(2 * j + 2) * t].split_at_mut(t);
+            for (d, ((&a, &bb), &c)) in s0.iter_mut().zip(m0.iter().zip(m1).zip(m2)) {
+                *d = (a + bb) + c;
             }
-            let sk = |k: usize, j: usize| &s[(2 * j + k) * t..(2 * j + k + 1) * t];
-            for (a, ya) in y.chunks_exact_mut(2 * t).enumerate() {
-                let (y0, y1) = ya.split_at_mut(t);
-                let (p0, p1, p2, p3) = (sk(a, 0), sk(a, 1), sk(a, 2), sk(a, 3));
-                for (d, ((&x0, &x1), &x2)) in y0.iter_mut().zip(p0.iter().zip(p1).zip(p2)) {
-                    *d = ((x0 + x1) + x2) + b;
-                }
-                for (d, ((&x1, &x2), &x3)) in y1.iter_mut().zip(p1.iter().zip(p2).zip(p3)) {
-                    *d = ((x1 - x2) - x3) + b;
-                }
-            }
-            for r in 0..g.h {
-                let (a, ty) = (r % 2, r / 2);
-                let ya = &y[(2 * a) * t + ty * tw..][..tw];
-                let yb = &y[(2 * a + 1) * t + ty * tw..][..tw];
-                let row = &mut yo[r * g.w..(r + 1) * g.w];
-                let mut px = row.chunks_exact_mut(2);
-                for ((p, &va), &vb) in (&mut px).zip(ya).zip(yb) {
-                    p[0] = va;
-                    p[1] = vb;
-                }
-                if let Some(last) = px.into_remainder().first_mut() {
-                    *last = ya[tw - 1];
-                }
+            for (d, ((&a, &bb), &c)) in s1.iter_mut().zip(m1.iter().zip(m2).zip(m3)) {
+                *d = (a - bb) - c;
             }
         }
-    });
+        let sk = |k: usize, j: usize| &s[(2 * j + k) * t..(2 * j + k + 1) * t];
+        for (a, ya) in y.chunks_exact_mut(2 * t).enumerate() {
+            let (y0, y1) = ya.split_at_mut(t);
+            let (p0, p1, p2, p3) = (sk(a, 0), sk(a, 1), sk(a, 2), sk(a, 3));
+            for (d, ((&x0, &x1), &x2)) in y0.iter_mut().zip(p0.iter().zip(p1).zip(p2)) {
+                *d = ((x0 + x1) + x2) + b;
+            }
+            for (d, ((&x1, &x2), &x3)) in y1.iter_mut().zip(p1.iter().zip(p2).zip(p3)) {
+                *d = ((x1 - x2) - x3) + b;
+            }
+        }
+        for r in 0..g.h {
+            let (a, ty) = (r % 2, r / 2);
+            let ya = &y[(2 * a) * t + ty * tw..][..tw];
+            let yb = &y[(2 * a + 1) * t + ty * tw..][..tw];
+            let row = &mut yo[r * g.w..(r + 1) * g.w];
+            let mut px = row.chunks_exact_mut(2);
+            for ((p, &va), &vb) in (&mut px).zip(ya).zip(yb) {
+                p[0] = va;
+                p[1] = vb;
+            }
+            if let Some(last) = px.into_remainder().first_mut() {
+                *last = ya[tw - 1];
+            }
+        }
+    }
 }
 
 /// Scratch of one image: V [16][C, T] and the products M [16][O, T].
@@ -292,67 +342,80 @@ pub(super) fn forward<T: Real>(x: &[T], wt: &[T], bias: Option<&[T]>, g: &Geom) 
 /// Z = A ∂y Aᵀ of every 2×2 tile of the output gradient `dy` ([O, H, W], one image) into `z`
 /// ([16][O, T]), A = (Aᵀ)ᵀ of [`output_transform`]: a 2-vector (p, q) becomes
 /// (p, p + q, p − q, −q), along rows and then along columns; zero past the image.
-fn grad_transform<T: Real>(dy: &[T], g: &Geom, z: &mut [T], (ld, col0): (usize, usize)) {
+fn grad_transform<T: Real>(dy: &[T], g: &Geom, z: &mut [T], at: (usize, usize)) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // Compiled with AVX2, as `input_transform_at`.
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2<T: Real>(dy: &[T], g: &Geom, z: &mut [T], at: (usize, usize)) {
+            grad_transform_impl(dy, g, z, at)
+        }
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        return unsafe { avx2(dy, g, z, at) };
+    }
+    grad_transform_impl(dy, g, z, at)
+}
+
+#[inline(always)]
+fn grad_transform_impl<T: Real>(dy: &[T], g: &Geom, z: &mut [T], (ld, col0): (usize, usize)) {
     let (th, tw) = tiles(g);
     let t = th * tw;
     // e[j][r % 2][r / 2][tx] as in `input_transform`, for the rows r of dy.
     let mut e = vec![T::ZERO; 8 * t];
     let (mut ev, mut od) = (vec![T::ZERO; tw], vec![T::ZERO; tw]);
     let half = g.w / 2;
-    vectorized(|| {
-        for (o, yo) in dy.chunks_exact(g.h * g.w).enumerate() {
-            for r in 0..g.h {
-                let src = &yo[r * g.w..(r + 1) * g.w];
-                for (k, pair) in src.chunks_exact(2).enumerate() {
-                    ev[k] = pair[0];
-                    od[k] = pair[1];
-                }
-                if g.w % 2 == 1 {
-                    ev[half] = src[g.w - 1];
-                    od[half] = T::ZERO;
-                }
-                let row = |j: usize| ((2 * j + r % 2) * th + r / 2) * tw;
-                let [a0, a1, a2, a3] = [row(0), row(1), row(2), row(3)];
-                e[a0..a0 + tw].copy_from_slice(&ev);
-                for (d, (&p, &q)) in e[a1..a1 + tw].iter_mut().zip(ev.iter().zip(&od)) {
-                    *d = p + q;
-                }
-                for (d, (&p, &q)) in e[a2..a2 + tw].iter_mut().zip(ev.iter().zip(&od)) {
-                    *d = p - q;
-                }
-                for (d, &q) in e[a3..a3 + tw].iter_mut().zip(&od) {
-                    *d = T::ZERO - q;
-                }
+    for (o, yo) in dy.chunks_exact(g.h * g.w).enumerate() {
+        for r in 0..g.h {
+            let src = &yo[r * g.w..(r + 1) * g.w];
+            for (k, pair) in src.chunks_exact(2).enumerate() {
+                ev[k] = pair[0];
+                od[k] = pair[1];
             }
-            if g.h % 2 == 1 {
-                // The last tile row's bottom row lies outside the image.
-                for j in 0..4 {
-                    let at = ((2 * j + 1) * th + th - 1) * tw;
-                    e[at..at + tw].fill(T::ZERO);
-                }
+            if g.w % 2 == 1 {
+                ev[half] = src[g.w - 1];
+                od[half] = T::ZERO;
             }
+            let row = |j: usize| ((2 * j + r % 2) * th + r / 2) * tw;
+            let [a0, a1, a2, a3] = [row(0), row(1), row(2), row(3)];
+            e[a0..a0 + tw].copy_from_slice(&ev);
+            for (d, (&p, &q)) in e[a1..a1 + tw].iter_mut().zip(ev.iter().zip(&od)) {
+                *d = p + q;
+            }
+            for (d, (&p, &q)) in e[a2..a2 + tw].iter_mut().zip(ev.iter().zip(&od)) {
+                *d = p - q;
+            }
+            for (d, &q) in e[a3..a3 + tw].iter_mut().zip(&od) {
+                *d = T::ZERO - q;
+            }
+        }
+        if g.h % 2 == 1 {
+            // The last tile row's bottom row lies outside the image.
             for j in 0..4 {
-                let top = &e[(2 * j) * th * tw..][..t];
-                let bot = &e[(2 * j + 1) * th * tw..][..t];
-                for i in 0..4 {
-                    let at = ((4 * i + j) * g.o + o) * ld + col0;
-                    let dst = &mut z[at..at + t];
-                    match i {
-                        0 => dst.copy_from_slice(top),
-                        1 => dst
-                            .iter_mut()
-                            .zip(top.iter().zip(bot))
-                            .for_each(|(d, (&p, &q))| *d = p + q),
-                        2 => dst
-                            .iter_mut()
-                            .zip(top.iter().zip(bot))
-                            .for_each(|(d, (&p, &q))| *d = p - q),
-                        _ => dst.iter_mut().zip(bot).for_each(|(d, &q)| *d = T::ZERO - q),
-                    }
+                let at = ((2 * j + 1) * th + th - 1) * tw;
+                e[at..at + tw].fill(T::ZERO);
+            }
+        }
+        for j in 0..4 {
+            let top = &e[(2 * j) * th * tw..][..t];
+            let bot = &e[(2 * j + 1) * th * tw..][..t];
+            for i in 0..4 {
+                let at = ((4 * i + j) * g.o + o) * ld + col0;
+                let dst = &mut z[at..at + t];
+                match i {
+                    0 => dst.copy_from_slice(top),
+                    1 => dst
+                        .iter_mut()
+                        .zip(top.iter().zip(bot))
+                        .for_each(|(d, (&p, &q))| *d = p + q),
+                    2 => dst
+                        .iter_mut()
+                        .zip(top.iter().zip(bot))
+                        .for_each(|(d, (&p, &q))| *d = p - q),
+                    _ => dst.iter_mut().zip(bot).for_each(|(d, &q)| *d = T::ZERO - q),
                 }
             }
         }
-    });
+    }
 }
 
 /// dL/dw [O, C, 3, 3] of a convolution [`applies`] accepts, from its input `x` and output
