@@ -527,17 +527,20 @@ pub(super) fn bias_grad<T: Real>(dy: &[T], g: &Geom) -> Vec<T> {
 /// Σ of one plane in f64, in 8 interleaved partial sums (a single running sum is a chain of
 /// dependent adds that the compiler may not reorder), AVX2 where available.
 fn plane_sum<T: Real>(v: &[T]) -> f64 {
-    vectorized(|| {
-        let mut acc = [0f64; 8];
-        let mut chunks = v.chunks_exact(8);
-        for c in &mut chunks {
-            for (a, x) in acc.iter_mut().zip(c) {
-                *a += x.to_f64();
+    vectorized(
+        #[inline(always)]
+        || {
+            let mut acc = [0f64; 8];
+            let mut chunks = v.chunks_exact(8);
+            for c in &mut chunks {
+                for (a, x) in acc.iter_mut().zip(c) {
+                    *a += x.to_f64();
+                }
             }
-        }
-        let tail: f64 = chunks.remainder().iter().map(|x| x.to_f64()).sum();
-        acc.iter().sum::<f64>() + tail
-    })
+            let tail: f64 = chunks.remainder().iter().map(|x| x.to_f64()).sum();
+            acc.iter().sum::<f64>() + tail
+        },
+    )
 }
 
 #[cfg(test)]

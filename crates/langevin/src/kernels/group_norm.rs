@@ -159,13 +159,16 @@ fn affine_at<T: Real>(
 
 /// `out = silu'(x·a + b)`, silu'(y) = σ(y)·(1 + y·(1 − σ(y))), in `T` with [`Sigmoid::sig`].
 fn silu_grad_factor<T: Sigmoid>(x: &[T], a: T, b: T, out: &mut [T]) {
-    simd::vectorized(|| {
-        for (o, &x) in out.iter_mut().zip(x) {
-            let y = x * a + b;
-            let sg = y.sig();
-            *o = sg * (T::ONE + y * (T::ONE - sg));
-        }
-    })
+    simd::vectorized(
+        #[inline(always)]
+        || {
+            for (o, &x) in out.iter_mut().zip(x) {
+                let y = x * a + b;
+                let sg = y.sig();
+                *o = sg * (T::ONE + y * (T::ONE - sg));
+            }
+        },
+    )
 }
 
 impl GroupNormOp {
@@ -185,22 +188,25 @@ impl GroupNormOp {
                 // SiLU with the branch-free `exp` (f32) in an AVX2 loop: libm's scalar `expf`
                 // and the loop around it were ~9% of the small UNet's forward pass (issue 17,
                 // CPU round 4 in docs/benchmarks.md).
-                simd::vectorized(|| {
-                    for ch in 0..cg {
-                        let (a, b) = affine_at(gamma, beta, c0 + ch, t[ch], mean, rstd);
-                        let (o, x) = (&mut o[ch * s..(ch + 1) * s], &x[ch * s..(ch + 1) * s]);
-                        if self.silu {
-                            for (o, &x) in o.iter_mut().zip(x) {
-                                let y = x * a + b;
-                                *o = y * y.sig();
-                            }
-                        } else {
-                            for (o, &x) in o.iter_mut().zip(x) {
-                                *o = x * a + b;
+                simd::vectorized(
+                    #[inline(always)]
+                    || {
+                        for ch in 0..cg {
+                            let (a, b) = affine_at(gamma, beta, c0 + ch, t[ch], mean, rstd);
+                            let (o, x) = (&mut o[ch * s..(ch + 1) * s], &x[ch * s..(ch + 1) * s]);
+                            if self.silu {
+                                for (o, &x) in o.iter_mut().zip(x) {
+                                    let y = x * a + b;
+                                    *o = y * y.sig();
+                                }
+                            } else {
+                                for (o, &x) in o.iter_mut().zip(x) {
+                                    *o = x * a + b;
+                                }
                             }
                         }
-                    }
-                })
+                    },
+                )
             });
         out
     }

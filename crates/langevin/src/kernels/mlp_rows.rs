@@ -35,17 +35,20 @@ impl<T: Sigmoid> Site<T> {
         let (mut sig, mut act) = (Vec::with_capacity(n), Vec::with_capacity(n));
         // Written in place of fresh buffers (copying or zeroing them first was 22% of a
         // sampler step), in a plain loop: `extend` / `collect` stay out-of-line and miss AVX2.
-        vectorized(|| {
-            let outs = sig
-                .spare_capacity_mut()
-                .iter_mut()
-                .zip(act.spare_capacity_mut());
-            for ((s, a), &v) in outs.zip(z) {
-                let sv = v.sig();
-                s.write(sv);
-                a.write(v * sv);
-            }
-        });
+        vectorized(
+            #[inline(always)]
+            || {
+                let outs = sig
+                    .spare_capacity_mut()
+                    .iter_mut()
+                    .zip(act.spare_capacity_mut());
+                for ((s, a), &v) in outs.zip(z) {
+                    let sv = v.sig();
+                    s.write(sv);
+                    a.write(v * sv);
+                }
+            },
+        );
         // SAFETY: the loop above wrote the first n elements of both (z has n).
         unsafe {
             sig.set_len(n);
@@ -56,11 +59,14 @@ impl<T: Sigmoid> Site<T> {
 
     /// `g ← g · silu'(z)`, silu'(z) = σ(z)·(1 + z·(1 − σ(z))) = σ + silu(z)·(1 − σ).
     pub(super) fn backward(&self, g: &mut [T]) {
-        vectorized(|| {
-            for ((g, &a), &s) in g.iter_mut().zip(&self.act).zip(&self.sig) {
-                *g = *g * (s + a * (T::ONE - s));
-            }
-        })
+        vectorized(
+            #[inline(always)]
+            || {
+                for ((g, &a), &s) in g.iter_mut().zip(&self.act).zip(&self.sig) {
+                    *g = *g * (s + a * (T::ONE - s));
+                }
+            },
+        )
     }
 }
 
@@ -215,11 +221,14 @@ pub(super) fn backward<T: Sigmoid>(
         input_grad(lin1, p, &du[i], &mut da, false, par);
         a.backward(&mut da);
         let (lo, hi) = dh.split_at_mut(i + 1);
-        vectorized(|| {
-            for ((d, &next), &v) in lo[i].iter_mut().zip(&hi[0]).zip(&da) {
-                *d = next + v;
-            }
-        });
+        vectorized(
+            #[inline(always)]
+            || {
+                for ((d, &next), &v) in lo[i].iter_mut().zip(&hi[0]).zip(&da) {
+                    *d = next + v;
+                }
+            },
+        );
     }
     let mut dx = uninit(rows * lay.in_proj.inp);
     input_grad(&lay.in_proj, p, &dh[0], &mut dx, false, par);

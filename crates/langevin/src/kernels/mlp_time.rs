@@ -212,22 +212,25 @@ fn level_grads<T: Sigmoid>(
         return dq;
     }
     let mut levels = idx.iter();
-    vectorized(|| {
-        for g in grads {
-            for r in 0..g.dh[0].len() / h {
-                let l = *levels.next().expect("one level per row");
-                if !range.contains(&l) {
-                    continue;
-                }
-                let l = l - range.start;
-                for (d, du) in dq[l * qw..(l + 1) * qw].chunks_mut(h).zip(&g.du) {
-                    for (d, &v) in d.iter_mut().zip(&du[r * h..(r + 1) * h]) {
-                        *d += v;
+    vectorized(
+        #[inline(always)]
+        || {
+            for g in grads {
+                for r in 0..g.dh[0].len() / h {
+                    let l = *levels.next().expect("one level per row");
+                    if !range.contains(&l) {
+                        continue;
+                    }
+                    let l = l - range.start;
+                    for (d, du) in dq[l * qw..(l + 1) * qw].chunks_mut(h).zip(&g.du) {
+                        for (d, &v) in d.iter_mut().zip(&du[r * h..(r + 1) * h]) {
+                            *d += v;
+                        }
                     }
                 }
             }
-        }
-    });
+        },
+    );
     dq
 }
 

@@ -476,7 +476,10 @@ pub(super) fn backward_weight<T: Real>(x: &[T], dy: &[T], g: &Geom, groups: usiz
     let mut parts = parts.into_iter();
     let mut m = parts.next().unwrap_or_else(|| vec![T::ZERO; 16 * oc]);
     for p in parts {
-        vectorized(|| m.iter_mut().zip(p).for_each(|(a, b)| *a += b));
+        vectorized(
+            #[inline(always)]
+            || m.iter_mut().zip(p).for_each(|(a, b)| *a += b),
+        );
     }
     // dw = Gᵀ M G per (o, c), G = [[1,0,0],[½,½,½],[½,−½,½],[0,0,1]].
     let half = T::from_f64(0.5);

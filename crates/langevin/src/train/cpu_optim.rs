@@ -42,21 +42,24 @@ fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
 /// on the threads.
 pub fn sum_squares(g: &Tensor) -> Result<f64> {
     with_f32(g, |g| {
-        vectorized(|| {
-            let mut acc = [0f64; 4];
-            let chunks = g.chunks_exact(4);
-            let tail = chunks.remainder();
-            for c in chunks {
-                for (a, &v) in acc.iter_mut().zip(c) {
-                    *a += (v as f64) * (v as f64);
+        vectorized(
+            #[inline(always)]
+            || {
+                let mut acc = [0f64; 4];
+                let chunks = g.chunks_exact(4);
+                let tail = chunks.remainder();
+                for c in chunks {
+                    for (a, &v) in acc.iter_mut().zip(c) {
+                        *a += (v as f64) * (v as f64);
+                    }
                 }
-            }
-            let mut s = (acc[0] + acc[1]) + (acc[2] + acc[3]);
-            for &v in tail {
-                s += (v as f64) * (v as f64);
-            }
-            s
-        })
+                let mut s = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+                for &v in tail {
+                    s += (v as f64) * (v as f64);
+                }
+                s
+            },
+        )
     })
 }
 
@@ -126,7 +129,10 @@ pub fn adamw(
         with_f32(m, |m| {
             with_f32(v, |v| {
                 with_f32(g, |g| {
-                    vectorized(|| adam_pass(&c, [th, m, v, g], [&mut th2, &mut m2, &mut v2]))
+                    vectorized(
+                        #[inline(always)]
+                        || adam_pass(&c, [th, m, v, g], [&mut th2, &mut m2, &mut v2]),
+                    )
                 })
             })
         })
@@ -134,7 +140,10 @@ pub fn adamw(
     let e2 = match ema {
         Some((e, d)) => Some(with_f32(e, |e| {
             let mut out = uninit(n);
-            vectorized(|| ema_pass(e, &th2, d, &mut out));
+            vectorized(
+                #[inline(always)]
+                || ema_pass(e, &th2, d, &mut out),
+            );
             out
         })?),
         None => None,
@@ -163,7 +172,10 @@ pub fn ema(e: &Tensor, theta: &Tensor, decay: f64) -> Result<Tensor> {
     let out = with_f32(e, |e| {
         with_f32(theta, |t| {
             let mut out = uninit(e.len());
-            vectorized(|| ema_pass(e, t, decay, &mut out));
+            vectorized(
+                #[inline(always)]
+                || ema_pass(e, t, decay, &mut out),
+            );
             out
         })
     })??;
