@@ -171,6 +171,84 @@ fn silu_grad_factor<T: Sigmoid>(x: &[T], a: T, b: T, out: &mut [T]) {
     )
 }
 
+/// The backward pass's first sweep over one channel (`dx` holds silu'(y) on entry when
+/// `SILU`): dx̂ = dŷ·γ written to `dx`, and [Σ dŷ·x̂, Σ dŷ, Σ dx̂, Σ dx̂·x̂] in f64. Four
+/// interleaved partial sums per quantity, in AVX2: one running f64 sum each was a chain of
+/// dependent adds, ~4% of the small UNet's training step (CPU round 8). The order is fixed,
+/// so the bits do not depend on the threads.
+#[inline(always)]
+fn pass1<T: Real, const SILU: bool>(
+    dx: &mut [T],
+    x: &[T],
+    dy: &[T],
+    (tm, rstd, g): (f64, f64, f64),
+) -> [f64; 4] {
+    let mut acc = [[0f64; 4]; 4];
+    let one = |k: usize, d: &mut T, xv: T, gv: T, acc: &mut [[f64; 4]; 4]| {
+        let xh = (xv.to_f64() + tm) * rstd;
+        let mut dyh = gv.to_f64();
+        if SILU {
+            dyh *= d.to_f64();
+        }
+        let dxh = dyh * g;
+        acc[0][k] += dyh * xh;
+        acc[1][k] += dyh;
+        acc[2][k] += dxh;
+        acc[3][k] += dxh * xh;
+        *d = T::from_f64(dxh);
+    };
+    simd::vectorized(
+        #[inline(always)]
+        || {
+            let mut dc = dx.chunks_exact_mut(4);
+            let (mut xc, mut yc) = (x.chunks_exact(4), dy.chunks_exact(4));
+            for ((d4, x4), y4) in (&mut dc).zip(&mut xc).zip(&mut yc) {
+                for k in 0..4 {
+                    one(k, &mut d4[k], x4[k], y4[k], &mut acc);
+                }
+            }
+            let tail = dc
+                .into_remainder()
+                .iter_mut()
+                .zip(xc.remainder())
+                .zip(yc.remainder());
+            for ((d, &xv), &gv) in tail {
+                one(0, d, xv, gv, &mut acc);
+            }
+        },
+    );
+    acc.map(|a| (a[0] + a[1]) + (a[2] + a[3]))
+}
+
+/// The second sweep: dx = (dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂)) / σ in place, and Σ dx (the
+/// shift's gradient) in four partial sums, as [`pass1`].
+#[inline(always)]
+fn pass2<T: Real>(dx: &mut [T], x: &[T], (tm, rstd, m1, m2): (f64, f64, f64, f64)) -> f64 {
+    let mut acc = [0f64; 4];
+    let one = |d: &mut T, xv: T| {
+        let xh = (xv.to_f64() + tm) * rstd;
+        let v = rstd * (d.to_f64() - m1 - xh * m2);
+        *d = T::from_f64(v);
+        v
+    };
+    simd::vectorized(
+        #[inline(always)]
+        || {
+            let mut dc = dx.chunks_exact_mut(4);
+            let mut xc = x.chunks_exact(4);
+            for (d4, x4) in (&mut dc).zip(&mut xc) {
+                for k in 0..4 {
+                    acc[k] += one(&mut d4[k], x4[k]);
+                }
+            }
+            for (d, &xv) in dc.into_remainder().iter_mut().zip(xc.remainder()) {
+                acc[0] += one(d, xv);
+            }
+        },
+    );
+    (acc[0] + acc[1]) + (acc[2] + acc[3])
+}
+
 impl GroupNormOp {
     fn forward<T: Sigmoid>(&self, x: &[T], shift: &[T], affine: &[T], dims: &[usize]) -> Vec<T> {
         let (_, c, s) = sizes(dims);
@@ -251,25 +329,15 @@ impl GroupNormOp {
                         let (a, b) = affine_at(gamma, beta, c0 + ch, t[ch], mean, rstd);
                         silu_grad_factor(&x[range.clone()], a, b, &mut dx[range.clone()]);
                     }
-                    let (mut dg, mut db) = (0f64, 0f64);
                     let tm = t[ch].to_f64() - mean;
-                    for ((d, &xv), &gv) in dx[range.clone()]
-                        .iter_mut()
-                        .zip(&x[range.clone()])
-                        .zip(&dy[range])
-                    {
-                        let xh = (xv.to_f64() + tm) * rstd;
-                        let mut dyh = gv.to_f64();
-                        if self.silu {
-                            dyh *= d.to_f64();
-                        }
-                        dg += dyh * xh;
-                        db += dyh;
-                        let dxh = dyh * g;
-                        s1 += dxh;
-                        s2 += dxh * xh;
-                        *d = T::from_f64(dxh);
-                    }
+                    let (dxc, xc, dyc) = (&mut dx[range.clone()], &x[range.clone()], &dy[range]);
+                    let [dg, db, c1, c2] = if self.silu {
+                        pass1::<T, true>(dxc, xc, dyc, (tm, rstd, g))
+                    } else {
+                        pass1::<T, false>(dxc, xc, dyc, (tm, rstd, g))
+                    };
+                    s1 += c1;
+                    s2 += c2;
                     part[ch * 3] = dg;
                     part[ch * 3 + 1] = db;
                 }
@@ -278,13 +346,7 @@ impl GroupNormOp {
                 for ch in 0..cg {
                     let tm = t[ch].to_f64() - mean;
                     let range = ch * s..(ch + 1) * s;
-                    let mut dt = 0f64;
-                    for (d, &xv) in dx[range.clone()].iter_mut().zip(&x[range]) {
-                        let xh = (xv.to_f64() + tm) * rstd;
-                        let v = rstd * (d.to_f64() - m1 - xh * m2);
-                        dt += v;
-                        *d = T::from_f64(v);
-                    }
+                    let dt = pass2(&mut dx[range.clone()], &x[range], (tm, rstd, m1, m2));
                     part[ch * 3 + 2] = dt;
                 }
             });
