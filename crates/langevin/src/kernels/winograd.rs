@@ -460,34 +460,53 @@ fn grad_transform_impl<T: Real>(dy: &[T], g: &Geom, z: &mut [T], (ld, col0): (us
 /// columns. Images are summed in `groups` consecutive groups (fixed by the batch, not the
 /// threads), the groups' sums added in order.
 pub(super) fn backward_weight<T: Real>(x: &[T], dy: &[T], g: &Geom, groups: usize) -> Vec<T> {
+    backward_weight_within(x, dy, g, groups, 16 << 20)
+}
+
+/// [`backward_weight`] with V and Z of one GEMM held to about `budget` values.
+fn backward_weight_within<T: Real>(
+    x: &[T],
+    dy: &[T],
+    g: &Geom,
+    groups: usize,
+    budget: usize,
+) -> Vec<T> {
     let (th, tw) = tiles(g);
     let t = th * tw;
     let hw = g.h * g.w;
     let (ct, ot, oc) = (g.c * t, g.o * t, g.o * g.c);
     // A group's images side by side along the tiles: one GEMM of depth images·T per ξ.
+    // Images side by side per GEMM: at most `sub` of them, so that V and Z stay within the
+    // budget (16 Mi values = 64 MiB in f32; decided by the geometry alone); a group of more
+    // runs in steps, the GEMMs accumulating.
+    let sub = (budget / (16 * (ct + ot)).max(1)).max(1);
     let group = |range: std::ops::Range<usize>, par: Parallelism| {
         if range.is_empty() {
             return vec![T::ZERO; 16 * oc];
         }
         let mut m = uninit(16 * oc);
-        let ld = range.len() * t;
-        let (mut v, mut z) = (uninit(16 * ct * range.len()), uninit(16 * ot * range.len()));
-        for (n, b) in range.clone().enumerate() {
-            let xb = &x[b * g.c * hw..][..g.c * hw];
-            input_transform_at(xb, g, &mut v, (0, g.c), (ld, n * t));
-            grad_transform(&dy[b * g.o * hw..][..g.o * hw], g, &mut z, (ld, n * t));
-        }
-        for xi in 0..16 {
-            mm(
-                (g.o, g.c, ld),
-                &mut m[xi * oc..(xi + 1) * oc],
-                false,
-                &z[xi * ot * range.len()..][..ot * range.len()],
-                (ld, 1),
-                &v[xi * ct * range.len()..][..ct * range.len()],
-                (1, ld),
-                par,
-            );
+        let most = sub.min(range.len());
+        let (mut v, mut z) = (uninit(16 * ct * most), uninit(16 * ot * most));
+        for (step, first) in range.clone().step_by(most).enumerate() {
+            let imgs = first..(first + most).min(range.end);
+            let (k, ld) = (imgs.len(), imgs.len() * t);
+            for (n, b) in imgs.enumerate() {
+                let xb = &x[b * g.c * hw..][..g.c * hw];
+                input_transform_at(xb, g, &mut v, (0, g.c), (ld, n * t));
+                grad_transform(&dy[b * g.o * hw..][..g.o * hw], g, &mut z, (ld, n * t));
+            }
+            for xi in 0..16 {
+                mm(
+                    (g.o, g.c, ld),
+                    &mut m[xi * oc..(xi + 1) * oc],
+                    step > 0,
+                    &z[xi * ot * k..][..ot * k],
+                    (ld, 1),
+                    &v[xi * ct * k..][..ct * k],
+                    (1, ld),
+                    par,
+                );
+            }
         }
         m
     };
@@ -633,6 +652,12 @@ mod tests {
                 .map(|(a, b)| (a - b).abs())
                 .fold(0f64, f64::max);
             assert!(err < 1e-11, "f64 {b}×{c}→{o} {h}×{w}: {err}");
+            // One image per GEMM (a budget below one image's V and Z): the same sums.
+            let stepped = backward_weight_within(&x, &dy, &g, 1, 1);
+            let err = (stepped.iter().zip(&want))
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f64, f64::max);
+            assert!(err < 1e-11, "f64 stepped {b}×{c}→{o} {h}×{w}: {err}");
             let f = |v: &[f64]| v.iter().map(|&v| v as f32).collect::<Vec<f32>>();
             let (x32, dy32) = (f(&x), f(&dy));
             let scale = want.iter().map(|v| v.abs()).fold(0f64, f64::max);
