@@ -206,7 +206,8 @@ fn fill_bias<T: Real>(out: &mut [T], bias: &[T], plane: usize) {
     }
 }
 
-/// `y = conv(x, w) + bias`. Where the output has at most half the input's channels (a UNet's
+/// `y = conv(x, w) + bias`: Winograd F(2×2, 3×3) where [`super::winograd::applies`] (3×3,
+/// stride 1, ≥ 16 channels), else as follows. Where the output has at most half the input's channels (a UNet's
 /// up blocks after the skip concatenation, the output convolution) the im2col GEMM has only O
 /// rows and runs well below the matmul rate (measured 96→32 channels at 32×32: 1.25× the time of
 /// the same flops as [`transposed_conv`], 0.8× with it); there the convolution is computed as
@@ -317,7 +318,8 @@ fn row_split(m: usize, n: usize, k: usize) -> Option<usize> {
 /// forward's im2col + one GEMM per image with C rows and depth O·k², no col2im scatter. That
 /// wins where C > O (measured 96→32 channels at 32×32: 0.75× the time of GEMM + col2im; 128→64
 /// at 16×16: 0.9×) and loses a few per cent at C ≤ O, where [`transposed_conv`] (GEMM Wᵀ·dy
-/// with C·k² rows, then col2im) stays, as it does for stride 2 and 1×1.
+/// with C·k² rows, then col2im) stays, as it does for stride 2 and 1×1. That convolution goes
+/// through Winograd where [`super::winograd::applies`] to it (3×3, padding 1, ≥ 16 channels).
 pub(super) fn backward_input<T: Real>(dy: &[T], wt: &[T], g: &Geom) -> Vec<T> {
     match g.transposed() {
         Some(gt) if super::winograd::applies(&gt) => {
@@ -431,7 +433,8 @@ pub(super) fn transposed_conv<T: Real>(dy: &[T], wt: &[T], bias: Option<&[T]>, g
     dx
 }
 
-/// dL/dw = Σ_b dy_b · col_bᵀ, in partial sums over groups of images.
+/// dL/dw = Σ_b dy_b · col_bᵀ, in partial sums over groups of images ([`grouped_sum`]); the
+/// Winograd form where [`super::winograd::applies`].
 ///
 /// The sums are kept transposed, dwᵀ [C·k², O], and transposed once at the end: `gemm` packs
 /// the operand on the side of its destination's contiguous dimension, so with dw row-major it
@@ -469,33 +472,7 @@ pub(super) fn backward_weight<T: Real>(x: &[T], dy: &[T], g: &Geom) -> Vec<T> {
         }
         dwt
     };
-    // The images are summed in a fixed number of consecutive groups and the groups' sums added
-    // in order, so the result does not depend on the number of threads (which
-    // `crate::threads::adapt` may change between calls).
-    let groups = g.b.clamp(1, WEIGHT_GRAD_GROUPS);
-    let per = g.b.div_ceil(groups);
-    let range = |t: usize| (t * per).min(g.b)..((t + 1) * per).min(g.b);
-    let nt = threads();
-    let parts: Vec<Vec<T>> = if groups >= nt && nt > 1 {
-        (0..groups)
-            .into_par_iter()
-            .map(|t| images(range(t), Parallelism::None))
-            .collect()
-    } else {
-        let par = if nt > 1 {
-            Parallelism::Rayon(nt)
-        } else {
-            Parallelism::None
-        };
-        (0..groups).map(|t| images(range(t), par)).collect()
-    };
-    let mut parts = parts.into_iter();
-    let mut dwt = parts.next().unwrap_or_else(|| vec![T::ZERO; g.o * ckk]);
-    for p in parts {
-        for (x, y) in dwt.iter_mut().zip(p) {
-            *x += y;
-        }
-    }
+    let dwt = grouped_sum(g.b, WEIGHT_GRAD_GROUPS, g.o * ckk, images);
     // dwᵀ [C·k², O] → dw [O, C·k²].
     let mut dw = uninit(g.o * ckk);
     for (j, row) in dwt.chunks(g.o).enumerate() {
@@ -504,6 +481,45 @@ pub(super) fn backward_weight<T: Real>(x: &[T], dy: &[T], g: &Geom) -> Vec<T> {
         }
     }
     dw
+}
+
+/// Σ over a batch of `b` images of `part(images, par)` (each a vector of `len` values): the
+/// images in at most `groups` consecutive groups, each group's part computed on its own (over
+/// the pool when there are enough groups, else with `par` threads inside), the parts added in
+/// order, so the result does not depend on the number of threads (which
+/// `crate::threads::adapt` may change between calls). The weight gradients' batch sum.
+pub(super) fn grouped_sum<T: Real>(
+    b: usize,
+    groups: usize,
+    len: usize,
+    part: impl Fn(std::ops::Range<usize>, Parallelism) -> Vec<T> + Sync + Send,
+) -> Vec<T> {
+    let groups = b.clamp(1, groups.max(1));
+    let per = b.div_ceil(groups);
+    let range = |t: usize| (t * per).min(b)..((t + 1) * per).min(b);
+    let nt = threads();
+    let parts: Vec<Vec<T>> = if groups >= nt && nt > 1 {
+        (0..groups)
+            .into_par_iter()
+            .map(|t| part(range(t), Parallelism::None))
+            .collect()
+    } else {
+        let par = if nt > 1 {
+            Parallelism::Rayon(nt)
+        } else {
+            Parallelism::None
+        };
+        (0..groups).map(|t| part(range(t), par)).collect()
+    };
+    let mut parts = parts.into_iter();
+    let mut sum = parts.next().unwrap_or_else(|| vec![T::ZERO; len]);
+    for p in parts {
+        vectorized(
+            #[inline(always)]
+            || sum.iter_mut().zip(p).for_each(|(a, b)| *a += b),
+        );
+    }
+    sum
 }
 
 /// Partial sums of the weight gradient: enough groups to keep 8 threads busy, few enough that

@@ -14,9 +14,8 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::conv::mm;
-use super::cpu_conv::{uninit, Geom};
+use super::cpu_conv::{grouped_sum, uninit, Geom};
 use super::real::{threads, Real};
-use super::simd::vectorized;
 
 /// Whether the Winograd path takes this convolution: 3×3, stride 1, padding 1, and enough
 /// channels on both sides that the GEMMs dominate the transforms.
@@ -475,9 +474,8 @@ fn backward_weight_within<T: Real>(
     let t = th * tw;
     let hw = g.h * g.w;
     let (ct, ot, oc) = (g.c * t, g.o * t, g.o * g.c);
-    // A group's images side by side along the tiles: one GEMM of depth images·T per ξ.
-    // Images side by side per GEMM: at most `sub` of them, so that V and Z stay within the
-    // budget (16 Mi values = 64 MiB in f32; decided by the geometry alone); a group of more
+    // A group's images side by side along the tiles, one GEMM of depth images·T per ξ: at
+    // most `sub` images per GEMM, so that V and Z stay within the budget (16 Mi values = 64 MiB in f32; decided by the geometry alone); a group of more
     // runs in steps, the GEMMs accumulating.
     let sub = (budget / (16 * (ct + ot)).max(1)).max(1);
     let group = |range: std::ops::Range<usize>, par: Parallelism| {
@@ -510,31 +508,7 @@ fn backward_weight_within<T: Real>(
         }
         m
     };
-    let groups = g.b.clamp(1, groups.max(1));
-    let per = g.b.div_ceil(groups);
-    let range = |k: usize| (k * per).min(g.b)..((k + 1) * per).min(g.b);
-    let nt = threads();
-    let parts: Vec<Vec<T>> = if groups >= nt && nt > 1 {
-        (0..groups)
-            .into_par_iter()
-            .map(|k| group(range(k), Parallelism::None))
-            .collect()
-    } else {
-        let par = if nt > 1 {
-            Parallelism::Rayon(nt)
-        } else {
-            Parallelism::None
-        };
-        (0..groups).map(|k| group(range(k), par)).collect()
-    };
-    let mut parts = parts.into_iter();
-    let mut m = parts.next().unwrap_or_else(|| vec![T::ZERO; 16 * oc]);
-    for p in parts {
-        vectorized(
-            #[inline(always)]
-            || m.iter_mut().zip(p).for_each(|(a, b)| *a += b),
-        );
-    }
+    let m = grouped_sum(g.b, groups, 16 * oc, group);
     // dw = Gᵀ M G per (o, c), G = [[1,0,0],[½,½,½],[½,−½,½],[0,0,1]].
     let half = T::from_f64(0.5);
     let mut dw = uninit(oc * 9);
@@ -572,60 +546,84 @@ mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
 
-    /// The convolution by its definition, in f64.
-    fn direct(x: &[f64], w: &[f64], b: &[f64], g: &Geom) -> Vec<f64> {
-        let mut y = vec![0f64; g.b * g.o * g.h * g.w];
+    /// `f(x index, y index, w index)` for every tap of a padding-1 3×3 convolution that
+    /// reads inside the image.
+    fn taps(g: &Geom, mut f: impl FnMut(usize, usize, usize)) {
         for n in 0..g.b {
             for o in 0..g.o {
-                for oy in 0..g.h {
-                    for ox in 0..g.w {
-                        let mut s = b[o];
-                        for c in 0..g.c {
-                            for ky in 0..3 {
-                                for kx in 0..3 {
-                                    let (iy, ix) = (oy + ky, ox + kx);
-                                    if iy < 1 || ix < 1 || iy > g.h || ix > g.w {
-                                        continue;
-                                    }
-                                    s += x[((n * g.c + c) * g.h + iy - 1) * g.w + ix - 1]
-                                        * w[((o * g.c + c) * 3 + ky) * 3 + kx];
-                                }
-                            }
+                for c in 0..g.c {
+                    for (ky, kx, oy, ox) in (0..9)
+                        .flat_map(|k| (0..g.h * g.w).map(move |p| (k / 3, k % 3, p / g.w, p % g.w)))
+                    {
+                        let (iy, ix) = (oy + ky, ox + kx);
+                        if iy < 1 || ix < 1 || iy > g.h || ix > g.w {
+                            continue;
                         }
-                        y[((n * g.o + o) * g.h + oy) * g.w + ox] = s;
+                        f(
+                            ((n * g.c + c) * g.h + iy - 1) * g.w + ix - 1,
+                            ((n * g.o + o) * g.h + oy) * g.w + ox,
+                            ((o * g.c + c) * 3 + ky) * 3 + kx,
+                        );
                     }
                 }
             }
         }
+    }
+
+    /// The convolution by its definition, in f64.
+    fn direct(x: &[f64], w: &[f64], b: &[f64], g: &Geom) -> Vec<f64> {
+        let plane = g.h * g.w;
+        let mut y: Vec<f64> = (0..g.b * g.o * plane).map(|i| b[i / plane % g.o]).collect();
+        taps(g, |xi, yi, wi| y[yi] += x[xi] * w[wi]);
         y
     }
 
     /// dL/dw by its definition, in f64.
     fn direct_dw(x: &[f64], dy: &[f64], g: &Geom) -> Vec<f64> {
         let mut dw = vec![0f64; g.o * g.c * 9];
-        for n in 0..g.b {
-            for o in 0..g.o {
-                for c in 0..g.c {
-                    for ky in 0..3 {
-                        for kx in 0..3 {
-                            let mut s = 0.0;
-                            for oy in 0..g.h {
-                                for ox in 0..g.w {
-                                    let (iy, ix) = (oy + ky, ox + kx);
-                                    if iy < 1 || ix < 1 || iy > g.h || ix > g.w {
-                                        continue;
-                                    }
-                                    s += x[((n * g.c + c) * g.h + iy - 1) * g.w + ix - 1]
-                                        * dy[((n * g.o + o) * g.h + oy) * g.w + ox];
-                                }
-                            }
-                            dw[((o * g.c + c) * 3 + ky) * 3 + kx] += s;
-                        }
-                    }
-                }
-            }
-        }
+        taps(g, |xi, yi, wi| dw[wi] += x[xi] * dy[yi]);
         dw
+    }
+
+    /// max |got − want|.
+    fn max_err<T: Real>(got: &[T], want: &[f64]) -> f64 {
+        (got.iter().zip(want))
+            .map(|(a, b)| (a.to_f64() - b).abs())
+            .fold(0f64, f64::max)
+    }
+
+    /// `run` in f32 on 1, 2 and 3 threads: within `rel` of the largest reference value, and
+    /// the same bits every time.
+    fn f32_on_threads(
+        want: &[f64],
+        rel: f64,
+        what: &str,
+        run: impl Fn() -> Vec<f32> + Send + Sync,
+    ) {
+        let scale = want.iter().map(|v| v.abs()).fold(0f64, f64::max);
+        let mut bits = None;
+        for threads in [1, 2, 3] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let got = pool.install(&run);
+            let err = max_err(&got, want);
+            assert!(err < rel * scale, "f32 {what}: {err} of {scale}");
+            let b: Vec<u32> = got.iter().map(|v| v.to_bits()).collect();
+            assert!(
+                bits.get_or_insert(b.clone()) == &b,
+                "{what}: {threads} threads changed bits"
+            );
+        }
+    }
+
+    fn random(rng: &mut impl Rng, n: usize, r: f64) -> Vec<f64> {
+        (0..n).map(|_| rng.random_range(-r..r)).collect()
+    }
+
+    fn f32s(v: &[f64]) -> Vec<f32> {
+        v.iter().map(|&v| v as f32).collect()
     }
 
     #[test]
@@ -637,52 +635,18 @@ mod tests {
             (3, 16, 40, 9, 4),
             (2, 16, 16, 5, 33),
         ] {
+            let what = format!("{b}×{c}→{o} {h}×{w}");
             let g = Geom::new(&[b, c, h, w], &[o, c, 3, 3], 1, 1).unwrap();
-            let x: Vec<f64> = (0..b * c * h * w)
-                .map(|_| rng.random_range(-1.0..1.0))
-                .collect();
-            let dy: Vec<f64> = (0..b * o * h * w)
-                .map(|_| rng.random_range(-1.0..1.0))
-                .collect();
+            let x = random(&mut rng, b * c * h * w, 1.0);
+            let dy = random(&mut rng, b * o * h * w, 1.0);
             let want = direct_dw(&x, &dy, &g);
-            let got = backward_weight(&x, &dy, &g, 4);
-            let err = got
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f64, f64::max);
-            assert!(err < 1e-11, "f64 {b}×{c}→{o} {h}×{w}: {err}");
+            let err = max_err(&backward_weight(&x, &dy, &g, 4), &want);
+            assert!(err < 1e-11, "f64 {what}: {err}");
             // One image per GEMM (a budget below one image's V and Z): the same sums.
-            let stepped = backward_weight_within(&x, &dy, &g, 1, 1);
-            let err = (stepped.iter().zip(&want))
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f64, f64::max);
-            assert!(err < 1e-11, "f64 stepped {b}×{c}→{o} {h}×{w}: {err}");
-            let f = |v: &[f64]| v.iter().map(|&v| v as f32).collect::<Vec<f32>>();
-            let (x32, dy32) = (f(&x), f(&dy));
-            let scale = want.iter().map(|v| v.abs()).fold(0f64, f64::max);
-            let mut bits = None;
-            for threads in [1, 2, 3] {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .unwrap();
-                let d = pool.install(|| backward_weight(&x32, &dy32, &g, 4));
-                let err = d
-                    .iter()
-                    .zip(&want)
-                    .map(|(&a, b)| (a as f64 - b).abs())
-                    .fold(0f64, f64::max);
-                assert!(
-                    err < 4e-6 * scale,
-                    "f32 {b}×{c}→{o} {h}×{w}: {err} of {scale}"
-                );
-                let db: Vec<u32> = d.iter().map(|v| v.to_bits()).collect();
-                assert!(
-                    bits.get_or_insert(db.clone()) == &db,
-                    "{threads} threads changed bits"
-                );
-            }
+            let err = max_err(&backward_weight_within(&x, &dy, &g, 1, 1), &want);
+            assert!(err < 1e-11, "f64 stepped {what}: {err}");
+            let (x32, dy32) = (f32s(&x), f32s(&dy));
+            f32_on_threads(&want, 4e-6, &what, || backward_weight(&x32, &dy32, &g, 4));
         }
     }
 
@@ -698,48 +662,17 @@ mod tests {
             (1, 16, 16, 6, 33),
             (3, 16, 16, 4, 32),
         ] {
+            let what = format!("{b}×{c}→{o} {h}×{w}");
             let g = Geom::new(&[b, c, h, w], &[o, c, 3, 3], 1, 1).unwrap();
             assert!(applies(&g));
-            let x: Vec<f64> = (0..b * c * h * w)
-                .map(|_| rng.random_range(-1.0..1.0))
-                .collect();
-            let wt: Vec<f64> = (0..o * c * 9)
-                .map(|_| rng.random_range(-0.3..0.3))
-                .collect();
-            let bias: Vec<f64> = (0..o).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let x = random(&mut rng, b * c * h * w, 1.0);
+            let wt = random(&mut rng, o * c * 9, 0.3);
+            let bias = random(&mut rng, o, 1.0);
             let want = direct(&x, &wt, &bias, &g);
-            let got = forward(&x, &wt, Some(&bias), &g);
-            let err = got
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f64, f64::max);
-            assert!(err < 1e-12, "f64 {b}×{c}→{o} {h}×{w}: {err}");
-            let f = |v: &[f64]| v.iter().map(|&v| v as f32).collect::<Vec<f32>>();
-            let (x32, w32, b32) = (f(&x), f(&wt), f(&bias));
-            let scale = want.iter().map(|v| v.abs()).fold(0f64, f64::max);
-            let mut bits = None;
-            for threads in [1, 2, 3] {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .unwrap();
-                let y = pool.install(|| forward(&x32, &w32, Some(&b32), &g));
-                let err = y
-                    .iter()
-                    .zip(&want)
-                    .map(|(&a, b)| (a as f64 - b).abs())
-                    .fold(0f64, f64::max);
-                assert!(
-                    err < 2e-6 * scale,
-                    "f32 {b}×{c}→{o} {h}×{w}: {err} of {scale}"
-                );
-                let yb: Vec<u32> = y.iter().map(|v| v.to_bits()).collect();
-                assert!(
-                    bits.get_or_insert(yb.clone()) == &yb,
-                    "{threads} threads changed bits"
-                );
-            }
+            let err = max_err(&forward(&x, &wt, Some(&bias), &g), &want);
+            assert!(err < 1e-12, "f64 {what}: {err}");
+            let (x32, w32, b32) = (f32s(&x), f32s(&wt), f32s(&bias));
+            f32_on_threads(&want, 2e-6, &what, || forward(&x32, &w32, Some(&b32), &g));
         }
     }
 }

@@ -248,27 +248,22 @@ impl AdamW {
                 let e = averages.map(|(w, d)| (&w[*i].1, d));
                 cpu_optim::adamw(var, m, v, g, &k, e)
             })?;
-            let mut averaged = vec![false; self.params.len()];
-            let mut new_avg = vec![];
+            // The new averages by parameter (none where a parameter had no gradient).
+            let mut new_avg: Vec<Option<Tensor>> = vec![None; self.params.len()];
             for ((i, _), (m2, v2, e2)) in gs.iter().zip(news) {
                 let (_, _, m, v) = &mut self.params[*i];
                 (*m, *v) = (m2, v2);
-                if let Some(e2) = e2 {
-                    new_avg.push((*i, e2));
-                    averaged[*i] = true;
-                }
+                new_avg[*i] = e2;
             }
             let Some((w, d)) = ema else {
                 return Ok(false);
             };
-            for (i, e2) in new_avg {
-                w[i].1 = e2;
-            }
-            // Parameters without a gradient keep θ, and their averages still move toward it.
-            for (i, done) in averaged.into_iter().enumerate() {
-                if !done {
-                    w[i].1 = cpu_optim::ema(&w[i].1, self.params[i].1.as_tensor(), d)?;
-                }
+            for (i, e2) in new_avg.into_iter().enumerate() {
+                w[i].1 = match e2 {
+                    Some(e2) => e2,
+                    // No gradient: θ is unchanged, and its average still moves toward it.
+                    None => cpu_optim::ema(&w[i].1, self.params[i].1.as_tensor(), d)?,
+                };
             }
             return Ok(true);
         }
