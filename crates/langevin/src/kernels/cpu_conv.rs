@@ -206,14 +206,14 @@ fn fill_bias<T: Real>(out: &mut [T], bias: &[T], plane: usize) {
     }
 }
 
-/// `y = conv(x, w) + bias`: Winograd F(2×2, 3×3) where [`super::winograd::applies`] (3×3,
-/// stride 1, ≥ 16 channels), else as follows. Where the output has at most half the input's channels (a UNet's
+/// `y = conv(x, w) + bias`: Winograd (F(4×4, 3×3) or F(2×2, 3×3)) where
+/// [`super::winograd::forward_applies`] (3×3, stride 1, ≥ 16 channels, from 8×8), else as follows. Where the output has at most half the input's channels (a UNet's
 /// up blocks after the skip concatenation, the output convolution) the im2col GEMM has only O
 /// rows and runs well below the matmul rate (measured 96→32 channels at 32×32: 1.25× the time of
 /// the same flops as [`transposed_conv`], 0.8× with it); there the convolution is computed as
 /// the transposed convolution of the flipped weights (GEMM with C·k² rows, then [`col2im`]).
 pub(super) fn forward<T: Real>(x: &[T], wt: &[T], bias: Option<&[T]>, g: &Geom) -> Vec<T> {
-    if super::winograd::applies(g) {
+    if super::winograd::forward_applies(g) {
         return super::winograd::forward(x, wt, bias, g);
     }
     match g.transposed() {
@@ -319,10 +319,11 @@ fn row_split(m: usize, n: usize, k: usize) -> Option<usize> {
 /// wins where C > O (measured 96→32 channels at 32×32: 0.75× the time of GEMM + col2im; 128→64
 /// at 16×16: 0.9×) and loses a few per cent at C ≤ O, where [`transposed_conv`] (GEMM Wᵀ·dy
 /// with C·k² rows, then col2im) stays, as it does for stride 2 and 1×1. That convolution goes
-/// through Winograd where [`super::winograd::applies`] to it (3×3, padding 1, ≥ 16 channels).
+/// through Winograd where [`super::winograd::forward_applies`] to it (3×3, padding 1, ≥ 16
+/// channels, from 8×8).
 pub(super) fn backward_input<T: Real>(dy: &[T], wt: &[T], g: &Geom) -> Vec<T> {
     match g.transposed() {
-        Some(gt) if super::winograd::applies(&gt) => {
+        Some(gt) if super::winograd::forward_applies(&gt) => {
             super::winograd::forward(dy, &flip(wt, g), None, &gt)
         }
         Some(gt) if g.c > g.o => forward_im2col(dy, &flip(wt, g), None, &gt),

@@ -25,6 +25,7 @@ pub(crate) mod real;
 pub(crate) mod simd;
 mod switch;
 mod winograd;
+mod winograd4;
 
 pub use conv::conv2d;
 pub use group_norm::group_norm_act;

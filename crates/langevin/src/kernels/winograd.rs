@@ -17,10 +17,17 @@ use super::conv::mm;
 use super::cpu_conv::{grouped_sum, uninit, Geom};
 use super::real::{threads, Real};
 
-/// Whether the Winograd path takes this convolution: 3×3, stride 1, padding 1, and enough
-/// channels on both sides that the GEMMs dominate the transforms.
+/// Whether the Winograd weight gradient takes this convolution: 3×3, stride 1, padding 1, and
+/// enough channels on both sides that the GEMMs dominate the transforms.
 pub(super) fn applies(g: &Geom) -> bool {
     g.k == 3 && g.s == 1 && g.p == 1 && g.c >= 16 && g.o >= 16 && g.h >= 2 && g.w >= 2
+}
+
+/// Whether [`forward`] takes it (the forward and the input gradient): as [`applies`], from
+/// 8×8 on. Below (four tiles or fewer per image) im2col is faster (measured 64–256 channels
+/// at 4×4: im2col 0.3–0.7× the time of F(2×2, 3×3), at batch 1 and 16).
+pub(super) fn forward_applies(g: &Geom) -> bool {
+    applies(g) && g.h >= 8 && g.w >= 8
 }
 
 /// U = G g Gᵀ of every filter, as 16 matrices [O, C] (ξ = 4·i + j): `wt` is [O, C, 3, 3].
@@ -49,9 +56,40 @@ fn filter_transform<T: Real>(wt: &[T], o: usize, c: usize) -> Vec<T> {
     u
 }
 
-/// Tiles per row and per column of an H×W output.
+/// Tiles per row and per column of an H×W output in F(2×2, 3×3).
 fn tiles(g: &Geom) -> (usize, usize) {
     (g.h.div_ceil(2), g.w.div_ceil(2))
+}
+
+/// One Winograd tiling F(m×m, 3×3) of the forward driver [`forward_with`]: its three transforms
+/// over whole images, the products in between being (m + 2)² GEMMs [O, C]·[C, tiles].
+pub(super) trait Tiling {
+    /// The output tile's side m (the input tile's is m + 2).
+    const M: usize;
+    /// The transformed filters, as (m + 2)² matrices [O, C]: `wt` is [O, C, 3, 3].
+    fn filter<T: Real>(wt: &[T], o: usize, c: usize) -> Vec<T>;
+    /// The transformed tiles of the channels `x` ([n, H, W]) into `v`: (m + 2)² blocks
+    /// [`cstride`, T] (T tiles per image), this run's channels at rows `c0..c0 + n`.
+    fn input<T: Real>(x: &[T], g: &Geom, v: &mut [T], c0: usize, cstride: usize);
+    /// The output channels `out` ([n, H, W], channels `o0..`) from the (m + 2)² products
+    /// `m` ([ξ][O, T]), plus the bias.
+    fn output<T: Real>(m: &[T], g: &Geom, bias: Option<&[T]>, out: &mut [T], o0: usize);
+}
+
+/// F(2×2, 3×3): the transforms below.
+pub(super) struct F2;
+
+impl Tiling for F2 {
+    const M: usize = 2;
+    fn filter<T: Real>(wt: &[T], o: usize, c: usize) -> Vec<T> {
+        filter_transform(wt, o, c)
+    }
+    fn input<T: Real>(x: &[T], g: &Geom, v: &mut [T], c0: usize, cstride: usize) {
+        input_transform(x, g, v, c0, cstride)
+    }
+    fn output<T: Real>(m: &[T], g: &Geom, bias: Option<&[T]>, out: &mut [T], o0: usize) {
+        output_transform(m, g, bias, out, o0)
+    }
 }
 
 /// V = Bᵀ d B of every 4×4 input tile of the channels `x` ([n, H, W]) into `v`: 16 blocks
@@ -279,31 +317,43 @@ fn deinterleave<T: Real>(px: &[T], od: &mut [T], ev: &mut [T]) {
     }
 }
 
-/// Scratch of one image: V [16][C, T] and the products M [16][O, T].
+/// Scratch of one image: V [ξ][C, T] and the products M [ξ][O, T].
 struct Scratch<T> {
     v: Vec<T>,
     m: Vec<T>,
 }
 
-/// `y = conv(x, w) + bias` for a convolution [`applies`] accepts: `wt` [O, C, 3, 3].
+/// `y = conv(x, w) + bias` for a convolution [`forward_applies`] accepts: `wt` [O, C, 3, 3]. The
+/// larger tiles of F(4×4, 3×3) where [`super::winograd4::applies`] (4× fewer multiply-adds
+/// than im2col), else F(2×2, 3×3) (2.25×).
 pub(super) fn forward<T: Real>(x: &[T], wt: &[T], bias: Option<&[T]>, g: &Geom) -> Vec<T> {
-    let (th, tw) = tiles(g);
-    let t = th * tw;
-    let u = filter_transform(wt, g.o, g.c);
+    if super::winograd4::applies(g) {
+        forward_with::<super::winograd4::F4, T>(x, wt, bias, g)
+    } else {
+        forward_with::<F2, T>(x, wt, bias, g)
+    }
+}
+
+/// [`forward`] with the tiling `W`.
+pub(super) fn forward_with<W: Tiling, T: Real>(
+    x: &[T],
+    wt: &[T],
+    bias: Option<&[T]>,
+    g: &Geom,
+) -> Vec<T> {
+    let t = g.h.div_ceil(W::M) * g.w.div_ceil(W::M);
+    let xis = (W::M + 2) * (W::M + 2);
+    let (oc, ct, ot) = (g.o * g.c, g.c * t, g.o * t);
+    let u = W::filter(wt, g.o, g.c);
     let (hw, nt) = (g.h * g.w, threads());
     let mut out = uninit(g.b * g.o * hw);
     let new = || Scratch {
-        v: uninit(16 * g.c * t),
-        m: uninit(16 * g.o * t),
+        v: uninit(xis * g.c * t),
+        m: uninit(xis * g.o * t),
     };
-    // The 16 products of one image: M_ξ [O, T] = U_ξ [O, C] · V_ξ [C, T].
-    let products = |s: &mut Scratch<T>, xi: usize| {
-        let (oc, ct, ot) = (g.o * g.c, g.c * t, g.o * t);
-        let (mx, vx) = (
-            &mut s.m[xi * ot..(xi + 1) * ot],
-            &s.v[xi * ct..(xi + 1) * ct],
-        );
-        let ux = &u[xi * oc..(xi + 1) * oc];
+    // Product ξ of one image: M_ξ [O, T] = U_ξ [O, C] · V_ξ [C, T].
+    let product = |xi: usize, mx: &mut [T], v: &[T]| {
+        let (ux, vx) = (&u[xi * oc..(xi + 1) * oc], &v[xi * ct..(xi + 1) * ct]);
         mm(
             (g.o, t, g.c),
             mx,
@@ -316,11 +366,11 @@ pub(super) fn forward<T: Real>(x: &[T], wt: &[T], bias: Option<&[T]>, g: &Geom) 
         );
     };
     let image = |s: &mut Scratch<T>, xb: &[T], ob: &mut [T]| {
-        input_transform(xb, g, &mut s.v, 0, g.c);
-        for xi in 0..16 {
-            products(s, xi);
+        W::input(xb, g, &mut s.v, 0, g.c);
+        for (xi, mx) in s.m.chunks_exact_mut(ot).enumerate() {
+            product(xi, mx, &s.v);
         }
-        output_transform(&s.m, g, bias, ob, 0);
+        W::output(&s.m, g, bias, ob, 0);
     };
     let (xs, os) = (g.c * hw, g.o * hw);
     if nt <= 1 {
@@ -334,9 +384,8 @@ pub(super) fn forward<T: Real>(x: &[T], wt: &[T], bias: Option<&[T]>, g: &Geom) 
             .for_each_init(new, |s, (xb, ob)| image(s, xb, ob));
     } else {
         // Fewer images than threads: each stage of one image split over the threads, in
-        // pieces that do not depend on the thread count (channels, the 16 products).
+        // pieces that do not depend on the thread count (channels, the products).
         let mut s = new();
-        let ct = g.c * t;
         for (xb, ob) in x.chunks(xs).zip(out.chunks_mut(os)) {
             // Channels in runs of 8: each run writes its rows of every V_ξ.
             let runs: Vec<(usize, &[T])> = xb.chunks(8 * hw).enumerate().collect();
@@ -346,28 +395,16 @@ pub(super) fn forward<T: Real>(x: &[T], wt: &[T], bias: Option<&[T]>, g: &Geom) 
                 // SAFETY: run r writes only rows 8r..8r+n of each V_ξ block, disjoint from
                 // the other runs' rows; `v` outlives the loop.
                 let v = unsafe { std::slice::from_raw_parts_mut(v_ptr.get(), vlen) };
-                input_transform(xr, g, v, 8 * r, g.c);
+                W::input(xr, g, v, 8 * r, g.c);
             });
-            let ot = g.o * t;
-            let (m, v) = (&mut s.m, &s.v);
-            m.par_chunks_mut(ot).enumerate().for_each(|(xi, mx)| {
-                let ux = &u[xi * g.o * g.c..(xi + 1) * g.o * g.c];
-                let vx = &v[xi * ct..(xi + 1) * ct];
-                mm(
-                    (g.o, t, g.c),
-                    mx,
-                    false,
-                    ux,
-                    (g.c, 1),
-                    vx,
-                    (t, 1),
-                    Parallelism::None,
-                );
-            });
+            let v = &s.v;
+            s.m.par_chunks_mut(ot)
+                .enumerate()
+                .for_each(|(xi, mx)| product(xi, mx, v));
             let m = &s.m;
             ob.par_chunks_mut(8 * hw)
                 .enumerate()
-                .for_each(|(r, oc)| output_transform(m, g, bias, oc, 8 * r));
+                .for_each(|(r, oc)| W::output(m, g, bias, oc, 8 * r));
         }
     }
     out
@@ -542,137 +579,5 @@ impl<T> SendPtr<T> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use rand::{Rng, SeedableRng};
-
-    /// `f(x index, y index, w index)` for every tap of a padding-1 3×3 convolution that
-    /// reads inside the image.
-    fn taps(g: &Geom, mut f: impl FnMut(usize, usize, usize)) {
-        for n in 0..g.b {
-            for o in 0..g.o {
-                for c in 0..g.c {
-                    for (ky, kx, oy, ox) in (0..9)
-                        .flat_map(|k| (0..g.h * g.w).map(move |p| (k / 3, k % 3, p / g.w, p % g.w)))
-                    {
-                        let (iy, ix) = (oy + ky, ox + kx);
-                        if iy < 1 || ix < 1 || iy > g.h || ix > g.w {
-                            continue;
-                        }
-                        f(
-                            ((n * g.c + c) * g.h + iy - 1) * g.w + ix - 1,
-                            ((n * g.o + o) * g.h + oy) * g.w + ox,
-                            ((o * g.c + c) * 3 + ky) * 3 + kx,
-                        );
-                    }
-                }
-            }
-        }
-    }
-
-    /// The convolution by its definition, in f64.
-    fn direct(x: &[f64], w: &[f64], b: &[f64], g: &Geom) -> Vec<f64> {
-        let plane = g.h * g.w;
-        let mut y: Vec<f64> = (0..g.b * g.o * plane).map(|i| b[i / plane % g.o]).collect();
-        taps(g, |xi, yi, wi| y[yi] += x[xi] * w[wi]);
-        y
-    }
-
-    /// dL/dw by its definition, in f64.
-    fn direct_dw(x: &[f64], dy: &[f64], g: &Geom) -> Vec<f64> {
-        let mut dw = vec![0f64; g.o * g.c * 9];
-        taps(g, |xi, yi, wi| dw[wi] += x[xi] * dy[yi]);
-        dw
-    }
-
-    /// max |got − want|.
-    fn max_err<T: Real>(got: &[T], want: &[f64]) -> f64 {
-        (got.iter().zip(want))
-            .map(|(a, b)| (a.to_f64() - b).abs())
-            .fold(0f64, f64::max)
-    }
-
-    /// `run` in f32 on 1, 2 and 3 threads: within `rel` of the largest reference value, and
-    /// the same bits every time.
-    fn f32_on_threads(
-        want: &[f64],
-        rel: f64,
-        what: &str,
-        run: impl Fn() -> Vec<f32> + Send + Sync,
-    ) {
-        let scale = want.iter().map(|v| v.abs()).fold(0f64, f64::max);
-        let mut bits = None;
-        for threads in [1, 2, 3] {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            let got = pool.install(&run);
-            let err = max_err(&got, want);
-            assert!(err < rel * scale, "f32 {what}: {err} of {scale}");
-            let b: Vec<u32> = got.iter().map(|v| v.to_bits()).collect();
-            assert!(
-                bits.get_or_insert(b.clone()) == &b,
-                "{what}: {threads} threads changed bits"
-            );
-        }
-    }
-
-    fn random(rng: &mut impl Rng, n: usize, r: f64) -> Vec<f64> {
-        (0..n).map(|_| rng.random_range(-r..r)).collect()
-    }
-
-    fn f32s(v: &[f64]) -> Vec<f32> {
-        v.iter().map(|&v| v as f32).collect()
-    }
-
-    #[test]
-    fn weight_gradient_matches_the_definition_on_any_thread_count() {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
-        for &(b, c, o, h, w) in &[
-            (1, 16, 16, 5, 7),
-            (5, 24, 16, 8, 8),
-            (3, 16, 40, 9, 4),
-            (2, 16, 16, 5, 33),
-        ] {
-            let what = format!("{b}×{c}→{o} {h}×{w}");
-            let g = Geom::new(&[b, c, h, w], &[o, c, 3, 3], 1, 1).unwrap();
-            let x = random(&mut rng, b * c * h * w, 1.0);
-            let dy = random(&mut rng, b * o * h * w, 1.0);
-            let want = direct_dw(&x, &dy, &g);
-            let err = max_err(&backward_weight(&x, &dy, &g, 4), &want);
-            assert!(err < 1e-11, "f64 {what}: {err}");
-            // One image per GEMM (a budget below one image's V and Z): the same sums.
-            let err = max_err(&backward_weight_within(&x, &dy, &g, 1, 1), &want);
-            assert!(err < 1e-11, "f64 stepped {what}: {err}");
-            let (x32, dy32) = (f32s(&x), f32s(&dy));
-            f32_on_threads(&want, 4e-6, &what, || backward_weight(&x32, &dy32, &g, 4));
-        }
-    }
-
-    #[test]
-    fn matches_the_definition_at_odd_and_even_sizes_on_any_thread_count() {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
-        // (batch, C, O, H, W): odd sizes, one image (split stages), several (per image).
-        // Rows wide enough for the vectorised deinterleave too (33: 17 tiles, two 8-wide steps).
-        for &(b, c, o, h, w) in &[
-            (1, 16, 16, 5, 7),
-            (3, 24, 16, 8, 8),
-            (2, 16, 40, 9, 4),
-            (1, 16, 16, 6, 33),
-            (3, 16, 16, 4, 32),
-        ] {
-            let what = format!("{b}×{c}→{o} {h}×{w}");
-            let g = Geom::new(&[b, c, h, w], &[o, c, 3, 3], 1, 1).unwrap();
-            assert!(applies(&g));
-            let x = random(&mut rng, b * c * h * w, 1.0);
-            let wt = random(&mut rng, o * c * 9, 0.3);
-            let bias = random(&mut rng, o, 1.0);
-            let want = direct(&x, &wt, &bias, &g);
-            let err = max_err(&forward(&x, &wt, Some(&bias), &g), &want);
-            assert!(err < 1e-12, "f64 {what}: {err}");
-            let (x32, w32, b32) = (f32s(&x), f32s(&wt), f32s(&bias));
-            f32_on_threads(&want, 2e-6, &what, || forward(&x32, &w32, Some(&b32), &g));
-        }
-    }
-}
+#[path = "winograd_tests.rs"]
+pub(super) mod tests;

@@ -1,0 +1,320 @@
+//! Winograd F(4×4, 3×3) (Lavin & Gray 2016, interpolation points 0, ±1, ±2, ∞): each 4×4
+//! output tile is Aᵀ[(G g Gᵀ) ⊙ (Bᵀ d B)]A from a 6×6 input tile d, so a 3×3 convolution
+//! costs 36 GEMMs [O, C]·[C, tiles] over (H/4)·(W/4) tiles — 2.25 multiply-adds per output
+//! and input channel instead of F(2×2, 3×3)'s 4 and im2col's 9.
+//!
+//! Written for a measured hot spot (issue 17, CPU round 9 in docs/benchmarks.md): after
+//! F(2×2, 3×3) the small and cifar10 UNets still spent half their CPU time in the Winograd
+//! GEMMs. The transforms are loops over whole rows of tiles as in [`super::winograd`]; the
+//! larger tile's stride-4 reads are deinterleaved once per input row.
+//!
+//! Accuracy: the points ±2 scale some terms by up to 8·4·(1/24), so f32 results carry a few
+//! times F(2×2)'s rounding error (tested: within 1e-5 of the output's scale, where
+//! F(2×2) is within 2e-6; the diffusers parity fixtures hold at their 1e-4).
+use super::cpu_conv::Geom;
+use super::real::Real;
+use super::winograd::Tiling;
+
+/// Whether F(4×4, 3×3) takes a convolution that [`super::winograd::forward_applies`] to: at
+/// least 64 tiles of 4×4 per image (32×32). With fewer, the per-image GEMMs [O, C]·[C, T]
+/// have too few columns (gemm puts them along the vector lanes) and F(2×2, 3×3), with 4× the
+/// tiles, wins (measured 64–256 channels at 16×16: F(4×4) 0.78–0.89× of its speed, at 8×8
+/// 0.4–0.5×; at 32×32 1.15–1.47×, batch 1 and 16).
+pub(super) fn applies(g: &Geom) -> bool {
+    g.h.div_ceil(4) * g.w.div_ceil(4) >= 64
+}
+
+/// F(4×4, 3×3): the transforms below.
+pub(super) struct F4;
+
+impl Tiling for F4 {
+    const M: usize = 4;
+    fn filter<T: Real>(wt: &[T], o: usize, c: usize) -> Vec<T> {
+        filter_transform(wt, o, c)
+    }
+    fn input<T: Real>(x: &[T], g: &Geom, v: &mut [T], c0: usize, cstride: usize) {
+        input_transform(x, g, v, c0, cstride)
+    }
+    fn output<T: Real>(m: &[T], g: &Geom, bias: Option<&[T]>, out: &mut [T], o0: usize) {
+        output_transform(m, g, bias, out, o0)
+    }
+}
+
+/// Tiles per column and per row of an H×W output.
+fn tiles(g: &Geom) -> (usize, usize) {
+    (g.h.div_ceil(4), g.w.div_ceil(4))
+}
+
+/// G of Lavin & Gray's F(4×4, 3×3), the rows of the 6×3 matrix.
+const G: [[f64; 3]; 6] = [
+    [0.25, 0.0, 0.0],
+    [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+    [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+    [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+    [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+    [0.0, 0.0, 1.0],
+];
+
+/// U = G g Gᵀ of every filter, as 36 matrices [O, C] (ξ = 6·i + j): `wt` is [O, C, 3, 3].
+/// In blocks of filters, each step one loop over the block (vectorised): the taps of the block
+/// apart, then G g (18 rows), then (G g) Gᵀ (36 rows) straight into U.
+fn filter_transform<T: Real>(wt: &[T], o: usize, c: usize) -> Vec<T> {
+    const BLOCK: usize = 128;
+    let oc = o * c;
+    let g: [[T; 3]; 6] = G.map(|r| r.map(T::from_f64));
+    let mut u = vec![T::ZERO; 36 * oc];
+    let mut taps = vec![T::ZERO; 9 * BLOCK];
+    let mut gg = vec![T::ZERO; 18 * BLOCK];
+    for k0 in (0..oc).step_by(BLOCK) {
+        let n = BLOCK.min(oc - k0);
+        for (k, f) in wt[9 * k0..9 * (k0 + n)].chunks_exact(9).enumerate() {
+            for (tap, &v) in f.iter().enumerate() {
+                taps[tap * BLOCK + k] = v;
+            }
+        }
+        let tap = |a: usize, b: usize| &taps[(3 * a + b) * BLOCK..][..n];
+        // gg[i][b] = Σ_a G[i][a]·g[a][b].
+        for i in 0..6 {
+            for b in 0..3 {
+                let (t0, t1, t2) = (tap(0, b), tap(1, b), tap(2, b));
+                let d = &mut gg[(3 * i + b) * BLOCK..][..n];
+                let [w0, w1, w2] = g[i];
+                for k in 0..n {
+                    d[k] = (w0 * t0[k] + w1 * t1[k]) + w2 * t2[k];
+                }
+            }
+        }
+        // U[i][j] = Σ_b gg[i][b]·G[j][b].
+        for i in 0..6 {
+            let row = |b: usize| &gg[(3 * i + b) * BLOCK..][..n];
+            let (r0, r1, r2) = (row(0), row(1), row(2));
+            for (j, [w0, w1, w2]) in g.iter().copied().enumerate() {
+                let d = &mut u[(6 * i + j) * oc + k0..][..n];
+                for k in 0..n {
+                    d[k] = (w0 * r0[k] + w1 * r1[k]) + w2 * r2[k];
+                }
+            }
+        }
+    }
+    u
+}
+
+/// `N` disjoint mutable slices of length `len` of `buf` at the increasing offsets `offs`.
+fn disjoint_mut<T, const N: usize>(buf: &mut [T], offs: [usize; N], len: usize) -> [&mut [T]; N] {
+    let mut rest = buf;
+    let mut base = 0;
+    offs.map(|o| {
+        let tail = std::mem::take(&mut rest);
+        let (_, tail) = tail.split_at_mut(o - base);
+        let (s, tail) = tail.split_at_mut(len);
+        rest = tail;
+        base = o + len;
+        s
+    })
+}
+
+/// V = Bᵀ d B of every 6×6 input tile of the channels `x` ([n, H, W]) into `v`: 36 blocks
+/// [`cstride`, T] (block ξ = 6·i + j), this run's channels at rows `c0..c0 + n`. Tile (ty, tx)
+/// covers input rows 4ty − 1 … 4ty + 4 and columns 4tx − 1 … 4tx + 4, zero outside the image.
+/// Bᵀ = [[4,0,−5,0,1,0], [0,−4,−4,1,1,0], [0,4,−4,−1,1,0], [0,−2,−1,2,1,0], [0,2,−1,−2,1,0],
+/// [0,4,0,−5,0,1]].
+fn input_transform<T: Real>(x: &[T], g: &Geom, v: &mut [T], c0: usize, cstride: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // Compiled with AVX2 (same bits: no fused multiply-adds), as in `super::winograd`.
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2<T: Real>(x: &[T], g: &Geom, v: &mut [T], c0: usize, cstride: usize) {
+            input_impl(x, g, v, c0, cstride)
+        }
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        return unsafe { avx2(x, g, v, c0, cstride) };
+    }
+    input_impl(x, g, v, c0, cstride)
+}
+
+/// The rows of d·B (`d` the six values of a tile's row) for six rows of values at once:
+/// (4d0 − 5d2 + d4, (d3 + d4) − 4(d1 + d2), (d4 − d3) + 4(d1 − d2), (d4 − d2) + 2(d3 − d1),
+/// (d4 − d2) − 2(d3 − d1), 4d1 − 5d3 + d5), the same combination along rows and columns.
+#[inline(always)]
+fn bt<T: Real>(d: [T; 6]) -> [T; 6] {
+    let (two, four, five) = (T::from_f64(2.0), T::from_f64(4.0), T::from_f64(5.0));
+    let (s12, s34) = (d[1] + d[2], d[3] + d[4]);
+    let (d12, d43) = (d[1] - d[2], d[4] - d[3]);
+    let (d42, d31) = (d[4] - d[2], d[3] - d[1]);
+    [
+        (four * d[0] - five * d[2]) + d[4],
+        s34 - four * s12,
+        d43 + four * d12,
+        d42 + two * d31,
+        d42 - two * d31,
+        (four * d[1] - five * d[3]) + d[5],
+    ]
+}
+
+#[inline(always)]
+fn input_impl<T: Real>(x: &[T], g: &Geom, v: &mut [T], c0: usize, cstride: usize) {
+    let (th, tw) = tiles(g);
+    let t = th * tw;
+    // e[j][r % 4][r / 4][tx]: row r − 1 of the input (zero rows around it) times B, column j;
+    // the rows apart by r mod 4, so that the six rows of every tile row ty are one run of T.
+    let qr = th + 1;
+    let block = 4 * qr * tw;
+    let mut e = vec![T::ZERO; 6 * block];
+    // One input row with a zero on the left and zeros past its end: px[i + 1] = x[i].
+    let mut px = vec![T::ZERO; 4 * (tw + 1)];
+    // Its positions by residue mod 4: p[k][t] = px[4t + k].
+    let n = tw + 1;
+    let mut p = vec![T::ZERO; 4 * n];
+    for (ci, xc) in x.chunks_exact(g.h * g.w).enumerate() {
+        for r in 1..=g.h {
+            px[1..=g.w].copy_from_slice(&xc[(r - 1) * g.w..r * g.w]);
+            deinterleave4(&px, &mut p, n);
+            let (p0, p1, p2, p3) = (
+                &p[..tw],
+                &p[n..n + tw],
+                &p[2 * n..][..tw],
+                &p[3 * n..][..tw],
+            );
+            let (q0, q1) = (&p[1..=tw], &p[n + 1..n + 1 + tw]);
+            let off = ((r % 4) * qr + r / 4) * tw;
+            let rows = disjoint_mut(&mut e, std::array::from_fn(|j| j * block + off), tw);
+            let [e0, e1, e2, e3, e4, e5] = rows;
+            for i in 0..tw {
+                let c = bt([p0[i], p1[i], p2[i], p3[i], q0[i], q1[i]]);
+                (e0[i], e1[i], e2[i], e3[i], e4[i], e5[i]) = (c[0], c[1], c[2], c[3], c[4], c[5]);
+            }
+        }
+        // Rows outside the image stay zero (only rows 1..=h are written).
+        let c = c0 + ci;
+        for (j, ej) in e.chunks_exact(block).enumerate() {
+            // Rows 4ty + k for every ty: residue k % 4, from row k / 4 on, T values.
+            let r = |k: usize| &ej[((k % 4) * qr + k / 4) * tw..][..t];
+            let (r0, r1, r2, r3, r4, r5) = (r(0), r(1), r(2), r(3), r(4), r(5));
+            let offs = std::array::from_fn(|i| ((6 * i + j) * cstride + c) * t);
+            let [v0, v1, v2, v3, v4, v5] = disjoint_mut(v, offs, t);
+            for k in 0..t {
+                let o = bt([r0[k], r1[k], r2[k], r3[k], r4[k], r5[k]]);
+                (v0[k], v1[k], v2[k], v3[k], v4[k], v5[k]) = (o[0], o[1], o[2], o[3], o[4], o[5]);
+            }
+        }
+    }
+}
+
+/// p[k·n + t] = px[4t + k] for t < n, k < 4 (px: at least 4n values). In f32 with AVX2 eight
+/// of each per four loads, four unpack pairs and four permutes (LLVM leaves the stride-4 loop
+/// scalar).
+#[inline(always)]
+fn deinterleave4<T: Real>(px: &[T], p: &mut [T], n: usize) {
+    assert!(px.len() >= 4 * n && p.len() >= 4 * n);
+    let mut t = 0;
+    #[cfg(target_arch = "x86_64")]
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
+        && std::arch::is_x86_feature_detected!("avx2")
+    {
+        use std::arch::x86_64::*;
+        let (src, dst) = (px.as_ptr() as *const f32, p.as_mut_ptr() as *mut f32);
+        while t + 8 <= n {
+            // SAFETY: T is f32 (checked), the CPU has AVX2 (checked), 4t + 32 ≤ 4n ≤ px.len()
+            // and 3n + t + 8 ≤ 4n ≤ p.len(): every access is in bounds.
+            unsafe {
+                let s = src.add(4 * t);
+                let (a, b) = (_mm256_loadu_ps(s), _mm256_loadu_ps(s.add(8)));
+                let (c, d) = (_mm256_loadu_ps(s.add(16)), _mm256_loadu_ps(s.add(24)));
+                // Per 128-bit lane: t0 = [x0 x8 x1 x9 | x4 x12 x5 x13], t1 = [x2 x10 x3 x11 | …].
+                let (t0, t1) = (_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b));
+                let (t2, t3) = (_mm256_unpacklo_ps(c, d), _mm256_unpackhi_ps(c, d));
+                // Residue k of positions t = [0 4 2 6 | 1 5 3 7] of these eight, reordered.
+                let idx = _mm256_setr_epi32(0, 4, 2, 6, 1, 5, 3, 7);
+                let fix = |u: __m256| _mm256_permutevar8x32_ps(u, idx);
+                _mm256_storeu_ps(dst.add(t), fix(_mm256_unpacklo_ps(t0, t2)));
+                _mm256_storeu_ps(dst.add(n + t), fix(_mm256_unpackhi_ps(t0, t2)));
+                _mm256_storeu_ps(dst.add(2 * n + t), fix(_mm256_unpacklo_ps(t1, t3)));
+                _mm256_storeu_ps(dst.add(3 * n + t), fix(_mm256_unpackhi_ps(t1, t3)));
+            }
+            t += 8;
+        }
+    }
+    for t in t..n {
+        for k in 0..4 {
+            p[k * n + t] = px[4 * t + k];
+        }
+    }
+}
+
+/// Y = Aᵀ m A of every tile for the output channels `out` ([n, H, W], channels `o0..`) from
+/// the 36 products `m` ([36][O, T]), plus the bias. Aᵀ = [[1,1,1,1,1,0], [0,1,−1,2,−2,0],
+/// [0,1,1,4,4,0], [0,1,−1,8,−8,1]]: loops over all T tiles of a channel, then the 4×4
+/// results interleaved into rows.
+fn output_transform<T: Real>(m: &[T], g: &Geom, bias: Option<&[T]>, out: &mut [T], o0: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // Compiled with AVX2, as `input_transform`.
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2<T: Real>(m: &[T], g: &Geom, bias: Option<&[T]>, out: &mut [T], o0: usize) {
+            output_impl(m, g, bias, out, o0)
+        }
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        return unsafe { avx2(m, g, bias, out, o0) };
+    }
+    output_impl(m, g, bias, out, o0)
+}
+
+/// Aᵀ applied to six values: (m0 + (m1 + m2) + (m3 + m4), (m1 − m2) + 2(m3 − m4),
+/// (m1 + m2) + 4(m3 + m4), (m1 − m2) + 8(m3 − m4) + m5).
+#[inline(always)]
+fn at<T: Real>(m: [T; 6]) -> [T; 4] {
+    let (two, four, eight) = (T::from_f64(2.0), T::from_f64(4.0), T::from_f64(8.0));
+    let (s12, d12, s34, d34) = (m[1] + m[2], m[1] - m[2], m[3] + m[4], m[3] - m[4]);
+    [
+        (m[0] + s12) + s34,
+        d12 + two * d34,
+        s12 + four * s34,
+        (d12 + eight * d34) + m[5],
+    ]
+}
+
+#[inline(always)]
+fn output_impl<T: Real>(m: &[T], g: &Geom, bias: Option<&[T]>, out: &mut [T], o0: usize) {
+    let (th, tw) = tiles(g);
+    let t = th * tw;
+    // s[a][j] = Σ_i Aᵀ[a][i] m_ij over T, then y[a][b] = Σ_j s[a][j] Aᵀ[b][j] over T.
+    let mut s = vec![T::ZERO; 24 * t];
+    let mut y = vec![T::ZERO; 16 * t];
+    for (oi, yo) in out.chunks_exact_mut(g.h * g.w).enumerate() {
+        let o = o0 + oi;
+        let b = bias.map_or(T::ZERO, |b| b[o]);
+        for j in 0..6 {
+            let mv = |i: usize| &m[((6 * i + j) * g.o + o) * t..][..t];
+            let (m0, m1, m2, m3, m4, m5) = (mv(0), mv(1), mv(2), mv(3), mv(4), mv(5));
+            let [s0, s1, s2, s3] =
+                disjoint_mut(&mut s, std::array::from_fn(|a| (6 * a + j) * t), t);
+            for k in 0..t {
+                let r = at([m0[k], m1[k], m2[k], m3[k], m4[k], m5[k]]);
+                (s0[k], s1[k], s2[k], s3[k]) = (r[0], r[1], r[2], r[3]);
+            }
+        }
+        for a in 0..4 {
+            let sv = |j: usize| &s[(6 * a + j) * t..][..t];
+            let (x0, x1, x2, x3, x4, x5) = (sv(0), sv(1), sv(2), sv(3), sv(4), sv(5));
+            let [y0, y1, y2, y3] =
+                disjoint_mut(&mut y, std::array::from_fn(|bb| (4 * a + bb) * t), t);
+            for k in 0..t {
+                let r = at([x0[k], x1[k], x2[k], x3[k], x4[k], x5[k]]);
+                (y0[k], y1[k], y2[k], y3[k]) = (r[0] + b, r[1] + b, r[2] + b, r[3] + b);
+            }
+        }
+        for r in 0..g.h {
+            let (a, ty) = (r % 4, r / 4);
+            let yb = |bb: usize| &y[(4 * a + bb) * t + ty * tw..][..tw];
+            let (y0, y1, y2, y3) = (yb(0), yb(1), yb(2), yb(3));
+            let row = &mut yo[r * g.w..(r + 1) * g.w];
+            let mut px = row.chunks_exact_mut(4);
+            for (k, q) in (&mut px).enumerate() {
+                (q[0], q[1], q[2], q[3]) = (y0[k], y1[k], y2[k], y3[k]);
+            }
+            let rest = px.into_remainder();
+            let last = [y0[tw - 1], y1[tw - 1], y2[tw - 1]];
+            rest.copy_from_slice(&last[..rest.len()]);
+        }
+    }
+}
