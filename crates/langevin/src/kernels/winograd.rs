@@ -16,6 +16,7 @@ use rayon::prelude::*;
 use super::conv::mm;
 use super::cpu_conv::{grouped_sum, uninit, Geom};
 use super::real::{threads, Real};
+use super::simd::vectorized;
 
 /// Whether the Winograd weight gradient takes this convolution: 3×3, stride 1, padding 1, and
 /// enough channels on both sides that the GEMMs dominate the transforms.
@@ -30,29 +31,66 @@ pub(super) fn forward_applies(g: &Geom) -> bool {
     applies(g) && g.h >= 8 && g.w >= 8
 }
 
-/// U = G g Gᵀ of every filter, as 16 matrices [O, C] (ξ = 4·i + j): `wt` is [O, C, 3, 3].
-fn filter_transform<T: Real>(wt: &[T], o: usize, c: usize) -> Vec<T> {
-    let half = T::from_f64(0.5);
-    let mut u = uninit(16 * o * c);
-    for oc in 0..o * c {
-        let g = &wt[oc * 9..oc * 9 + 9];
-        // t = G g: rows g0, (g0+g1+g2)/2, (g0−g1+g2)/2, g2 of the 3×3 filter.
-        let mut t = [[T::ZERO; 3]; 4];
-        for j in 0..3 {
-            let (a, b, cc) = (g[j], g[3 + j], g[6 + j]);
-            t[0][j] = a;
-            t[1][j] = (a + b + cc) * half;
-            t[2][j] = (a - b + cc) * half;
-            t[3][j] = cc;
-        }
-        for (i, r) in t.iter().enumerate() {
-            let (a, b, cc) = (r[0], r[1], r[2]);
-            let row = [a, (a + b + cc) * half, (a - b + cc) * half, cc];
-            for (j, v) in row.into_iter().enumerate() {
-                u[(4 * i + j) * o * c + oc] = v;
+/// G of F(2×2, 3×3), the rows of the 4×3 matrix.
+const G2: [[f64; 3]; 4] = [
+    [1.0, 0.0, 0.0],
+    [0.5, 0.5, 0.5],
+    [0.5, -0.5, 0.5],
+    [0.0, 0.0, 1.0],
+];
+
+/// U = G g Gᵀ of every filter `g` ([O, C, 3, 3] in `wt`) for the R×3 matrix `gm`, as R²
+/// matrices [O, C] (ξ = R·i + j). In blocks of filters, each step one loop over the block
+/// (vectorised, AVX2): the taps of the block apart, then G g (3R rows), then (G g) Gᵀ (R²
+/// rows) straight into U. Filter by filter (16–36 scattered writes each) it was most of a
+/// batch-1 convolution at 256 channels.
+pub(super) fn filter_blocks<T: Real, const R: usize>(
+    wt: &[T],
+    o: usize,
+    c: usize,
+    gm: &[[f64; 3]; R],
+) -> Vec<T> {
+    const BLOCK: usize = 128;
+    let oc = o * c;
+    let g: [[T; 3]; R] = gm.map(|r| r.map(T::from_f64));
+    let mut u = uninit(R * R * oc);
+    let mut taps = vec![T::ZERO; 9 * BLOCK];
+    let mut gg = vec![T::ZERO; 3 * R * BLOCK];
+    vectorized(
+        #[inline(always)]
+        || {
+            for k0 in (0..oc).step_by(BLOCK) {
+                let n = BLOCK.min(oc - k0);
+                for (k, f) in wt[9 * k0..9 * (k0 + n)].chunks_exact(9).enumerate() {
+                    for (tap, &v) in f.iter().enumerate() {
+                        taps[tap * BLOCK + k] = v;
+                    }
+                }
+                let tap = |a: usize, b: usize| &taps[(3 * a + b) * BLOCK..][..n];
+                // gg[i][b] = Σ_a G[i][a]·g[a][b].
+                for (i, &[w0, w1, w2]) in g.iter().enumerate() {
+                    for b in 0..3 {
+                        let (t0, t1, t2) = (tap(0, b), tap(1, b), tap(2, b));
+                        let d = &mut gg[(3 * i + b) * BLOCK..][..n];
+                        for k in 0..n {
+                            d[k] = (w0 * t0[k] + w1 * t1[k]) + w2 * t2[k];
+                        }
+                    }
+                }
+                // U[i][j] = Σ_b gg[i][b]·G[j][b].
+                for i in 0..R {
+                    let row = |b: usize| &gg[(3 * i + b) * BLOCK..][..n];
+                    let (r0, r1, r2) = (row(0), row(1), row(2));
+                    for (j, &[w0, w1, w2]) in g.iter().enumerate() {
+                        let d = &mut u[(R * i + j) * oc + k0..][..n];
+                        for k in 0..n {
+                            d[k] = (w0 * r0[k] + w1 * r1[k]) + w2 * r2[k];
+                        }
+                    }
+                }
             }
-        }
-    }
+        },
+    );
     u
 }
 
@@ -82,7 +120,7 @@ pub(super) struct F2;
 impl Tiling for F2 {
     const M: usize = 2;
     fn filter<T: Real>(wt: &[T], o: usize, c: usize) -> Vec<T> {
-        filter_transform(wt, o, c)
+        filter_blocks(wt, o, c, &G2)
     }
     fn input<T: Real>(x: &[T], g: &Geom, v: &mut [T], c0: usize, cstride: usize) {
         input_transform(x, g, v, c0, cstride)

@@ -13,7 +13,7 @@
 //! F(2×2) is within 2e-6; the diffusers parity fixtures hold at their 1e-4).
 use super::cpu_conv::Geom;
 use super::real::Real;
-use super::winograd::Tiling;
+use super::winograd::{filter_blocks, Tiling};
 
 /// Whether F(4×4, 3×3) takes a convolution that [`super::winograd::forward_applies`] to: at
 /// least 64 tiles of 4×4 per image (32×32). With fewer, the per-image GEMMs [O, C]·[C, T]
@@ -30,7 +30,7 @@ pub(super) struct F4;
 impl Tiling for F4 {
     const M: usize = 4;
     fn filter<T: Real>(wt: &[T], o: usize, c: usize) -> Vec<T> {
-        filter_transform(wt, o, c)
+        filter_blocks(wt, o, c, &G)
     }
     fn input<T: Real>(x: &[T], g: &Geom, v: &mut [T], c0: usize, cstride: usize) {
         input_transform(x, g, v, c0, cstride)
@@ -145,50 +145,6 @@ const G: [[f64; 3]; 6] = [
     [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
     [0.0, 0.0, 1.0],
 ];
-
-/// U = G g Gᵀ of every filter, as 36 matrices [O, C] (ξ = 6·i + j): `wt` is [O, C, 3, 3].
-/// In blocks of filters, each step one loop over the block (vectorised): the taps of the block
-/// apart, then G g (18 rows), then (G g) Gᵀ (36 rows) straight into U.
-fn filter_transform<T: Real>(wt: &[T], o: usize, c: usize) -> Vec<T> {
-    const BLOCK: usize = 128;
-    let oc = o * c;
-    let g: [[T; 3]; 6] = G.map(|r| r.map(T::from_f64));
-    let mut u = vec![T::ZERO; 36 * oc];
-    let mut taps = vec![T::ZERO; 9 * BLOCK];
-    let mut gg = vec![T::ZERO; 18 * BLOCK];
-    for k0 in (0..oc).step_by(BLOCK) {
-        let n = BLOCK.min(oc - k0);
-        for (k, f) in wt[9 * k0..9 * (k0 + n)].chunks_exact(9).enumerate() {
-            for (tap, &v) in f.iter().enumerate() {
-                taps[tap * BLOCK + k] = v;
-            }
-        }
-        let tap = |a: usize, b: usize| &taps[(3 * a + b) * BLOCK..][..n];
-        // gg[i][b] = Σ_a G[i][a]·g[a][b].
-        for i in 0..6 {
-            for b in 0..3 {
-                let (t0, t1, t2) = (tap(0, b), tap(1, b), tap(2, b));
-                let d = &mut gg[(3 * i + b) * BLOCK..][..n];
-                let [w0, w1, w2] = g[i];
-                for k in 0..n {
-                    d[k] = (w0 * t0[k] + w1 * t1[k]) + w2 * t2[k];
-                }
-            }
-        }
-        // U[i][j] = Σ_b gg[i][b]·G[j][b].
-        for i in 0..6 {
-            let row = |b: usize| &gg[(3 * i + b) * BLOCK..][..n];
-            let (r0, r1, r2) = (row(0), row(1), row(2));
-            for (j, [w0, w1, w2]) in g.iter().copied().enumerate() {
-                let d = &mut u[(6 * i + j) * oc + k0..][..n];
-                for k in 0..n {
-                    d[k] = (w0 * r0[k] + w1 * r1[k]) + w2 * r2[k];
-                }
-            }
-        }
-    }
-    u
-}
 
 /// V = Bᵀ d B of every 6×6 input tile of the channels `x` ([n, H, W]) into `v`: 36 blocks
 /// [`cstride`, T] (block ξ = 6·i + j), this run's channels at rows `c0..c0 + n`. Tile (ty, tx)
