@@ -48,6 +48,11 @@ const CONV_CASES: &[(usize, usize, usize, usize, usize, usize, usize, usize)] = 
     (2, 3, 6, 9, 2, 1, 2, 0),
     (3, 2, 9, 11, 4, 5, 1, 2),
     (1, 16, 13, 13, 7, 3, 2, 1),
+    // Winograd: F(4×4, 3×3) at 32×32 (forward and input gradient) beside the F(3×3, 2×2)
+    // weight gradient; below 8×8 the forward is im2col while the weight gradient stays
+    // Winograd.
+    (2, 16, 32, 32, 24, 3, 1, 1),
+    (3, 16, 4, 4, 16, 3, 1, 1),
 ];
 
 #[test]
