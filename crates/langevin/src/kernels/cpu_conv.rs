@@ -335,13 +335,18 @@ pub(super) fn backward_input<T: Real>(dy: &[T], wt: &[T], g: &Geom) -> Vec<T> {
 /// rotated by 180°.
 fn flip<T: Real>(wt: &[T], g: &Geom) -> Vec<T> {
     let kk = g.k * g.k;
-    let mut out = Vec::with_capacity(wt.len());
-    for c in 0..g.c {
-        for o in 0..g.o {
-            let src = &wt[(o * g.c + c) * kk..][..kk];
-            out.extend(src.iter().rev());
-        }
-    }
+    let mut out = uninit(wt.len());
+    // Per input channel in parallel: paid per call, at batch 1 it was 2% of a UNet forward.
+    out.par_chunks_mut(g.o * kk)
+        .enumerate()
+        .for_each(|(c, oc)| {
+            for (o, dst) in oc.chunks_exact_mut(kk).enumerate() {
+                let src = &wt[(o * g.c + c) * kk..][..kk];
+                for (d, &v) in dst.iter_mut().zip(src.iter().rev()) {
+                    *d = v;
+                }
+            }
+        });
     out
 }
 
