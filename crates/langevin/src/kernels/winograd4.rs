@@ -199,7 +199,7 @@ fn rows_mut<'a, T>(
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn apply_bt<T: Real>(
-    (d0, d1, d2, d3, d4, d5): (&[T], &[T], &[T], &[T], &[T], &[T]),
+    [d0, d1, d2, d3, d4, d5]: [&[T]; 6],
     o0: &mut [T],
     o1: &mut [T],
     o2: &mut [T],
@@ -245,7 +245,7 @@ fn apply_bt<T: Real>(
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn apply_at<T: Real>(
-    (m0, m1, m2, m3, m4, m5): (&[T], &[T], &[T], &[T], &[T], &[T]),
+    [m0, m1, m2, m3, m4, m5]: [&[T]; 6],
     o0: &mut [T],
     o1: &mut [T],
     o2: &mut [T],
@@ -314,7 +314,7 @@ fn input_impl<T: Real>(x: &[T], g: &Geom, v: &mut [T], c0: usize, cstride: usize
             let off = ((r % 4) * qr + r / 4) * tw;
             let mut row = rows_mut(&mut e, off, block, tw);
             let (e0, e1, e2, e3, e4, e5) = (row(), row(), row(), row(), row(), row());
-            apply_bt((p0, p1, p2, p3, q0, q1), e0, e1, e2, e3, e4, e5, tw);
+            apply_bt([p0, p1, p2, p3, q0, q1], e0, e1, e2, e3, e4, e5, tw);
         }
         // Rows outside the image stay zero (only rows 1..=h are written).
         let c = c0 + ci;
@@ -325,7 +325,7 @@ fn input_impl<T: Real>(x: &[T], g: &Geom, v: &mut [T], c0: usize, cstride: usize
             // Block ξ = 6i + j, row c: the i-th of six runs 6·cstride·T apart.
             let mut row = rows_mut(v, (j * cstride + c) * t, 6 * cstride * t, t);
             let (v0, v1, v2, v3, v4, v5) = (row(), row(), row(), row(), row(), row());
-            apply_bt((r0, r1, r2, r3, r4, r5), v0, v1, v2, v3, v4, v5, t);
+            apply_bt([r0, r1, r2, r3, r4, r5], v0, v1, v2, v3, v4, v5, t);
         }
     }
 }
@@ -418,14 +418,14 @@ fn output_impl<T: Real>(m: &[T], g: &Geom, bias: Option<&[T]>, out: &mut [T], o0
             let (m0, m1, m2, m3, m4, m5) = (mv(0), mv(1), mv(2), mv(3), mv(4), mv(5));
             let mut row = rows_mut(&mut s, j * t, 6 * t, t);
             let (s0, s1, s2, s3) = (row(), row(), row(), row());
-            apply_at((m0, m1, m2, m3, m4, m5), s0, s1, s2, s3, T::ZERO, t);
+            apply_at([m0, m1, m2, m3, m4, m5], s0, s1, s2, s3, T::ZERO, t);
         }
         for a in 0..4 {
             let sv = |j: usize| &s[(6 * a + j) * t..][..t];
             let (x0, x1, x2, x3, x4, x5) = (sv(0), sv(1), sv(2), sv(3), sv(4), sv(5));
             let mut row = rows_mut(&mut y, 4 * a * t, t, t);
             let (y0, y1, y2, y3) = (row(), row(), row(), row());
-            apply_at((x0, x1, x2, x3, x4, x5), y0, y1, y2, y3, b, t);
+            apply_at([x0, x1, x2, x3, x4, x5], y0, y1, y2, y3, b, t);
         }
         for r in 0..g.h {
             let (a, ty) = (r % 4, r / 4);
