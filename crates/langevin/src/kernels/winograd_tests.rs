@@ -139,3 +139,49 @@ fn both_tilings_match_the_definition_at_odd_and_even_sizes_on_any_thread_count()
         });
     }
 }
+
+/// Image i of a batch gets the same bits as the same image alone: the batch runs image by
+/// image, a single image in split stages (channel runs, products, output runs) on the
+/// threads; both tilings, f32, 2 threads.
+#[test]
+fn both_tilings_give_each_image_the_same_bits_at_any_batch_size() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(17);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    for &(c, o, h, w) in &[(16, 24, 32, 32), (24, 16, 16, 13)] {
+        let b = 3;
+        let g = Geom::new(&[b, c, h, w], &[o, c, 3, 3], 1, 1).unwrap();
+        let one = Geom::new(&[1, c, h, w], &[o, c, 3, 3], 1, 1).unwrap();
+        let x = f32s(&random(&mut rng, b * c * h * w, 1.0));
+        let wt = f32s(&random(&mut rng, o * c * 9, 0.3));
+        let bias = f32s(&random(&mut rng, o, 1.0));
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        let (batch2, batch4) = pool.install(|| {
+            (
+                forward_with::<F2, _>(&x, &wt, Some(&bias), &g),
+                forward_with::<F4, _>(&x, &wt, Some(&bias), &g),
+            )
+        });
+        for (i, xi) in x.chunks(c * h * w).enumerate() {
+            let (alone2, alone4) = pool.install(|| {
+                (
+                    forward_with::<F2, _>(xi, &wt, Some(&bias), &one),
+                    forward_with::<F4, _>(xi, &wt, Some(&bias), &one),
+                )
+            });
+            let part = |v: &[f32]| bits(&v[i * o * h * w..(i + 1) * o * h * w]);
+            assert_eq!(
+                part(&batch2),
+                bits(&alone2),
+                "F2 image {i} of {c}→{o} {h}×{w}"
+            );
+            assert_eq!(
+                part(&batch4),
+                bits(&alone4),
+                "F4 image {i} of {c}→{o} {h}×{w}"
+            );
+        }
+    }
+}
