@@ -295,15 +295,13 @@ fn input_impl<T: Real>(x: &[T], g: &Geom, v: &mut [T], c0: usize, cstride: usize
     let qr = th + 1;
     let block = 4 * qr * tw;
     let mut e = vec![T::ZERO; 6 * block];
-    // One input row with a zero on the left and zeros past its end: px[i + 1] = x[i].
-    let mut px = vec![T::ZERO; 4 * (tw + 1)];
-    // Its positions by residue mod 4: p[k][t] = px[4t + k].
+    // The row's positions by residue mod 4, with a zero on the left and zeros past its end
+    // (px[i + 1] = x[i]): p[k][t] = px[4t + k].
     let n = tw + 1;
     let mut p = vec![T::ZERO; 4 * n];
     for (ci, xc) in x.chunks_exact(g.h * g.w).enumerate() {
         for r in 1..=g.h {
-            px[1..=g.w].copy_from_slice(&xc[(r - 1) * g.w..r * g.w]);
-            deinterleave4(&px, &mut p, n);
+            deinterleave4(&xc[(r - 1) * g.w..r * g.w], &mut p, n);
             let (p0, p1, p2, p3) = (
                 &p[..tw],
                 &p[n..n + tw],
@@ -330,22 +328,29 @@ fn input_impl<T: Real>(x: &[T], g: &Geom, v: &mut [T], c0: usize, cstride: usize
     }
 }
 
-/// p[k·n + t] = px[4t + k] for t < n, k < 4 (px: at least 4n values). In f32 with AVX2 eight
-/// of each per four loads, four unpack pairs and four permutes (LLVM leaves the stride-4 loop
-/// scalar).
+/// p[k·n + t] = px[4t + k] for t < n, k < 4, where px is the input row with a zero on the
+/// left and zeros past its end (px[i + 1] = row[i]). Read straight from the row: residues 0,
+/// 1, 2 of the row are residues 1, 2, 3 of px, residue 3 of the row is residue 0 of px one
+/// tile on. (Copying the row into a padded buffer first, shifted by one value, made every
+/// 32-byte load of this loop straddle two of the copy's stores: failed store forwarding, the
+/// hottest instructions of the transform.) In f32 with AVX2 eight of each per four loads,
+/// four unpack pairs and four permutes (LLVM leaves the stride-4 loop scalar).
 #[inline(always)]
-fn deinterleave4<T: Real>(px: &[T], p: &mut [T], n: usize) {
-    assert!(px.len() >= 4 * n && p.len() >= 4 * n);
-    let mut t = 0;
+fn deinterleave4<T: Real>(row: &[T], p: &mut [T], n: usize) {
+    let w = row.len();
+    assert!(p.len() >= 4 * n && n >= 1);
+    // The AVX2 loop writes residues 1..=3 for t < done and residue 0 for 1 ≤ t ≤ done.
+    let mut done = 0;
     #[cfg(target_arch = "x86_64")]
     if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
         && std::arch::is_x86_feature_detected!("avx2")
     {
         use std::arch::x86_64::*;
-        let (src, dst) = (px.as_ptr() as *const f32, p.as_mut_ptr() as *mut f32);
-        while t + 8 <= n {
-            // SAFETY: T is f32 (checked), the CPU has AVX2 (checked), 4t + 32 ≤ 4n ≤ px.len()
-            // and 3n + t + 8 ≤ 4n ≤ p.len(): every access is in bounds.
+        let (src, dst) = (row.as_ptr() as *const f32, p.as_mut_ptr() as *mut f32);
+        while done + 9 <= n && 4 * done + 32 <= w {
+            let t = done;
+            // SAFETY: T is f32 (checked), the CPU has AVX2 (checked), 4t + 32 ≤ w = row.len()
+            // and 3n + t + 8 ≤ 4n, t + 9 ≤ n ≤ p.len(): every access is in bounds.
             unsafe {
                 let s = src.add(4 * t);
                 let (a, b) = (_mm256_loadu_ps(s), _mm256_loadu_ps(s.add(8)));
@@ -356,17 +361,28 @@ fn deinterleave4<T: Real>(px: &[T], p: &mut [T], n: usize) {
                 // Residue k of positions t = [0 4 2 6 | 1 5 3 7] of these eight, reordered.
                 let idx = _mm256_setr_epi32(0, 4, 2, 6, 1, 5, 3, 7);
                 let fix = |u: __m256| _mm256_permutevar8x32_ps(u, idx);
-                _mm256_storeu_ps(dst.add(t), fix(_mm256_unpacklo_ps(t0, t2)));
-                _mm256_storeu_ps(dst.add(n + t), fix(_mm256_unpackhi_ps(t0, t2)));
-                _mm256_storeu_ps(dst.add(2 * n + t), fix(_mm256_unpacklo_ps(t1, t3)));
-                _mm256_storeu_ps(dst.add(3 * n + t), fix(_mm256_unpackhi_ps(t1, t3)));
+                _mm256_storeu_ps(dst.add(n + t), fix(_mm256_unpacklo_ps(t0, t2)));
+                _mm256_storeu_ps(dst.add(2 * n + t), fix(_mm256_unpackhi_ps(t0, t2)));
+                _mm256_storeu_ps(dst.add(3 * n + t), fix(_mm256_unpacklo_ps(t1, t3)));
+                _mm256_storeu_ps(dst.add(t + 1), fix(_mm256_unpackhi_ps(t1, t3)));
             }
-            t += 8;
+            done += 8;
         }
     }
-    for t in t..n {
-        for k in 0..4 {
-            p[k * n + t] = px[4 * t + k];
+    let px = |i: usize| {
+        if i >= 1 && i <= w {
+            row[i - 1]
+        } else {
+            T::ZERO
+        }
+    };
+    p[0] = T::ZERO;
+    for t in done + 1..n {
+        p[t] = px(4 * t);
+    }
+    for t in done..n {
+        for k in 1..4 {
+            p[k * n + t] = px(4 * t + k);
         }
     }
 }
