@@ -196,14 +196,12 @@ fn input_transform_at_impl<T: Real>(
     // j; even and odd rows apart, so that each of the 16 outputs below is one loop over T.
     let half_rows = th + 1;
     let mut e = vec![T::ZERO; 8 * half_rows * tw];
-    // One input row with a zero on the left and zeros past its end: px[i + 1] = x[i].
-    let mut px = vec![T::ZERO; 2 * tw + 4];
-    // Its odd and even positions: od[t] = x[2t − 1], ev[t] = x[2t].
+    // The odd and even positions of an input row with a zero on the left and zeros past its
+    // end: od[t] = x[2t − 1], ev[t] = x[2t].
     let (mut od, mut ev) = (vec![T::ZERO; tw + 1], vec![T::ZERO; tw + 1]);
     for (ci, xc) in x.chunks_exact(g.h * g.w).enumerate() {
         for r in 1..=g.h {
-            px[1..=g.w].copy_from_slice(&xc[(r - 1) * g.w..r * g.w]);
-            deinterleave(&px, &mut od, &mut ev);
+            deinterleave(&xc[(r - 1) * g.w..r * g.w], &mut od, &mut ev);
             // The four columns of d·B for every tile of the row: (d0 − d2, d1 + d2, d2 − d1,
             // d1 − d3) with d = (od[t], ev[t], od[t + 1], ev[t + 1]), written in place.
             let at = |j: usize| ((2 * j + r % 2) * half_rows + r / 2) * tw;
@@ -324,27 +322,33 @@ fn output_transform_impl<T: Real>(m: &[T], g: &Geom, bias: Option<&[T]>, out: &m
     }
 }
 
-/// od[t] = px[2t], ev[t] = px[2t + 1] for t ≤ tw (od, ev: tw + 1 values; px: 2·tw + 4). In
-/// f32 with AVX2 eight of each per two loads and two shuffles: the plain loop stayed scalar
-/// (LLVM does not vectorise the stride-2 access here) and was a third of the input transform.
+/// od[t] = px[2t], ev[t] = px[2t + 1] for t < n (od, ev: n values), where px is the input row
+/// with a zero on the left and zeros past its end (px[i + 1] = row[i]). Read straight from the
+/// row: its even positions are ev, its odd ones od one tile on (copying the row into a padded
+/// buffer first, shifted by one value, made the loads straddle the copy's stores: failed store
+/// forwarding, as in `winograd4::deinterleave4`). In f32 with AVX2 eight of each per two loads
+/// and two shuffles: the plain loop stayed scalar (LLVM does not vectorise the stride-2
+/// access here).
 #[inline(always)]
-fn deinterleave<T: Real>(px: &[T], od: &mut [T], ev: &mut [T]) {
-    let n = od.len();
-    assert!(ev.len() == n && px.len() >= 2 * n + 2);
-    let mut t = 0;
+fn deinterleave<T: Real>(row: &[T], od: &mut [T], ev: &mut [T]) {
+    let (n, w) = (od.len(), row.len());
+    assert!(ev.len() == n && n >= 1);
+    // The AVX2 loop writes ev for t < done and od for 1 ≤ t ≤ done.
+    let mut done = 0;
     #[cfg(target_arch = "x86_64")]
     if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
         && std::arch::is_x86_feature_detected!("avx2")
     {
         use std::arch::x86_64::*;
         let (p, o, e) = (
-            px.as_ptr() as *const f32,
+            row.as_ptr() as *const f32,
             od.as_mut_ptr() as *mut f32,
             ev.as_mut_ptr() as *mut f32,
         );
-        while t + 8 <= n {
-            // SAFETY: T is f32 (checked), the CPU has AVX2 (checked), and 2t + 16 ≤ 2n ≤
-            // px.len(), t + 8 ≤ n: every access is in bounds.
+        while done + 9 <= n && 2 * done + 16 <= w {
+            let t = done;
+            // SAFETY: T is f32 (checked), the CPU has AVX2 (checked), 2t + 16 ≤ w =
+            // row.len() and t + 9 ≤ n: every access is in bounds.
             unsafe {
                 let a = _mm256_loadu_ps(p.add(2 * t));
                 let b = _mm256_loadu_ps(p.add(2 * t + 8));
@@ -355,15 +359,25 @@ fn deinterleave<T: Real>(px: &[T], od: &mut [T], ev: &mut [T]) {
                 let fix = |v: __m256| {
                     _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(v)))
                 };
-                _mm256_storeu_ps(o.add(t), fix(even));
-                _mm256_storeu_ps(e.add(t), fix(odd));
+                _mm256_storeu_ps(e.add(t), fix(even));
+                _mm256_storeu_ps(o.add(t + 1), fix(odd));
             }
-            t += 8;
+            done += 8;
         }
     }
-    for t in t..n {
-        od[t] = px[2 * t];
-        ev[t] = px[2 * t + 1];
+    let px = |i: usize| {
+        if i >= 1 && i <= w {
+            row[i - 1]
+        } else {
+            T::ZERO
+        }
+    };
+    od[0] = T::ZERO;
+    for t in done + 1..n {
+        od[t] = px(2 * t);
+    }
+    for t in done..n {
+        ev[t] = px(2 * t + 1);
     }
 }
 
