@@ -373,11 +373,11 @@ fn deinterleave<T: Real>(row: &[T], od: &mut [T], ev: &mut [T]) {
         }
     };
     od[0] = T::ZERO;
-    for t in done + 1..n {
-        od[t] = px(2 * t);
+    for (t, o) in od.iter_mut().enumerate().skip(done + 1) {
+        *o = px(2 * t);
     }
-    for t in done..n {
-        ev[t] = px(2 * t + 1);
+    for (t, e) in ev.iter_mut().enumerate().skip(done) {
+        *e = px(2 * t + 1);
     }
 }
 

@@ -377,8 +377,8 @@ fn deinterleave4<T: Real>(row: &[T], p: &mut [T], n: usize) {
         }
     };
     p[0] = T::ZERO;
-    for t in done + 1..n {
-        p[t] = px(4 * t);
+    for (t, v) in p[..n].iter_mut().enumerate().skip(done + 1) {
+        *v = px(4 * t);
     }
     for t in done..n {
         for k in 1..4 {
