@@ -161,25 +161,11 @@ fn input_transform_at<T: Real>(
     cs: (usize, usize),
     at: (usize, usize),
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // The loops compiled with AVX2 (same bits: no fused multiply-adds here): a closure
-        // this size handed to `vectorized` stayed out of line, in SSE2 (measured 2–7 ns per
-        // input value).
-        #[target_feature(enable = "avx2")]
-        unsafe fn avx2<T: Real>(
-            x: &[T],
-            g: &Geom,
-            v: &mut [T],
-            cs: (usize, usize),
-            at: (usize, usize),
-        ) {
-            input_transform_at_impl(x, g, v, cs, at)
-        }
-        // SAFETY: the CPU supports AVX2 (checked just above).
-        return unsafe { avx2(x, g, v, cs, at) };
-    }
-    input_transform_at_impl(x, g, v, cs, at)
+    // Compiled with AVX2 where the CPU has it (same bits: no fused multiply-adds).
+    vectorized(
+        #[inline(always)]
+        || input_transform_at_impl(x, g, v, cs, at),
+    )
 }
 
 #[inline(always)]
@@ -260,17 +246,11 @@ fn input_transform_at_impl<T: Real>(
 /// the 16 products `m` ([16][O, T]), plus the bias. Aᵀ = [[1,1,1,0],[0,1,−1,−1]]. Loops over
 /// all T tiles of a channel at once (vectorised), then the 2×2 results interleaved into rows.
 fn output_transform<T: Real>(m: &[T], g: &Geom, bias: Option<&[T]>, out: &mut [T], o0: usize) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // Compiled with AVX2, as `input_transform_at`.
-        #[target_feature(enable = "avx2")]
-        unsafe fn avx2<T: Real>(m: &[T], g: &Geom, bias: Option<&[T]>, out: &mut [T], o0: usize) {
-            output_transform_impl(m, g, bias, out, o0)
-        }
-        // SAFETY: the CPU supports AVX2 (checked just above).
-        return unsafe { avx2(m, g, bias, out, o0) };
-    }
-    output_transform_impl(m, g, bias, out, o0)
+    // Compiled with AVX2 where the CPU has it (same bits: no fused multiply-adds).
+    vectorized(
+        #[inline(always)]
+        || output_transform_impl(m, g, bias, out, o0),
+    )
 }
 
 #[inline(always)]
@@ -478,17 +458,11 @@ pub(super) fn forward_with<W: Tiling, T: Real>(
 /// ([16][O, T]), A = (Aᵀ)ᵀ of [`output_transform`]: a 2-vector (p, q) becomes
 /// (p, p + q, p − q, −q), along rows and then along columns; zero past the image.
 fn grad_transform<T: Real>(dy: &[T], g: &Geom, z: &mut [T], at: (usize, usize)) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // Compiled with AVX2, as `input_transform_at`.
-        #[target_feature(enable = "avx2")]
-        unsafe fn avx2<T: Real>(dy: &[T], g: &Geom, z: &mut [T], at: (usize, usize)) {
-            grad_transform_impl(dy, g, z, at)
-        }
-        // SAFETY: the CPU supports AVX2 (checked just above).
-        return unsafe { avx2(dy, g, z, at) };
-    }
-    grad_transform_impl(dy, g, z, at)
+    // Compiled with AVX2 where the CPU has it (same bits: no fused multiply-adds).
+    vectorized(
+        #[inline(always)]
+        || grad_transform_impl(dy, g, z, at),
+    )
 }
 
 #[inline(always)]

@@ -14,6 +14,7 @@
 //! 3.3e-6 before).
 use super::cpu_conv::Geom;
 use super::real::Real;
+use super::simd::vectorized;
 use super::winograd::{filter_blocks, Tiling};
 
 /// Whether F(4×4, 3×3) takes a convolution that [`super::winograd::forward_applies`] to: at
@@ -148,17 +149,11 @@ const G: [[f64; 3]; 6] = [
 /// Bᵀ = [[4,0,−5,0,1,0], [0,−4,−4,1,1,0], [0,4,−4,−1,1,0], [0,−2,−1,2,1,0], [0,2,−1,−2,1,0],
 /// [0,4,0,−5,0,1]].
 fn input_transform<T: Real>(x: &[T], g: &Geom, v: &mut [T], c0: usize, cstride: usize) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // Compiled with AVX2 (same bits: no fused multiply-adds), as in `super::winograd`.
-        #[target_feature(enable = "avx2")]
-        unsafe fn avx2<T: Real>(x: &[T], g: &Geom, v: &mut [T], c0: usize, cstride: usize) {
-            input_impl(x, g, v, c0, cstride)
-        }
-        // SAFETY: the CPU supports AVX2 (checked just above).
-        return unsafe { avx2(x, g, v, c0, cstride) };
-    }
-    input_impl(x, g, v, c0, cstride)
+    // Compiled with AVX2 where the CPU has it (same bits: no fused multiply-adds).
+    vectorized(
+        #[inline(always)]
+        || input_impl(x, g, v, c0, cstride),
+    )
 }
 
 /// The rows of d·B (`d` the six values of a tile's row) for six rows of values at once:
@@ -392,17 +387,11 @@ fn deinterleave4<T: Real>(row: &[T], p: &mut [T], n: usize) {
 /// [0,1,1,4,4,0], [0,1,−1,8,−8,1]]: loops over all T tiles of a channel, then the 4×4
 /// results interleaved into rows.
 fn output_transform<T: Real>(m: &[T], g: &Geom, bias: Option<&[T]>, out: &mut [T], o0: usize) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // Compiled with AVX2, as `input_transform`.
-        #[target_feature(enable = "avx2")]
-        unsafe fn avx2<T: Real>(m: &[T], g: &Geom, bias: Option<&[T]>, out: &mut [T], o0: usize) {
-            output_impl(m, g, bias, out, o0)
-        }
-        // SAFETY: the CPU supports AVX2 (checked just above).
-        return unsafe { avx2(m, g, bias, out, o0) };
-    }
-    output_impl(m, g, bias, out, o0)
+    // Compiled with AVX2 where the CPU has it (same bits: no fused multiply-adds).
+    vectorized(
+        #[inline(always)]
+        || output_impl(m, g, bias, out, o0),
+    )
 }
 
 /// Aᵀ applied to six values: (m0 + (m1 + m2) + (m3 + m4), (m1 − m2) + 2(m3 − m4),

@@ -108,7 +108,7 @@ fn both_tilings_match_the_definition_at_odd_and_even_sizes_on_any_thread_count()
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
     // (batch, C, O, H, W): odd sizes, one image (split stages), several (per image). Rows
     // wide enough for the vectorised deinterleaves too (F(2×2): 33 → 17 tiles, two 8-wide
-    // steps; F(4×4): 29 and 40 → 8 and 10 tiles, one 8-wide step of the 4-way split).
+    // steps; F(4×4): 32 and 40 wide, one 8-wide step of the 4-way split read from the row).
     for &(b, c, o, h, w) in &[
         (1, 16, 16, 5, 7),
         (3, 24, 16, 8, 8),
