@@ -21,6 +21,7 @@ pub mod group_norm;
 pub mod mlp;
 mod mlp_rows;
 mod mlp_time;
+pub mod prepared;
 pub(crate) mod real;
 pub(crate) mod simd;
 mod switch;
@@ -29,6 +30,7 @@ mod winograd4;
 
 pub use conv::conv2d;
 pub use group_norm::group_norm_act;
+pub use prepared::{conv2d_prepared, PreparedWeights};
 pub(crate) use real::own_kernel;
 
 /// Keep freed activation buffers in the process instead of returning them to the kernel: by

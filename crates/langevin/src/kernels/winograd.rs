@@ -371,24 +371,47 @@ struct Scratch<T> {
 /// larger tiles of F(4×4, 3×3) where [`super::winograd4::applies`] (4× fewer multiply-adds
 /// than im2col), else F(2×2, 3×3) (2.25×).
 pub(super) fn forward<T: Real>(x: &[T], wt: &[T], bias: Option<&[T]>, g: &Geom) -> Vec<T> {
-    if super::winograd4::applies(g) {
-        forward_with::<super::winograd4::F4, T>(x, wt, bias, g)
+    forward_prepared(x, &prepare(wt, g), bias, g)
+}
+
+/// Whether [`forward`] takes F(4×4, 3×3) for `g` (36 matrices per filter), else F(2×2, 3×3)
+/// (16).
+pub(super) fn four(g: &Geom) -> bool {
+    super::winograd4::applies(g)
+}
+
+/// The transformed filters U [ξ][O, C] that [`forward`] multiplies for `g` (its tiling chosen
+/// by [`four`]), from `wt` [O, C, 3, 3]: made once per model for inference
+/// ([`super::conv::PreparedWeights`]), where per evaluation the transform was a third of the
+/// cifar10 UNet's batch-1 forward (45 of ~135 ms).
+pub(super) fn prepare<T: Real>(wt: &[T], g: &Geom) -> Vec<T> {
+    if four(g) {
+        super::winograd4::F4::filter(wt, g.o, g.c)
     } else {
-        forward_with::<F2, T>(x, wt, bias, g)
+        F2::filter(wt, g.o, g.c)
     }
 }
 
-/// [`forward`] with the tiling `W`.
+/// [`forward`] from the transformed filters `u` of [`prepare`] (the same tiling for `g`).
+pub(super) fn forward_prepared<T: Real>(x: &[T], u: &[T], bias: Option<&[T]>, g: &Geom) -> Vec<T> {
+    if four(g) {
+        forward_with::<super::winograd4::F4, T>(x, u, bias, g)
+    } else {
+        forward_with::<F2, T>(x, u, bias, g)
+    }
+}
+
+/// [`forward`] with the tiling `W`, from the filters `u` transformed by `W::filter`.
 pub(super) fn forward_with<W: Tiling, T: Real>(
     x: &[T],
-    wt: &[T],
+    u: &[T],
     bias: Option<&[T]>,
     g: &Geom,
 ) -> Vec<T> {
     let t = g.h.div_ceil(W::M) * g.w.div_ceil(W::M);
     let xis = (W::M + 2) * (W::M + 2);
     let (oc, ct, ot) = (g.o * g.c, g.c * t, g.o * t);
-    let u = W::filter(wt, g.o, g.c);
+    assert_eq!(u.len(), xis * oc, "Winograd filters for another tiling");
     let (hw, nt) = (g.h * g.w, threads());
     let mut out = uninit(g.b * g.o * hw);
     let new = || Scratch {

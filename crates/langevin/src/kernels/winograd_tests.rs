@@ -4,6 +4,11 @@ use super::super::winograd4::F4;
 use super::*;
 use rand::{Rng, SeedableRng};
 
+/// The forward convolution with the tiling `W`, its filters transformed for this call.
+fn conv_with<W: Tiling, T: Real>(x: &[T], wt: &[T], bias: Option<&[T]>, g: &Geom) -> Vec<T> {
+    forward_with::<W, T>(x, &W::filter(wt, g.o, g.c), bias, g)
+}
+
 /// `f(x index, y index, w index)` for every tap of a padding-1 3×3 convolution that
 /// reads inside the image.
 fn taps(g: &Geom, mut f: impl FnMut(usize, usize, usize)) {
@@ -127,15 +132,15 @@ fn both_tilings_match_the_definition_at_odd_and_even_sizes_on_any_thread_count()
         let (x32, w32, b32) = (f32s(&x), f32s(&wt), f32s(&bias));
         // F(2×2, 3×3): 2e-6 of the scale in f32; F(4×4, 3×3) rounds more (terms scaled by
         // up to 8 in the transforms): 1e-5.
-        let err = max_err(&forward_with::<F2, _>(&x, &wt, Some(&bias), &g), &want);
+        let err = max_err(&conv_with::<F2, _>(&x, &wt, Some(&bias), &g), &want);
         assert!(err < 1e-12, "f64 F2 {what}: {err}");
         f32_on_threads(&want, 2e-6, &format!("F2 {what}"), || {
-            forward_with::<F2, _>(&x32, &w32, Some(&b32), &g)
+            conv_with::<F2, _>(&x32, &w32, Some(&b32), &g)
         });
-        let err = max_err(&forward_with::<F4, _>(&x, &wt, Some(&bias), &g), &want);
+        let err = max_err(&conv_with::<F4, _>(&x, &wt, Some(&bias), &g), &want);
         assert!(err < 1e-12, "f64 F4 {what}: {err}");
         f32_on_threads(&want, 1e-5, &format!("F4 {what}"), || {
-            forward_with::<F4, _>(&x32, &w32, Some(&b32), &g)
+            conv_with::<F4, _>(&x32, &w32, Some(&b32), &g)
         });
     }
 }
@@ -160,15 +165,15 @@ fn both_tilings_give_each_image_the_same_bits_at_any_batch_size() {
         let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
         let (batch2, batch4) = pool.install(|| {
             (
-                forward_with::<F2, _>(&x, &wt, Some(&bias), &g),
-                forward_with::<F4, _>(&x, &wt, Some(&bias), &g),
+                conv_with::<F2, _>(&x, &wt, Some(&bias), &g),
+                conv_with::<F4, _>(&x, &wt, Some(&bias), &g),
             )
         });
         for (i, xi) in x.chunks(c * h * w).enumerate() {
             let (alone2, alone4) = pool.install(|| {
                 (
-                    forward_with::<F2, _>(xi, &wt, Some(&bias), &one),
-                    forward_with::<F4, _>(xi, &wt, Some(&bias), &one),
+                    conv_with::<F2, _>(xi, &wt, Some(&bias), &one),
+                    conv_with::<F4, _>(xi, &wt, Some(&bias), &one),
                 )
             });
             let part = |v: &[f32]| bits(&v[i * o * h * w..(i + 1) * o * h * w]);

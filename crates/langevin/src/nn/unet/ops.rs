@@ -57,6 +57,8 @@ pub struct Conv2d {
     padding: usize,
     /// The [O, k, k, C] weights of the channels-last inference path, made on first use.
     nhwc: std::sync::OnceLock<Tensor>,
+    /// The Winograd-transformed weights of CPU inference, made on first use.
+    prepared: kernels::PreparedWeights,
 }
 
 impl Conv2d {
@@ -141,7 +143,14 @@ impl Module for Conv2d {
             let y = gpu::conv2d_cached(x, &self.weight, &self.nhwc, self.padding, self.stride)?;
             return gpu::bias_residual(&y, Some(&self.bias), None, 1.0);
         }
-        kernels::conv2d(x, &self.weight, Some(&self.bias), self.stride, self.padding)
+        kernels::conv2d_prepared(
+            x,
+            &self.weight,
+            Some(&self.bias),
+            self.stride,
+            self.padding,
+            &self.prepared,
+        )
     }
 }
 
@@ -180,6 +189,7 @@ pub fn conv2d(
         stride,
         padding,
         nhwc: std::sync::OnceLock::new(),
+        prepared: Default::default(),
     })
 }
 

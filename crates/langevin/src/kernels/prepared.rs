@@ -1,0 +1,230 @@
+//! Inference convolutions from weights transformed once per model: a layer keeps the Winograd
+//! filters U = G g Gᵀ of its 3×3 weights ([`PreparedWeights`], made on first use) and every
+//! later evaluation multiplies them directly, instead of transforming 9·O·C weights into 16 or
+//! 36·O·C values per call. Measured (issue 17, CPU round 10): the transform was 45 of ~135 ms
+//! of the ddpm-cifar10 UNet's batch-1 forward, the workload a sampler repeats at every step.
+//!
+//! Only for weights that cannot change in place (plain tensors: inference weights loaded from
+//! disk, never a training [`candle_core::Var`]) and inputs nobody differentiates; everything
+//! else takes [`super::conv::conv2d`]. The result has the bits of that op (the same filters and
+//! arithmetic, tested).
+use std::sync::OnceLock;
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Tensor};
+
+use super::conv::{conv2d, enabled};
+use super::cpu_conv::Geom;
+use super::real::{data, own_kernel, with_data, Real};
+use super::winograd;
+
+/// The transformed filters of one convolution layer, per tiling (a layer normally sees one
+/// image size, so one of the two is ever made).
+#[derive(Default)]
+pub struct PreparedWeights {
+    f2: OnceLock<Tensor>,
+    f4: OnceLock<Tensor>,
+}
+
+impl PreparedWeights {
+    /// How many tilings have been prepared (0 until an inference call took this path).
+    pub fn prepared(&self) -> usize {
+        usize::from(self.f2.get().is_some()) + usize::from(self.f4.get().is_some())
+    }
+}
+
+/// `y = conv2d(x, w) + bias` as [`conv2d`], for a layer that owns `w` and keeps `prepared`
+/// with it: on the CPU, for a 3×3 convolution that Winograd takes, with neither `x` nor `w`
+/// tracked by autograd, the filters are transformed on the first call and reused after.
+/// `w` must not change in place while `prepared` lives (plain tensors never do; a `Var`'s
+/// weights are tracked and take [`conv2d`]).
+pub fn conv2d_prepared(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+    prepared: &PreparedWeights,
+) -> candle_core::Result<Tensor> {
+    let same = |t: &Tensor| t.dtype() == x.dtype();
+    let eligible = enabled()
+        && own_kernel(x)
+        && same(w)
+        && bias.is_none_or(same)
+        && !x.track_op()
+        && !w.track_op()
+        && bias.is_none_or(|b| !b.track_op());
+    if !eligible {
+        return conv2d(x, w, bias, stride, padding);
+    }
+    let g = Geom::new(x.dims(), w.dims(), stride, padding)?;
+    if !winograd::forward_applies(&g) {
+        return conv2d(x, w, bias, stride, padding);
+    }
+    let cell = if winograd::four(&g) {
+        &prepared.f4
+    } else {
+        &prepared.f2
+    };
+    let u = match cell.get() {
+        Some(u) => u.clone(),
+        None => {
+            let u = transform(w, &g)?;
+            cell.get_or_init(|| u).clone()
+        }
+    };
+    let op = PreparedConv { g };
+    let x = x.contiguous()?;
+    match bias {
+        Some(b) => x.apply_op3_no_bwd(&u, &b.contiguous()?, &op),
+        None => x.apply_op2_no_bwd(&u, &op),
+    }
+}
+
+/// U [ξ, O, C] of `w` for the tiling `g` takes.
+fn transform(w: &Tensor, g: &Geom) -> candle_core::Result<Tensor> {
+    const OP: &str = "conv2d-prepare";
+    let xis = if winograd::four(g) { 36 } else { 16 };
+    let shape = (xis, g.o, g.c);
+    match w.dtype() {
+        DType::F32 => with_data::<f32, _>(w, OP, |wt| {
+            Tensor::from_vec(winograd::prepare(wt, g), shape, &Device::Cpu)
+        }),
+        DType::F64 => with_data::<f64, _>(w, OP, |wt| {
+            Tensor::from_vec(winograd::prepare(wt, g), shape, &Device::Cpu)
+        }),
+        d => Err(candle_core::Error::Msg(format!(
+            "{OP}: unsupported dtype {d:?}"
+        ))),
+    }
+}
+
+/// The Winograd convolution of (x, U[, bias]) for the geometry `g` (its batch taken from x).
+struct PreparedConv {
+    g: Geom,
+}
+
+impl PreparedConv {
+    fn run<T: Real>(
+        &self,
+        op: &str,
+        (sx, lx): (&CpuStorage, &Layout),
+        (su, lu): (&CpuStorage, &Layout),
+        bias: Option<(&CpuStorage, &Layout)>,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = Geom::new(lx.dims(), &[self.g.o, self.g.c, 3, 3], 1, self.g.p)?;
+        let (x, u) = (data::<T>(sx, lx, op)?, data::<T>(su, lu, op)?);
+        let bias = bias.map(|(s, l)| data::<T>(s, l, op)).transpose()?;
+        let y = winograd::forward_prepared(x, u, bias, &g);
+        Ok((T::storage(y), Shape::from((g.b, g.o, g.ho, g.wo))))
+    }
+
+    fn dispatch(
+        &self,
+        op: &str,
+        x: (&CpuStorage, &Layout),
+        u: (&CpuStorage, &Layout),
+        bias: Option<(&CpuStorage, &Layout)>,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        match x.0.dtype() {
+            DType::F32 => self.run::<f32>(op, x, u, bias),
+            DType::F64 => self.run::<f64>(op, x, u, bias),
+            d => Err(candle_core::Error::Msg(format!(
+                "{op}: unsupported dtype {d:?}"
+            ))),
+        }
+    }
+}
+
+impl CustomOp2 for PreparedConv {
+    fn name(&self) -> &'static str {
+        "langevin-conv2d-prepared"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.dispatch(CustomOp2::name(self), (s1, l1), (s2, l2), None)
+    }
+}
+
+impl CustomOp3 for PreparedConv {
+    fn name(&self) -> &'static str {
+        "langevin-conv2d-prepared-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.dispatch(CustomOp3::name(self), (s1, l1), (s2, l2), Some((s3, l3)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Var;
+
+    fn randn(shape: &[usize], seed: u64) -> Tensor {
+        crate::rng::NoiseSource::consecutive(seed, shape[0])
+            .randn(shape, &Device::Cpu)
+            .unwrap()
+    }
+
+    /// The prepared path gives the bits of `conv2d` for both tilings, with and without bias,
+    /// at batch 1 and 3, and transforms each tiling once.
+    #[test]
+    fn prepared_convolution_is_bit_identical_and_made_once() {
+        let w = randn(&[24, 16, 3, 3], 1);
+        let b = randn(&[24], 2);
+        let prepared = PreparedWeights::default();
+        // 8×8: F(2×2, 3×3); 32×32: F(4×4, 3×3).
+        for (n, (hw, batch)) in [(8, 1), (32, 3), (8, 3), (32, 1)].into_iter().enumerate() {
+            let x = randn(&[batch, 16, hw, hw], 10 + n as u64);
+            for bias in [Some(&b), None] {
+                let want = conv2d(&x, &w, bias, 1, 1).unwrap();
+                let got = conv2d_prepared(&x, &w, bias, 1, 1, &prepared).unwrap();
+                let d = (got - want).unwrap().abs().unwrap().max_all().unwrap();
+                assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0, "{hw}×{hw} b{batch}");
+            }
+        }
+        assert_eq!(prepared.prepared(), 2);
+    }
+
+    /// Training weights (a `Var`) and differentiated inputs never use a cached transform, so
+    /// an optimiser step is seen at once and gradients flow.
+    #[test]
+    fn tracked_weights_and_inputs_are_not_prepared() {
+        let w = Var::from_tensor(&randn(&[16, 16, 3, 3], 3)).unwrap();
+        let x = randn(&[1, 16, 8, 8], 4);
+        let prepared = PreparedWeights::default();
+        let y1 = conv2d_prepared(&x, w.as_tensor(), None, 1, 1, &prepared).unwrap();
+        w.set(&(w.as_tensor() * 2.0).unwrap()).unwrap();
+        let y2 = conv2d_prepared(&x, w.as_tensor(), None, 1, 1, &prepared).unwrap();
+        assert_eq!(prepared.prepared(), 0);
+        let ratio = (y2 / y1)
+            .unwrap()
+            .mean_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!((ratio - 2.0).abs() < 1e-4, "{ratio}");
+
+        let xv = Var::from_tensor(&x).unwrap();
+        let plain = randn(&[16, 16, 3, 3], 3);
+        let y = conv2d_prepared(xv.as_tensor(), &plain, None, 1, 1, &prepared).unwrap();
+        let grads = y.sum_all().unwrap().backward().unwrap();
+        assert!(grads.get(xv.as_tensor()).is_some());
+        assert_eq!(prepared.prepared(), 0);
+    }
+}
