@@ -63,7 +63,7 @@ struct AttentionOp {
 const ROWS: usize = 64;
 
 /// e^x for the softmax: the vectorising f32 exponential, f64's own.
-trait Exp: Real {
+pub(super) trait Exp: Real {
     fn exp_(self) -> Self;
 }
 impl Exp for f32 {
@@ -85,7 +85,7 @@ impl Exp for f64 {
 /// dependent adds through the exponential, stayed scalar and was 6.6% of the small UNet's
 /// forward pass at batch 64 (CPU round 9 in docs/benchmarks.md).
 #[inline(always)]
-fn softmax_row<T: Exp>(r: &mut [T], scale: T) {
+pub(super) fn softmax_row<T: Exp>(r: &mut [T], scale: T) {
     let mut max = r[0];
     for &x in r.iter() {
         max = if x > max { x } else { max };

@@ -175,7 +175,7 @@ pub(super) fn mm_colmajor<T: Real>(
 
 /// [`mm`] with `dst`'s (row, column) strides given.
 #[allow(clippy::too_many_arguments)]
-fn gemm_into<T: Real>(
+pub(super) fn gemm_into<T: Real>(
     (m, n, k): (usize, usize, usize),
     dst: &mut [T],
     (drs, dcs): Strides,

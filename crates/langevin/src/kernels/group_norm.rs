@@ -105,6 +105,7 @@ fn sizes(dims: &[usize]) -> (usize, usize, usize) {
 }
 
 /// Σv and Σv² of a slice in f64, in eight independent lanes so that the loop vectorises.
+#[inline(always)]
 fn sums<T: Real>(x: &[T]) -> (f64, f64) {
     let (mut s1, mut s2) = ([0f64; 8], [0f64; 8]);
     let chunks = x.chunks_exact(8);
@@ -131,7 +132,12 @@ fn stats<T: Real>(x: &[T], shift: &[T], s: usize, eps: f64) -> (f64, f64) {
     let n = x.len() as f64;
     let (mut a, mut b) = (0f64, 0f64);
     for (xc, &t) in x.chunks(s).zip(shift) {
-        let (ca, cb) = sums(xc);
+        // In AVX2 (4 f64 lanes, the same sums in the same order): compiled for the baseline
+        // SSE2 this loop was 2.6% of the small UNet's batch-16 forward (CPU round 10).
+        let (ca, cb) = simd::vectorized(
+            #[inline(always)]
+            || sums(xc),
+        );
         let t = t.to_f64();
         // Σ(v + t) and Σ(v + t)².
         a += ca + s as f64 * t;
@@ -254,7 +260,8 @@ impl GroupNormOp {
         let (_, c, s) = sizes(dims);
         let (gamma, beta) = affine.split_at(c);
         let cg = c / self.groups;
-        let mut out = vec![T::ZERO; x.len()];
+        // Every value is written below (no zeroing pass).
+        let mut out = super::cpu_conv::uninit(x.len());
         out.par_chunks_mut(cg * s)
             .zip(x.par_chunks(cg * s))
             .zip(shift.par_chunks(cg))

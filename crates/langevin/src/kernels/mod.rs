@@ -6,6 +6,7 @@
 //! cuDNN ([`cudnn_conv`]); elsewhere they fall back to candle's own ops. [`cuda_graph`] replays a
 //! whole network evaluation as one captured CUDA graph.
 pub mod attention;
+pub mod attention_block;
 pub mod conv;
 pub(crate) mod cpu_conv;
 pub mod cuda_graph;

@@ -1,0 +1,307 @@
+//! A UNet's spatial self-attention block for CPU inference as one op on the channel-first map:
+//! `(to_out(softmax(qᵀk/√d)·v) + x) / rescale` with q, k, v = to_q, to_k, to_v of the
+//! (group-normed) input, where [B, C, H, W] is read as [B, heads, d, N] as it stands.
+//!
+//! Written for a measured hot spot (issue 17, CPU round 10): the composed form (a transpose
+//! to tokens, four `Linear`s with separate bias adds, three head splits, the fused softmax
+//! kernel, a transpose back, the residual add) took ~4 ms per block at batch 16 for 64
+//! tokens of 64 channels in the small UNet, ~1.5 M multiply-adds per image: ~19% of its
+//! forward pass in copies and per-op costs. Here the projections are one GEMM [3C, C]·[C, N]
+//! per image with the biases as its initial value, the scores and the weighted sum GEMMs over
+//! transposed views (no copies), the output projection accumulates onto x + bias. Per image
+//! the same pieces on any thread count and batch size, so results depend only on the image.
+use std::sync::OnceLock;
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use super::attention::{softmax_row, Exp};
+use super::conv::{enabled, gemm_into, mm};
+use super::cpu_conv::uninit;
+use super::real::{data, min_len, own_kernel, threads, Real};
+use super::simd::vectorized;
+
+/// The block's weights packed for [`attention_block`]: [W_q; W_k; W_v; W_o] ([4C, C]) then
+/// [b_q; b_k; b_v; b_o] ([4C]), made once per layer.
+pub type Packed = OnceLock<Tensor>;
+
+/// Whether [`attention_block`] takes `x` with these weights: CPU, f32 or f64, the own kernels
+/// on, nothing tracked by autograd (inference; training composes the ops).
+pub fn applies(x: &Tensor, params: &[&Tensor]) -> bool {
+    enabled()
+        && own_kernel(x)
+        && x.rank() == 4
+        && !x.track_op()
+        && params
+            .iter()
+            .all(|t| t.dtype() == x.dtype() && !t.track_op())
+}
+
+/// `(W_o·softmax(qᵀk·scale)·v + b_o + x) / rescale` per head, q = W_q·hs + b_q (likewise k,
+/// v), scale = 1/√d. `weights` are [W_q, W_k, W_v, W_o] ([C, C], applied as
+/// `torch.nn.Linear`), `biases` their [C] biases; `packed` keeps them in one tensor.
+///
+/// # Shapes
+/// `hs`, `x`: [B, C, H, W] (`hs` the normed input, `x` the residual); returns [B, C, H, W].
+pub fn attention_block(
+    hs: &Tensor,
+    x: &Tensor,
+    weights: [&Tensor; 4],
+    biases: [&Tensor; 4],
+    heads: usize,
+    rescale: f64,
+    packed: &Packed,
+) -> candle_core::Result<Tensor> {
+    let (_, c, _, _) = x.dims4()?;
+    if hs.dims() != x.dims() || heads == 0 || c % heads != 0 {
+        return Err(candle_core::Error::Msg(format!(
+            "attention block: hs {:?}, x {:?}, {heads} heads",
+            hs.dims(),
+            x.dims()
+        )));
+    }
+    let p = match packed.get() {
+        Some(p) => p.clone(),
+        None => {
+            let w = Tensor::cat(&weights, 0)?.flatten_all()?;
+            let b = Tensor::cat(&biases, 0)?;
+            let p = Tensor::cat(&[w, b], 0)?;
+            packed.get_or_init(|| p).clone()
+        }
+    };
+    if p.elem_count() != 4 * c * c + 4 * c {
+        return Err(candle_core::Error::Msg(format!(
+            "attention block: packed weights of {} values for {c} channels",
+            p.elem_count()
+        )));
+    }
+    hs.contiguous()?
+        .apply_op3_no_bwd(&x.contiguous()?, &p, &BlockOp { heads, rescale })
+}
+
+struct BlockOp {
+    heads: usize,
+    rescale: f64,
+}
+
+/// Query rows per score block.
+const ROWS: usize = 64;
+
+impl BlockOp {
+    fn forward<T: Exp>(&self, hs: &[T], x: &[T], p: &[T], dims: &[usize]) -> Vec<T> {
+        let (b, c) = (dims[0], dims[1]);
+        let n = dims[2] * dims[3];
+        let cn = c * n;
+        let mut out = uninit(b * cn);
+        let nt = threads();
+        if b >= nt {
+            // One image per task, all three stages in its cache.
+            out.par_chunks_mut(cn)
+                .zip(hs.par_chunks(cn).zip(x.par_chunks(cn)))
+                .with_min_len(min_len(nt))
+                .for_each_init(
+                    || (uninit(3 * cn), uninit(cn), Vec::new()),
+                    |(qkv, o, s), (out, (hs, x))| {
+                        self.project(hs, p, c, n, qkv, Parallelism::None);
+                        for h in 0..self.heads {
+                            for i0 in (0..n).step_by(ROWS) {
+                                let d = c / self.heads;
+                                let oh = &mut o[h * d * n..][..d * n];
+                                self.core(qkv, c, n, h, i0, s, &mut oh[i0..], n);
+                            }
+                        }
+                        self.output(o, x, p, c, n, out, Parallelism::None);
+                    },
+                );
+        } else {
+            // Fewer images than threads: the GEMMs split over the threads (over their
+            // outputs, not their sums), the (head, query block) pieces in parallel.
+            let par = Parallelism::Rayon(nt);
+            let (mut qkv, mut o) = (uninit(3 * cn), uninit(cn));
+            let d = c / self.heads;
+            let blocks = n.div_ceil(ROWS);
+            for ((out, hs), x) in out.chunks_mut(cn).zip(hs.chunks(cn)).zip(x.chunks(cn)) {
+                self.project(hs, p, c, n, &mut qkv, par);
+                let qkv = &qkv;
+                // Task (h, block) writes columns i0.. of head h's d rows of o: disjoint
+                // pieces, gathered per task and placed after the loop.
+                let pieces: Vec<(usize, usize, Vec<T>)> = (0..self.heads * blocks)
+                    .into_par_iter()
+                    .with_min_len(min_len(nt))
+                    .map_init(Vec::new, |s, task| {
+                        let (h, i0) = (task / blocks, (task % blocks) * ROWS);
+                        let rows = ROWS.min(n - i0);
+                        // The piece as [d, rows] with row stride `rows` (a private O_h).
+                        let mut piece = uninit(d * rows);
+                        self.core(qkv, c, n, h, i0, s, &mut piece, rows);
+                        (h, i0, piece)
+                    })
+                    .collect();
+                for (h, i0, piece) in pieces {
+                    let rows = piece.len() / d;
+                    for (dd, r) in piece.chunks_exact(rows).enumerate() {
+                        o[(h * d + dd) * n + i0..][..rows].copy_from_slice(r);
+                    }
+                }
+                self.output(&o, x, p, c, n, out, par);
+            }
+        }
+        out
+    }
+
+    /// [q; k; v] [3C, N] = [W_q; W_k; W_v] · hs + biases.
+    fn project<T: Exp>(
+        &self,
+        hs: &[T],
+        p: &[T],
+        c: usize,
+        n: usize,
+        qkv: &mut [T],
+        par: Parallelism,
+    ) {
+        let bias = &p[4 * c * c..];
+        for (row, &bv) in qkv.chunks_exact_mut(n).zip(&bias[..3 * c]) {
+            row.fill(bv);
+        }
+        mm(
+            (3 * c, n, c),
+            qkv,
+            true,
+            &p[..3 * c * c],
+            (c, 1),
+            hs,
+            (n, 1),
+            par,
+        );
+    }
+
+    /// S = q_hᵀ[i0.., :]·k_h [rows, N], softmax(S·scale) by rows, o_h[:, i0..] = v_h·Sᵀ
+    /// [d, rows] written with row stride `ld`.
+    #[allow(clippy::too_many_arguments)]
+    fn core<T: Exp>(
+        &self,
+        qkv: &[T],
+        c: usize,
+        n: usize,
+        h: usize,
+        i0: usize,
+        s: &mut Vec<T>,
+        dst: &mut [T],
+        ld: usize,
+    ) {
+        let d = c / self.heads;
+        let rows = ROWS.min(n - i0);
+        let at = |part: usize| &qkv[(part * c + h * d) * n..][..d * n];
+        let (q, k, v) = (at(0), at(1), at(2));
+        s.resize(rows * n, T::ZERO);
+        // S[i][j] = Σ_e q[e][i0 + i] · k[e][j]: q read transposed (strides (1, N)).
+        mm(
+            (rows, n, d),
+            s,
+            false,
+            &q[i0..],
+            (1, n),
+            k,
+            (n, 1),
+            Parallelism::None,
+        );
+        let scale = T::from_f64(1.0 / (d as f64).sqrt());
+        vectorized(
+            #[inline(always)]
+            || {
+                for r in s.chunks_mut(n) {
+                    softmax_row(r, scale);
+                }
+            },
+        );
+        // o[e][i] = Σ_j v[e][j] · S[i][j]: S read transposed (strides (1, N)).
+        gemm_into(
+            (d, rows, n),
+            dst,
+            (ld, 1),
+            false,
+            v,
+            (n, 1),
+            s,
+            (1, n),
+            Parallelism::None,
+        );
+    }
+
+    /// out = (x + b_o + W_o·o) / rescale.
+    #[allow(clippy::too_many_arguments)]
+    fn output<T: Exp>(
+        &self,
+        o: &[T],
+        x: &[T],
+        p: &[T],
+        c: usize,
+        n: usize,
+        out: &mut [T],
+        par: Parallelism,
+    ) {
+        let bo = &p[4 * c * c + 3 * c..][..c];
+        for ((row, xr), &bv) in out.chunks_exact_mut(n).zip(x.chunks_exact(n)).zip(bo) {
+            for (y, &xv) in row.iter_mut().zip(xr) {
+                *y = xv + bv;
+            }
+        }
+        mm(
+            (c, n, c),
+            out,
+            true,
+            &p[3 * c * c..4 * c * c],
+            (c, 1),
+            o,
+            (n, 1),
+            par,
+        );
+        if self.rescale != 1.0 {
+            // In f64 then rounded: for f32 the correctly rounded quotient (as torch's).
+            let r = self.rescale;
+            out.iter_mut()
+                .for_each(|y| *y = T::from_f64(y.to_f64() / r));
+        }
+    }
+}
+
+impl CustomOp3 for BlockOp {
+    fn name(&self) -> &'static str {
+        "langevin-attention-block"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let op = self.name();
+        let dims = l1.dims();
+        let st = match s1.dtype() {
+            DType::F32 => f32::storage(self.forward(
+                data::<f32>(s1, l1, op)?,
+                data(s2, l2, op)?,
+                data(s3, l3, op)?,
+                dims,
+            )),
+            DType::F64 => f64::storage(self.forward(
+                data::<f64>(s1, l1, op)?,
+                data(s2, l2, op)?,
+                data(s3, l3, op)?,
+                dims,
+            )),
+            d => {
+                return Err(candle_core::Error::Msg(format!(
+                    "{op}: unsupported dtype {d:?}"
+                )))
+            }
+        };
+        Ok((st, l1.shape().clone()))
+    }
+}
