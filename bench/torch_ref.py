@@ -186,14 +186,19 @@ def quiet_diffusers():
 
 
 def main():
+    """`torch_ref.py SPEC`: every job of the spec file. `torch_ref.py --serve`: the spec (without
+    jobs) as the first line of stdin, then one job per line, each answered on stdout as it comes
+    (langevin-bench --rounds: the two sides timed in alternation)."""
     quiet_diffusers()
-    spec = json.load(open(sys.argv[1]))
+    serve = sys.argv[1] == "--serve"
+    spec = json.loads(sys.stdin.readline()) if serve else json.load(open(sys.argv[1]))
     torch.set_num_threads(spec["threads"])
     # f32 means f32: no TF32 in matmuls or cuDNN convolutions (candle uses none either).
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads()}), flush=True)
-    for job in spec["jobs"]:
+    jobs = (json.loads(line) for line in sys.stdin if line.strip()) if serve else spec["jobs"]
+    for job in jobs:
         r = run(job, spec["warmup"], job.get("reps", spec["reps"]), spec.get("compile", False))
         print(json.dumps(r), flush=True)
 

@@ -15,7 +15,7 @@ mod workloads;
 
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Parser;
 use langevin::kernels::conv;
 use langevin::nn::mlp::MlpConfig;
@@ -38,6 +38,12 @@ struct Args {
     /// Skip the PyTorch reference.
     #[arg(long)]
     no_torch: bool,
+    /// Time each workload in this many rounds, langevin and PyTorch in alternation (PyTorch's
+    /// process kept running): the speed column is the median of the rounds' ratios, with
+    /// their range, robust to a machine whose speed drifts between minutes. 1: every
+    /// langevin workload, then every PyTorch one.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     /// Also time candle's own ops (the own kernels switched off: convolution, group norm, the
     /// fused MLP) on the residual-block and MLP workloads.
     #[arg(long)]
@@ -302,6 +308,8 @@ struct Row {
     gflop: Option<f64>,
     /// Further PyTorch variants: (label, ms).
     extra: Vec<(String, f64)>,
+    /// PyTorch / langevin per round of `--rounds` (empty with one round).
+    ratios: Vec<f64>,
 }
 
 fn run(a: Args) -> Result<()> {
@@ -338,10 +346,48 @@ fn run(a: Args) -> Result<()> {
     let mut rows = Vec::new();
     let mut jobs = Vec::new();
     let dev = langevin::compute::device(&a.device)?;
+    let mut server = match (a.rounds > 1, a.no_torch) {
+        (true, false) => Some(torch::Server::start(&a.python, a.threads, warmup, reps)?),
+        _ => None,
+    };
     for w in workloads(&a)? {
         eprintln!("langevin: {}", w.name());
         let mut p = prepare(&w, &dir, 0, &dev)?;
         let ours = p.time(warmup, if a.quick { 1 } else { w.reps })?;
+        if let Some(server) = server.as_mut() {
+            // Rounds in alternation: (langevin, PyTorch) pairs minutes apart at most.
+            let mut pairs = vec![];
+            let mut last = None;
+            for round in 0..a.rounds {
+                let o = match round {
+                    0 => ours,
+                    _ => p.time(warmup, if a.quick { 1 } else { w.reps })?,
+                };
+                let r = server.job(&p.job)?;
+                pairs.push((o, r.ms));
+                last = Some(r);
+            }
+            let r = last.context("no rounds")?;
+            let med = |mut v: Vec<f64>| {
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
+            };
+            let ratios: Vec<f64> = pairs.iter().filter_map(|&(o, t)| Some(t? / o)).collect();
+            rows.push(Row {
+                name: w.name(),
+                batch: w.batch,
+                ours: med(pairs.iter().map(|p| p.0).collect()),
+                candle: None,
+                torch: r
+                    .ms
+                    .map(|_| med(pairs.iter().filter_map(|p| p.1).collect())),
+                diff: r.max_rel_diff,
+                gflop: r.gflop,
+                extra: r.extra,
+                ratios,
+            });
+            continue;
+        }
         let candle = if a.candle && (w.model == "resblocks" || w.model.starts_with("mlp")) {
             conv::set_enabled(false);
             let t = p.time(
@@ -367,9 +413,12 @@ fn run(a: Args) -> Result<()> {
             diff: None,
             gflop: None,
             extra: vec![],
+            ratios: vec![],
         });
     }
-    let torch_version = if a.no_torch {
+    let torch_version = if let Some(server) = &server {
+        Some(server.version.clone())
+    } else if a.no_torch {
         println!("PyTorch reference skipped (--no-torch).\n");
         None
     } else {
@@ -476,7 +525,15 @@ fn print_table(rows: &[Row], candle: bool) {
             r.name,
             ms(r.ours),
             r.torch.map_or_else(dash, |t| format!("{t:.1}")),
-            r.torch.map_or_else(dash, |t| format!("{:.2}×", t / r.ours)),
+            match (r.torch, r.ratios.len()) {
+                (None, _) => dash(),
+                (Some(t), 0 | 1) => format!("{:.2}×", t / r.ours),
+                (Some(_), _) => {
+                    let mut v = r.ratios.clone();
+                    v.sort_by(f64::total_cmp);
+                    format!("{:.2}× ({:.2}–{:.2})", v[v.len() / 2], v[0], v[v.len() - 1])
+                }
+            },
             ips(r.ours),
             r.torch.map_or_else(dash, ips),
             r.diff.map_or_else(dash, |d| format!("{d:.1e}")),
