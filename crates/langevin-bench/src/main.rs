@@ -363,7 +363,11 @@ fn run(a: Args) -> Result<()> {
                     0 => ours,
                     _ => p.time(warmup, if a.quick { 1 } else { w.reps })?,
                 };
+                settle();
                 let r = server.job(&p.job)?;
+                // PyTorch's OpenMP threads spin for a while after its job; langevin's
+                // kernels would see a busy machine and give cores back (`threads::adapt`).
+                settle();
                 pairs.push((o, r.ms));
                 last = Some(r);
             }
@@ -543,6 +547,20 @@ fn print_table(rows: &[Row], candle: bool) {
                 String::new()
             }
         );
+    }
+}
+
+/// Wait (0.2–3 s) until no other process's threads are runnable, so that each side of an
+/// alternating round starts on a quiet machine.
+fn settle() {
+    let start = std::time::Instant::now();
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let quiet = langevin::threads::others_running().is_none_or(|n| n == 0);
+        let waited = start.elapsed();
+        if (quiet && waited.as_millis() >= 200) || waited.as_secs() >= 3 {
+            return;
+        }
     }
 }
 

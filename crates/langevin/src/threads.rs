@@ -147,6 +147,13 @@ pub fn adapt() {
     ACTIVE.store(free.min(pool), Ordering::Relaxed);
 }
 
+/// Threads of other processes running or runnable now (what [`adapt`] leaves cores to);
+/// `None` where the kernel does not say (not Linux).
+pub fn others_running() -> Option<usize> {
+    let running = runnable_tasks()?;
+    Some(running.saturating_sub(own_running_threads().max(1)))
+}
+
 /// Runnable tasks on the machine now (the fourth field of `/proc/loadavg`, "running/total").
 fn runnable_tasks() -> Option<usize> {
     let s = std::fs::read_to_string("/proc/loadavg").ok()?;

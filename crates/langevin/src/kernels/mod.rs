@@ -22,6 +22,7 @@ pub mod group_norm;
 pub mod mlp;
 mod mlp_rows;
 mod mlp_time;
+mod nt_gemm;
 pub mod prepared;
 pub(crate) mod real;
 pub(crate) mod simd;

@@ -15,6 +15,7 @@ use rayon::prelude::*;
 
 use super::conv::mm;
 use super::cpu_conv::{grouped_sum, uninit, Geom};
+use super::nt_gemm::nt;
 use super::real::{threads, Real};
 use super::simd::vectorized;
 
@@ -592,14 +593,13 @@ fn backward_weight_within<T: Real>(
                 grad_transform(&dy[b * g.o * hw..][..g.o * hw], g, &mut z, (ld, n * t));
             }
             for xi in 0..16 {
-                mm(
+                nt(
                     (g.o, g.c, ld),
                     &mut m[xi * oc..(xi + 1) * oc],
                     step > 0,
                     &z[xi * ot * k..][..ot * k],
-                    (ld, 1),
                     &v[xi * ct * k..][..ct * k],
-                    (1, ld),
+                    ld,
                     par,
                 );
             }
