@@ -2,8 +2,9 @@
 # The CPU benchmark: langevin against PyTorch on the same workloads, weights, inputs and thread
 # count, in one run (docs/benchmarks.md). `--install-torch` first makes .venv-bench with torch,
 # diffusers and safetensors from PyPI; without a Python that has them the PyTorch side is
-# skipped (the table says so). Other arguments go to langevin-bench (--threads, --reps, --only,
-# --candle, --quick). The binary is built and run from $CARGO_TARGET_DIR when that is set.
+# skipped (the table says so). Other arguments go to langevin-bench (--threads, --reps, --rounds,
+# --only, --candle, --quick); `--rounds 3` times the two sides in alternation, for a machine whose
+# speed drifts. The binary is built and run from $CARGO_TARGET_DIR when that is set.
 set -eu
 cd "$(dirname "$0")/.."
 PY=${LANGEVIN_BENCH_PYTHON:-}
