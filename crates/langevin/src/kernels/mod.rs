@@ -27,6 +27,7 @@ pub mod prepared;
 pub(crate) mod real;
 pub(crate) mod simd;
 mod switch;
+pub mod upsample;
 mod winograd;
 mod winograd4;
 
