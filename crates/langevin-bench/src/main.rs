@@ -363,10 +363,11 @@ fn run(a: Args) -> Result<()> {
                     0 => ours,
                     _ => p.time(warmup, if a.quick { 1 } else { w.reps })?,
                 };
+                // Each side starts on a quiet machine: PyTorch's OpenMP threads spin for a
+                // while after its job, and langevin's kernels would see a busy machine and give
+                // cores back (`threads::adapt`); likewise the other way round.
                 settle();
                 let r = server.job(&p.job)?;
-                // PyTorch's OpenMP threads spin for a while after its job; langevin's
-                // kernels would see a busy machine and give cores back (`threads::adapt`).
                 settle();
                 pairs.push((o, r.ms));
                 last = Some(r);

@@ -133,16 +133,13 @@ pub fn adapt() {
         }
         *last = Some(Instant::now());
     }
-    let Some(running) = runnable_tasks() else {
-        return;
-    };
     let cores = available_cores();
     if cores != online_cores() {
         return;
     }
-    // `running` counts this process's running threads too (this one, and a worker that is
-    // still finishing or spinning after the last parallel op).
-    let others = running.saturating_sub(own_running_threads().max(1));
+    let Some(others) = others_running() else {
+        return;
+    };
     let free = cores.saturating_sub(others).max(1);
     ACTIVE.store(free.min(pool), Ordering::Relaxed);
 }
@@ -150,6 +147,8 @@ pub fn adapt() {
 /// Threads of other processes running or runnable now (what [`adapt`] leaves cores to);
 /// `None` where the kernel does not say (not Linux).
 pub fn others_running() -> Option<usize> {
+    // The kernel's count includes this process's running threads (this one, and a worker
+    // still finishing or spinning after the last parallel op).
     let running = runnable_tasks()?;
     Some(running.saturating_sub(own_running_threads().max(1)))
 }

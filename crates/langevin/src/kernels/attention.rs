@@ -9,14 +9,13 @@
 //! at most 64 rows: scores, softmax and the weighted sum without leaving the cache. No sum
 //! crosses a task, so results do not depend on the thread count. Inference only (no backward
 //! pass): training keeps the composed ops.
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::conv::{enabled, mm};
 use super::mlp::exp_f32;
-use super::real::{data, min_len, own_kernel, threads, Real};
+use super::real::{dispatch, min_len, own_kernel, threads, Real};
 use super::simd::vectorized;
 
 /// Whether [`attention`] runs the fused kernel for these inputs (CPU, f32 or f64, no gradient
@@ -186,25 +185,12 @@ impl CustomOp3 for AttentionOp {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let op = self.name();
         let dims = l1.dims();
-        let st = match s1.dtype() {
-            DType::F32 => f32::storage(self.forward(
-                data::<f32>(s1, l1, op)?,
-                data(s2, l2, op)?,
-                data(s3, l3, op)?,
-                dims,
-            )),
-            DType::F64 => f64::storage(self.forward(
-                data::<f64>(s1, l1, op)?,
-                data(s2, l2, op)?,
-                data(s3, l3, op)?,
-                dims,
-            )),
-            d => {
-                return Err(candle_core::Error::Msg(format!(
-                    "{op}: unsupported dtype {d:?}"
-                )))
-            }
-        };
+        let st = dispatch(
+            op,
+            [(s1, l1), (s2, l2), (s3, l3)],
+            |[a, b, c]| self.forward(a, b, c, dims),
+            |[a, b, c]| self.forward(a, b, c, dims),
+        )?;
         Ok((st, l1.shape().clone()))
     }
 }

@@ -12,15 +12,14 @@
 //! the same pieces on any thread count and batch size, so results depend only on the image.
 use std::sync::OnceLock;
 
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::attention::{softmax_row, Exp};
 use super::conv::{enabled, gemm_into, mm};
 use super::cpu_conv::uninit;
-use super::real::{data, min_len, own_kernel, threads, Real};
+use super::real::{dispatch, min_len, own_kernel, threads};
 use super::simd::vectorized;
 
 /// The block's weights packed for [`attention_block`]: [W_q; W_k; W_v; W_o] ([4C, C]) then
@@ -105,9 +104,9 @@ impl BlockOp {
                     || (uninit(3 * cn), uninit(cn), Vec::new()),
                     |(qkv, o, s), (out, (hs, x))| {
                         self.project(hs, p, c, n, qkv, Parallelism::None);
+                        let d = c / self.heads;
                         for h in 0..self.heads {
                             for i0 in (0..n).step_by(ROWS) {
-                                let d = c / self.heads;
                                 let oh = &mut o[h * d * n..][..d * n];
                                 self.core(qkv, c, n, h, i0, s, &mut oh[i0..], n);
                             }
@@ -283,25 +282,12 @@ impl CustomOp3 for BlockOp {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let op = self.name();
         let dims = l1.dims();
-        let st = match s1.dtype() {
-            DType::F32 => f32::storage(self.forward(
-                data::<f32>(s1, l1, op)?,
-                data(s2, l2, op)?,
-                data(s3, l3, op)?,
-                dims,
-            )),
-            DType::F64 => f64::storage(self.forward(
-                data::<f64>(s1, l1, op)?,
-                data(s2, l2, op)?,
-                data(s3, l3, op)?,
-                dims,
-            )),
-            d => {
-                return Err(candle_core::Error::Msg(format!(
-                    "{op}: unsupported dtype {d:?}"
-                )))
-            }
-        };
+        let st = dispatch(
+            op,
+            [(s1, l1), (s2, l2), (s3, l3)],
+            |[a, b, c]| self.forward(a, b, c, dims),
+            |[a, b, c]| self.forward(a, b, c, dims),
+        )?;
         Ok((st, l1.shape().clone()))
     }
 }

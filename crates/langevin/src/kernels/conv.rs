@@ -9,12 +9,11 @@
 //! the same engine candle's matmul uses.
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Tensor};
 use gemm::Parallelism;
 
 use super::cpu_conv::{backward_input, backward_weight, bias_grad, forward, Geom};
-use super::real::{data, own_kernel, with_data, Real};
+use super::real::{data, dispatch, own_kernel, with_data, Real};
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
 
@@ -226,15 +225,12 @@ fn dispatch2(
     f32f: impl FnOnce(&[f32], &[f32]) -> Vec<f32>,
     f64f: impl FnOnce(&[f64], &[f64]) -> Vec<f64>,
 ) -> candle_core::Result<(CpuStorage, Shape)> {
-    let st = match (s1.dtype(), s2.dtype()) {
-        (DType::F32, DType::F32) => f32::storage(f32f(data(s1, l1, op)?, data(s2, l2, op)?)),
-        (DType::F64, DType::F64) => f64::storage(f64f(data(s1, l1, op)?, data(s2, l2, op)?)),
-        (a, b) => {
-            return Err(candle_core::Error::Msg(format!(
-                "{op}: unsupported dtypes {a:?}, {b:?}"
-            )))
-        }
-    };
+    let st = dispatch(
+        op,
+        [(s1, l1), (s2, l2)],
+        |[a, b]| f32f(a, b),
+        |[a, b]| f64f(a, b),
+    )?;
     Ok((st, out_shape))
 }
 

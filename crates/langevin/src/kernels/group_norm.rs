@@ -4,13 +4,12 @@
 //! Written because candle composes `GroupNorm` from ~10 elementwise and reduction ops (and as
 //! many more in the backward pass), each a full pass over the activations; see
 //! `docs/benchmarks.md`.
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::conv::enabled;
 use super::mlp::Sigmoid;
-use super::real::{data, min_len, own_kernel, threads, with_data, Real};
+use super::real::{dispatch, min_len, own_kernel, threads, with_data, Real};
 use super::simd;
 
 /// `silu?(group_norm(x) · γ + β)` over `groups` groups of channels (as `torch.nn.GroupNorm`
@@ -385,25 +384,12 @@ impl CustomOp3 for GroupNormOp {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let op = self.name();
-        let st = match s1.dtype() {
-            DType::F32 => f32::storage(self.forward(
-                data::<f32>(s1, l1, op)?,
-                data(s2, l2, op)?,
-                data(s3, l3, op)?,
-                l1.dims(),
-            )),
-            DType::F64 => f64::storage(self.forward(
-                data::<f64>(s1, l1, op)?,
-                data(s2, l2, op)?,
-                data(s3, l3, op)?,
-                l1.dims(),
-            )),
-            d => {
-                return Err(candle_core::Error::Msg(format!(
-                    "{op}: unsupported dtype {d:?}"
-                )))
-            }
-        };
+        let st = dispatch(
+            op,
+            [(s1, l1), (s2, l2), (s3, l3)],
+            |[a, b, c]| self.forward(a, b, c, l1.dims()),
+            |[a, b, c]| self.forward(a, b, c, l1.dims()),
+        )?;
         Ok((st, l1.shape().clone()))
     }
 

@@ -10,12 +10,11 @@
 //! arithmetic, tested).
 use std::sync::OnceLock;
 
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Tensor};
 
 use super::conv::{conv2d, enabled};
 use super::cpu_conv::Geom;
-use super::real::{data, own_kernel, with_data, Real};
+use super::real::{dispatch, own_kernel, with_data};
 use super::winograd;
 
 /// The transformed filters of one convolution layer, per tiling (a layer normally sees one
@@ -105,34 +104,10 @@ struct PreparedConv {
 }
 
 impl PreparedConv {
-    fn run<T: Real>(
-        &self,
-        op: &str,
-        (sx, lx): (&CpuStorage, &Layout),
-        (su, lu): (&CpuStorage, &Layout),
-        bias: Option<(&CpuStorage, &Layout)>,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let g = Geom::new(lx.dims(), &[self.g.o, self.g.c, 3, 3], 1, self.g.p)?;
-        let (x, u) = (data::<T>(sx, lx, op)?, data::<T>(su, lu, op)?);
-        let bias = bias.map(|(s, l)| data::<T>(s, l, op)).transpose()?;
-        let y = winograd::forward_prepared(x, u, bias, &g);
-        Ok((T::storage(y), Shape::from((g.b, g.o, g.ho, g.wo))))
-    }
-
-    fn dispatch(
-        &self,
-        op: &str,
-        x: (&CpuStorage, &Layout),
-        u: (&CpuStorage, &Layout),
-        bias: Option<(&CpuStorage, &Layout)>,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        match x.0.dtype() {
-            DType::F32 => self.run::<f32>(op, x, u, bias),
-            DType::F64 => self.run::<f64>(op, x, u, bias),
-            d => Err(candle_core::Error::Msg(format!(
-                "{op}: unsupported dtype {d:?}"
-            ))),
-        }
+    /// The geometry for the input laid out as `x` (its batch) and its output shape.
+    fn geom(&self, x: &Layout) -> candle_core::Result<(Geom, Shape)> {
+        let g = Geom::new(x.dims(), &[self.g.o, self.g.c, 3, 3], 1, self.g.p)?;
+        Ok((g, Shape::from((g.b, g.o, g.ho, g.wo))))
     }
 }
 
@@ -148,7 +123,14 @@ impl CustomOp2 for PreparedConv {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        self.dispatch(CustomOp2::name(self), (s1, l1), (s2, l2), None)
+        let (g, shape) = self.geom(l1)?;
+        let st = dispatch(
+            CustomOp2::name(self),
+            [(s1, l1), (s2, l2)],
+            |[x, u]| winograd::forward_prepared(x, u, None, &g),
+            |[x, u]| winograd::forward_prepared(x, u, None, &g),
+        )?;
+        Ok((st, shape))
     }
 }
 
@@ -166,7 +148,14 @@ impl CustomOp3 for PreparedConv {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        self.dispatch(CustomOp3::name(self), (s1, l1), (s2, l2), Some((s3, l3)))
+        let (g, shape) = self.geom(l1)?;
+        let st = dispatch(
+            CustomOp3::name(self),
+            [(s1, l1), (s2, l2), (s3, l3)],
+            |[x, u, b]| winograd::forward_prepared(x, u, Some(b), &g),
+            |[x, u, b]| winograd::forward_prepared(x, u, Some(b), &g),
+        )?;
+        Ok((st, shape))
     }
 }
 

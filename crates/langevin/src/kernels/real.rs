@@ -73,6 +73,33 @@ pub fn data<'a, T: Real>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core
     }
 }
 
+/// The body of a CPU op's `cpu_fwd`: `f32f` or `f64f` (by the first input's dtype; every input
+/// must have it) on the contiguous data of `inputs`, its values as the op's storage.
+pub fn dispatch<const N: usize>(
+    op: &str,
+    inputs: [(&CpuStorage, &Layout); N],
+    f32f: impl FnOnce([&[f32]; N]) -> Vec<f32>,
+    f64f: impl FnOnce([&[f64]; N]) -> Vec<f64>,
+) -> candle_core::Result<CpuStorage> {
+    fn all<'a, T: Real, const N: usize>(
+        op: &str,
+        inputs: [(&'a CpuStorage, &Layout); N],
+    ) -> candle_core::Result<[&'a [T]; N]> {
+        let mut out: [&[T]; N] = [&[]; N];
+        for (o, (s, l)) in out.iter_mut().zip(inputs) {
+            *o = data(s, l, op)?;
+        }
+        Ok(out)
+    }
+    match inputs.first().map(|(s, _)| s.dtype()) {
+        Some(DType::F32) => Ok(f32::storage(f32f(all(op, inputs)?))),
+        Some(DType::F64) => Ok(f64::storage(f64f(all(op, inputs)?))),
+        d => Err(candle_core::Error::Msg(format!(
+            "{op}: unsupported dtype {d:?}"
+        ))),
+    }
+}
+
 /// Run `f` on the contiguous CPU data of `t` (made contiguous first if needed).
 pub fn with_data<T: Real, R>(
     t: &Tensor,

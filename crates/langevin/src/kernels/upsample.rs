@@ -5,12 +5,11 @@
 //! `broadcast_as` + reshape, the forward copied through candle's strided copy and the backward
 //! summed the broadcast dimensions with candle's single-threaded strided reduction —
 //! `sum_keepdim` was 3.5% of the small UNet's training step for 2.5 M gradient values.
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::conv::enabled;
-use super::real::{data, min_len, own_kernel, threads, Real};
+use super::real::{dispatch, min_len, own_kernel, threads, Real};
 
 /// Whether [`upsample2x`] takes `x` (a CPU f32/f64 [B, C, H, W], the own kernels on).
 pub fn applies(x: &Tensor) -> bool {
@@ -62,26 +61,6 @@ fn down<T: Real>(dy: &[T], w: usize) -> Vec<T> {
     dx
 }
 
-fn run(
-    op: &str,
-    s: &CpuStorage,
-    l: &Layout,
-    shape: Shape,
-    f32f: impl FnOnce(&[f32]) -> Vec<f32>,
-    f64f: impl FnOnce(&[f64]) -> Vec<f64>,
-) -> candle_core::Result<(CpuStorage, Shape)> {
-    let st = match s.dtype() {
-        DType::F32 => f32::storage(f32f(data(s, l, op)?)),
-        DType::F64 => f64::storage(f64f(data(s, l, op)?)),
-        d => {
-            return Err(candle_core::Error::Msg(format!(
-                "{op}: unsupported dtype {d:?}"
-            )))
-        }
-    };
-    Ok((st, shape))
-}
-
 impl CustomOp1 for Up {
     fn name(&self) -> &'static str {
         "langevin-upsample2x"
@@ -90,7 +69,8 @@ impl CustomOp1 for Up {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (b, c, h, w) = l.shape().dims4()?;
         let shape = Shape::from((b, c, 2 * h, 2 * w));
-        run(self.name(), s, l, shape, |x| up(x, w), |x| up(x, w))
+        let st = dispatch(self.name(), [(s, l)], |[x]| up(x, w), |[x]| up(x, w))?;
+        Ok((st, shape))
     }
 
     fn bwd(&self, _x: &Tensor, _y: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
@@ -113,14 +93,9 @@ impl CustomOp1 for Down {
             )));
         }
         let shape = Shape::from((b, c, h2 / 2, w2 / 2));
-        run(
-            self.name(),
-            s,
-            l,
-            shape,
-            |d| down(d, w2 / 2),
-            |d| down(d, w2 / 2),
-        )
+        let w = w2 / 2;
+        let st = dispatch(self.name(), [(s, l)], |[d]| down(d, w), |[d]| down(d, w))?;
+        Ok((st, shape))
     }
 }
 
