@@ -558,7 +558,10 @@ fn grad_transform_impl<T: Real>(dy: &[T], g: &Geom, z: &mut [T], (ld, col0): (us
 /// columns. Images are summed in `groups` consecutive groups (fixed by the batch, not the
 /// threads), the groups' sums added in order.
 pub(super) fn backward_weight<T: Real>(x: &[T], dy: &[T], g: &Geom, groups: usize) -> Vec<T> {
-    backward_weight_within(x, dy, g, groups, 16 << 20)
+    // About 512 KiB of V and Z per step in f32 (one image at 32×32 and up): with the whole
+    // group at once (16 Mi values) the products read V and Z back from memory, and the
+    // conv3×3 64→64 backward took 94–108 ms against 83–87 (CPU round 11, A/B).
+    backward_weight_within(x, dy, g, groups, 1 << 17)
 }
 
 /// [`backward_weight`] with V and Z of one GEMM held to about `budget` values.
