@@ -308,7 +308,8 @@ impl GroupNormOp {
         let (gamma, beta) = affine.split_at(c);
         let cg = c / self.groups;
         let n = (cg * s) as f64;
-        let mut dx = vec![T::ZERO; x.len()];
+        // Every value is written by pass 1 (after SiLU's factor when `silu`): no zeroing pass.
+        let mut dx = super::cpu_conv::uninit(x.len());
         // Per (batch, channel): Σ dŷ·x̂, Σ dŷ and Σ dx, the first two summed over the batch
         // afterwards, the last the gradient of the shift.
         let mut part = vec![0f64; b * c * 3];
