@@ -558,28 +558,37 @@ fn grad_transform_impl<T: Real>(dy: &[T], g: &Geom, z: &mut [T], (ld, col0): (us
 /// columns. Images are summed in `groups` consecutive groups (fixed by the batch, not the
 /// threads), the groups' sums added in order.
 pub(super) fn backward_weight<T: Real>(x: &[T], dy: &[T], g: &Geom, groups: usize) -> Vec<T> {
-    // About 512 KiB of V and Z per step in f32 (one image at 32×32 and up): with the whole
+    // About 512 KiB of V and Z per step in f32 (one image at 32×32): with the whole
     // group at once (16 Mi values) the products read V and Z back from memory, and the
     // conv3×3 64→64 backward took 94–108 ms against 83–87 (CPU round 11, A/B).
-    backward_weight_within(x, dy, g, groups, 1 << 17)
+    backward_weight_within(x, dy, g, groups, (1 << 17, MIN_DEPTH))
 }
 
-/// [`backward_weight`] with V and Z of one GEMM held to about `budget` values.
+/// The least depth (tiles) of one weight-gradient product when the budget allows fewer: the
+/// NT kernel's measured range is 256–1024.
+const MIN_DEPTH: usize = 256;
+
+/// [`backward_weight`] with V and Z of one GEMM held to about `budget` values, but at least
+/// `min_depth` tiles deep.
 fn backward_weight_within<T: Real>(
     x: &[T],
     dy: &[T],
     g: &Geom,
     groups: usize,
-    budget: usize,
+    (budget, min_depth): (usize, usize),
 ) -> Vec<T> {
     let (th, tw) = tiles(g);
     let t = th * tw;
     let hw = g.h * g.w;
     let (ct, ot, oc) = (g.c * t, g.o * t, g.o * g.c);
     // A group's images side by side along the tiles, one GEMM of depth images·T per ξ: at
-    // most `sub` images per GEMM, so that V and Z stay within the budget (16 Mi values = 64 MiB in f32; decided by the geometry alone); a group of more
-    // runs in steps, the GEMMs accumulating.
-    let sub = (budget / (16 * (ct + ot)).max(1)).max(1);
+    // most `sub` images per GEMM, so that V and Z stay within the budget (decided by the
+    // geometry alone); a group of more runs in steps, the GEMMs accumulating. Never less than
+    // `min_depth` tiles per step where the group has them: the NT kernel sums its lanes once
+    // per product, and at a depth of 16 (one 8×8 image) that costs as much as the products.
+    let sub = (budget / (16 * (ct + ot)).max(1))
+        .max(min_depth.div_ceil(t))
+        .max(1);
     let group = |range: std::ops::Range<usize>, par: Parallelism| {
         if range.is_empty() {
             return vec![T::ZERO; 16 * oc];

@@ -101,7 +101,7 @@ fn weight_gradient_matches_the_definition_on_any_thread_count() {
         let err = max_err(&backward_weight(&x, &dy, &g, 4), &want);
         assert!(err < 1e-11, "f64 {what}: {err}");
         // One image per GEMM (a budget below one image's V and Z): the same sums.
-        let err = max_err(&backward_weight_within(&x, &dy, &g, 1, 1), &want);
+        let err = max_err(&backward_weight_within(&x, &dy, &g, 1, (1, 1)), &want);
         assert!(err < 1e-11, "f64 stepped {what}: {err}");
         let (x32, dy32) = (f32s(&x), f32s(&dy));
         f32_on_threads(&want, 4e-6, &what, || backward_weight(&x32, &dy32, &g, 4));
