@@ -1,4 +1,4 @@
-//! Elementwise loops compiled for AVX2 where the CPU has it, with the same results.
+//! Elementwise loops compiled for AVX-512 or AVX2 where the CPU has it, with the same results.
 //!
 //! The release build targets baseline x86-64 (SSE2), so the own kernels' elementwise loops
 //! (SiLU's sigmoid, its backward product, the AdamW / EMA pass) ran 4 lanes wide; a `perf`
@@ -6,9 +6,12 @@
 //! docs/benchmarks.md). [`vectorized`] runs a closure inside a function compiled with AVX2, so
 //! the loops inlined into it use 8 lanes. Rust never contracts `a * b + c` into a fused
 //! multiply-add and AVX2's add, mul, div and sqrt round as SSE2's do, so the bits are the same
-//! on either path (the same trick as `gemm`'s `V3::vectorize`).
+//! on either path (the same trick as `gemm`'s `V3::vectorize`). Where the CPU has AVX-512
+//! (this project's 2-core machine since CPU round 12: an Intel Xeon with AVX-512 and AMX, where
+//! PyTorch's oneDNN runs 16 lanes wide) the loops are compiled for it, 16 lanes, again with the
+//! same bits.
 
-/// Runs `f`, compiled with AVX2 enabled when the CPU supports it. Only what is inlined into
+/// Runs `f`, compiled with AVX-512 (F, BW, VL, DQ) or else AVX2 enabled when the CPU supports it. Only what is inlined into
 /// the AVX2 function gets AVX2: pass a closure marked `#[inline(always)]` (measured in CPU
 /// round 8: the group norm's SiLU closure and the Winograd transforms had stayed out of line,
 /// compiled for SSE2, 4 lanes instead of 8).
@@ -16,9 +19,17 @@
 pub fn vectorized<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     {
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2")]
+        unsafe fn wide<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
         #[target_feature(enable = "avx2")]
         unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
             f()
+        }
+        if avx512() {
+            // SAFETY: the CPU supports these AVX-512 subsets (checked just above).
+            return unsafe { wide(f) };
         }
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2 (checked just above).
@@ -26,6 +37,16 @@ pub fn vectorized<R>(f: impl FnOnce() -> R) -> R {
         }
     }
     f()
+}
+
+/// Whether the CPU has the AVX-512 subsets (F, BW, VL, DQ) the own kernels compile for.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub fn avx512() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512vl")
+        && std::arch::is_x86_feature_detected!("avx512dq")
 }
 
 #[cfg(test)]
