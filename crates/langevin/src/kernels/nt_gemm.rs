@@ -54,8 +54,10 @@ pub(super) fn nt<T: Real>(
         };
         // Bands of four output rows, over the threads when asked.
         let wide = super::simd::avx512();
+        // Rows per band: six for the AVX-512 kernel (its 6×4 blocks), four for AVX2's.
+        let r = if wide { x16::ROWS } else { 4 };
         let band = |(i, mb): (usize, &mut [f32])| {
-            let i0 = 4 * i;
+            let i0 = r * i;
             let rows = mb.len() / rows_b;
             let a = &a[i0 * ld..];
             // SAFETY: the CPU has AVX2 and FMA (checked), and AVX-512 where `wide`; the
@@ -75,9 +77,9 @@ pub(super) fn nt<T: Real>(
         let m = &mut m[..rows_a * rows_b];
         match par {
             Parallelism::Rayon(n) if n > 1 => {
-                m.par_chunks_mut(4 * rows_b).enumerate().for_each(band)
+                m.par_chunks_mut(r * rows_b).enumerate().for_each(band)
             }
-            _ => m.chunks_mut(4 * rows_b).enumerate().for_each(band),
+            _ => m.chunks_mut(r * rows_b).enumerate().for_each(band),
         }
         return;
     }
@@ -210,6 +212,10 @@ mod x8 {
 mod x16 {
     use std::arch::x86_64::*;
 
+    /// Output rows per band (and per block): 6×4 blocks keep 24 of the 32 registers as
+    /// accumulators, and each k step loads four rows of B for 24 multiply-adds.
+    pub(super) const ROWS: usize = 6;
+
     /// Σ of the sixteen lanes of `v`: the upper eight added to the lower eight, then pairwise.
     #[inline(always)]
     unsafe fn hsum(v: __m512) -> f32 {
@@ -294,8 +300,9 @@ mod x16 {
                     }
                 };
             }
-            if rows == 4 {
-                rows!(4, [arow(0), arow(1), arow(2), arow(3)], o);
+            if rows == ROWS {
+                let a6 = [arow(0), arow(1), arow(2), arow(3), arow(4), arow(5)];
+                rows!(6, a6, o);
             } else {
                 for r in 0..rows {
                     rows!(1, [arow(r)], o.add(r * cols));
