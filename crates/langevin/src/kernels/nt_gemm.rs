@@ -52,10 +52,10 @@ pub(super) fn nt<T: Real>(
                 std::slice::from_raw_parts(b.as_ptr() as *const f32, b.len()),
             )
         };
-        // Bands of four output rows, over the threads when asked.
+        // Bands of the kernel's rows (six for AVX-512, four for AVX2), over the threads when
+        // asked.
         let wide = super::simd::avx512();
-        // Rows per band: six for the AVX-512 kernel (its 6×4 blocks), four for AVX2's.
-        let r = if wide { x16::ROWS } else { 4 };
+        let r = if wide { x16::ROWS } else { x8::ROWS };
         let band = |(i, mb): (usize, &mut [f32])| {
             let i0 = r * i;
             let rows = mb.len() / rows_b;
@@ -95,225 +95,148 @@ pub(super) fn nt<T: Real>(
     );
 }
 
+/// Σ of the eight lanes of `v`, pairwise in a fixed order.
 #[cfg(target_arch = "x86_64")]
-mod x8 {
+#[inline(always)]
+unsafe fn hsum8(v: std::arch::x86_64::__m256) -> f32 {
     use std::arch::x86_64::*;
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    _mm_cvtss_f32(s)
+}
 
-    /// Σ of the eight lanes of `v`, pairwise in a fixed order.
-    #[inline(always)]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-        _mm_cvtss_f32(s)
-    }
+/// Σ of the sixteen lanes of `v`: the upper eight added to the lower eight, then as [`hsum8`].
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn hsum16(v: std::arch::x86_64::__m512) -> f32 {
+    use std::arch::x86_64::*;
+    hsum8(_mm256_add_ps(
+        _mm512_castps512_ps256(v),
+        _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)),
+    ))
+}
 
-    /// Output rows `rows` (≤ 4) × columns `cols` (≤ 3) of one block: Σ_k a_r[k]·b_c[k],
-    /// added to or stored in `out[r][c]` (row stride `ldo`).
-    #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn block<const R: usize, const S: usize>(
-        a: [*const f32; R],
-        b: [*const f32; S],
-        k: usize,
-        out: *mut f32,
-        ldo: usize,
-        accumulate: bool,
-    ) {
-        let mut acc = [[_mm256_setzero_ps(); S]; R];
-        let k8 = k / 8 * 8;
-        let mut kk = 0;
-        while kk < k8 {
-            let bv: [__m256; S] = std::array::from_fn(|s| _mm256_loadu_ps(b[s].add(kk)));
-            for r in 0..R {
-                let av = _mm256_loadu_ps(a[r].add(kk));
-                for s in 0..S {
-                    acc[r][s] = _mm256_fmadd_ps(av, bv[s], acc[r][s]);
-                }
-            }
-            kk += 8;
-        }
-        for r in 0..R {
-            for s in 0..S {
-                let mut v = hsum(acc[r][s]);
-                for t in k8..k {
-                    v = (*a[r].add(t)).mul_add(*b[s].add(t), v);
-                }
-                let o = out.add(r * ldo + s);
-                *o = if accumulate { *o + v } else { v };
-            }
-        }
-    }
+/// One NT kernel per vector width: `$v` vectors of `$lanes` f32, blocks of up to
+/// `$rows`×`$cols` outputs, each a vector accumulator over the whole depth.
+macro_rules! nt_kernel {
+    (
+        $(#[$doc:meta])*
+        $name:ident, $feature:literal, $v:ty, $lanes:literal,
+        ($zero:ident, $load:ident, $fma:ident, $hsum:ident), $rows:literal, $cols:literal
+    ) => {
+        $(#[$doc])*
+        #[cfg(target_arch = "x86_64")]
+        mod $name {
+            use std::arch::x86_64::*;
 
-    /// One band of up to four output rows: `mb` [rows, cols], `a` its rows of A.
-    ///
-    /// # Safety
-    /// The CPU has AVX2 and FMA; `a` holds `rows` rows and `b` `cols` rows of stride `ld`
-    /// with k values each; `mb` holds rows·cols values.
-    #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn band(
-        mb: &mut [f32],
-        a: &[f32],
-        rows: usize,
-        b: &[f32],
-        cols: usize,
-        k: usize,
-        ld: usize,
-        accumulate: bool,
-    ) {
-        let (ap, bp, out) = (a.as_ptr(), b.as_ptr(), mb.as_mut_ptr());
-        let arow = |r: usize| ap.add(r * ld);
-        let brow = |c: usize| bp.add(c * ld);
-        let mut c0 = 0;
-        while c0 < cols {
-            let n = (cols - c0).min(3);
-            let o = out.add(c0);
-            if rows == 4 {
-                let a4 = [arow(0), arow(1), arow(2), arow(3)];
-                match n {
-                    3 => block::<4, 3>(
-                        a4,
-                        [brow(c0), brow(c0 + 1), brow(c0 + 2)],
-                        k,
-                        o,
-                        cols,
-                        accumulate,
-                    ),
-                    2 => block::<4, 2>(a4, [brow(c0), brow(c0 + 1)], k, o, cols, accumulate),
-                    _ => block::<4, 1>(a4, [brow(c0)], k, o, cols, accumulate),
+            /// Output rows per band (and per full block).
+            pub(super) const ROWS: usize = $rows;
+
+            /// Output rows `R` × columns `S` of one block: Σ_k a_r[k]·b_c[k], added to or
+            /// stored in `out[r][c]` (row stride `ldo`); lane sums, then the k tail, in a
+            /// fixed order.
+            #[inline(always)]
+            unsafe fn block<const R: usize, const S: usize>(
+                a: [*const f32; R],
+                b: [*const f32; S],
+                k: usize,
+                out: *mut f32,
+                ldo: usize,
+                accumulate: bool,
+            ) {
+                let mut acc: [[$v; S]; R] = [[$zero(); S]; R];
+                let kv = k / $lanes * $lanes;
+                let mut kk = 0;
+                while kk < kv {
+                    let bv: [$v; S] = std::array::from_fn(|s| $load(b[s].add(kk)));
+                    for r in 0..R {
+                        let av = $load(a[r].add(kk));
+                        for s in 0..S {
+                            acc[r][s] = $fma(av, bv[s], acc[r][s]);
+                        }
+                    }
+                    kk += $lanes;
                 }
-            } else {
-                for r in 0..rows {
-                    let (a1, o) = ([arow(r)], o.add(r * cols));
-                    match n {
-                        3 => block::<1, 3>(
-                            a1,
-                            [brow(c0), brow(c0 + 1), brow(c0 + 2)],
-                            k,
-                            o,
-                            cols,
-                            accumulate,
-                        ),
-                        2 => block::<1, 2>(a1, [brow(c0), brow(c0 + 1)], k, o, cols, accumulate),
-                        _ => block::<1, 1>(a1, [brow(c0)], k, o, cols, accumulate),
+                for r in 0..R {
+                    for s in 0..S {
+                        let mut v = super::$hsum(acc[r][s]);
+                        for t in kv..k {
+                            v = (*a[r].add(t)).mul_add(*b[s].add(t), v);
+                        }
+                        let o = out.add(r * ldo + s);
+                        *o = if accumulate { *o + v } else { v };
                     }
                 }
             }
-            c0 += n;
-        }
-    }
-}
 
-/// [`x8`] 16 lanes wide (AVX-512F), blocks of 6×4 outputs (24 accumulators of the 32
-/// registers; bands of six rows): on this project's Intel machine (CPU round 12) the products
-/// run at AVX-512's rate, as PyTorch's do. 6×4 rather than 4×4 blocks: conv3×3 64→64 backward
-/// 38–39 ms against 40–45 (A/B). Lane sums in a fixed order: the two halves added, then as
-/// [`x8`].
-#[cfg(target_arch = "x86_64")]
-mod x16 {
-    use std::arch::x86_64::*;
-
-    /// Output rows per band (and per block): 6×4 blocks keep 24 of the 32 registers as
-    /// accumulators, and each k step loads four rows of B for 24 multiply-adds.
-    pub(super) const ROWS: usize = 6;
-
-    /// Σ of the sixteen lanes of `v`: the upper eight added to the lower eight, then pairwise.
-    #[inline(always)]
-    unsafe fn hsum(v: __m512) -> f32 {
-        let h = _mm256_add_ps(
-            _mm512_castps512_ps256(v),
-            _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)),
-        );
-        let s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-        _mm_cvtss_f32(s)
-    }
-
-    /// As [`super::x8`]'s block, sixteen k at a time.
-    #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn block<const R: usize, const S: usize>(
-        a: [*const f32; R],
-        b: [*const f32; S],
-        k: usize,
-        out: *mut f32,
-        ldo: usize,
-        accumulate: bool,
-    ) {
-        let mut acc = [[_mm512_setzero_ps(); S]; R];
-        let k16 = k / 16 * 16;
-        let mut kk = 0;
-        while kk < k16 {
-            let bv: [__m512; S] = std::array::from_fn(|s| _mm512_loadu_ps(b[s].add(kk)));
-            for r in 0..R {
-                let av = _mm512_loadu_ps(a[r].add(kk));
-                for s in 0..S {
-                    acc[r][s] = _mm512_fmadd_ps(av, bv[s], acc[r][s]);
-                }
-            }
-            kk += 16;
-        }
-        for r in 0..R {
-            for s in 0..S {
-                let mut v = hsum(acc[r][s]);
-                for t in k16..k {
-                    v = (*a[r].add(t)).mul_add(*b[s].add(t), v);
-                }
-                let o = out.add(r * ldo + s);
-                *o = if accumulate { *o + v } else { v };
-            }
-        }
-    }
-
-    /// One band of up to [`ROWS`] output rows, as [`super::x8::band`].
-    ///
-    /// # Safety
-    /// The CPU has AVX-512F and FMA; otherwise as [`super::x8::band`].
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn band(
-        mb: &mut [f32],
-        a: &[f32],
-        rows: usize,
-        b: &[f32],
-        cols: usize,
-        k: usize,
-        ld: usize,
-        accumulate: bool,
-    ) {
-        let (ap, bp, out) = (a.as_ptr(), b.as_ptr(), mb.as_mut_ptr());
-        let arow = |r: usize| ap.add(r * ld);
-        // Rows past `cols` are named but never read (hence wrapping: they may lie outside).
-        let brow = |c: usize| bp.wrapping_add(c * ld);
-        let mut c0 = 0;
-        while c0 < cols {
-            let n = (cols - c0).min(4);
-            let o = out.add(c0);
-            let [b0, b1, b2, b3] = [brow(c0), brow(c0 + 1), brow(c0 + 2), brow(c0 + 3)];
-            macro_rules! rows {
-                ($r:literal, $a:expr, $o:expr) => {
-                    match n {
-                        4 => block::<$r, 4>($a, [b0, b1, b2, b3], k, $o, cols, accumulate),
-                        3 => block::<$r, 3>($a, [b0, b1, b2], k, $o, cols, accumulate),
-                        2 => block::<$r, 2>($a, [b0, b1], k, $o, cols, accumulate),
-                        _ => block::<$r, 1>($a, [b0], k, $o, cols, accumulate),
+            /// One band of up to [`ROWS`] output rows: `mb` [rows, cols], `a` its rows of A.
+            ///
+            /// # Safety
+            /// The CPU has the features this kernel is compiled for; `a` holds `rows` rows and
+            /// `b` `cols` rows of stride `ld` with k values each; `mb` holds rows·cols values.
+            #[target_feature(enable = $feature)]
+            #[allow(clippy::too_many_arguments)]
+            pub(super) unsafe fn band(
+                mb: &mut [f32],
+                a: &[f32],
+                rows: usize,
+                b: &[f32],
+                cols: usize,
+                k: usize,
+                ld: usize,
+                accumulate: bool,
+            ) {
+                let (ap, bp, out) = (a.as_ptr(), b.as_ptr(), mb.as_mut_ptr());
+                let arow = |r: usize| ap.add(r * ld);
+                // Rows past `cols` are named but never read (hence wrapping: they may lie
+                // outside `b`).
+                let brow = |c: usize| bp.wrapping_add(c * ld);
+                let mut c0 = 0;
+                while c0 < cols {
+                    let n = (cols - c0).min($cols);
+                    let o = out.add(c0);
+                    let bs = |c: usize| -> [*const f32; 4] { std::array::from_fn(|s| brow(c + s)) };
+                    let [b0, b1, b2, b3] = bs(c0);
+                    macro_rules! cols {
+                        ($r:expr, $a:expr, $o:expr) => {
+                            match n {
+                                4 => block::<$r, 4>($a, [b0, b1, b2, b3], k, $o, cols, accumulate),
+                                3 => block::<$r, 3>($a, [b0, b1, b2], k, $o, cols, accumulate),
+                                2 => block::<$r, 2>($a, [b0, b1], k, $o, cols, accumulate),
+                                _ => block::<$r, 1>($a, [b0], k, $o, cols, accumulate),
+                            }
+                        };
                     }
-                };
-            }
-            if rows == ROWS {
-                let a6 = [arow(0), arow(1), arow(2), arow(3), arow(4), arow(5)];
-                rows!(6, a6, o);
-            } else {
-                for r in 0..rows {
-                    rows!(1, [arow(r)], o.add(r * cols));
+                    if rows == ROWS {
+                        cols!(ROWS, std::array::from_fn(|r| arow(r)), o);
+                    } else {
+                        for r in 0..rows {
+                            cols!(1, [arow(r)], o.add(r * cols));
+                        }
+                    }
+                    c0 += n;
                 }
             }
-            c0 += n;
         }
-    }
+    };
 }
+
+nt_kernel!(
+    /// AVX2 + FMA, eight lanes, blocks of 4×3 outputs (twelve accumulators): per eight k,
+    /// seven loads and twelve fused multiply-adds.
+    x8, "avx2,fma", __m256, 8,
+    (_mm256_setzero_ps, _mm256_loadu_ps, _mm256_fmadd_ps, hsum8), 4, 3
+);
+
+nt_kernel!(
+    /// AVX-512F, sixteen lanes, blocks of 6×4 outputs (24 accumulators of the 32 registers,
+    /// bands of six rows): on this project's Intel machine (CPU round 12) the products run at
+    /// AVX-512's rate, as PyTorch's do. 6×4 rather than 4×4 blocks: conv3×3 64→64 backward
+    /// 38–39 ms against 40–45 (A/B). Lane sums: the two halves added, then as [`x8`].
+    x16, "avx512f,avx2,fma", __m512, 16,
+    (_mm512_setzero_ps, _mm512_loadu_ps, _mm512_fmadd_ps, hsum16), 6, 4
+);
 
 #[cfg(test)]
 mod tests {
