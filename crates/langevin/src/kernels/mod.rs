@@ -26,6 +26,7 @@ mod nt_gemm;
 pub mod prepared;
 pub(crate) mod real;
 pub(crate) mod simd;
+pub mod softmax;
 mod switch;
 pub mod upsample;
 mod winograd;

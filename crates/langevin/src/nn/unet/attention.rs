@@ -4,7 +4,7 @@
 use candle_core::Tensor;
 use candle_nn::{Linear, VarBuilder};
 
-use super::ops::{fwd, group_norm, linear, softmax_last_dim, GroupNorm};
+use super::ops::{fwd, group_norm, linear, scaled_softmax_last_dim, GroupNorm};
 use crate::kernels::{self, gpu, gpu_attention, gpu_nhwc};
 use crate::Result;
 
@@ -80,7 +80,7 @@ impl Attention {
         let o = if kernels::attention::fused(&q, &k, &v) {
             kernels::attention::attention(&q, &k, &v, scale)?
         } else {
-            softmax_last_dim(&(q.matmul(&k.t()?)? * scale)?)?.matmul(&v)?
+            scaled_softmax_last_dim(&q.matmul(&k.t()?)?, scale)?.matmul(&v)?
         };
         // [B, heads, N, d] → [B, N, C]
         let o = o.transpose(1, 2)?.contiguous()?.reshape((b, n, c))?;

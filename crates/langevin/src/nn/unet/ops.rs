@@ -34,6 +34,15 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     Ok(e.broadcast_div(&s)?)
 }
 
+/// softmax(x·`scale`) over the last dimension: one CPU op with its backward pass where it
+/// applies ([`kernels::softmax`]), else [`softmax_last_dim`] of the scaled scores.
+pub fn scaled_softmax_last_dim(x: &Tensor, scale: f64) -> Result<Tensor> {
+    if kernels::softmax::applies(x) {
+        return Ok(kernels::softmax::softmax_last_dim(x, scale)?);
+    }
+    softmax_last_dim(&(x * scale)?)
+}
+
 /// Nearest-neighbour ×2 upsampling by reshape → broadcast → reshape, whose gradient (a sum over
 /// each 2×2 block) candle computes correctly.
 ///
