@@ -11,10 +11,10 @@
 //! PyTorch's oneDNN runs 16 lanes wide) the loops are compiled for it, 16 lanes, again with the
 //! same bits.
 
-/// Runs `f`, compiled with AVX-512 (F, BW, VL, DQ) or else AVX2 enabled when the CPU supports it. Only what is inlined into
-/// the AVX2 function gets AVX2: pass a closure marked `#[inline(always)]` (measured in CPU
-/// round 8: the group norm's SiLU closure and the Winograd transforms had stayed out of line,
-/// compiled for SSE2, 4 lanes instead of 8).
+/// Runs `f`, compiled with AVX-512 (F, BW, VL, DQ) or else AVX2 enabled when the CPU supports
+/// it. Only what is inlined into the wide function gets the wide instructions: pass a closure
+/// marked `#[inline(always)]` (measured in CPU round 8: the group norm's SiLU closure and the
+/// Winograd transforms had stayed out of line, compiled for SSE2, 4 lanes instead of 8).
 #[inline(always)]
 pub fn vectorized<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]

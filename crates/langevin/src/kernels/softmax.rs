@@ -16,7 +16,7 @@ use super::simd::vectorized;
 
 /// Whether [`softmax_last_dim`] takes `x` (a CPU f32/f64 tensor, the own kernels on).
 pub fn applies(x: &Tensor) -> bool {
-    enabled() && own_kernel(x) && x.rank() >= 1 && x.dims().last().is_some_and(|&n| n > 0)
+    enabled() && own_kernel(x) && x.dims().last().is_some_and(|&n| n > 0)
 }
 
 /// softmax(x·`scale`) over the last dimension (`scale` > 0); differentiable.
@@ -155,13 +155,10 @@ mod tests {
     use super::*;
     use candle_core::{DType, Device, Var, D};
 
-    /// softmax(x·scale) composed from candle's ops, as before this op.
+    /// softmax(x·scale) composed from candle's ops (`candle_nn::ops::softmax`: max, sub,
+    /// exp, sum, div), each with candle's own backward.
     fn composed(x: &Tensor, scale: f64) -> Tensor {
-        let x = (x * scale).unwrap();
-        let max = x.max_keepdim(D::Minus1).unwrap().detach();
-        let e = x.broadcast_sub(&max).unwrap().exp().unwrap();
-        let s = e.sum_keepdim(D::Minus1).unwrap();
-        e.broadcast_div(&s).unwrap()
+        candle_nn::ops::softmax(&(x * scale).unwrap(), D::Minus1).unwrap()
     }
 
     /// The op and its gradient against the composed ops (f64 to 1e-12, f32 to 1e-6, rows
