@@ -450,7 +450,7 @@ pub(super) fn transposed_conv<T: Real>(dy: &[T], wt: &[T], bias: Option<&[T]>, g
 /// each row contiguous along the summed dimension.
 pub(super) fn backward_weight<T: Real>(x: &[T], dy: &[T], g: &Geom) -> Vec<T> {
     if super::winograd::applies(g) {
-        return super::winograd::backward_weight(x, dy, g, WEIGHT_GRAD_GROUPS);
+        return super::winograd_grad::backward_weight(x, dy, g, WEIGHT_GRAD_GROUPS);
     }
     let (ckk, hwo) = (g.ckk(), g.hwo());
     let (xchunk, ychunk) = (g.c * g.hwi(), g.o * hwo);

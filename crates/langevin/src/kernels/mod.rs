@@ -31,6 +31,8 @@ mod switch;
 pub mod upsample;
 mod winograd;
 mod winograd4;
+mod winograd4_grad;
+mod winograd_grad;
 
 pub use conv::conv2d;
 pub use group_norm::group_norm_act;

@@ -14,8 +14,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::conv::mm;
-use super::cpu_conv::{grouped_sum, uninit, Geom};
-use super::nt_gemm::nt;
+use super::cpu_conv::{uninit, Geom};
 use super::real::{threads, Real};
 use super::simd::vectorized;
 
@@ -120,11 +119,13 @@ pub(super) trait Tiling {
     /// The transformed filters, as (m + 2)² matrices [O, C]: `wt` is [O, C, 3, 3].
     fn filter<T: Real>(wt: &[T], o: usize, c: usize) -> Vec<T>;
     /// The transformed tiles of the channels `x` ([n, H, W]) into `v`: (m + 2)² blocks
-    /// [`cstride`, T] (T tiles per image), this run's channels at rows `c0..c0 + n`.
-    fn input<T: Real>(x: &[T], g: &Geom, v: &mut [T], c0: usize, cstride: usize);
+    /// [`cstride`, T] (T tiles per image) of row stride `ld` ≥ T, this run's channels at rows
+    /// `c0..c0 + n`.
+    fn input<T: Real>(x: &[T], g: &Geom, v: &mut [T], c0: usize, cstride: usize, ld: usize);
     /// The output channels `out` ([n, H, W], channels `o0..`) from the (m + 2)² products
     /// `m` ([ξ][O, T]), plus the bias.
-    fn output<T: Real>(m: &[T], g: &Geom, bias: Option<&[T]>, out: &mut [T], o0: usize);
+    /// `m` holds (m + 2)² blocks of `ostride` ≥ O rows.
+    fn output<T: Real>(m: &[T], g: &Geom, bias: Option<&[T]>, out: &mut [T], os: (usize, usize));
 }
 
 /// F(2×2, 3×3): the transforms below.
@@ -135,11 +136,11 @@ impl Tiling for F2 {
     fn filter<T: Real>(wt: &[T], o: usize, c: usize) -> Vec<T> {
         filter_blocks(wt, o, c, &G2)
     }
-    fn input<T: Real>(x: &[T], g: &Geom, v: &mut [T], c0: usize, cstride: usize) {
-        input_transform(x, g, v, c0, cstride)
+    fn input<T: Real>(x: &[T], g: &Geom, v: &mut [T], c0: usize, cstride: usize, ld: usize) {
+        input_transform_at(x, g, v, (c0, cstride), (ld, 0))
     }
-    fn output<T: Real>(m: &[T], g: &Geom, bias: Option<&[T]>, out: &mut [T], o0: usize) {
-        output_transform(m, g, bias, out, o0)
+    fn output<T: Real>(m: &[T], g: &Geom, bias: Option<&[T]>, out: &mut [T], os: (usize, usize)) {
+        output_transform(m, g, bias, out, os)
     }
 }
 
@@ -148,14 +149,9 @@ impl Tiling for F2 {
 /// `c0..c0+n`. Bᵀ = [[1,0,−1,0],[0,1,1,0],[0,−1,1,0],[0,1,0,−1]]; tile (ty, tx) covers input
 /// rows 2ty−1..2ty+2 and columns 2tx−1..2tx+2, zero outside the image. Written as loops over
 /// whole rows of tiles so that they vectorise (per-tile code was 6 ns per input value).
-fn input_transform<T: Real>(x: &[T], g: &Geom, v: &mut [T], c0: usize, cstride: usize) {
-    let t = tiles(g).0 * tiles(g).1;
-    input_transform_at(x, g, v, (c0, cstride), (t, 0))
-}
-
-/// [`input_transform`] into rows of length `ld`, this image's tiles from column `col0` on
-/// (several images side by side, as the weight gradient's GEMMs take them).
-fn input_transform_at<T: Real>(
+/// Rows of length `ld`, this image's tiles from column `col0` on (several images side by side,
+/// as the weight gradient's GEMMs take them).
+pub(super) fn input_transform_at<T: Real>(
     x: &[T],
     g: &Geom,
     v: &mut [T],
@@ -244,18 +240,30 @@ fn input_transform_at_impl<T: Real>(
 }
 
 /// Y = Aᵀ m A of every tile for the output channels `out` ([n, H, W], channels `o0..`) from
-/// the 16 products `m` ([16][O, T]), plus the bias. Aᵀ = [[1,1,1,0],[0,1,−1,−1]]. Loops over
+/// the 16 products `m` ([16][`ostride`, T], O rows used), plus the bias. Aᵀ = [[1,1,1,0],[0,1,−1,−1]]. Loops over
 /// all T tiles of a channel at once (vectorised), then the 2×2 results interleaved into rows.
-fn output_transform<T: Real>(m: &[T], g: &Geom, bias: Option<&[T]>, out: &mut [T], o0: usize) {
+fn output_transform<T: Real>(
+    m: &[T],
+    g: &Geom,
+    bias: Option<&[T]>,
+    out: &mut [T],
+    os: (usize, usize),
+) {
     // Compiled with AVX2 where the CPU has it (same bits: no fused multiply-adds).
     vectorized(
         #[inline(always)]
-        || output_transform_impl(m, g, bias, out, o0),
+        || output_transform_impl(m, g, bias, out, os),
     )
 }
 
 #[inline(always)]
-fn output_transform_impl<T: Real>(m: &[T], g: &Geom, bias: Option<&[T]>, out: &mut [T], o0: usize) {
+fn output_transform_impl<T: Real>(
+    m: &[T],
+    g: &Geom,
+    bias: Option<&[T]>,
+    out: &mut [T],
+    (o0, ostride): (usize, usize),
+) {
     let (th, tw) = tiles(g);
     let t = th * tw;
     // s[k][j]: k = 0 → m0j + m1j + m2j, k = 1 → m1j − m2j − m3j; then y[a][b] over T.
@@ -264,7 +272,7 @@ fn output_transform_impl<T: Real>(m: &[T], g: &Geom, bias: Option<&[T]>, out: &m
     for (oi, yo) in out.chunks_exact_mut(g.h * g.w).enumerate() {
         let o = o0 + oi;
         let b = bias.map_or(T::ZERO, |b| b[o]);
-        let mv = |i: usize, j: usize| &m[((4 * i + j) * g.o + o) * t..][..t];
+        let mv = |i: usize, j: usize| &m[((4 * i + j) * ostride + o) * t..][..t];
         for j in 0..4 {
             let (m0, m1, m2, m3) = (mv(0, j), mv(1, j), mv(2, j), mv(3, j));
             let (s0, s1) = s[2 * j * t..(2 * j + 2) * t].split_at_mut(t);
@@ -402,6 +410,20 @@ pub(super) fn forward_prepared<T: Real>(x: &[T], u: &[T], bias: Option<&[T]>, g:
     }
 }
 
+/// The row stride of T transformed tiles: T plus one cache line where T values span a multiple
+/// of 4 KiB. With the blocks of V and M one row longer than their channels (in
+/// [`forward_with`] and the weight gradient), the (m + 2)² rows one channel's transform writes
+/// or reads, a block apart, no longer fall into the same L1 sets 4 KiB apart: measured
+/// F(4×4)'s input transform at 64 channels, 32×32, 2.62 → 1.61 ms per 32 images; F(2×2)'s at
+/// 32 channels 0.99 → 0.81.
+pub(super) fn padded(t: usize) -> usize {
+    if t % 1024 == 0 {
+        t + 16
+    } else {
+        t
+    }
+}
+
 /// [`forward`] with the tiling `W`, from the filters `u` transformed by `W::filter`.
 pub(super) fn forward_with<W: Tiling, T: Real>(
     x: &[T],
@@ -411,50 +433,53 @@ pub(super) fn forward_with<W: Tiling, T: Real>(
 ) -> Vec<T> {
     let t = g.h.div_ceil(W::M) * g.w.div_ceil(W::M);
     let xis = (W::M + 2) * (W::M + 2);
-    let (oc, ct, ot) = (g.o * g.c, g.c * t, g.o * t);
+    let ld = padded(t);
+    // Each block of V and M one row longer than its channels: see [`padded`].
+    let (cs, os) = (g.c + 1, g.o + 1);
+    let (oc, vb, mb) = (g.o * g.c, cs * ld, os * t);
     assert_eq!(u.len(), xis * oc, "Winograd filters for another tiling");
     let (hw, nt) = (g.h * g.w, threads());
     let mut out = uninit(g.b * g.o * hw);
     let new = || Scratch {
-        v: uninit(xis * g.c * t),
-        m: uninit(xis * g.o * t),
+        v: uninit(xis * vb),
+        m: uninit(xis * mb),
     };
     // Product ξ of one image: M_ξ [O, T] = U_ξ [O, C] · V_ξ [C, T].
     let product = |xi: usize, mx: &mut [T], v: &[T]| {
-        let (ux, vx) = (&u[xi * oc..(xi + 1) * oc], &v[xi * ct..(xi + 1) * ct]);
+        let (ux, vx) = (&u[xi * oc..(xi + 1) * oc], &v[xi * vb..][..g.c * ld]);
         mm(
             (g.o, t, g.c),
-            mx,
+            &mut mx[..g.o * t],
             false,
             ux,
             (g.c, 1),
             vx,
-            (t, 1),
+            (ld, 1),
             Parallelism::None,
         );
     };
     let image = |s: &mut Scratch<T>, xb: &[T], ob: &mut [T]| {
-        W::input(xb, g, &mut s.v, 0, g.c);
-        for (xi, mx) in s.m.chunks_exact_mut(ot).enumerate() {
+        W::input(xb, g, &mut s.v, 0, cs, ld);
+        for (xi, mx) in s.m.chunks_exact_mut(mb).enumerate() {
             product(xi, mx, &s.v);
         }
-        W::output(&s.m, g, bias, ob, 0);
+        W::output(&s.m, g, bias, ob, (0, os));
     };
-    let (xs, os) = (g.c * hw, g.o * hw);
+    let (xs, ys) = (g.c * hw, g.o * hw);
     if nt <= 1 {
         let mut s = new();
-        for (xb, ob) in x.chunks(xs).zip(out.chunks_mut(os)) {
+        for (xb, ob) in x.chunks(xs).zip(out.chunks_mut(ys)) {
             image(&mut s, xb, ob);
         }
     } else if g.b >= nt {
         x.par_chunks(xs)
-            .zip(out.par_chunks_mut(os))
+            .zip(out.par_chunks_mut(ys))
             .for_each_init(new, |s, (xb, ob)| image(s, xb, ob));
     } else {
         // Fewer images than threads: each stage of one image split over the threads, in
         // pieces that do not depend on the thread count (channels, the products).
         let mut s = new();
-        for (xb, ob) in x.chunks(xs).zip(out.chunks_mut(os)) {
+        for (xb, ob) in x.chunks(xs).zip(out.chunks_mut(ys)) {
             // Channels in runs of 8: each run writes its rows of every V_ξ.
             let runs: Vec<(usize, &[T])> = xb.chunks(8 * hw).enumerate().collect();
             let v_ptr = SendPtr(s.v.as_mut_ptr());
@@ -463,180 +488,19 @@ pub(super) fn forward_with<W: Tiling, T: Real>(
                 // SAFETY: run r writes only rows 8r..8r+n of each V_ξ block, disjoint from
                 // the other runs' rows; `v` outlives the loop.
                 let v = unsafe { std::slice::from_raw_parts_mut(v_ptr.get(), vlen) };
-                W::input(xr, g, v, 8 * r, g.c);
+                W::input(xr, g, v, 8 * r, cs, ld);
             });
             let v = &s.v;
-            s.m.par_chunks_mut(ot)
+            s.m.par_chunks_mut(mb)
                 .enumerate()
                 .for_each(|(xi, mx)| product(xi, mx, v));
             let m = &s.m;
             ob.par_chunks_mut(8 * hw)
                 .enumerate()
-                .for_each(|(r, oc)| W::output(m, g, bias, oc, 8 * r));
+                .for_each(|(r, oc)| W::output(m, g, bias, oc, (8 * r, os)));
         }
     }
     out
-}
-
-/// Z = A ∂y Aᵀ of every 2×2 tile of the output gradient `dy` ([O, H, W], one image) into `z`
-/// ([16][O, T]), A = (Aᵀ)ᵀ of [`output_transform`]: a 2-vector (p, q) becomes
-/// (p, p + q, p − q, −q), along rows and then along columns; zero past the image.
-fn grad_transform<T: Real>(dy: &[T], g: &Geom, z: &mut [T], at: (usize, usize)) {
-    // Compiled with AVX2 where the CPU has it (same bits: no fused multiply-adds).
-    vectorized(
-        #[inline(always)]
-        || grad_transform_impl(dy, g, z, at),
-    )
-}
-
-#[inline(always)]
-fn grad_transform_impl<T: Real>(dy: &[T], g: &Geom, z: &mut [T], (ld, col0): (usize, usize)) {
-    let (th, tw) = tiles(g);
-    let t = th * tw;
-    // e[j][r % 2][r / 2][tx] as in `input_transform`, for the rows r of dy.
-    let mut e = vec![T::ZERO; 8 * t];
-    let (mut ev, mut od) = (vec![T::ZERO; tw], vec![T::ZERO; tw]);
-    let half = g.w / 2;
-    for (o, yo) in dy.chunks_exact(g.h * g.w).enumerate() {
-        for r in 0..g.h {
-            let src = &yo[r * g.w..(r + 1) * g.w];
-            for (k, pair) in src.chunks_exact(2).enumerate() {
-                ev[k] = pair[0];
-                od[k] = pair[1];
-            }
-            if g.w % 2 == 1 {
-                ev[half] = src[g.w - 1];
-                od[half] = T::ZERO;
-            }
-            let row = |j: usize| ((2 * j + r % 2) * th + r / 2) * tw;
-            let [a0, a1, a2, a3] = [row(0), row(1), row(2), row(3)];
-            e[a0..a0 + tw].copy_from_slice(&ev);
-            for (d, (&p, &q)) in e[a1..a1 + tw].iter_mut().zip(ev.iter().zip(&od)) {
-                *d = p + q;
-            }
-            for (d, (&p, &q)) in e[a2..a2 + tw].iter_mut().zip(ev.iter().zip(&od)) {
-                *d = p - q;
-            }
-            for (d, &q) in e[a3..a3 + tw].iter_mut().zip(&od) {
-                *d = T::ZERO - q;
-            }
-        }
-        if g.h % 2 == 1 {
-            // The last tile row's bottom row lies outside the image.
-            for j in 0..4 {
-                let at = ((2 * j + 1) * th + th - 1) * tw;
-                e[at..at + tw].fill(T::ZERO);
-            }
-        }
-        for j in 0..4 {
-            let top = &e[(2 * j) * th * tw..][..t];
-            let bot = &e[(2 * j + 1) * th * tw..][..t];
-            for i in 0..4 {
-                let at = ((4 * i + j) * g.o + o) * ld + col0;
-                let dst = &mut z[at..at + t];
-                match i {
-                    0 => dst.copy_from_slice(top),
-                    1 => dst
-                        .iter_mut()
-                        .zip(top.iter().zip(bot))
-                        .for_each(|(d, (&p, &q))| *d = p + q),
-                    2 => dst
-                        .iter_mut()
-                        .zip(top.iter().zip(bot))
-                        .for_each(|(d, (&p, &q))| *d = p - q),
-                    _ => dst.iter_mut().zip(bot).for_each(|(d, &q)| *d = T::ZERO - q),
-                }
-            }
-        }
-    }
-}
-
-/// dL/dw [O, C, 3, 3] of a convolution [`applies`] accepts, from its input `x` and output
-/// gradient `dy`: ∂L/∂g = Σ_tiles Gᵀ[(A ∂y Aᵀ) ⊙ (Bᵀ d B)]G, so per ξ one GEMM
-/// M_ξ [O, C] = Z_ξ [O, T] · V_ξ [C, T]ᵀ summed over the tiles of every image — depth T per
-/// image, where the im2col weight gradient has 9·C·Ho·Wo / (O) work per output and packs the
-/// columns. Images are summed in `groups` consecutive groups (fixed by the batch, not the
-/// threads), the groups' sums added in order.
-pub(super) fn backward_weight<T: Real>(x: &[T], dy: &[T], g: &Geom, groups: usize) -> Vec<T> {
-    // About 512 KiB of V and Z per step in f32 (one image at 32×32): with the whole
-    // group at once (16 Mi values) the products read V and Z back from memory, and the
-    // conv3×3 64→64 backward took 94–108 ms against 83–87 (CPU round 11, A/B).
-    backward_weight_within(x, dy, g, groups, (1 << 17, MIN_DEPTH))
-}
-
-/// The least depth (tiles) of one weight-gradient product when the budget allows fewer: the
-/// NT kernel's measured range is 256–1024.
-const MIN_DEPTH: usize = 256;
-
-/// [`backward_weight`] with V and Z of one GEMM held to about `budget` values, but at least
-/// `min_depth` tiles deep.
-fn backward_weight_within<T: Real>(
-    x: &[T],
-    dy: &[T],
-    g: &Geom,
-    groups: usize,
-    (budget, min_depth): (usize, usize),
-) -> Vec<T> {
-    let (th, tw) = tiles(g);
-    let t = th * tw;
-    let hw = g.h * g.w;
-    let (ct, ot, oc) = (g.c * t, g.o * t, g.o * g.c);
-    // A group's images side by side along the tiles, one GEMM of depth images·T per ξ: at
-    // most `sub` images per GEMM, so that V and Z stay within the budget (decided by the
-    // geometry alone); a group of more runs in steps, the GEMMs accumulating. Never less than
-    // `min_depth` tiles per step where the group has them: the NT kernel sums its lanes once
-    // per product, and at a depth of 16 (one 8×8 image) that costs as much as the products.
-    let sub = (budget / (16 * (ct + ot)).max(1))
-        .max(min_depth.div_ceil(t))
-        .max(1);
-    let group = |range: std::ops::Range<usize>, par: Parallelism| {
-        if range.is_empty() {
-            return vec![T::ZERO; 16 * oc];
-        }
-        let mut m = uninit(16 * oc);
-        let most = sub.min(range.len());
-        let (mut v, mut z) = (uninit(16 * ct * most), uninit(16 * ot * most));
-        for (step, first) in range.clone().step_by(most).enumerate() {
-            let imgs = first..(first + most).min(range.end);
-            let (k, ld) = (imgs.len(), imgs.len() * t);
-            for (n, b) in imgs.enumerate() {
-                let xb = &x[b * g.c * hw..][..g.c * hw];
-                input_transform_at(xb, g, &mut v, (0, g.c), (ld, n * t));
-                grad_transform(&dy[b * g.o * hw..][..g.o * hw], g, &mut z, (ld, n * t));
-            }
-            for xi in 0..16 {
-                nt(
-                    (g.o, g.c, ld),
-                    &mut m[xi * oc..(xi + 1) * oc],
-                    step > 0,
-                    &z[xi * ot * k..][..ot * k],
-                    &v[xi * ct * k..][..ct * k],
-                    ld,
-                    par,
-                );
-            }
-        }
-        m
-    };
-    let m = grouped_sum(g.b, groups, 16 * oc, group);
-    // dw = Gᵀ M G per (o, c), G = [[1,0,0],[½,½,½],[½,−½,½],[0,0,1]].
-    let half = T::from_f64(0.5);
-    let mut dw = uninit(oc * 9);
-    for k in 0..oc {
-        let mk = |i: usize, j: usize| m[(4 * i + j) * oc + k];
-        // Column j of Gᵀ M (3 values).
-        let cols: [[T; 3]; 4] = std::array::from_fn(|j| {
-            let (a, b, c, d) = (mk(0, j), mk(1, j), mk(2, j), mk(3, j));
-            [a + (b + c) * half, (b - c) * half, (b + c) * half + d]
-        });
-        for (a, w) in dw[k * 9..(k + 1) * 9].chunks_exact_mut(3).enumerate() {
-            let r = cols.map(|c| c[a]);
-            w[0] = r[0] + (r[1] + r[2]) * half;
-            w[1] = (r[1] - r[2]) * half;
-            w[2] = (r[1] + r[2]) * half + r[3];
-        }
-    }
-    dw
 }
 
 /// A raw pointer that may cross threads (the callers guarantee disjoint writes).

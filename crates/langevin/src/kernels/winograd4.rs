@@ -34,18 +34,18 @@ impl Tiling for F4 {
     fn filter<T: Real>(wt: &[T], o: usize, c: usize) -> Vec<T> {
         filter_blocks(wt, o, c, &G)
     }
-    fn input<T: Real>(x: &[T], g: &Geom, v: &mut [T], c0: usize, cstride: usize) {
-        input_transform(x, g, v, c0, cstride)
+    fn input<T: Real>(x: &[T], g: &Geom, v: &mut [T], c0: usize, cstride: usize, ld: usize) {
+        input_transform(x, g, v, (c0, cstride), (ld, 0))
     }
-    fn output<T: Real>(m: &[T], g: &Geom, bias: Option<&[T]>, out: &mut [T], o0: usize) {
-        output_transform(m, g, bias, out, o0)
+    fn output<T: Real>(m: &[T], g: &Geom, bias: Option<&[T]>, out: &mut [T], os: (usize, usize)) {
+        output_transform(m, g, bias, out, os)
     }
 }
 
 /// Whether T is f32 and the CPU has AVX2 (the [`x8`] kernels apply).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn avx2_f32<T: Real>() -> bool {
+pub(super) fn avx2_f32<T: Real>() -> bool {
     std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
         && std::arch::is_x86_feature_detected!("avx2")
 }
@@ -129,12 +129,12 @@ mod x8 {
 }
 
 /// Tiles per column and per row of an H×W output.
-fn tiles(g: &Geom) -> (usize, usize) {
+pub(super) fn tiles(g: &Geom) -> (usize, usize) {
     (g.h.div_ceil(4), g.w.div_ceil(4))
 }
 
 /// G of Lavin & Gray's F(4×4, 3×3), the rows of the 6×3 matrix.
-const G: [[f64; 3]; 6] = [
+pub(super) const G: [[f64; 3]; 6] = [
     [0.25, 0.0, 0.0],
     [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
     [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
@@ -147,12 +147,19 @@ const G: [[f64; 3]; 6] = [
 /// [`cstride`, T] (block ξ = 6·i + j), this run's channels at rows `c0..c0 + n`. Tile (ty, tx)
 /// covers input rows 4ty − 1 … 4ty + 4 and columns 4tx − 1 … 4tx + 4, zero outside the image.
 /// Bᵀ = [[4,0,−5,0,1,0], [0,−4,−4,1,1,0], [0,4,−4,−1,1,0], [0,−2,−1,2,1,0], [0,2,−1,−2,1,0],
-/// [0,4,0,−5,0,1]].
-fn input_transform<T: Real>(x: &[T], g: &Geom, v: &mut [T], c0: usize, cstride: usize) {
+/// [0,4,0,−5,0,1]]. Rows of length `ld`, this image's tiles from column `col0` on (the weight
+/// gradient puts several images side by side).
+pub(super) fn input_transform<T: Real>(
+    x: &[T],
+    g: &Geom,
+    v: &mut [T],
+    cs: (usize, usize),
+    at: (usize, usize),
+) {
     // Compiled with AVX2 where the CPU has it (same bits: no fused multiply-adds).
     vectorized(
         #[inline(always)]
-        || input_impl(x, g, v, c0, cstride),
+        || input_impl(x, g, v, cs, at),
     )
 }
 
@@ -179,7 +186,7 @@ fn bt<T: Real>(d: [T; 6]) -> [T; 6] {
 /// call (split off in turn: no division per call, unlike `chunks_exact`, and no out-of-line
 /// `array::from_fn`, which an array-returning form left in the profile at 7%).
 #[inline(always)]
-fn rows_mut<'a, T>(
+pub(super) fn rows_mut<'a, T>(
     buf: &'a mut [T],
     off: usize,
     stride: usize,
@@ -282,7 +289,13 @@ fn apply_at<T: Real>(
 }
 
 #[inline(always)]
-fn input_impl<T: Real>(x: &[T], g: &Geom, v: &mut [T], c0: usize, cstride: usize) {
+fn input_impl<T: Real>(
+    x: &[T],
+    g: &Geom,
+    v: &mut [T],
+    (c0, cstride): (usize, usize),
+    (ld, col0): (usize, usize),
+) {
     let (th, tw) = tiles(g);
     let t = th * tw;
     // e[j][r % 4][r / 4][tx]: row r − 1 of the input (zero rows around it) times B, column j;
@@ -315,8 +328,8 @@ fn input_impl<T: Real>(x: &[T], g: &Geom, v: &mut [T], c0: usize, cstride: usize
             // Rows 4ty + k for every ty: residue k % 4, from row k / 4 on, T values.
             let r = |k: usize| &ej[((k % 4) * qr + k / 4) * tw..][..t];
             let (r0, r1, r2, r3, r4, r5) = (r(0), r(1), r(2), r(3), r(4), r(5));
-            // Block ξ = 6i + j, row c: the i-th of six runs 6·cstride·T apart.
-            let mut row = rows_mut(v, (j * cstride + c) * t, 6 * cstride * t, t);
+            // Block ξ = 6i + j, row c: the i-th of six runs 6·cstride·ld apart.
+            let mut row = rows_mut(v, (j * cstride + c) * ld + col0, 6 * cstride * ld, t);
             let (v0, v1, v2, v3, v4, v5) = (row(), row(), row(), row(), row(), row());
             apply_bt([r0, r1, r2, r3, r4, r5], v0, v1, v2, v3, v4, v5, t);
         }
@@ -331,7 +344,7 @@ fn input_impl<T: Real>(x: &[T], g: &Geom, v: &mut [T], c0: usize, cstride: usize
 /// hottest instructions of the transform.) In f32 with AVX2 eight of each per four loads,
 /// four unpack pairs and four permutes (LLVM leaves the stride-4 loop scalar).
 #[inline(always)]
-fn deinterleave4<T: Real>(row: &[T], p: &mut [T], n: usize) {
+pub(super) fn deinterleave4<T: Real>(row: &[T], p: &mut [T], n: usize) {
     let w = row.len();
     assert!(p.len() >= 4 * n && n >= 1);
     // The AVX2 loop writes residues 1..=3 for t < done and residue 0 for 1 ≤ t ≤ done.
@@ -383,14 +396,20 @@ fn deinterleave4<T: Real>(row: &[T], p: &mut [T], n: usize) {
 }
 
 /// Y = Aᵀ m A of every tile for the output channels `out` ([n, H, W], channels `o0..`) from
-/// the 36 products `m` ([36][O, T]), plus the bias. Aᵀ = [[1,1,1,1,1,0], [0,1,−1,2,−2,0],
+/// the 36 products `m` ([36][`ostride`, T], O rows used), plus the bias. Aᵀ = [[1,1,1,1,1,0], [0,1,−1,2,−2,0],
 /// [0,1,1,4,4,0], [0,1,−1,8,−8,1]]: loops over all T tiles of a channel, then the 4×4
 /// results interleaved into rows.
-fn output_transform<T: Real>(m: &[T], g: &Geom, bias: Option<&[T]>, out: &mut [T], o0: usize) {
+fn output_transform<T: Real>(
+    m: &[T],
+    g: &Geom,
+    bias: Option<&[T]>,
+    out: &mut [T],
+    os: (usize, usize),
+) {
     // Compiled with AVX2 where the CPU has it (same bits: no fused multiply-adds).
     vectorized(
         #[inline(always)]
-        || output_impl(m, g, bias, out, o0),
+        || output_impl(m, g, bias, out, os),
     )
 }
 
@@ -409,7 +428,13 @@ fn at<T: Real>(m: [T; 6]) -> [T; 4] {
 }
 
 #[inline(always)]
-fn output_impl<T: Real>(m: &[T], g: &Geom, bias: Option<&[T]>, out: &mut [T], o0: usize) {
+fn output_impl<T: Real>(
+    m: &[T],
+    g: &Geom,
+    bias: Option<&[T]>,
+    out: &mut [T],
+    (o0, ostride): (usize, usize),
+) {
     let (th, tw) = tiles(g);
     let t = th * tw;
     // s[a][j] = Σ_i Aᵀ[a][i] m_ij over T, then y[a][b] = Σ_j s[a][j] Aᵀ[b][j] over T.
@@ -419,7 +444,7 @@ fn output_impl<T: Real>(m: &[T], g: &Geom, bias: Option<&[T]>, out: &mut [T], o0
         let o = o0 + oi;
         let b = bias.map_or(T::ZERO, |b| b[o]);
         for j in 0..6 {
-            let mv = |i: usize| &m[((6 * i + j) * g.o + o) * t..][..t];
+            let mv = |i: usize| &m[((6 * i + j) * ostride + o) * t..][..t];
             let (m0, m1, m2, m3, m4, m5) = (mv(0), mv(1), mv(2), mv(3), mv(4), mv(5));
             let mut row = rows_mut(&mut s, j * t, 6 * t, t);
             let (s0, s1, s2, s3) = (row(), row(), row(), row());

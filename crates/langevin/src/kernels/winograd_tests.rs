@@ -1,6 +1,7 @@
 //! Tests of `winograd.rs` and `winograd4.rs`: each transform path against the convolution and
 //! its weight gradient summed term by term in f64, and the same bits on 1, 2 and 3 threads.
 use super::super::winograd4::F4;
+use super::super::winograd_grad::{backward_weight, backward_weight_with, grad_transform};
 use super::*;
 use rand::{Rng, SeedableRng};
 
@@ -85,26 +86,50 @@ fn f32s(v: &[f64]) -> Vec<f32> {
 }
 
 #[test]
-fn weight_gradient_matches_the_definition_on_any_thread_count() {
+fn weight_gradient_matches_the_definition_in_both_tilings_on_any_thread_count() {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    // Odd sizes (tiles past the image in both tilings), rows wide enough for the vectorised
+    // deinterleaves (33, 40) and for F(4×4)'s eight-lane row loop (32, 40).
     for &(b, c, o, h, w) in &[
         (1, 16, 16, 5, 7),
         (5, 24, 16, 8, 8),
         (3, 16, 40, 9, 4),
         (2, 16, 16, 5, 33),
+        (3, 16, 24, 32, 32),
+        (2, 24, 16, 13, 40),
     ] {
         let what = format!("{b}×{c}→{o} {h}×{w}");
         let g = Geom::new(&[b, c, h, w], &[o, c, 3, 3], 1, 1).unwrap();
         let x = random(&mut rng, b * c * h * w, 1.0);
         let dy = random(&mut rng, b * o * h * w, 1.0);
         let want = direct_dw(&x, &dy, &g);
-        let err = max_err(&backward_weight(&x, &dy, &g, 4), &want);
-        assert!(err < 1e-11, "f64 {what}: {err}");
+        let full = (1 << 17, 256);
+        let err = max_err(&backward_weight_with::<F2, _>(&x, &dy, &g, 4, full), &want);
+        assert!(err < 1e-11, "f64 F2 {what}: {err}");
+        let err = max_err(&backward_weight_with::<F4, _>(&x, &dy, &g, 4, full), &want);
+        assert!(err < 1e-11, "f64 F4 {what}: {err}");
         // One image per GEMM (a budget below one image's V and Z): the same sums.
-        let err = max_err(&backward_weight_within(&x, &dy, &g, 1, (1, 1)), &want);
-        assert!(err < 1e-11, "f64 stepped {what}: {err}");
+        let err = max_err(
+            &backward_weight_with::<F2, _>(&x, &dy, &g, 1, (1, 1)),
+            &want,
+        );
+        assert!(err < 1e-11, "f64 F2 stepped {what}: {err}");
+        let err = max_err(
+            &backward_weight_with::<F4, _>(&x, &dy, &g, 1, (1, 1)),
+            &want,
+        );
+        assert!(err < 1e-11, "f64 F4 stepped {what}: {err}");
         let (x32, dy32) = (f32s(&x), f32s(&dy));
-        f32_on_threads(&want, 4e-6, &what, || backward_weight(&x32, &dy32, &g, 4));
+        f32_on_threads(&want, 4e-6, &format!("F2 {what}"), || {
+            backward_weight_with::<F2, _>(&x32, &dy32, &g, 4, full)
+        });
+        // F(4×4)'s transforms scale terms by up to 8 (A) and 1/24 (G): more rounding.
+        f32_on_threads(&want, 2e-5, &format!("F4 {what}"), || {
+            backward_weight_with::<F4, _>(&x32, &dy32, &g, 4, full)
+        });
+        f32_on_threads(&want, 2e-5, &format!("chosen {what}"), || {
+            backward_weight(&x32, &dy32, &g, 4)
+        });
     }
 }
 
