@@ -19,6 +19,7 @@ pub mod gpu_nhwc;
 pub mod gpu_optim;
 pub mod gpu_train;
 pub mod group_norm;
+mod lanes;
 pub mod mlp;
 mod mlp_rows;
 mod mlp_time;
@@ -32,6 +33,7 @@ pub mod upsample;
 mod winograd;
 mod winograd4;
 mod winograd4_grad;
+mod winograd4_simd;
 mod winograd_grad;
 
 pub use conv::conv2d;

@@ -15,6 +15,7 @@ use rayon::prelude::*;
 
 use super::conv::mm;
 use super::cpu_conv::{uninit, Geom};
+use super::lanes::{interleave2, map2, map3};
 use super::real::{threads, Real};
 use super::simd::vectorized;
 
@@ -198,18 +199,10 @@ fn input_transform_at_impl<T: Real>(
                 &mut s3[..tw],
             );
             let (o0, o1, e0, e1) = (&od[..tw], &od[1..], &ev[..tw], &ev[1..]);
-            for (d, (&a, &b)) in d0.iter_mut().zip(o0.iter().zip(o1)) {
-                *d = a - b;
-            }
-            for (d, (&a, &b)) in d1.iter_mut().zip(e0.iter().zip(o1)) {
-                *d = a + b;
-            }
-            for (d, (&a, &b)) in d2.iter_mut().zip(o1.iter().zip(e0)) {
-                *d = a - b;
-            }
-            for (d, (&a, &b)) in d3.iter_mut().zip(e0.iter().zip(e1)) {
-                *d = a - b;
-            }
+            map2(d0, o0, o1, |a, b| a - b);
+            map2(d1, e0, o1, |a, b| a + b);
+            map2(d2, o1, e0, |a, b| a - b);
+            map2(d3, e0, e1, |a, b| a - b);
         }
         // Rows outside the image stay zero (only rows 1..=h are written).
         let c = c0 + ci;
@@ -226,13 +219,9 @@ fn input_transform_at_impl<T: Real>(
                     _ => (r(1), r(3)),
                 };
                 if i == 1 {
-                    for (d, (&a, &b)) in dst.iter_mut().zip(p.iter().zip(q)) {
-                        *d = a + b;
-                    }
+                    map2(dst, p, q, |a, b| a + b);
                 } else {
-                    for (d, (&a, &b)) in dst.iter_mut().zip(p.iter().zip(q)) {
-                        *d = a - b;
-                    }
+                    map2(dst, p, q, |a, b| a - b);
                 }
             }
         }
@@ -276,37 +265,21 @@ fn output_transform_impl<T: Real>(
         for j in 0..4 {
             let (m0, m1, m2, m3) = (mv(0, j), mv(1, j), mv(2, j), mv(3, j));
             let (s0, s1) = s[2 * j * t..(2 * j + 2) * t].split_at_mut(t);
-            for (d, ((&a, &bb), &c)) in s0.iter_mut().zip(m0.iter().zip(m1).zip(m2)) {
-                *d = (a + bb) + c;
-            }
-            for (d, ((&a, &bb), &c)) in s1.iter_mut().zip(m1.iter().zip(m2).zip(m3)) {
-                *d = (a - bb) - c;
-            }
+            map3(s0, m0, m1, m2, |a, bb, c| (a + bb) + c);
+            map3(s1, m1, m2, m3, |a, bb, c| (a - bb) - c);
         }
         let sk = |k: usize, j: usize| &s[(2 * j + k) * t..(2 * j + k + 1) * t];
         for (a, ya) in y.chunks_exact_mut(2 * t).enumerate() {
             let (y0, y1) = ya.split_at_mut(t);
             let (p0, p1, p2, p3) = (sk(a, 0), sk(a, 1), sk(a, 2), sk(a, 3));
-            for (d, ((&x0, &x1), &x2)) in y0.iter_mut().zip(p0.iter().zip(p1).zip(p2)) {
-                *d = ((x0 + x1) + x2) + b;
-            }
-            for (d, ((&x1, &x2), &x3)) in y1.iter_mut().zip(p1.iter().zip(p2).zip(p3)) {
-                *d = ((x1 - x2) - x3) + b;
-            }
+            map3(y0, p0, p1, p2, |x0, x1, x2| ((x0 + x1) + x2) + b);
+            map3(y1, p1, p2, p3, |x1, x2, x3| ((x1 - x2) - x3) + b);
         }
         for r in 0..g.h {
             let (a, ty) = (r % 2, r / 2);
             let ya = &y[(2 * a) * t + ty * tw..][..tw];
             let yb = &y[(2 * a + 1) * t + ty * tw..][..tw];
-            let row = &mut yo[r * g.w..(r + 1) * g.w];
-            let mut px = row.chunks_exact_mut(2);
-            for ((p, &va), &vb) in (&mut px).zip(ya).zip(yb) {
-                p[0] = va;
-                p[1] = vb;
-            }
-            if let Some(last) = px.into_remainder().first_mut() {
-                *last = ya[tw - 1];
-            }
+            interleave2(&mut yo[r * g.w..(r + 1) * g.w], ya, yb);
         }
     }
 }
@@ -319,7 +292,7 @@ fn output_transform_impl<T: Real>(
 /// and two shuffles: the plain loop stayed scalar (LLVM does not vectorise the stride-2
 /// access here).
 #[inline(always)]
-fn deinterleave<T: Real>(row: &[T], od: &mut [T], ev: &mut [T]) {
+pub(super) fn deinterleave<T: Real>(row: &[T], od: &mut [T], ev: &mut [T]) {
     let (n, w) = (od.len(), row.len());
     assert!(ev.len() == n && n >= 1);
     // The AVX2 loop writes ev for t < done and od for 1 ≤ t ≤ done.

@@ -13,9 +13,11 @@
 //! within 2e-6; the ddpm-cifar10-32 UNet's output against PyTorch: 4.4e-6–6.8e-6 relative,
 //! 3.3e-6 before).
 use super::cpu_conv::Geom;
+use super::lanes::interleave4;
 use super::real::Real;
 use super::simd::vectorized;
 use super::winograd::{filter_blocks, Tiling};
+use super::winograd4_simd::{lanes, x8};
 
 /// Whether F(4×4, 3×3) takes a convolution that [`super::winograd::forward_applies`] to: at
 /// least 64 tiles of 4×4 per image (32×32). With fewer, the per-image GEMMs [O, C]·[C, T]
@@ -39,92 +41,6 @@ impl Tiling for F4 {
     }
     fn output<T: Real>(m: &[T], g: &Geom, bias: Option<&[T]>, out: &mut [T], os: (usize, usize)) {
         output_transform(m, g, bias, out, os)
-    }
-}
-
-/// Whether T is f32 and the CPU has AVX2 (the [`x8`] kernels apply).
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-pub(super) fn avx2_f32<T: Real>() -> bool {
-    std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
-        && std::arch::is_x86_feature_detected!("avx2")
-}
-
-/// [`bt`] and [`at`] over eight f32 lanes, written out in AVX2: the transforms' row loops have
-/// 8–16 tiles at 32×32, where LLVM's vector loop (several blocks of eight) never ran and the
-/// scalar remainder did all the work (measured 2–4 ns per input value). The same adds and
-/// multiplies in the same order as the scalar functions, so the same bits.
-#[cfg(target_arch = "x86_64")]
-mod x8 {
-    use std::arch::x86_64::*;
-
-    /// o_i[k] = bt(d_0[k], …, d_5[k])_i for k < len rounded down to eight; returns that.
-    ///
-    /// # Safety
-    /// The CPU has AVX2; every pointer is valid for `len` values.
-    #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn bt(d: [*const f32; 6], o: [*mut f32; 6], len: usize) -> usize {
-        let (two, four, five) = (
-            _mm256_set1_ps(2.0),
-            _mm256_set1_ps(4.0),
-            _mm256_set1_ps(5.0),
-        );
-        let mut k = 0;
-        while k + 8 <= len {
-            let (d0, d1) = (_mm256_loadu_ps(d[0].add(k)), _mm256_loadu_ps(d[1].add(k)));
-            let (d2, d3) = (_mm256_loadu_ps(d[2].add(k)), _mm256_loadu_ps(d[3].add(k)));
-            let (d4, d5) = (_mm256_loadu_ps(d[4].add(k)), _mm256_loadu_ps(d[5].add(k)));
-            let (s12, s34) = (_mm256_add_ps(d1, d2), _mm256_add_ps(d3, d4));
-            let (d12, d43) = (_mm256_sub_ps(d1, d2), _mm256_sub_ps(d4, d3));
-            let (d42, d31) = (_mm256_sub_ps(d4, d2), _mm256_sub_ps(d3, d1));
-            let m = _mm256_mul_ps;
-            let c0 = _mm256_add_ps(_mm256_sub_ps(m(four, d0), m(five, d2)), d4);
-            let c1 = _mm256_sub_ps(s34, m(four, s12));
-            let c2 = _mm256_add_ps(d43, m(four, d12));
-            let c3 = _mm256_add_ps(d42, m(two, d31));
-            let c4 = _mm256_sub_ps(d42, m(two, d31));
-            let c5 = _mm256_add_ps(_mm256_sub_ps(m(four, d1), m(five, d3)), d5);
-            _mm256_storeu_ps(o[0].add(k), c0);
-            _mm256_storeu_ps(o[1].add(k), c1);
-            _mm256_storeu_ps(o[2].add(k), c2);
-            _mm256_storeu_ps(o[3].add(k), c3);
-            _mm256_storeu_ps(o[4].add(k), c4);
-            _mm256_storeu_ps(o[5].add(k), c5);
-            k += 8;
-        }
-        k
-    }
-
-    /// o_a[k] = at(m_0[k], …, m_5[k])_a + b, as [`bt`].
-    ///
-    /// # Safety
-    /// As [`bt`].
-    #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn at(d: [*const f32; 6], o: [*mut f32; 4], b: f32, len: usize) -> usize {
-        let (two, four, eight) = (
-            _mm256_set1_ps(2.0),
-            _mm256_set1_ps(4.0),
-            _mm256_set1_ps(8.0),
-        );
-        let b = _mm256_set1_ps(b);
-        let mut k = 0;
-        while k + 8 <= len {
-            let (m0, m1) = (_mm256_loadu_ps(d[0].add(k)), _mm256_loadu_ps(d[1].add(k)));
-            let (m2, m3) = (_mm256_loadu_ps(d[2].add(k)), _mm256_loadu_ps(d[3].add(k)));
-            let (m4, m5) = (_mm256_loadu_ps(d[4].add(k)), _mm256_loadu_ps(d[5].add(k)));
-            let (s12, d12) = (_mm256_add_ps(m1, m2), _mm256_sub_ps(m1, m2));
-            let (s34, d34) = (_mm256_add_ps(m3, m4), _mm256_sub_ps(m3, m4));
-            let y0 = _mm256_add_ps(_mm256_add_ps(m0, s12), s34);
-            let y1 = _mm256_add_ps(d12, _mm256_mul_ps(two, d34));
-            let y2 = _mm256_add_ps(s12, _mm256_mul_ps(four, s34));
-            let y3 = _mm256_add_ps(_mm256_add_ps(d12, _mm256_mul_ps(eight, d34)), m5);
-            _mm256_storeu_ps(o[0].add(k), _mm256_add_ps(y0, b));
-            _mm256_storeu_ps(o[1].add(k), _mm256_add_ps(y1, b));
-            _mm256_storeu_ps(o[2].add(k), _mm256_add_ps(y2, b));
-            _mm256_storeu_ps(o[3].add(k), _mm256_add_ps(y3, b));
-            k += 8;
-        }
-        k
     }
 }
 
@@ -220,23 +136,23 @@ fn apply_bt<T: Real>(
     );
     let (o0, o1, o2) = (&mut o0[..len], &mut o1[..len], &mut o2[..len]);
     let (o3, o4, o5) = (&mut o3[..len], &mut o4[..len], &mut o5[..len]);
-    let mut k0 = 0;
-    #[cfg(target_arch = "x86_64")]
-    if avx2_f32::<T>() {
-        let d = [d0, d1, d2, d3, d4, d5].map(|d| d.as_ptr() as *const f32);
-        let o = [o0.as_mut_ptr(), o1.as_mut_ptr(), o2.as_mut_ptr()];
-        let o = [
-            o[0],
-            o[1],
-            o[2],
-            o3.as_mut_ptr(),
-            o4.as_mut_ptr(),
-            o5.as_mut_ptr(),
-        ];
-        // SAFETY: T is f32 and the CPU has AVX2 (checked); every slice holds len values
-        // (re-sliced above).
-        k0 = unsafe { x8::bt(d, o.map(|o| o as *mut f32), len) };
-    }
+    let d = [d0, d1, d2, d3, d4, d5].map(|d| d.as_ptr() as *const f32);
+    let o = [o0.as_mut_ptr(), o1.as_mut_ptr(), o2.as_mut_ptr()];
+    let o = [
+        o[0],
+        o[1],
+        o[2],
+        o3.as_mut_ptr(),
+        o4.as_mut_ptr(),
+        o5.as_mut_ptr(),
+    ];
+    let o = o.map(|o| o as *mut f32);
+    // SAFETY: `lanes` runs this only where T is f32 and the CPU has AVX2;
+    // every slice holds len values (re-sliced above), the kernels stay below len.
+    let k0 = lanes::<T>(|from| unsafe {
+        let (d, o) = (d.map(|p| p.add(from)), o.map(|p| p.add(from)));
+        from + x8::bt(d, o, len - from)
+    });
     for k in k0..len {
         let c = bt([d0[k], d1[k], d2[k], d3[k], d4[k], d5[k]]);
         (o0[k], o1[k], o2[k], o3[k], o4[k], o5[k]) = (c[0], c[1], c[2], c[3], c[4], c[5]);
@@ -269,19 +185,19 @@ fn apply_at<T: Real>(
         &mut o2[..len],
         &mut o3[..len],
     );
-    let mut k0 = 0;
-    #[cfg(target_arch = "x86_64")]
-    if avx2_f32::<T>() {
-        let d = [m0, m1, m2, m3, m4, m5].map(|d| d.as_ptr() as *const f32);
-        let o = [
-            o0.as_mut_ptr(),
-            o1.as_mut_ptr(),
-            o2.as_mut_ptr(),
-            o3.as_mut_ptr(),
-        ];
-        // SAFETY: as in `apply_bt`.
-        k0 = unsafe { x8::at(d, o.map(|o| o as *mut f32), b.to_f64() as f32, len) };
-    }
+    let d = [m0, m1, m2, m3, m4, m5].map(|d| d.as_ptr() as *const f32);
+    let o = [
+        o0.as_mut_ptr(),
+        o1.as_mut_ptr(),
+        o2.as_mut_ptr(),
+        o3.as_mut_ptr(),
+    ];
+    let (o, bf) = (o.map(|o| o as *mut f32), b.to_f64() as f32);
+    // SAFETY: as in `apply_bt`.
+    let k0 = lanes::<T>(|from| unsafe {
+        let (d, o) = (d.map(|p| p.add(from)), o.map(|p| p.add(from)));
+        from + x8::at(d, o, bf, len - from)
+    });
     for k in k0..len {
         let c = at([m0[k], m1[k], m2[k], m3[k], m4[k], m5[k]]);
         (o0[k], o1[k], o2[k], o3[k]) = (c[0] + b, c[1] + b, c[2] + b, c[3] + b);
@@ -461,14 +377,7 @@ fn output_impl<T: Real>(
             let (a, ty) = (r % 4, r / 4);
             let yb = |bb: usize| &y[(4 * a + bb) * t + ty * tw..][..tw];
             let (y0, y1, y2, y3) = (yb(0), yb(1), yb(2), yb(3));
-            let row = &mut yo[r * g.w..(r + 1) * g.w];
-            let mut px = row.chunks_exact_mut(4);
-            for (k, q) in (&mut px).enumerate() {
-                (q[0], q[1], q[2], q[3]) = (y0[k], y1[k], y2[k], y3[k]);
-            }
-            let rest = px.into_remainder();
-            let last = [y0[tw - 1], y1[tw - 1], y2[tw - 1]];
-            rest.copy_from_slice(&last[..rest.len()]);
+            interleave4(&mut yo[r * g.w..(r + 1) * g.w], [y0, y1, y2, y3]);
         }
     }
 }

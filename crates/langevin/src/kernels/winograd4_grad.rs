@@ -14,6 +14,7 @@ use super::cpu_conv::{uninit, Geom};
 use super::real::Real;
 use super::simd::vectorized;
 use super::winograd4::{deinterleave4, input_transform, rows_mut, tiles, F4, G};
+use super::winograd4_simd::{lanes, x8};
 use super::winograd_grad::GradTiling;
 
 /// Whether the weight gradient takes F(4×4, 3×3) (for a convolution
@@ -52,44 +53,8 @@ fn a6<T: Real>(q: [T; 4]) -> [T; 6] {
     [q[0], s02 + s13, s02 - s13, u + v, u - v, q[3]]
 }
 
-/// [`a6`] over eight f32 lanes in AVX2, the same operations in the same order (same bits): the
-/// row loops have 8 tiles at 32×32, where the compiler's vector loop does not run.
-#[cfg(target_arch = "x86_64")]
-mod x8 {
-    use std::arch::x86_64::*;
-
-    /// o_i[k] = a6(q_0[k], …, q_3[k])_i for k < len rounded down to eight; returns that.
-    ///
-    /// # Safety
-    /// The CPU has AVX2; every pointer is valid for `len` values.
-    #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn a6(q: [*const f32; 4], o: [*mut f32; 6], len: usize) -> usize {
-        let (two, four, eight) = (
-            _mm256_set1_ps(2.0),
-            _mm256_set1_ps(4.0),
-            _mm256_set1_ps(8.0),
-        );
-        let mut k = 0;
-        while k + 8 <= len {
-            let (q0, q1) = (_mm256_loadu_ps(q[0].add(k)), _mm256_loadu_ps(q[1].add(k)));
-            let (q2, q3) = (_mm256_loadu_ps(q[2].add(k)), _mm256_loadu_ps(q[3].add(k)));
-            let (s02, s13) = (_mm256_add_ps(q0, q2), _mm256_add_ps(q1, q3));
-            let u = _mm256_add_ps(q0, _mm256_mul_ps(four, q2));
-            let v = _mm256_add_ps(_mm256_mul_ps(two, q1), _mm256_mul_ps(eight, q3));
-            _mm256_storeu_ps(o[0].add(k), q0);
-            _mm256_storeu_ps(o[1].add(k), _mm256_add_ps(s02, s13));
-            _mm256_storeu_ps(o[2].add(k), _mm256_sub_ps(s02, s13));
-            _mm256_storeu_ps(o[3].add(k), _mm256_add_ps(u, v));
-            _mm256_storeu_ps(o[4].add(k), _mm256_sub_ps(u, v));
-            _mm256_storeu_ps(o[5].add(k), q3);
-            k += 8;
-        }
-        k
-    }
-}
-
 /// o_i[k] = a6(q_0[k], …, q_3[k])_i for k < len (separate output slices, so that the compiler
-/// knows they do not alias).
+/// knows they do not alias), in [`super::winograd4_simd`]'s vector kernels where they apply.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn apply_a6<T: Real>(
@@ -105,22 +70,23 @@ fn apply_a6<T: Real>(
     let (q0, q1, q2, q3) = (&q0[..len], &q1[..len], &q2[..len], &q3[..len]);
     let (o0, o1, o2) = (&mut o0[..len], &mut o1[..len], &mut o2[..len]);
     let (o3, o4, o5) = (&mut o3[..len], &mut o4[..len], &mut o5[..len]);
-    let mut k0 = 0;
-    #[cfg(target_arch = "x86_64")]
-    if super::winograd4::avx2_f32::<T>() {
-        let q = [q0, q1, q2, q3].map(|q| q.as_ptr() as *const f32);
-        let o = [
-            o0.as_mut_ptr(),
-            o1.as_mut_ptr(),
-            o2.as_mut_ptr(),
-            o3.as_mut_ptr(),
-            o4.as_mut_ptr(),
-            o5.as_mut_ptr(),
-        ];
-        // SAFETY: T is f32 and the CPU has AVX2 (checked); every slice holds len values
-        // (re-sliced above).
-        k0 = unsafe { x8::a6(q, o.map(|o| o as *mut f32), len) };
-    }
+    let q = [q0, q1, q2, q3].map(|q| q.as_ptr() as *const f32);
+    let o = [o0.as_mut_ptr(), o1.as_mut_ptr(), o2.as_mut_ptr()];
+    let o = [
+        o[0],
+        o[1],
+        o[2],
+        o3.as_mut_ptr(),
+        o4.as_mut_ptr(),
+        o5.as_mut_ptr(),
+    ];
+    let o = o.map(|o| o as *mut f32);
+    // SAFETY: `lanes` runs this only where T is f32 and the CPU has AVX2;
+    // every slice holds len values (re-sliced above), the kernels stay below len.
+    let k0 = lanes::<T>(|from| unsafe {
+        let (q, o) = (q.map(|p| p.add(from)), o.map(|p| p.add(from)));
+        from + x8::a6(q, o, len - from)
+    });
     for k in k0..len {
         let c = a6([q0[k], q1[k], q2[k], q3[k]]);
         (o0[k], o1[k], o2[k], o3[k], o4[k], o5[k]) = (c[0], c[1], c[2], c[3], c[4], c[5]);

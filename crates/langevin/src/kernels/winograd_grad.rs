@@ -6,10 +6,11 @@
 use gemm::Parallelism;
 
 use super::cpu_conv::{grouped_sum, uninit, Geom};
+use super::lanes::map2;
 use super::nt_gemm::nt;
 use super::real::Real;
 use super::simd::vectorized;
-use super::winograd::{input_transform_at, F2};
+use super::winograd::{deinterleave, input_transform_at, F2};
 
 /// One Winograd tiling F(m×m, 3×3) of the weight gradient: the transforms of the input and
 /// of the output gradient into (m + 2)² rows per channel, and the filter-side transform back.
@@ -73,31 +74,19 @@ fn grad_transform_impl<T: Real>(
     let t = th * tw;
     // e[j][r % 2][r / 2][tx] as in `input_transform`, for the rows r of dy.
     let mut e = vec![T::ZERO; 8 * t];
-    let (mut ev, mut od) = (vec![T::ZERO; tw], vec![T::ZERO; tw]);
-    let half = g.w / 2;
+    // `deinterleave` with its zero on the left: ev[k] = row[2k], shifted[k + 1] = row[2k + 1]
+    // (zero past the row).
+    let (mut ev, mut shifted) = (vec![T::ZERO; tw + 1], vec![T::ZERO; tw + 1]);
     for (o, yo) in dy.chunks_exact(g.h * g.w).enumerate() {
         for r in 0..g.h {
-            let src = &yo[r * g.w..(r + 1) * g.w];
-            for (k, pair) in src.chunks_exact(2).enumerate() {
-                ev[k] = pair[0];
-                od[k] = pair[1];
-            }
-            if g.w % 2 == 1 {
-                ev[half] = src[g.w - 1];
-                od[half] = T::ZERO;
-            }
+            deinterleave(&yo[r * g.w..(r + 1) * g.w], &mut shifted, &mut ev);
+            let (ev, od) = (&ev[..tw], &shifted[1..]);
             let row = |j: usize| ((2 * j + r % 2) * th + r / 2) * tw;
             let [a0, a1, a2, a3] = [row(0), row(1), row(2), row(3)];
-            e[a0..a0 + tw].copy_from_slice(&ev);
-            for (d, (&p, &q)) in e[a1..a1 + tw].iter_mut().zip(ev.iter().zip(&od)) {
-                *d = p + q;
-            }
-            for (d, (&p, &q)) in e[a2..a2 + tw].iter_mut().zip(ev.iter().zip(&od)) {
-                *d = p - q;
-            }
-            for (d, &q) in e[a3..a3 + tw].iter_mut().zip(&od) {
-                *d = T::ZERO - q;
-            }
+            e[a0..a0 + tw].copy_from_slice(ev);
+            map2(&mut e[a1..a1 + tw], ev, od, |p, q| p + q);
+            map2(&mut e[a2..a2 + tw], ev, od, |p, q| p - q);
+            map2(&mut e[a3..a3 + tw], od, od, |_, q| T::ZERO - q);
         }
         if g.h % 2 == 1 {
             // The last tile row's bottom row lies outside the image.
@@ -114,15 +103,9 @@ fn grad_transform_impl<T: Real>(
                 let dst = &mut z[at..at + t];
                 match i {
                     0 => dst.copy_from_slice(top),
-                    1 => dst
-                        .iter_mut()
-                        .zip(top.iter().zip(bot))
-                        .for_each(|(d, (&p, &q))| *d = p + q),
-                    2 => dst
-                        .iter_mut()
-                        .zip(top.iter().zip(bot))
-                        .for_each(|(d, (&p, &q))| *d = p - q),
-                    _ => dst.iter_mut().zip(bot).for_each(|(d, &q)| *d = T::ZERO - q),
+                    1 => map2(dst, top, bot, |p, q| p + q),
+                    2 => map2(dst, top, bot, |p, q| p - q),
+                    _ => map2(dst, bot, bot, |_, q| T::ZERO - q),
                 }
             }
         }
