@@ -316,13 +316,10 @@ fn run(a: Args) -> Result<()> {
     if a.parity {
         return parity::run(&a.fixtures, &langevin::compute::device(&a.device)?);
     }
-    // Before any pool exists: rayon's global pool (ours, candle's, gemm's) and candle's own
-    // thread count both follow RAYON_NUM_THREADS.
-    std::env::set_var("RAYON_NUM_THREADS", a.threads.to_string());
+    // Before any pool exists: the thread pools as the CLI and the library's users get them
+    // (rayon's global pool for ours, candle's and gemm's work; candle's elementwise pool).
+    langevin::threads::setup(Some(a.threads));
     langevin::kernels::tune_allocator();
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(a.threads)
-        .build_global()?;
     let tmp;
     let dir = match &a.dir {
         Some(d) => {

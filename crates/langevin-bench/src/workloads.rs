@@ -86,7 +86,7 @@ impl Workload {
     }
 }
 
-type Forward = Box<dyn Fn(&Tensor, &Tensor) -> Result<Tensor>>;
+type Forward = Box<dyn Fn(&Tensor, &Tensor) -> Result<Tensor> + Send + Sync>;
 
 /// The network as a function of (x, t), its parameters read from `vb`.
 fn build(arch: &Arch, vb: VarBuilder) -> Result<Forward> {
@@ -203,12 +203,14 @@ impl Drop for Profile {
 /// A workload ready to run: its timed step and the job description for the PyTorch side.
 pub struct Prepared {
     pub job: Value,
-    step: Box<dyn FnMut() -> Result<()>>,
+    step: Box<dyn FnMut() -> Result<()> + Send>,
 }
 
 impl Prepared {
     pub fn time(&mut self, warmup: usize, reps: usize) -> Result<f64> {
-        median_ms(warmup, reps, &mut self.step)
+        // Each step on a worker of the pool, as the trainer and the samplers run theirs.
+        let step = &mut self.step;
+        median_ms(warmup, reps, || langevin::threads::on_pool(&mut *step))
     }
 }
 
@@ -282,7 +284,7 @@ pub fn prepare(w: &Workload, dir: &Path, seed: u64, dev: &Device) -> Result<Prep
     let mut inputs = HashMap::from([("x".to_string(), x.clone()), ("t".to_string(), t.clone())]);
     let (x, t) = (x.to_device(dev)?, t.to_device(dev)?);
     let sync = dev.clone();
-    let step: Box<dyn FnMut() -> Result<()>> = match w.mode {
+    let step: Box<dyn FnMut() -> Result<()> + Send> = match w.mode {
         Mode::Forward => {
             // Plain tensors, not variables (a variable's tensor tracks gradients, and so does
             // its cast): inference builds no graph, as `langevin sample` loading a folder.

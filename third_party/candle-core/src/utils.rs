@@ -325,6 +325,17 @@ impl BarrierPool {
             f(0..n_items);
             return;
         }
+        // langevin patch: called from a worker of a rayon pool (langevin's training and
+        // sampling steps run on one), split the work over that pool instead of waking this
+        // pool's own threads, which then compete with the rayon workers for the same cores.
+        if rayon::current_thread_index().is_some() {
+            use rayon::prelude::*;
+            let chunk = n_items.div_ceil(rayon::current_num_threads() * 8).max(1);
+            (0..n_items.div_ceil(chunk))
+                .into_par_iter()
+                .for_each(|c| f(c * chunk..n_items.min((c + 1) * chunk)));
+            return;
+        }
         let n_threads = self.threads.len() + 1;
         // ~8 grabs per thread amortizes cursor contention while keeping tail imbalance small
         let chunk = n_items.div_ceil(n_threads * 8).max(1);

@@ -133,7 +133,7 @@ impl<N: Network> Precond<N> {
     }
 }
 
-impl<N: Network> Denoiser for Precond<N> {
+impl<N: Network + Sync> Denoiser for Precond<N> {
     fn device(&self) -> candle_core::Device {
         self.net.device()
     }
@@ -142,11 +142,22 @@ impl<N: Network> Denoiser for Precond<N> {
         self.denoise_rows(x, &vec![sigma; x.dim(0)?], cond)
     }
 
-    /// D(x, σ_row) = c_skip·x + c_out·F(c_in·x, c_noise) with one σ per row, in one call.
+    /// D(x, σ_row) = c_skip·x + c_out·F(c_in·x, c_noise) with one σ per row, in one call. On
+    /// the CPU on a worker of the thread pool, as training steps run: every parallel section
+    /// of the evaluation then starts from inside the pool instead of waking a sleeping worker
+    /// (measured in CPU round 13: the small UNet at batch 1 took 2.8 ms on a worker against
+    /// 5.0 ms from the calling thread).
     fn denoise_rows(&self, x: &Tensor, sigmas: &[f64], cond: &Cond) -> Result<Tensor> {
-        let sc = self.row_scalings(sigmas, x)?;
-        let f = self.raw(x, &sc, cond)?;
-        Ok((x.broadcast_mul(&sc.c_skip)? + f.broadcast_mul(&sc.c_out)?)?)
+        let here = || -> Result<Tensor> {
+            let sc = self.row_scalings(sigmas, x)?;
+            let f = self.raw(x, &sc, cond)?;
+            Ok((x.broadcast_mul(&sc.c_skip)? + f.broadcast_mul(&sc.c_out)?)?)
+        };
+        if self.net.device().is_cpu() {
+            crate::threads::on_pool(here)
+        } else {
+            here()
+        }
     }
 }
 

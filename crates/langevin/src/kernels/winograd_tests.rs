@@ -1,7 +1,7 @@
 //! Tests of `winograd.rs` and `winograd4.rs`: each transform path against the convolution and
 //! its weight gradient summed term by term in f64, and the same bits on 1, 2 and 3 threads.
 use super::super::winograd4::F4;
-use super::super::winograd_grad::{backward_weight, backward_weight_with, grad_transform};
+use super::super::winograd_grad::{backward_weight, backward_weight_with};
 use super::*;
 use rand::{Rng, SeedableRng};
 
