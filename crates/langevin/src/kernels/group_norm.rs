@@ -246,32 +246,43 @@ fn pass1<T: Real, const SILU: bool>(
 }
 
 /// The second sweep: dx = (dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂)) / σ in place, and Σ dx (the
-/// shift's gradient) in [`LANES`] partial sums, as [`pass1`].
+/// shift's gradient) in f64. With x̂ = (x + tm)·rstd that is dx = α·dx̂ + β·x + γ, one
+/// affine map per channel in `T` (coefficients computed in f64): the same map evaluated
+/// per element in f64, with two conversions per value, was 5.1% of the small UNet's training
+/// step against 1.4% for the first sweep (CPU round 13). The sum runs in 16 independent
+/// `T` lanes per block of 256 values, each block's lanes then added in f64 in a fixed order,
+/// so the bits do not depend on the threads.
 #[inline(always)]
 fn pass2<T: Real>(dx: &mut [T], x: &[T], (tm, rstd, m1, m2): (f64, f64, f64, f64)) -> f64 {
-    let mut acc = [0f64; LANES];
-    let one = |d: &mut T, xv: T| {
-        let xh = (xv.to_f64() + tm) * rstd;
-        let v = rstd * (d.to_f64() - m1 - xh * m2);
-        *d = T::from_f64(v);
-        v
-    };
+    let alpha = T::from_f64(rstd);
+    let beta = T::from_f64(-rstd * rstd * m2);
+    let gamma = T::from_f64(-rstd * (m1 + tm * rstd * m2));
     simd::vectorized(
         #[inline(always)]
         || {
-            let mut dc = dx.chunks_exact_mut(LANES);
-            let mut xc = x.chunks_exact(LANES);
-            for (d4, x4) in (&mut dc).zip(&mut xc) {
-                for k in 0..LANES {
-                    acc[k] += one(&mut d4[k], x4[k]);
+            let mut sum = 0f64;
+            let mut dc = dx.chunks_mut(256);
+            let mut xc = x.chunks(256);
+            for (d, x) in (&mut dc).zip(&mut xc) {
+                let mut acc = [T::ZERO; 16];
+                let (mut d16, mut x16) = (d.chunks_exact_mut(16), x.chunks_exact(16));
+                for (d, x) in (&mut d16).zip(&mut x16) {
+                    for k in 0..16 {
+                        let v = alpha * d[k] + beta * x[k] + gamma;
+                        d[k] = v;
+                        acc[k] += v;
+                    }
                 }
+                for (d, &x) in d16.into_remainder().iter_mut().zip(x16.remainder()) {
+                    let v = alpha * *d + beta * x + gamma;
+                    *d = v;
+                    acc[0] += v;
+                }
+                sum += acc.iter().fold(0f64, |s, v| s + v.to_f64());
             }
-            for (d, &xv) in dc.into_remainder().iter_mut().zip(xc.remainder()) {
-                acc[0] += one(d, xv);
-            }
+            sum
         },
-    );
-    total(acc)
+    )
 }
 
 impl GroupNormOp {

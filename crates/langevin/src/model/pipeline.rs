@@ -27,7 +27,7 @@ pub fn folder_scheduler(dir: &Path, class: SchedulerClass, steps: usize) -> Resu
 /// their per-step noise from `noise` (one stream per sample).
 pub fn diffusers_loop(
     sched: &mut Scheduler,
-    net: &dyn Network,
+    net: &(dyn Network + Sync),
     init_noise: &Tensor,
     cond: &Cond,
     noise: &mut NoiseSource,
@@ -45,9 +45,15 @@ pub fn diffusers_loop(
     for (i, &t) in timesteps.iter().enumerate() {
         let input = sched.scale_model_input(&x, i)?;
         let tt = Tensor::full(t as f32, b, x.device())?;
-        let out = net
-            .forward(&input.to_dtype(dt)?, &tt, cond)?
-            .to_dtype(x.dtype())?;
+        let input = input.to_dtype(dt)?;
+        // On the CPU on a worker of the thread pool, as `Precond::denoise_rows` runs it.
+        let forward = || net.forward(&input, &tt, cond);
+        let out = if dev.is_cpu() {
+            crate::threads::on_pool(forward)?
+        } else {
+            forward()?
+        }
+        .to_dtype(x.dtype())?;
         let z = noise.randn_like(&x)?;
         x = sched.step(&out, i, &x, Some(&z))?;
         on_step(i + 1, timesteps.len());
