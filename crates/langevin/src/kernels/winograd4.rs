@@ -17,7 +17,7 @@ use super::lanes::interleave4;
 use super::real::Real;
 use super::simd::vectorized;
 use super::winograd::{filter_blocks, Tiling};
-use super::winograd4_simd::{lanes, x8};
+use super::winograd4_simd::{lanes, six_rows, x8};
 
 /// Whether F(4×4, 3×3) takes a convolution that [`super::winograd::forward_applies`] to: at
 /// least 64 tiles of 4×4 per image (32×32). With fewer, the per-image GEMMs [O, C]·[C, T]
@@ -137,16 +137,7 @@ fn apply_bt<T: Real>(
     let (o0, o1, o2) = (&mut o0[..len], &mut o1[..len], &mut o2[..len]);
     let (o3, o4, o5) = (&mut o3[..len], &mut o4[..len], &mut o5[..len]);
     let d = [d0, d1, d2, d3, d4, d5].map(|d| d.as_ptr() as *const f32);
-    let o = [o0.as_mut_ptr(), o1.as_mut_ptr(), o2.as_mut_ptr()];
-    let o = [
-        o[0],
-        o[1],
-        o[2],
-        o3.as_mut_ptr(),
-        o4.as_mut_ptr(),
-        o5.as_mut_ptr(),
-    ];
-    let o = o.map(|o| o as *mut f32);
+    let o = six_rows([&mut *o0, &mut *o1, &mut *o2, &mut *o3, &mut *o4, &mut *o5]);
     // SAFETY: `lanes` runs this only where T is f32 and the CPU has AVX2;
     // every slice holds len values (re-sliced above), the kernels stay below len.
     let k0 = lanes::<T>(|from| unsafe {

@@ -14,7 +14,7 @@ use super::cpu_conv::{uninit, Geom};
 use super::real::Real;
 use super::simd::vectorized;
 use super::winograd4::{deinterleave4, input_transform, rows_mut, tiles, F4, G};
-use super::winograd4_simd::{lanes, x8};
+use super::winograd4_simd::{lanes, six_rows, x8};
 use super::winograd_grad::GradTiling;
 
 /// Whether the weight gradient takes F(4×4, 3×3) (for a convolution
@@ -71,16 +71,7 @@ fn apply_a6<T: Real>(
     let (o0, o1, o2) = (&mut o0[..len], &mut o1[..len], &mut o2[..len]);
     let (o3, o4, o5) = (&mut o3[..len], &mut o4[..len], &mut o5[..len]);
     let q = [q0, q1, q2, q3].map(|q| q.as_ptr() as *const f32);
-    let o = [o0.as_mut_ptr(), o1.as_mut_ptr(), o2.as_mut_ptr()];
-    let o = [
-        o[0],
-        o[1],
-        o[2],
-        o3.as_mut_ptr(),
-        o4.as_mut_ptr(),
-        o5.as_mut_ptr(),
-    ];
-    let o = o.map(|o| o as *mut f32);
+    let o = six_rows([&mut *o0, &mut *o1, &mut *o2, &mut *o3, &mut *o4, &mut *o5]);
     // SAFETY: `lanes` runs this only where T is f32 and the CPU has AVX2;
     // every slice holds len values (re-sliced above), the kernels stay below len.
     let k0 = lanes::<T>(|from| unsafe {

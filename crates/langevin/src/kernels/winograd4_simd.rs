@@ -134,3 +134,10 @@ pub(super) fn lanes<T: 'static>(f: impl Fn(usize) -> usize) -> usize {
     let _ = f;
     0
 }
+
+/// The six output rows of a transform as the vector kernels take them (f32 pointers; used only
+/// where [`lanes`] runs them, that is where T is f32).
+#[inline(always)]
+pub(super) fn six_rows<T>(o: [&mut [T]; 6]) -> [*mut f32; 6] {
+    o.map(|o| o.as_mut_ptr() as *mut f32)
+}
