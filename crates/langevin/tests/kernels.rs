@@ -331,3 +331,44 @@ fn conv_and_group_norm_are_bit_identical_across_thread_counts() {
     assert_eq!(one, run(2));
     assert_eq!(one, run(3));
 }
+
+/// candle's large elementwise ops (≥ 64 Ki values go to its parallel path) give the same bits
+/// when called from a worker of a rayon pool, where third_party/candle-core-pool.patch splits
+/// them over that pool, as from a thread outside any pool (candle's own barrier pool): every
+/// value written once, whatever the pool's size.
+#[test]
+fn candle_elementwise_ops_on_a_pool_worker_match_the_calling_thread() {
+    let mut rng = ChaCha8Rng::seed_from_u64(10);
+    // 3·5·97·131 = 190,605 values: several chunks, a ragged last one.
+    let x = randn(&[3, 5, 97, 131], DType::F32, &mut rng);
+    let y = randn(&[3, 5, 97, 131], DType::F32, &mut rng);
+    let s = randn(&[1, 5, 1, 131], DType::F32, &mut rng);
+    let ops = || {
+        [
+            x.exp().unwrap(),
+            (&x * &y).unwrap(),
+            x.broadcast_add(&s).unwrap(),
+            x.silu().unwrap(),
+        ]
+        .map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+    };
+    assert!(rayon::current_thread_index().is_none());
+    let outside = ops();
+    for n in [1, 2, 3, 5] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build()
+            .unwrap();
+        let inside = pool.install(|| {
+            assert!(rayon::current_thread_index().is_some());
+            ops()
+        });
+        for (k, (a, b)) in outside.iter().zip(&inside).enumerate() {
+            assert!(a == b, "op {k} on a pool of {n}: values differ");
+        }
+    }
+    // A reference value, so that both paths cannot agree on something wrong.
+    let v = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let i = v.len() - 1;
+    assert_eq!(outside[0][i], v[i].exp());
+}
