@@ -321,10 +321,13 @@ fn row_split(m: usize, n: usize, k: usize) -> Option<usize> {
 /// at 16×16: 0.9×) and loses a few per cent at C ≤ O, where [`transposed_conv`] (GEMM Wᵀ·dy
 /// with C·k² rows, then col2im) stays, as it does for stride 2 and 1×1. That convolution goes
 /// through Winograd where [`super::winograd::forward_applies`] to it (3×3, padding 1, ≥ 16
-/// channels, from 8×8).
+/// channels) from 16×16 on: on 8×8 maps, with the filters transformed per call, the forms above
+/// were faster (CPU round 13, one process: 64→64 at batch 32 1.5–2.2 ms against 2.1–2.5 for
+/// F(2×2), 128→128 at batch 16 3.3–3.7 against 5.5–6.3, equal at 256 channels, 3–4× faster at
+/// batch 1).
 pub(super) fn backward_input<T: Real>(dy: &[T], wt: &[T], g: &Geom) -> Vec<T> {
     match g.transposed() {
-        Some(gt) if super::winograd::forward_applies(&gt) => {
+        Some(gt) if super::winograd::forward_applies(&gt) && gt.h >= 16 && gt.w >= 16 => {
             super::winograd::forward(dy, &flip(wt, g), None, &gt)
         }
         Some(gt) if g.c > g.o => forward_im2col(dy, &flip(wt, g), None, &gt),
