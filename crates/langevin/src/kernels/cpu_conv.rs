@@ -207,12 +207,13 @@ fn fill_bias<T: Real>(out: &mut [T], bias: &[T], plane: usize) {
 }
 
 /// `y = conv(x, w) + bias`: Winograd (F(4×4, 3×3) or F(2×2, 3×3)) where
-/// [`super::winograd::forward_applies`] (3×3, stride 1, ≥ 16 channels, from 8×8), else as
-/// follows. Where the output has at most half the input's channels (a UNet's up blocks after
-/// the skip concatenation, the output convolution) the im2col GEMM has only O rows and runs
-/// well below the matmul rate (measured 96→32 channels at 32×32: 1.25× the time of the same
-/// flops as [`transposed_conv`], 0.8× with it); there the convolution is computed as the
-/// transposed convolution of the flipped weights (GEMM with C·k² rows, then [`col2im`]).
+/// [`super::winograd::forward_applies`] (3×3, stride 1, ≥ 16 channels, from 16×16, on 8×8 maps
+/// only with many input channels), else as follows. Where the output has at most half the
+/// input's channels (a UNet's up blocks after the skip concatenation, the output convolution)
+/// the im2col GEMM has only O rows and runs well below the matmul rate (measured 96→32 channels
+/// at 32×32: 1.25× the time of the same flops as [`transposed_conv`], 0.8× with it); there the
+/// convolution is computed as the transposed convolution of the flipped weights (GEMM with
+/// C·k² rows, then [`col2im`]).
 pub(super) fn forward<T: Real>(x: &[T], wt: &[T], bias: Option<&[T]>, g: &Geom) -> Vec<T> {
     if super::winograd::forward_applies(g) {
         return super::winograd::forward(x, wt, bias, g);

@@ -25,11 +25,20 @@ pub(super) fn applies(g: &Geom) -> bool {
     g.k == 3 && g.s == 1 && g.p == 1 && g.c >= 16 && g.o >= 16 && g.h >= 2 && g.w >= 2
 }
 
-/// Whether [`forward`] takes it (the forward and the input gradient): as [`applies`], from
-/// 8×8 on. Below (four tiles or fewer per image) im2col is faster (measured 64–256 channels
-/// at 4×4: im2col 0.3–0.7× the time of F(2×2, 3×3), at batch 1 and 16).
+/// Whether [`forward`] takes it (the forward and the input gradient; sampling's prepared
+/// filters follow the same rule, so both give the same bits): as [`applies`], from 16×16 on,
+/// and on 8×8 maps only where C ≥ 2·O and C > 256. Below 8×8 (four tiles or fewer per image)
+/// im2col is faster (measured 64–256 channels at 4×4: im2col 0.3–0.7× the time of F(2×2, 3×3),
+/// at batch 1 and 16). On 8×8, with the filters transformed per call (training), CPU round 13
+/// measured (one process, alternating, batch 32): im2col where C < 2·O (64→64 2.20–2.31 ms
+/// against 2.42–2.45 for F(2×2), 256→256 20.8–21.1 against 23.1–24.2, 384→256 25.1–28.7
+/// against 27.2–30.5), the transposed convolution where 2·O ≤ C ≤ 256 (128→64 2.85–3.03
+/// against 3.62–4.16, 192→64 4.21–4.41 against 5.73–5.91); from 512 input channels the
+/// transposed form lost (512→256 55.7–62.0 against 39.2–39.6). With prepared filters
+/// (sampling) the two were equal within the noise at 32–256 channels.
 pub(super) fn forward_applies(g: &Geom) -> bool {
-    applies(g) && g.h >= 8 && g.w >= 8
+    let small = g.h < 16 || g.w < 16;
+    applies(g) && g.h >= 8 && g.w >= 8 && !(small && (g.c < 2 * g.o || g.c <= 256))
 }
 
 /// G of F(2×2, 3×3), the rows of the 4×3 matrix.
