@@ -213,13 +213,17 @@ fn fill_bias<T: Real>(out: &mut [T], bias: &[T], plane: usize) {
 /// the im2col GEMM has only O rows and runs well below the matmul rate (measured 96→32 channels
 /// at 32×32: 1.25× the time of the same flops as [`transposed_conv`], 0.8× with it); there the
 /// convolution is computed as the transposed convolution of the flipped weights (GEMM with
-/// C·k² rows, then [`col2im`]).
+/// C·k² rows, then [`col2im`]), up to 256 input channels.
 pub(super) fn forward<T: Real>(x: &[T], wt: &[T], bias: Option<&[T]>, g: &Geom) -> Vec<T> {
     if super::winograd::forward_applies(g) {
         return super::winograd::forward(x, wt, bias, g);
     }
     match g.transposed() {
-        Some(gt) if g.c >= 2 * g.o => transposed_conv(x, &flip(wt, g), bias, &gt),
+        // Up to 256 input channels: from 512 on, the transposed form's C·k²-row GEMM and
+        // col2im lost to im2col (CPU round 13, one process, batch 32 at 4×4: 512→256 23.4–23.8
+        // ms against 13.2–13.4, 768→256 37.1–38.8 against 19.3–21.1; at 8×8 128→64 and 192→64
+        // it won, 2.4–2.5 against 3.1–3.5 and 3.0–3.2 against 4.5–4.7).
+        Some(gt) if g.c >= 2 * g.o && g.c <= 256 => transposed_conv(x, &flip(wt, g), bias, &gt),
         _ => forward_im2col(x, wt, bias, g),
     }
 }
