@@ -34,8 +34,9 @@ pub(super) fn applies(g: &Geom) -> bool {
 /// against 2.42–2.45 for F(2×2), 256→256 20.8–21.1 against 23.1–24.2, 384→256 25.1–28.7
 /// against 27.2–30.5), the transposed convolution where 2·O ≤ C ≤ 256 (128→64 2.85–3.03
 /// against 3.62–4.16, 192→64 4.21–4.41 against 5.73–5.91); from 512 input channels the
-/// transposed form lost (512→256 55.7–62.0 against 39.2–39.6). With prepared filters
-/// (sampling) the two were equal within the noise at 32–256 channels.
+/// transposed form lost (512→256 55.7–62.0 against 39.2–39.6; im2col, which
+/// `cpu_conv::forward` now takes there, tied at 36.1–40.1). With prepared filters (sampling)
+/// the two were equal within the noise at 32–256 channels.
 pub(super) fn forward_applies(g: &Geom) -> bool {
     let small = g.h < 16 || g.w < 16;
     applies(g) && g.h >= 8 && g.w >= 8 && !(small && (g.c < 2 * g.o || g.c <= 256))
@@ -238,8 +239,9 @@ fn input_transform_at_impl<T: Real>(
 }
 
 /// Y = Aᵀ m A of every tile for the output channels `out` ([n, H, W], channels `o0..`) from
-/// the 16 products `m` ([16][`ostride`, T], O rows used), plus the bias. Aᵀ = [[1,1,1,0],[0,1,−1,−1]]. Loops over
-/// all T tiles of a channel at once (vectorised), then the 2×2 results interleaved into rows.
+/// the 16 products `m` ([16][`ostride`, T], O rows used), plus the bias.
+/// Aᵀ = [[1,1,1,0],[0,1,−1,−1]]. Loops over all T tiles of a channel at once (vectorised), then
+/// the 2×2 results interleaved into rows.
 fn output_transform<T: Real>(
     m: &[T],
     g: &Geom,

@@ -140,10 +140,7 @@ fn apply_bt<T: Real>(
     let o = six_rows([&mut *o0, &mut *o1, &mut *o2, &mut *o3, &mut *o4, &mut *o5]);
     // SAFETY: `lanes` runs this only where T is f32 and the CPU has AVX2;
     // every slice holds len values (re-sliced above), the kernels stay below len.
-    let k0 = lanes::<T>(|from| unsafe {
-        let (d, o) = (d.map(|p| p.add(from)), o.map(|p| p.add(from)));
-        from + x8::bt(d, o, len - from)
-    });
+    let k0 = lanes::<T>(|| unsafe { x8::bt(d, o, len) });
     for k in k0..len {
         let c = bt([d0[k], d1[k], d2[k], d3[k], d4[k], d5[k]]);
         (o0[k], o1[k], o2[k], o3[k], o4[k], o5[k]) = (c[0], c[1], c[2], c[3], c[4], c[5]);
@@ -185,10 +182,7 @@ fn apply_at<T: Real>(
     ];
     let (o, bf) = (o.map(|o| o as *mut f32), b.to_f64() as f32);
     // SAFETY: as in `apply_bt`.
-    let k0 = lanes::<T>(|from| unsafe {
-        let (d, o) = (d.map(|p| p.add(from)), o.map(|p| p.add(from)));
-        from + x8::at(d, o, bf, len - from)
-    });
+    let k0 = lanes::<T>(|| unsafe { x8::at(d, o, bf, len) });
     for k in k0..len {
         let c = at([m0[k], m1[k], m2[k], m3[k], m4[k], m5[k]]);
         (o0[k], o1[k], o2[k], o3[k]) = (c[0] + b, c[1] + b, c[2] + b, c[3] + b);
@@ -303,9 +297,9 @@ pub(super) fn deinterleave4<T: Real>(row: &[T], p: &mut [T], n: usize) {
 }
 
 /// Y = Aᵀ m A of every tile for the output channels `out` ([n, H, W], channels `o0..`) from
-/// the 36 products `m` ([36][`ostride`, T], O rows used), plus the bias. Aᵀ = [[1,1,1,1,1,0], [0,1,−1,2,−2,0],
-/// [0,1,1,4,4,0], [0,1,−1,8,−8,1]]: loops over all T tiles of a channel, then the 4×4
-/// results interleaved into rows.
+/// the 36 products `m` ([36][`ostride`, T], O rows used), plus the bias.
+/// Aᵀ = [[1,1,1,1,1,0], [0,1,−1,2,−2,0], [0,1,1,4,4,0], [0,1,−1,8,−8,1]]: loops over all T
+/// tiles of a channel, then the 4×4 results interleaved into rows.
 fn output_transform<T: Real>(
     m: &[T],
     g: &Geom,

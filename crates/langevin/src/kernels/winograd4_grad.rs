@@ -74,10 +74,7 @@ fn apply_a6<T: Real>(
     let o = six_rows([&mut *o0, &mut *o1, &mut *o2, &mut *o3, &mut *o4, &mut *o5]);
     // SAFETY: `lanes` runs this only where T is f32 and the CPU has AVX2;
     // every slice holds len values (re-sliced above), the kernels stay below len.
-    let k0 = lanes::<T>(|from| unsafe {
-        let (q, o) = (q.map(|p| p.add(from)), o.map(|p| p.add(from)));
-        from + x8::a6(q, o, len - from)
-    });
+    let k0 = lanes::<T>(|| unsafe { x8::a6(q, o, len) });
     for k in k0..len {
         let c = a6([q0[k], q1[k], q2[k], q3[k]]);
         (o0[k], o1[k], o2[k], o3[k], o4[k], o5[k]) = (c[0], c[1], c[2], c[3], c[4], c[5]);

@@ -120,16 +120,15 @@ pub(super) mod x8 {
     }
 }
 
-/// Runs `f(from)` (one kernel from value `from`, returning where it stopped) where T is f32 and
-/// the CPU has AVX2, and returns where it stopped (the caller does the rest in scalar code);
-/// zero elsewhere.
+/// Runs `f` (an [`x8`] kernel, returning how many values it did) where T is f32 and the CPU has
+/// AVX2, and returns that count (the caller does the rest in scalar code); zero elsewhere.
 #[inline(always)]
-pub(super) fn lanes<T: 'static>(f: impl Fn(usize) -> usize) -> usize {
+pub(super) fn lanes<T: 'static>(f: impl FnOnce() -> usize) -> usize {
     #[cfg(target_arch = "x86_64")]
     if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
         && std::arch::is_x86_feature_detected!("avx2")
     {
-        return f(0);
+        return f();
     }
     let _ = f;
     0
