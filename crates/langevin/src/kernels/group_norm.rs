@@ -105,9 +105,8 @@ fn sizes(dims: &[usize]) -> (usize, usize, usize) {
 
 /// Independent f64 partial sums per quantity in the statistics and the first backward sweep:
 /// four vectors of AVX-512 (eight of AVX2), so that the adds do not wait on each other. With
-/// eight lanes (one
-/// AVX-512 vector, one chain of dependent adds) the statistics pass was 6.9% of the small
-/// UNet's training step (CPU round 13).
+/// eight lanes (one AVX-512 vector, one chain of dependent adds) the statistics pass was 6.9%
+/// of the small UNet's training step (CPU round 13).
 const LANES: usize = 32;
 
 /// Σ of `LANES` partial sums, pairwise in a fixed order.
