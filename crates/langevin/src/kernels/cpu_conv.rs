@@ -96,12 +96,21 @@ impl Geom {
 
 /// Unfold one image [C, H, W] (or any run of its channels) into columns [C·k·k, Ho·Wo].
 fn im2col<T: Real>(x: &[T], g: &Geom, col: &mut [T]) {
+    im2col_ld(x, g, col, g.hwo())
+}
+
+/// [`im2col`] into rows `ld` values apart (the image's Ho·Wo columns at the start of each):
+/// one image's block of a matrix that holds several images side by side ([`grouped`]).
+fn im2col_ld<T: Real>(x: &[T], g: &Geom, col: &mut [T], ld: usize) {
+    if g.s <= 2 {
+        return im2col_padded(x, g, col, ld);
+    }
     let (k, s, hwo) = (g.k, g.s, g.hwo());
     for c in 0..x.len() / g.hwi() {
         let xc = &x[c * g.hwi()..(c + 1) * g.hwi()];
         for ky in 0..k {
             for kx in 0..k {
-                let row = &mut col[((c * k + ky) * k + kx) * hwo..][..hwo];
+                let row = &mut col[((c * k + ky) * k + kx) * ld..][..hwo];
                 let (lo, hi) = g.valid_cols(kx);
                 for oy in 0..g.ho {
                     let dst = &mut row[oy * g.wo..(oy + 1) * g.wo];
@@ -127,15 +136,124 @@ fn im2col<T: Real>(x: &[T], g: &Geom, col: &mut [T]) {
     }
 }
 
+/// [`im2col_ld`] at stride 1 or 2: each channel's plane copied once into a zero-bordered plane,
+/// then every row of every column row one copy out of it (at stride 1 in fixed chunks of 8
+/// values). Row by row
+/// with the borders filled per row, an 8×8 map's rows of 8 values each went through
+/// `memmove`/`memset` calls: im2col was 30% and those calls 20% of the 64→64-channel 8×8
+/// convolution, against 39% for its GEMM (issue 17, CPU round 14).
+fn im2col_padded<T: Real>(x: &[T], g: &Geom, col: &mut [T], ld: usize) {
+    let (k, s, p, hwo, wo) = (g.k, g.s, g.p, g.hwo(), g.wo);
+    let (hp, wp) = (g.h + 2 * p, g.w + 2 * p);
+    let mut pad = vec![T::ZERO; hp * wp];
+    for c in 0..x.len() / g.hwi() {
+        let xc = &x[c * g.hwi()..(c + 1) * g.hwi()];
+        for (iy, src) in xc.chunks_exact(g.w).enumerate() {
+            copy_row(&mut pad[(iy + p) * wp + p..][..g.w], src);
+        }
+        for ky in 0..k {
+            for kx in 0..k {
+                let row = &mut col[((c * k + ky) * k + kx) * ld..][..hwo];
+                for (oy, dst) in row.chunks_exact_mut(wo).enumerate() {
+                    let src = &pad[(oy * s + ky) * wp + kx..];
+                    if s == 1 {
+                        copy_row(dst, &src[..wo]);
+                    } else {
+                        for (ox, d) in dst.iter_mut().enumerate() {
+                            *d = src[ox * s];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// [`col2im_ld`] at stride 1 or 2, the adjoint of [`im2col_padded`]: each channel's plane copied
+/// into a zero-bordered plane, every column row's rows added onto it (at stride 1 in fixed
+/// chunks of 8 values),
+/// the interior copied back (the same additions in the same order as row by row, so the same
+/// bits). Row by row, with each row's valid range computed, col2im was 29% of a 128→64-channel
+/// 8×8 convolution by the transposed form (issue 17, CPU round 14).
+fn col2im_padded<T: Real>(col: &[T], g: &Geom, dx: &mut [T], ld: usize) {
+    let (k, s, p, hwo, wo) = (g.k, g.s, g.p, g.hwo(), g.wo);
+    let (hp, wp) = (g.h + 2 * p, g.w + 2 * p);
+    let mut pad = vec![T::ZERO; hp * wp];
+    for c in 0..dx.len() / g.hwi() {
+        let xc = &mut dx[c * g.hwi()..(c + 1) * g.hwi()];
+        if c > 0 {
+            pad.fill(T::ZERO);
+        }
+        for (iy, src) in xc.chunks_exact(g.w).enumerate() {
+            copy_row(&mut pad[(iy + p) * wp + p..][..g.w], src);
+        }
+        for ky in 0..k {
+            for kx in 0..k {
+                let row = &col[((c * k + ky) * k + kx) * ld..][..hwo];
+                for (oy, src) in row.chunks_exact(wo).enumerate() {
+                    let dst = &mut pad[(oy * s + ky) * wp + kx..];
+                    if s == 1 {
+                        add_row(&mut dst[..wo], src);
+                    } else {
+                        for (ox, &v) in src.iter().enumerate() {
+                            dst[ox * s] += v;
+                        }
+                    }
+                }
+            }
+        }
+        for (iy, dst) in xc.chunks_exact_mut(g.w).enumerate() {
+            copy_row(dst, &pad[(iy + p) * wp + p..][..g.w]);
+        }
+    }
+}
+
+/// `dst += src` elementwise, in chunks of 8 values with constant bounds.
+#[inline(always)]
+fn add_row<T: Real>(dst: &mut [T], src: &[T]) {
+    let (mut d, mut s) = (dst.chunks_exact_mut(8), src.chunks_exact(8));
+    for (a, b) in (&mut d).zip(&mut s) {
+        let (a, b): (&mut [T; 8], &[T; 8]) = (a.try_into().unwrap(), b.try_into().unwrap());
+        for i in 0..8 {
+            a[i] += b[i];
+        }
+    }
+    for (a, b) in d.into_remainder().iter_mut().zip(s.remainder()) {
+        *a += *b;
+    }
+}
+
+/// `dst.copy_from_slice(src)` in chunks of 8 values with constant bounds (vector moves, no
+/// call to `memmove` for rows of a few values).
+#[inline(always)]
+fn copy_row<T: Copy>(dst: &mut [T], src: &[T]) {
+    let (mut d, mut s) = (dst.chunks_exact_mut(8), src.chunks_exact(8));
+    for (a, b) in (&mut d).zip(&mut s) {
+        let (a, b): (&mut [T; 8], &[T; 8]) = (a.try_into().unwrap(), b.try_into().unwrap());
+        *a = *b;
+    }
+    for (a, b) in d.into_remainder().iter_mut().zip(s.remainder()) {
+        *a = *b;
+    }
+}
+
 /// Fold columns [C·k·k, Ho·Wo] back onto one image [C, H, W], adding overlaps (the adjoint of
 /// [`im2col`]); any run of the channels. `dx` must be zeroed.
 fn col2im<T: Real>(col: &[T], g: &Geom, dx: &mut [T]) {
+    col2im_ld(col, g, dx, g.hwo())
+}
+
+/// [`col2im`] from rows `ld` values apart (as [`im2col_ld`] writes them).
+fn col2im_ld<T: Real>(col: &[T], g: &Geom, dx: &mut [T], ld: usize) {
+    if g.s <= 2 {
+        return col2im_padded(col, g, dx, ld);
+    }
     let (k, s, hwo) = (g.k, g.s, g.hwo());
     for c in 0..dx.len() / g.hwi() {
         let xc = &mut dx[c * g.hwi()..(c + 1) * g.hwi()];
         for ky in 0..k {
             for kx in 0..k {
-                let row = &col[((c * k + ky) * k + kx) * hwo..][..hwo];
+                let row = &col[((c * k + ky) * k + kx) * ld..][..hwo];
                 let (lo, hi) = g.valid_cols(kx);
                 for oy in 0..g.ho {
                     let iy = (oy * s + ky) as isize - g.p as isize;
@@ -232,6 +350,9 @@ pub(super) fn forward<T: Real>(x: &[T], wt: &[T], bias: Option<&[T]>, g: &Geom) 
 /// value.
 pub(super) fn forward_im2col<T: Real>(x: &[T], wt: &[T], bias: Option<&[T]>, g: &Geom) -> Vec<T> {
     let (ckk, hwo) = (g.ckk(), g.hwo());
+    if let Some(nb) = grouped(g) {
+        return forward_grouped(x, wt, bias, g, nb);
+    }
     let mut out = uninit(g.b * g.o * hwo);
     let one = |xb: &[T], ob: &mut [T], col: &mut Vec<T>, par| {
         if let Some(bias) = bias {
@@ -302,6 +423,107 @@ pub(super) fn forward_im2col<T: Real>(x: &[T], wt: &[T], bias: Option<&[T]>, g: 
             one(xb, ob, &mut col, par);
         }
     }
+    out
+}
+
+/// Images per GEMM on small maps, or `None` for one image per GEMM. One image of a 4×4 map gives
+/// `gemm` a product 16 columns wide; `nb` images side by side make up to [`GROUP_COLUMNS`]
+/// columns in at least [`MIN_GROUPS`] groups, with at most [`GROUP_VALUES`] of columns. In one
+/// process, alternating (issue 17, CPU round 14), batch 32: 256→256 channels at 4×4 5.2–5.4 ms
+/// against 7.5–7.9, 512→256 11.3–12.0 against 14.4–14.7, 128→128 at 8×8 stride 2 1.7 against
+/// 2.2–2.3; equal at 8×8 stride 1. Fixed by the shapes, never by the thread count: `gemm`'s
+/// depth blocking depends on the product's width, so the groups must not move with the threads
+/// for the bits not to (tested); an image's values in a group agree with its values alone to
+/// rounding (tested).
+fn grouped(g: &Geom) -> Option<usize> {
+    let fit = (GROUP_VALUES / (g.ckk() * g.hwo())).max(1);
+    let nb = (GROUP_COLUMNS / g.hwo())
+        .min(g.b.div_ceil(MIN_GROUPS))
+        .min(fit);
+    (nb > 1 && !g.pointwise()).then_some(nb)
+}
+
+/// Groups of images at least (see [`grouped`]), so that two threads share them evenly.
+const MIN_GROUPS: usize = 4;
+
+/// Columns of one grouped GEMM (see [`grouped`]).
+const GROUP_COLUMNS: usize = 256;
+
+/// At most this many values of im2col columns per group (640 KiB of f32, inside the L2 cache).
+const GROUP_VALUES: usize = 160 * 1024;
+
+/// Runs `f(first image, images)` over the batch's groups of `nb` images: in parallel where
+/// there are as many groups as threads (each GEMM on one thread), else one after the other
+/// with `gemm` threaded inside.
+fn for_groups(g: &Geom, nb: usize, f: impl Fn(usize, usize, Parallelism) + Sync) {
+    let groups = g.b.div_ceil(nb);
+    let nt = threads();
+    let images = |i: usize| (i * nb, nb.min(g.b - i * nb));
+    if groups >= nt || nt == 1 {
+        (0..groups).into_par_iter().with_min_len(1).for_each(|i| {
+            let (b0, n) = images(i);
+            f(b0, n, Parallelism::None)
+        });
+    } else {
+        for i in 0..groups {
+            let (b0, n) = images(i);
+            f(b0, n, Parallelism::Rayon(nt));
+        }
+    }
+}
+
+/// A pointer that may cross threads: each group of [`for_groups`] writes only its own images.
+#[derive(Clone, Copy)]
+struct Shared<T>(*mut T);
+// SAFETY: used only to hand disjoint ranges of one buffer to the groups of `for_groups`.
+unsafe impl<T: Send> Send for Shared<T> {}
+unsafe impl<T: Send> Sync for Shared<T> {}
+
+impl<T> Shared<T> {
+    /// The `len` values from `at`.
+    /// # Safety
+    /// No other live slice may overlap them, and they lie inside the buffer.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice(&self, at: usize, len: usize) -> &mut [T] {
+        std::slice::from_raw_parts_mut(self.0.add(at), len)
+    }
+}
+
+/// [`forward_im2col`] with `nb` images per GEMM: their columns side by side ([C·k², nb·Ho·Wo]),
+/// one product [O, nb·Ho·Wo] from the bias, then each image's [O, Ho·Wo] copied out.
+fn forward_grouped<T: Real>(x: &[T], wt: &[T], bias: Option<&[T]>, g: &Geom, nb: usize) -> Vec<T> {
+    let (ckk, hwo, hwi) = (g.ckk(), g.hwo(), g.hwi());
+    let mut out = uninit(g.b * g.o * hwo);
+    let dst = Shared(out.as_mut_ptr());
+    for_groups(g, nb, |b0, n, par| {
+        let cols = n * hwo;
+        let mut col = uninit(ckk * cols);
+        for j in 0..n {
+            let xb = &x[(b0 + j) * g.c * hwi..][..g.c * hwi];
+            im2col_ld(xb, g, &mut col[j * hwo..], cols);
+        }
+        let mut y = uninit(g.o * cols);
+        if let Some(bias) = bias {
+            fill_bias(&mut y, bias, cols);
+        }
+        mm(
+            (g.o, cols, ckk),
+            &mut y,
+            bias.is_some(),
+            wt,
+            (ckk, 1),
+            &col,
+            (cols, 1),
+            par,
+        );
+        // SAFETY: images b0..b0 + n belong to this group alone.
+        let ob = unsafe { dst.slice(b0 * g.o * hwo, n * g.o * hwo) };
+        for (o, row) in y.chunks_exact(cols).enumerate() {
+            for (j, v) in row.chunks_exact(hwo).enumerate() {
+                ob[(j * g.o + o) * hwo..][..hwo].copy_from_slice(v);
+            }
+        }
+    });
     out
 }
 
@@ -449,7 +671,7 @@ pub(super) fn transposed_conv<T: Real>(dy: &[T], wt: &[T], bias: Option<&[T]>, g
 }
 
 /// dL/dw = Σ_b dy_b · col_bᵀ, in partial sums over groups of images ([`grouped_sum`]); the
-/// Winograd form where [`super::winograd::applies`].
+/// Winograd form where [`winograd_weight_grad`].
 ///
 /// The sums are kept transposed, dwᵀ [C·k², O], and transposed once at the end: `gemm` packs
 /// the operand on the side of its destination's contiguous dimension, so with dw row-major it
@@ -457,7 +679,7 @@ pub(super) fn transposed_conv<T: Real>(dy: &[T], wt: &[T], bias: Option<&[T]>, g
 /// UNet's training step), while with dwᵀ it packs dy (O rows) and reads the columns in place,
 /// each row contiguous along the summed dimension.
 pub(super) fn backward_weight<T: Real>(x: &[T], dy: &[T], g: &Geom) -> Vec<T> {
-    if super::winograd::applies(g) {
+    if winograd_weight_grad(g) {
         return super::winograd_grad::backward_weight(x, dy, g, WEIGHT_GRAD_GROUPS);
     }
     let (ckk, hwo) = (g.ckk(), g.hwo());
@@ -496,6 +718,19 @@ pub(super) fn backward_weight<T: Real>(x: &[T], dy: &[T], g: &Geom) -> Vec<T> {
         }
     }
     dw
+}
+
+/// Whether the weight gradient takes Winograd ([`super::winograd_grad`]): as
+/// [`super::winograd::applies`], on maps from 32×32, or from 16×16 with 256 channels on both
+/// sides. Below, the im2col GEMMs were faster, in one process, alternating, batch 32 (issue 17,
+/// CPU round 14; forward + both gradients of one convolution): 64→64 channels at 8×8 3.5–3.9 ms
+/// against 4.7–5.3 by F(2×2), 128→64 at 8×8 6.0–8.6 against 6.7–9.8, at 16×16 64→64 9.7–13.9
+/// against 11.2–15.0, 128→64 17.7–21.8 against 22.5–23.0, 128→128 43.5 against 47.7; at 256
+/// channels on 16×16 F(2×2) won (184.8 against 203.4), at 32×32 Winograd won at 32–96 channels
+/// (96→32 26.9 against 32.2, 64→32 18.9 against 21.5).
+fn winograd_weight_grad(g: &Geom) -> bool {
+    let (side, channels) = (g.h.min(g.w), g.c.min(g.o));
+    super::winograd::applies(g) && (side >= 32 || (side >= 16 && channels >= 256))
 }
 
 /// Σ over a batch of `b` images of `part(images, par)` (each a vector of `len` values): the

@@ -244,6 +244,59 @@ fn conv_paths_are_bit_identical_across_thread_counts() {
     }
 }
 
+/// On small maps several images share one GEMM ([`grouped`]): forward (im2col and, at
+/// 2·O ≤ C, the transposed form) and input gradient at stride 1 and 2 give the same bits on
+/// 1, 2, 3 and 5 threads (5: fewer groups than threads, `gemm` threaded inside), and each image the values it gets alone (one GEMM of its own) to
+/// rounding; the groups run on these shapes.
+#[test]
+fn grouped_images_are_bit_identical_across_thread_counts_and_match_one_image() {
+    // (batch, channels, out channels, size, stride)
+    for case in [
+        (9, 64, 48, 4, 1),
+        (7, 32, 64, 8, 2),
+        (12, 96, 32, 6, 1),
+        (8, 48, 40, 8, 1),
+    ] {
+        let (b, c, o, hw, s) = case;
+        let g = Geom::new(&[b, c, hw, hw], &[o, c, 3, 3], s, 1).unwrap();
+        assert!(grouped(&g).is_some(), "{case:?}");
+        let x = values::<f32>(g.b * g.c * g.hwi(), 20);
+        let dy = values::<f32>(g.b * g.o * g.hwo(), 21);
+        let wt = values::<f32>(g.o * g.ckk(), 22);
+        let bias = values::<f32>(g.o, 23);
+        let run = |n: usize, x: &[f32], dy: &[f32], g: &Geom| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let y = forward(x, &wt, Some(&bias), g);
+                [y, backward_input(dy, &wt, g)]
+            })
+        };
+        let bits = |v: &[Vec<f32>; 2]| {
+            v.each_ref()
+                .map(|v| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>())
+        };
+        let all = run(1, &x, &dy, &g);
+        for n in [2, 3, 5] {
+            assert!(
+                bits(&all) == bits(&run(n, &x, &dy, &g)),
+                "{case:?} on {n} threads"
+            );
+        }
+        let g1 = Geom { b: 1, ..g };
+        let (xs, ys) = (g.c * g.hwi(), g.o * g.hwo());
+        for i in 0..b {
+            let alone = run(1, &x[i * xs..][..xs], &dy[i * ys..][..ys], &g1);
+            for (k, n) in [g.o * g.hwo(), g.c * g.hwi()].into_iter().enumerate() {
+                let err = max_rel(&to64(&all[k][i * n..][..n]), &to64(&alone[k]));
+                assert!(err < 1e-5, "{case:?} image {i} output {k}: {err}");
+            }
+        }
+    }
+}
+
 /// At batch 1 on several threads the image's GEMM is split by rows ([`row_split`]): the
 /// split runs on these shapes (forward by im2col and by the transposed convolution, input
 /// gradient both ways, stride 2, 1×1), gives the same bits on 1, 2 and 3 threads, and the

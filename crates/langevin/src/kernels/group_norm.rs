@@ -103,8 +103,7 @@ fn sizes(dims: &[usize]) -> (usize, usize, usize) {
     (dims[0], dims[1], dims[2..].iter().product())
 }
 
-/// Independent f64 partial sums per quantity in the statistics and the first backward sweep:
-/// four vectors of AVX-512 (eight of AVX2), so that the adds do not wait on each other. With
+/// Independent f64 partial sums per quantity in the statistics: four vectors of AVX-512 (eight of AVX2), so that the adds do not wait on each other. With
 /// eight lanes (one AVX-512 vector, one chain of dependent adds) the statistics pass was 6.9%
 /// of the small UNet's training step (CPU round 13).
 const LANES: usize = 32;
@@ -182,79 +181,69 @@ fn affine_at<T: Real>(
     (T::from_f64(a), T::from_f64(b))
 }
 
-/// `out = silu'(x·a + b)`, silu'(y) = σ(y)·(1 + y·(1 − σ(y))), in `T` with [`Sigmoid::sig`].
-fn silu_grad_factor<T: Sigmoid>(x: &[T], a: T, b: T, out: &mut [T]) {
-    simd::vectorized(
-        #[inline(always)]
-        || {
-            for (o, &x) in out.iter_mut().zip(x) {
-                let y = x * a + b;
-                let sg = y.sig();
-                *o = sg * (T::ONE + y * (T::ONE - sg));
-            }
-        },
-    )
-}
-
-/// The backward pass's first sweep over one channel (`dx` holds silu'(y) on entry when
-/// `SILU`): dx̂ = dŷ·γ written to `dx`, and [Σ dŷ·x̂, Σ dŷ, Σ dx̂, Σ dx̂·x̂] in f64.
-/// [`LANES`] interleaved partial sums per quantity: one running f64 sum each was a chain of
-/// dependent adds, ~4% of the small UNet's training step (CPU round 8). The order is fixed,
-/// so the bits do not depend on the threads.
+/// The backward pass's first sweep over one channel: dŷ = dy·silu'(x·a + b) when `SILU`
+/// (silu'(y) = σ(y)·(1 + y·(1 − σ(y))), at the forward pass's `T`-valued pre-activation), else
+/// dy, written to `dx`; returns Σ dŷ and Σ dŷ·(x + tm) (x̂ = (x + tm)·rstd) in f64. SiLU's
+/// factor, dŷ and the products in `T`, the sums in 16 `T` lanes per block of 256 values, each
+/// block's lanes then added in f64 in a fixed order (so the bits do not depend on the threads).
+/// The factor had its own sweep, and the sums ran per element in f64 over four quantities (two
+/// are γ times the other two): together with the statistics those were 5.4% of the small
+/// UNet's training step (issue 17, CPU round 13/14).
 #[inline(always)]
-fn pass1<T: Real, const SILU: bool>(
+fn pass1<T: Sigmoid, const SILU: bool>(
     dx: &mut [T],
     x: &[T],
     dy: &[T],
-    (tm, rstd, g): (f64, f64, f64),
-) -> [f64; 4] {
-    let mut acc = [[0f64; LANES]; 4];
-    let one = |k: usize, d: &mut T, xv: T, gv: T, acc: &mut [[f64; LANES]; 4]| {
-        let xh = (xv.to_f64() + tm) * rstd;
-        let mut dyh = gv.to_f64();
-        if SILU {
-            dyh *= d.to_f64();
-        }
-        let dxh = dyh * g;
-        acc[0][k] += dyh * xh;
-        acc[1][k] += dyh;
-        acc[2][k] += dxh;
-        acc[3][k] += dxh * xh;
-        *d = T::from_f64(dxh);
+    (a, b, tm): (T, T, T),
+) -> (f64, f64) {
+    let one = |d: &mut T, x: T, g: T, s: &mut T, sx: &mut T| {
+        let v = if SILU {
+            let y = x * a + b;
+            let sg = y.sig();
+            g * (sg * (T::ONE + y * (T::ONE - sg)))
+        } else {
+            g
+        };
+        *d = v;
+        *s += v;
+        *sx += v * (x + tm);
     };
     simd::vectorized(
         #[inline(always)]
         || {
-            let mut dc = dx.chunks_exact_mut(LANES);
-            let (mut xc, mut yc) = (x.chunks_exact(LANES), dy.chunks_exact(LANES));
-            for ((d4, x4), y4) in (&mut dc).zip(&mut xc).zip(&mut yc) {
-                for k in 0..LANES {
-                    one(k, &mut d4[k], x4[k], y4[k], &mut acc);
+            let (mut s1, mut s2) = (0f64, 0f64);
+            let blocks = dx.chunks_mut(256).zip(x.chunks(256)).zip(dy.chunks(256));
+            for ((d, x), g) in blocks {
+                let (mut a1, mut a2) = ([T::ZERO; 16], [T::ZERO; 16]);
+                let mut d16 = d.chunks_exact_mut(16);
+                let (mut x16, mut g16) = (x.chunks_exact(16), g.chunks_exact(16));
+                for ((d, x), g) in (&mut d16).zip(&mut x16).zip(&mut g16) {
+                    for k in 0..16 {
+                        one(&mut d[k], x[k], g[k], &mut a1[k], &mut a2[k]);
+                    }
                 }
+                let tail = d16.into_remainder().iter_mut();
+                for ((d, &x), &g) in tail.zip(x16.remainder()).zip(g16.remainder()) {
+                    one(d, x, g, &mut a1[0], &mut a2[0]);
+                }
+                s1 += a1.iter().fold(0f64, |s, v| s + v.to_f64());
+                s2 += a2.iter().fold(0f64, |s, v| s + v.to_f64());
             }
-            let tail = dc
-                .into_remainder()
-                .iter_mut()
-                .zip(xc.remainder())
-                .zip(yc.remainder());
-            for ((d, &xv), &gv) in tail {
-                one(0, d, xv, gv, &mut acc);
-            }
+            (s1, s2)
         },
-    );
-    acc.map(total)
+    )
 }
 
-/// The second sweep: dx = (dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂)) / σ in place, and Σ dx (the
-/// shift's gradient) in f64. With x̂ = (x + tm)·rstd that is dx = α·dx̂ + β·x + γ, one
-/// affine map per channel in `T` (coefficients computed in f64): the same map evaluated
+/// The second sweep: dx = (dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂)) / σ in place from dŷ (dx̂ = dŷ·g),
+/// and Σ dx (the shift's gradient) in f64. With x̂ = (x + tm)·rstd that is
+/// dx = α·dŷ + β·x + γ, one affine map per channel in `T` (coefficients computed in f64): the same map evaluated
 /// per element in f64, with two conversions per value, was 5.1% of the small UNet's training
 /// step against 1.4% for the first sweep (CPU round 13). The sum runs in 16 independent
 /// `T` lanes per block of 256 values, each block's lanes then added in f64 in a fixed order,
 /// so the bits do not depend on the threads.
 #[inline(always)]
-fn pass2<T: Real>(dx: &mut [T], x: &[T], (tm, rstd, m1, m2): (f64, f64, f64, f64)) -> f64 {
-    let alpha = T::from_f64(rstd);
+fn pass2<T: Real>(dx: &mut [T], x: &[T], (tm, rstd, m1, m2, g): (f64, f64, f64, f64, f64)) -> f64 {
+    let alpha = T::from_f64(rstd * g);
     let beta = T::from_f64(-rstd * rstd * m2);
     let gamma = T::from_f64(-rstd * (m1 + tm * rstd * m2));
     simd::vectorized(
@@ -339,7 +328,7 @@ impl GroupNormOp {
         let (gamma, beta) = affine.split_at(c);
         let cg = c / self.groups;
         let n = (cg * s) as f64;
-        // Every value is written by pass 1 (after SiLU's factor when `silu`): no zeroing pass.
+        // Every value is written by pass 1: no zeroing pass.
         let mut dx = super::cpu_conv::uninit(x.len());
         // Per (batch, channel): Σ dŷ·x̂, Σ dŷ and Σ dx, the first two summed over the batch
         // afterwards, the last the gradient of the shift.
@@ -354,38 +343,36 @@ impl GroupNormOp {
             .for_each(|(bg, ((((dx, x), dy), part), t))| {
                 let (mean, rstd) = stats(x, t, s, self.eps);
                 let c0 = (bg % self.groups) * cg;
-                // Pass 1: dŷ (the gradient before the affine map, through SiLU), stored in dx
-                // as dx̂ = dŷ·γ, and the group sums Σ dx̂ and Σ dx̂·x̂.
+                // Pass 1: dŷ (the gradient before the affine map, through SiLU) stored in dx,
+                // and per channel Σ dŷ·x̂ and Σ dŷ; the group sums Σ dx̂ and Σ dx̂·x̂ are γ times
+                // those.
                 let (mut s1, mut s2) = (0f64, 0f64);
                 for ch in 0..cg {
                     let g = gamma[c0 + ch].to_f64();
                     let range = ch * s..(ch + 1) * s;
-                    if self.silu {
-                        // SiLU's derivative at the forward pass's pre-activation (the same
-                        // T-valued y), in a vectorised loop first: per element in f64 with
-                        // libm's `exp` it was ~7% of the small UNet's training step.
-                        let (a, b) = affine_at(gamma, beta, c0 + ch, t[ch], mean, rstd);
-                        silu_grad_factor(&x[range.clone()], a, b, &mut dx[range.clone()]);
-                    }
                     let tm = t[ch].to_f64() - mean;
+                    let (a, b) = affine_at(gamma, beta, c0 + ch, t[ch], mean, rstd);
+                    let coef = (a, b, T::from_f64(tm));
                     let (dxc, xc, dyc) = (&mut dx[range.clone()], &x[range.clone()], &dy[range]);
-                    let [dg, db, c1, c2] = if self.silu {
-                        pass1::<T, true>(dxc, xc, dyc, (tm, rstd, g))
+                    let (sum, sum_x) = if self.silu {
+                        pass1::<T, true>(dxc, xc, dyc, coef)
                     } else {
-                        pass1::<T, false>(dxc, xc, dyc, (tm, rstd, g))
+                        pass1::<T, false>(dxc, xc, dyc, coef)
                     };
-                    s1 += c1;
-                    s2 += c2;
+                    let dg = rstd * sum_x;
+                    s1 += g * sum;
+                    s2 += g * dg;
                     part[ch * 3] = dg;
-                    part[ch * 3 + 1] = db;
+                    part[ch * 3 + 1] = sum;
                 }
                 let (m1, m2) = (s1 / n, s2 / n);
                 // Pass 2: dx = (dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂)) / σ.
                 for ch in 0..cg {
+                    let g = gamma[c0 + ch].to_f64();
                     let tm = t[ch].to_f64() - mean;
                     let range = ch * s..(ch + 1) * s;
-                    let dt = pass2(&mut dx[range.clone()], &x[range], (tm, rstd, m1, m2));
-                    part[ch * 3 + 2] = dt;
+                    let coef = (tm, rstd, m1, m2, g);
+                    part[ch * 3 + 2] = pass2(&mut dx[range.clone()], &x[range], coef);
                 }
             });
         let mut daffine = vec![0f64; 2 * c];
