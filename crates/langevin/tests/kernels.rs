@@ -96,6 +96,63 @@ fn conv2d_matches_candle_forward_and_backward() {
     }
 }
 
+/// The backward pass computes only the gradients that are asked for: with the input untracked
+/// (a network's first convolution) there is no input gradient, and the weight and bias
+/// gradients have the bits they have when the input is a variable too.
+#[test]
+fn conv2d_backward_skips_the_input_gradient_of_an_untracked_input() {
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let x = randn(&[3, 4, 9, 8], DType::F32, &mut rng);
+    let (w, b) = (
+        Var::from_tensor(&randn(&[6, 4, 3, 3], DType::F32, &mut rng)).unwrap(),
+        Var::from_tensor(&randn(&[6], DType::F32, &mut rng)).unwrap(),
+    );
+    let grads = |x: &Tensor| {
+        let y = conv2d(x, w.as_tensor(), Some(b.as_tensor()), 1, 1).unwrap();
+        (y.sqr().unwrap().sum_all().unwrap()).backward().unwrap()
+    };
+    let xv = Var::from_tensor(&x).unwrap();
+    let (with_x, without_x) = (grads(xv.as_tensor()), grads(&x));
+    assert!(with_x.get(xv.as_tensor()).is_some());
+    assert!(without_x.get(&x).is_none());
+    for t in [w.as_tensor(), b.as_tensor()] {
+        let bits = |g: &candle_core::backprop::GradStore| {
+            let v: Vec<f32> = g.get(t).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            v.iter().map(|f| f.to_bits()).collect::<Vec<_>>()
+        };
+        assert_eq!(bits(&with_x), bits(&without_x));
+    }
+}
+
+/// candle's sum over leading dimensions (a bias's gradient; third_party/candle-core-reduce.patch
+/// adds whole rows instead of indexing each element) gives the bits of the row-by-row sum in
+/// order, on a contiguous tensor and on a strided view (upstream's per-element path).
+#[test]
+fn candle_sum_over_leading_dims_adds_rows_in_order() {
+    let mut rng = ChaCha8Rng::seed_from_u64(6);
+    let x = randn(&[5, 7, 9], DType::F32, &mut rng);
+    let v: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+    let mut want = vec![0f32; 9];
+    for row in v.chunks(9) {
+        for (w, &r) in want.iter_mut().zip(row) {
+            *w += r;
+        }
+    }
+    let bits = |t: Tensor| -> Vec<u32> {
+        let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+        v.iter().map(|f| f.to_bits()).collect()
+    };
+    let want: Vec<u32> = want.iter().map(|f| f.to_bits()).collect();
+    assert_eq!(bits(x.sum_keepdim((0, 1)).unwrap()), want);
+    // The same sum over a strided view: [5, 9, 7] transposed back to [5, 7, 9].
+    let strided = x.t().unwrap().contiguous().unwrap().t().unwrap();
+    assert!(!strided.is_contiguous());
+    assert_eq!(bits(strided.sum_keepdim((0, 1)).unwrap()), want);
+    let partial = x.sum_keepdim(0).unwrap();
+    assert_eq!(partial.dims(), &[1, 7, 9]);
+    assert_eq!(bits(partial), bits(strided.sum_keepdim(0).unwrap()));
+}
+
 /// The GEMM form used for training on GPUs gives the own kernel's output and all three
 /// gradients on every shape (odd sizes and stride 2 included).
 #[test]

@@ -275,9 +275,17 @@ impl CustomOp2 for Conv2dOp {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let g = Geom::new(x.dims(), w.dims(), self.stride, self.padding)?;
         let dy = dy.contiguous()?;
-        let dx = dy.apply_op2_no_bwd(&w.contiguous()?, &BackwardInput(g))?;
-        let dw = x.contiguous()?.apply_op2_no_bwd(&dy, &BackwardWeight(g))?;
-        Ok((Some(dx), Some(dw)))
+        // Only the gradients someone asked for: a network's input (the first convolution's x)
+        // is not tracked, and its input gradient was a full convolution's work for nothing.
+        let dx = x
+            .track_op()
+            .then(|| dy.apply_op2_no_bwd(&w.contiguous()?, &BackwardInput(g)))
+            .transpose()?;
+        let dw = w
+            .track_op()
+            .then(|| x.contiguous()?.apply_op2_no_bwd(&dy, &BackwardWeight(g)))
+            .transpose()?;
+        Ok((dx, dw))
     }
 }
 

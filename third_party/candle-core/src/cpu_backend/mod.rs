@@ -344,6 +344,20 @@ impl ReduceSum<'_> {
                     }
                     return Ok(dst);
                 };
+                // langevin patch: reducing over the leading dimensions (a bias's gradient, the
+                // sum over the batch and positions of a broadcast add's output gradient) adds
+                // whole rows onto dst, one row after another: the same additions in the same
+                // order as the loop below, without its per-element index arithmetic.
+                let reduce_over_first_dims =
+                    self.reduce_dims.iter().enumerate().all(|(i, &v)| v == i);
+                if reduce_over_first_dims && !dst.is_empty() {
+                    for row in src.chunks_exact(dst.len()) {
+                        for (d, &s) in dst.iter_mut().zip(row) {
+                            *d += s;
+                        }
+                    }
+                    return Ok(dst);
+                }
                 for (unstr_index, &src) in src.iter().enumerate() {
                     let mut dst_index = unstr_index;
                     // Set the reduce_dims indexes to 0.
