@@ -721,16 +721,17 @@ pub(super) fn backward_weight<T: Real>(x: &[T], dy: &[T], g: &Geom) -> Vec<T> {
 }
 
 /// Whether the weight gradient takes Winograd ([`super::winograd_grad`]): as
-/// [`super::winograd::applies`], on maps from 32×32, or from 16×16 with 256 channels on both
-/// sides. Below, the im2col GEMMs were faster, in one process, alternating, batch 32 (issue 17,
-/// CPU round 14; forward + both gradients of one convolution): 64→64 channels at 8×8 3.5–3.9 ms
-/// against 4.7–5.3 by F(2×2), 128→64 at 8×8 6.0–8.6 against 6.7–9.8, at 16×16 64→64 9.7–13.9
-/// against 11.2–15.0, 128→64 17.7–21.8 against 22.5–23.0, 128→128 43.5 against 47.7; at 256
-/// channels on 16×16 F(2×2) won (184.8 against 203.4), at 32×32 Winograd won at 32–96 channels
-/// (96→32 26.9 against 32.2, 64→32 18.9 against 21.5).
+/// [`super::winograd::applies`], on maps from 32×32 or with 256 channels on both sides. Below,
+/// the im2col GEMMs were faster, in one process, alternating, batch 32 (issue 17, CPU round 14;
+/// forward + both gradients of one convolution): 64→64 channels at 8×8 3.5–3.9 ms against
+/// 4.7–5.3 by F(2×2), 128→64 at 8×8 6.0–8.6 against 6.7–9.8, 128→128 at 8×8 14.2 against 15.8,
+/// at 16×16 64→64 9.7–13.9 against 11.2–15.0, 128→64 17.7–21.8 against 22.5–23.0, 128→128 43.5
+/// against 47.7. At 256 channels F(2×2) won on 16×16 (184.8 against 203.4) and the two forms
+/// were within the noise of each other on 8×8 and 4×4 (256→256 and 512→256, either one ahead
+/// by up to 13% from run to run); at 32×32 Winograd won at 32–96 channels (96→32 26.9 against
+/// 32.2, 64→32 18.9 against 21.5).
 fn winograd_weight_grad(g: &Geom) -> bool {
-    let (side, channels) = (g.h.min(g.w), g.c.min(g.o));
-    super::winograd::applies(g) && (side >= 32 || (side >= 16 && channels >= 256))
+    super::winograd::applies(g) && (g.h.min(g.w) >= 32 || g.c.min(g.o) >= 256)
 }
 
 /// Σ over a batch of `b` images of `part(images, par)` (each a vector of `len` values): the
