@@ -269,55 +269,19 @@ const GROUP_COLUMNS: usize = 256;
 /// At most this many values of im2col columns per group (640 KiB of f32, inside the L2 cache).
 const GROUP_VALUES: usize = 160 * 1024;
 
-/// Runs `f(first image, images)` over the batch's groups of `nb` images: in parallel where
-/// there are as many groups as threads (each GEMM on one thread), else one after the other
-/// with `gemm` threaded inside.
-fn for_groups(g: &Geom, nb: usize, f: impl Fn(usize, usize, Parallelism) + Sync) {
-    let groups = g.b.div_ceil(nb);
-    let nt = threads();
-    let images = |i: usize| (i * nb, nb.min(g.b - i * nb));
-    if groups >= nt || nt == 1 {
-        (0..groups).into_par_iter().with_min_len(1).for_each(|i| {
-            let (b0, n) = images(i);
-            f(b0, n, Parallelism::None)
-        });
-    } else {
-        for i in 0..groups {
-            let (b0, n) = images(i);
-            f(b0, n, Parallelism::Rayon(nt));
-        }
-    }
-}
-
-/// A pointer that may cross threads: each group of [`for_groups`] writes only its own images.
-#[derive(Clone, Copy)]
-struct Shared<T>(*mut T);
-// SAFETY: used only to hand disjoint ranges of one buffer to the groups of `for_groups`.
-unsafe impl<T: Send> Send for Shared<T> {}
-unsafe impl<T: Send> Sync for Shared<T> {}
-
-impl<T> Shared<T> {
-    /// The `len` values from `at`.
-    /// # Safety
-    /// No other live slice may overlap them, and they lie inside the buffer.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn slice(&self, at: usize, len: usize) -> &mut [T] {
-        std::slice::from_raw_parts_mut(self.0.add(at), len)
-    }
-}
-
 /// [`forward_im2col`] with `nb` images per GEMM: their columns side by side ([C·k², nb·Ho·Wo]),
 /// one product [O, nb·Ho·Wo] from the bias, then each image's [O, Ho·Wo] copied out.
+/// The groups run in parallel where there are as many as threads (each GEMM on one thread),
+/// else one after the other with `gemm` threaded inside.
 fn forward_grouped<T: Real>(x: &[T], wt: &[T], bias: Option<&[T]>, g: &Geom, nb: usize) -> Vec<T> {
     let (ckk, hwo, hwi) = (g.ckk(), g.hwo(), g.hwi());
     let mut out = uninit(g.b * g.o * hwo);
-    let dst = Shared(out.as_mut_ptr());
-    for_groups(g, nb, |b0, n, par| {
-        let cols = n * hwo;
+    // One group: its images `xb` [n, C, H, W] into `ob` [n, O, Ho, Wo].
+    let group = |ob: &mut [T], xb: &[T], par| {
+        let cols = xb.len() / (g.c * hwi) * hwo;
         let mut col = uninit(ckk * cols);
-        for j in 0..n {
-            let xb = &x[(b0 + j) * g.c * hwi..][..g.c * hwi];
-            im2col_ld(xb, g, &mut col[j * hwo..], cols);
+        for (j, xi) in xb.chunks_exact(g.c * hwi).enumerate() {
+            im2col_ld(xi, g, &mut col[j * hwo..], cols);
         }
         let mut y = uninit(g.o * cols);
         if let Some(bias) = bias {
@@ -333,14 +297,23 @@ fn forward_grouped<T: Real>(x: &[T], wt: &[T], bias: Option<&[T]>, g: &Geom, nb:
             (cols, 1),
             par,
         );
-        // SAFETY: images b0..b0 + n belong to this group alone.
-        let ob = unsafe { dst.slice(b0 * g.o * hwo, n * g.o * hwo) };
         for (o, row) in y.chunks_exact(cols).enumerate() {
             for (j, v) in row.chunks_exact(hwo).enumerate() {
                 ob[(j * g.o + o) * hwo..][..hwo].copy_from_slice(v);
             }
         }
-    });
+    };
+    let (ochunk, xchunk, nt) = (nb * g.o * hwo, nb * g.c * hwi, threads());
+    if g.b.div_ceil(nb) >= nt || nt == 1 {
+        out.par_chunks_mut(ochunk)
+            .zip(x.par_chunks(xchunk))
+            .with_min_len(1)
+            .for_each(|(ob, xb)| group(ob, xb, Parallelism::None));
+    } else {
+        for (ob, xb) in out.chunks_mut(ochunk).zip(x.chunks(xchunk)) {
+            group(ob, xb, Parallelism::Rayon(nt));
+        }
+    }
     out
 }
 
