@@ -79,20 +79,6 @@ impl Geom {
     fn pointwise(&self) -> bool {
         self.k == 1 && self.s == 1 && self.p == 0
     }
-    /// The output columns `ox` whose input column `ox·s + kx − p` lies inside the image.
-    fn valid_cols(&self, kx: usize) -> (usize, usize) {
-        let lo = if kx >= self.p {
-            0
-        } else {
-            (self.p - kx).div_ceil(self.s)
-        };
-        let hi = if self.w + self.p > kx {
-            ((self.w - 1 + self.p - kx) / self.s + 1).min(self.wo)
-        } else {
-            0
-        };
-        (lo.min(hi), hi)
-    }
 }
 
 /// Work split: whole images per worker when the batch fills the pool, else one image at a time

@@ -4,8 +4,8 @@
 use super::*;
 
 /// (batch, channels, height, width, out channels, kernel, stride, padding): 3×3 at padding
-/// 0, 1 and 2, 5×5, odd and 1×1 images, 1×1 kernels with and without padding, stride 2,
-/// fewer, more and at least twice as many input as output channels.
+/// 0, 1 and 2, 5×5, odd and 1×1 images, 1×1 kernels with and without padding, strides 2 and
+/// 3, fewer, more and at least twice as many input as output channels.
 const CASES: &[(usize, usize, usize, usize, usize, usize, usize, usize)] = &[
     (1, 3, 7, 5, 4, 3, 1, 1),
     (2, 2, 5, 7, 3, 3, 1, 0),
@@ -18,6 +18,7 @@ const CASES: &[(usize, usize, usize, usize, usize, usize, usize, usize)] = &[
     (1, 16, 13, 11, 7, 3, 1, 1),
     (2, 6, 7, 5, 3, 3, 1, 1),
     (3, 7, 6, 8, 2, 3, 1, 0),
+    (2, 3, 11, 8, 4, 3, 3, 1),
 ];
 
 /// Deterministic values in [-1, 1) (SplitMix64), so the test needs no RNG crate.
@@ -246,8 +247,9 @@ fn conv_paths_are_bit_identical_across_thread_counts() {
 
 /// On small maps several images share one GEMM ([`grouped`]): forward (im2col and, at
 /// 2·O ≤ C, the transposed form) and input gradient at stride 1 and 2 give the same bits on
-/// 1, 2, 3 and 5 threads (5: fewer groups than threads, `gemm` threaded inside), and each image the values it gets alone (one GEMM of its own) to
-/// rounding; the groups run on these shapes.
+/// 1, 2, 3 and 5 threads (5: fewer groups than threads, `gemm` threaded inside), and each
+/// image the values it gets alone (one GEMM of its own) to rounding; the groups run on these
+/// shapes.
 #[test]
 fn grouped_images_are_bit_identical_across_thread_counts_and_match_one_image() {
     // (batch, channels, out channels, size, stride)

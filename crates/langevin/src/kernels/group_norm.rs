@@ -103,9 +103,10 @@ fn sizes(dims: &[usize]) -> (usize, usize, usize) {
     (dims[0], dims[1], dims[2..].iter().product())
 }
 
-/// Independent f64 partial sums per quantity in the statistics: four vectors of AVX-512 (eight of AVX2), so that the adds do not wait on each other. With
-/// eight lanes (one AVX-512 vector, one chain of dependent adds) the statistics pass was 6.9%
-/// of the small UNet's training step (CPU round 13).
+/// Independent f64 partial sums per quantity in the statistics: four vectors of AVX-512 (eight
+/// of AVX2), so that the adds do not wait on each other. With eight lanes (one AVX-512 vector,
+/// one chain of dependent adds) the statistics pass was 6.9% of the small UNet's training step
+/// (CPU round 13).
 const LANES: usize = 32;
 
 /// Σ of `LANES` partial sums, pairwise in a fixed order.
@@ -236,11 +237,11 @@ fn pass1<T: Sigmoid, const SILU: bool>(
 
 /// The second sweep: dx = (dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂)) / σ in place from dŷ (dx̂ = dŷ·g),
 /// and Σ dx (the shift's gradient) in f64. With x̂ = (x + tm)·rstd that is
-/// dx = α·dŷ + β·x + γ, one affine map per channel in `T` (coefficients computed in f64): the same map evaluated
-/// per element in f64, with two conversions per value, was 5.1% of the small UNet's training
-/// step against 1.4% for the first sweep (CPU round 13). The sum runs in 16 independent
-/// `T` lanes per block of 256 values, each block's lanes then added in f64 in a fixed order,
-/// so the bits do not depend on the threads.
+/// dx = α·dŷ + β·x + γ, one affine map per channel in `T` (coefficients computed in f64): the
+/// same map evaluated per element in f64, with two conversions per value, was 5.1% of the small
+/// UNet's training step against 1.4% for the first sweep (CPU round 13). The sum runs in 16
+/// independent `T` lanes per block of 256 values, each block's lanes then added in f64 in a
+/// fixed order, so the bits do not depend on the threads.
 #[inline(always)]
 fn pass2<T: Real>(dx: &mut [T], x: &[T], (tm, rstd, m1, m2, g): (f64, f64, f64, f64, f64)) -> f64 {
     let alpha = T::from_f64(rstd * g);
