@@ -1,6 +1,7 @@
-//! A UNet's spatial self-attention block for CPU inference as one op on the channel-first map:
+//! A UNet's spatial self-attention block on the CPU as one op on the channel-first map:
 //! `(to_out(softmax(qᵀk/√d)·v) + x) / rescale` with q, k, v = to_q, to_k, to_v of the
-//! (group-normed) input, where [B, C, H, W] is read as [B, heads, d, N] as it stands.
+//! (group-normed) input, where [B, C, H, W] is read as [B, heads, d, N] as it stands; with its
+//! backward pass ([`super::attention_grad`]) when a gradient is tracked (training).
 //!
 //! Written for a measured hot spot (issue 17, CPU round 10): the composed form (a transpose
 //! to tokens, four `Linear`s with separate bias adds, three head splits, the fused softmax
@@ -10,16 +11,22 @@
 //! per image with the biases as its initial value, the scores and the weighted sum GEMMs over
 //! transposed views (no copies), the output projection accumulates onto x + bias. Per image
 //! the same pieces on any thread count and batch size, so results depend only on the image.
-use std::sync::OnceLock;
+//! In training the composed form's forward and backward (candle's matmuls, the transposes'
+//! copies, the strided gradients' accumulation) were ~9% of the small UNet's step (CPU round
+//! 15).
+use std::any::Any;
+use std::sync::{Mutex, OnceLock};
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor, WithDType};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::attention::{softmax_row, Exp};
+use super::attention_grad::{backward, Saved};
 use super::conv::{enabled, gemm_into, mm};
 use super::cpu_conv::uninit;
-use super::real::{dispatch, min_len, own_kernel, threads};
+use super::real::{data, min_len, own_kernel, threads, with_data};
 use super::simd::vectorized;
 
 /// The block's weights packed for [`attention_block`]: [W_q; W_k; W_v; W_o] ([4C, C]) then
@@ -27,20 +34,16 @@ use super::simd::vectorized;
 pub type Packed = OnceLock<Tensor>;
 
 /// Whether [`attention_block`] takes `x` with these weights: CPU, f32 or f64, the own kernels
-/// on, nothing tracked by autograd (inference; training composes the ops).
+/// on, every parameter of `x`'s dtype.
 pub fn applies(x: &Tensor, params: &[&Tensor]) -> bool {
-    enabled()
-        && own_kernel(x)
-        && x.rank() == 4
-        && !x.track_op()
-        && params
-            .iter()
-            .all(|t| t.dtype() == x.dtype() && !t.track_op())
+    enabled() && own_kernel(x) && x.rank() == 4 && params.iter().all(|t| t.dtype() == x.dtype())
 }
 
 /// `(W_o·softmax(qᵀk·scale)·v + b_o + x) / rescale` per head, q = W_q·hs + b_q (likewise k,
 /// v), scale = 1/√d. `weights` are [W_q, W_k, W_v, W_o] ([C, C], applied as
-/// `torch.nn.Linear`), `biases` their [C] biases; `packed` keeps them in one tensor.
+/// `torch.nn.Linear`), `biases` their [C] biases; `packed` keeps them in one tensor when no
+/// parameter is tracked (inference); otherwise they are concatenated per call, and gradients
+/// flow back to `hs`, `x` and each parameter.
 ///
 /// # Shapes
 /// `hs`, `x`: [B, C, H, W] (`hs` the normed input, `x` the residual); returns [B, C, H, W].
@@ -61,12 +64,18 @@ pub fn attention_block(
             x.dims()
         )));
     }
-    let p = match packed.get() {
-        Some(p) => p.clone(),
-        None => {
-            let w = Tensor::cat(&weights, 0)?.flatten_all()?;
-            let b = Tensor::cat(&biases, 0)?;
-            let p = Tensor::cat(&[w, b], 0)?;
+    let tracked = hs.track_op() || x.track_op();
+    let params_tracked = weights.iter().chain(&biases).any(|t| t.track_op());
+    let concat = || -> candle_core::Result<Tensor> {
+        let w = Tensor::cat(&weights, 0)?.flatten_all()?;
+        let b = Tensor::cat(&biases, 0)?;
+        Tensor::cat(&[w, b], 0)
+    };
+    let p = match (params_tracked, packed.get()) {
+        (true, _) => concat()?,
+        (false, Some(p)) => p.clone(),
+        (false, None) => {
+            let p = concat()?;
             packed.get_or_init(|| p).clone()
         }
     };
@@ -76,54 +85,92 @@ pub fn attention_block(
             p.elem_count()
         )));
     }
-    hs.contiguous()?
-        .apply_op3_no_bwd(&x.contiguous()?, &p, &BlockOp { heads, rescale })
+    let (hs, x) = (hs.contiguous()?, x.contiguous()?);
+    let save = tracked || params_tracked;
+    let op = BlockOp {
+        heads,
+        rescale,
+        save,
+        saved: Mutex::new(None),
+    };
+    match save {
+        true => hs.apply_op3(&x, &p, op),
+        false => hs.apply_op3_no_bwd(&x, &p, &op),
+    }
 }
 
-struct BlockOp {
-    heads: usize,
-    rescale: f64,
+pub(super) struct BlockOp {
+    pub(super) heads: usize,
+    pub(super) rescale: f64,
+    /// Whether to keep q, k, v and the attention's output for the backward pass.
+    save: bool,
+    /// A [`Saved`] of the op's dtype, when `save`.
+    saved: Mutex<Option<Box<dyn Any + Send>>>,
 }
 
 /// Query rows per score block.
-const ROWS: usize = 64;
+pub(super) const ROWS: usize = 64;
 
 impl BlockOp {
-    fn forward<T: Exp>(&self, hs: &[T], x: &[T], p: &[T], dims: &[usize]) -> Vec<T> {
+    /// The block's output, and (when `save`) q, k, v [B, 3C, N] with the heads' outputs o
+    /// [B, C, N] for the backward pass.
+    fn forward<T: Exp>(
+        &self,
+        hs: &[T],
+        x: &[T],
+        p: &[T],
+        dims: &[usize],
+        save: bool,
+    ) -> (Vec<T>, Option<Saved<T>>) {
         let (b, c) = (dims[0], dims[1]);
         let n = dims[2] * dims[3];
         let cn = c * n;
         let mut out = uninit(b * cn);
+        let (mut qkv_all, mut o_all) = match save {
+            true => (uninit(b * 3 * cn), uninit(b * cn)),
+            false => (vec![], vec![]),
+        };
         let nt = threads();
         if b >= nt {
             // One image per task, all three stages in its cache.
-            out.par_chunks_mut(cn)
+            let chunks = out
+                .par_chunks_mut(cn)
                 .zip(hs.par_chunks(cn).zip(x.par_chunks(cn)))
-                .with_min_len(min_len(nt))
-                .for_each_init(
+                .with_min_len(min_len(nt));
+            if save {
+                let saved = qkv_all.par_chunks_mut(3 * cn).zip(o_all.par_chunks_mut(cn));
+                chunks
+                    .zip(saved)
+                    .for_each_init(Vec::new, |s, ((out, (hs, x)), (qkv, o))| {
+                        self.image(hs, x, p, c, n, qkv, o, s, out)
+                    });
+            } else {
+                chunks.for_each_init(
                     || (uninit(3 * cn), uninit(cn), Vec::new()),
-                    |(qkv, o, s), (out, (hs, x))| {
-                        self.project(hs, p, c, n, qkv, Parallelism::None);
-                        let d = c / self.heads;
-                        for h in 0..self.heads {
-                            for i0 in (0..n).step_by(ROWS) {
-                                let oh = &mut o[h * d * n..][..d * n];
-                                self.core(qkv, c, n, h, i0, s, &mut oh[i0..], n);
-                            }
-                        }
-                        self.output(o, x, p, c, n, out, Parallelism::None);
-                    },
+                    |(qkv, o, s), (out, (hs, x))| self.image(hs, x, p, c, n, qkv, o, s, out),
                 );
+            }
         } else {
             // Fewer images than threads: the GEMMs split over the threads (over their
             // outputs, not their sums), the (head, query block) pieces in parallel.
             let par = Parallelism::Rayon(nt);
-            let (mut qkv, mut o) = (uninit(3 * cn), uninit(cn));
+            let (mut qkv_scratch, mut o_scratch) = match save {
+                true => (vec![], vec![]),
+                false => (uninit(3 * cn), uninit(cn)),
+            };
             let d = c / self.heads;
             let blocks = n.div_ceil(ROWS);
-            for ((out, hs), x) in out.chunks_mut(cn).zip(hs.chunks(cn)).zip(x.chunks(cn)) {
-                self.project(hs, p, c, n, &mut qkv, par);
-                let qkv = &qkv;
+            let images = out.chunks_mut(cn).zip(hs.chunks(cn)).zip(x.chunks(cn));
+            for (i, ((out, hs), x)) in images.enumerate() {
+                let (qkv, o) = match save {
+                    true => (
+                        &mut qkv_all[i * 3 * cn..][..3 * cn],
+                        &mut o_all[i * cn..][..cn],
+                    ),
+                    false => (&mut qkv_scratch[..], &mut o_scratch[..]),
+                };
+                self.project(hs, p, c, n, qkv, par);
+                let qkv = &*qkv;
                 // Task (h, block) writes columns i0.. of head h's d rows of o: disjoint
                 // pieces, gathered per task and placed after the loop.
                 let pieces: Vec<(usize, usize, Vec<T>)> = (0..self.heads * blocks)
@@ -144,10 +191,39 @@ impl BlockOp {
                         o[(h * d + dd) * n + i0..][..rows].copy_from_slice(r);
                     }
                 }
-                self.output(&o, x, p, c, n, out, par);
+                self.output(o, x, p, c, n, out, par);
             }
         }
-        out
+        let saved = save.then_some(Saved {
+            qkv: qkv_all,
+            o: o_all,
+        });
+        (out, saved)
+    }
+
+    /// One image on the calling thread: projections, every head's attention, the output.
+    #[allow(clippy::too_many_arguments)]
+    fn image<T: Exp>(
+        &self,
+        hs: &[T],
+        x: &[T],
+        p: &[T],
+        c: usize,
+        n: usize,
+        qkv: &mut [T],
+        o: &mut [T],
+        s: &mut Vec<T>,
+        out: &mut [T],
+    ) {
+        self.project(hs, p, c, n, qkv, Parallelism::None);
+        let d = c / self.heads;
+        for h in 0..self.heads {
+            for i0 in (0..n).step_by(ROWS) {
+                let oh = &mut o[h * d * n..][..d * n];
+                self.core(qkv, c, n, h, i0, s, &mut oh[i0..], n);
+            }
+        }
+        self.output(o, x, p, c, n, out, Parallelism::None);
     }
 
     /// [q; k; v] [3C, N] = [W_q; W_k; W_v] · hs + biases.
@@ -179,7 +255,7 @@ impl BlockOp {
     /// S = q_hᵀ[i0.., :]·k_h [rows, N], softmax(S·scale) by rows, o_h[:, i0..] = v_h·Sᵀ
     /// [d, rows] written with row stride `ld`.
     #[allow(clippy::too_many_arguments)]
-    fn core<T: Exp>(
+    pub(super) fn core<T: Exp>(
         &self,
         qkv: &[T],
         c: usize,
@@ -192,8 +268,37 @@ impl BlockOp {
     ) {
         let d = c / self.heads;
         let rows = ROWS.min(n - i0);
+        let v = &qkv[(2 * c + h * d) * n..][..d * n];
+        self.probabilities(qkv, c, n, h, i0, s);
+        // o[e][i] = Σ_j v[e][j] · S[i][j]: S read transposed (strides (1, N)).
+        gemm_into(
+            (d, rows, n),
+            dst,
+            (ld, 1),
+            false,
+            v,
+            (n, 1),
+            s,
+            (1, n),
+            Parallelism::None,
+        );
+    }
+
+    /// The attention probabilities of head h's query rows i0.. (at most [`ROWS`]):
+    /// `s` = softmax(q_hᵀ[i0.., :]·k_h / √d) by rows, [rows, N].
+    pub(super) fn probabilities<T: Exp>(
+        &self,
+        qkv: &[T],
+        c: usize,
+        n: usize,
+        h: usize,
+        i0: usize,
+        s: &mut Vec<T>,
+    ) {
+        let d = c / self.heads;
+        let rows = ROWS.min(n - i0);
         let at = |part: usize| &qkv[(part * c + h * d) * n..][..d * n];
-        let (q, k, v) = (at(0), at(1), at(2));
+        let (q, k) = (at(0), at(1));
         s.resize(rows * n, T::ZERO);
         // S[i][j] = Σ_e q[e][i0 + i] · k[e][j]: q read transposed (strides (1, N)).
         mm(
@@ -214,18 +319,6 @@ impl BlockOp {
                     softmax_row(r, scale);
                 }
             },
-        );
-        // o[e][i] = Σ_j v[e][j] · S[i][j]: S read transposed (strides (1, N)).
-        gemm_into(
-            (d, rows, n),
-            dst,
-            (ld, 1),
-            false,
-            v,
-            (n, 1),
-            s,
-            (1, n),
-            Parallelism::None,
         );
     }
 
@@ -280,14 +373,82 @@ impl CustomOp3 for BlockOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let op = self.name();
-        let dims = l1.dims();
-        let st = dispatch(
-            op,
-            [(s1, l1), (s2, l2), (s3, l3)],
-            |[a, b, c]| self.forward(a, b, c, dims),
-            |[a, b, c]| self.forward(a, b, c, dims),
-        )?;
+        fn run<T: Exp>(
+            op: &BlockOp,
+            [(s1, l1), (s2, l2), (s3, l3)]: [(&CpuStorage, &Layout); 3],
+        ) -> candle_core::Result<CpuStorage> {
+            let n = op.name();
+            let (hs, x, p) = (data::<T>(s1, l1, n)?, data(s2, l2, n)?, data(s3, l3, n)?);
+            let (out, saved) = op.forward(hs, x, p, l1.dims(), op.save);
+            if let Some(saved) = saved {
+                *op.saved.lock().expect("not poisoned") = Some(Box::new(saved));
+            }
+            Ok(T::storage(out))
+        }
+        let args = [(s1, l1), (s2, l2), (s3, l3)];
+        let st = match s1.dtype() {
+            DType::F32 => run::<f32>(self, args)?,
+            DType::F64 => run::<f64>(self, args)?,
+            d => {
+                return Err(candle_core::Error::Msg(format!(
+                    "{}: unsupported dtype {d:?}",
+                    self.name()
+                )))
+            }
+        };
         Ok((st, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        hs: &Tensor,
+        x: &Tensor,
+        p: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        fn run<T: Exp + WithDType>(
+            op: &BlockOp,
+            hs: &Tensor,
+            x: &Tensor,
+            p: &Tensor,
+            g: &Tensor,
+        ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+            let n = op.name();
+            let dims = hs.dims();
+            let (dhs, dx, dp) = with_data::<T, _>(hs, n, |hv| {
+                with_data::<T, _>(x, n, |xv| {
+                    with_data::<T, _>(p, n, |pv| {
+                        with_data::<T, _>(g, n, |gv| {
+                            let saved = op.saved.lock().expect("not poisoned");
+                            match saved.as_ref().and_then(|a| a.downcast_ref::<Saved<T>>()) {
+                                Some(s) => Ok(backward(op, hv, pv, gv, s, dims)),
+                                None => {
+                                    let (_, s) = op.forward(hv, xv, pv, dims, true);
+                                    let s = s.expect("saved when asked");
+                                    Ok(backward(op, hv, pv, gv, &s, dims))
+                                }
+                            }
+                        })
+                    })
+                })
+            })?;
+            let dev = Device::Cpu;
+            let tracked = |t: &Tensor, v: Vec<T>| -> candle_core::Result<Option<Tensor>> {
+                Ok(match t.track_op() {
+                    true => Some(Tensor::from_vec(v, t.shape(), &dev)?),
+                    false => None,
+                })
+            };
+            Ok((tracked(hs, dhs)?, tracked(x, dx)?, tracked(p, dp)?))
+        }
+        match hs.dtype() {
+            DType::F32 => run::<f32>(self, hs, x, p, g),
+            DType::F64 => run::<f64>(self, hs, x, p, g),
+            d => Err(candle_core::Error::Msg(format!(
+                "{}: unsupported dtype {d:?}",
+                self.name()
+            ))),
+        }
     }
 }

@@ -1,12 +1,14 @@
 //! Own kernels for the hot spots candle is slow at (measured in `docs/benchmarks.md`). On the
 //! CPU: convolution forward and backward, group normalisation fused with SiLU, the residual MLP
-//! as one op, and multi-head attention for inference. Each is a candle custom op with its
-//! backward pass, so autograd sees one node. On NVIDIA GPUs the same wrappers pick the fused
+//! as one op, multi-head attention for inference, and the UNet's attention block as one op in
+//! inference and training. Each is a candle custom op with its backward pass, so autograd sees
+//! one node. On NVIDIA GPUs the same wrappers pick the fused
 //! inference kernels of [`gpu`] (channels-last with [`gpu_nhwc`]), the differentiable training kernels of [`gpu_train`] and
 //! cuDNN ([`cudnn_conv`]); elsewhere they fall back to candle's own ops. [`cuda_graph`] replays a
 //! whole network evaluation as one captured CUDA graph.
 pub mod attention;
 pub mod attention_block;
+mod attention_grad;
 pub mod conv;
 pub(crate) mod cpu_conv;
 pub mod cuda_graph;

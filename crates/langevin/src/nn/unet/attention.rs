@@ -21,7 +21,8 @@ pub struct Attention {
     to_out: Linear,
     heads: usize,
     rescale_output_factor: f64,
-    /// The projections packed for the CPU inference kernel, made on first use.
+    /// The projections packed for the CPU kernel, made on first use in inference (training
+    /// packs the current weights per call).
     packed: kernels::attention_block::Packed,
 }
 
@@ -95,8 +96,8 @@ impl Attention {
         })
     }
 
-    /// The whole block as one CPU inference op ([`kernels::attention_block`]) where it
-    /// applies; `None` elsewhere.
+    /// The whole block as one CPU op ([`kernels::attention_block`], with its backward pass
+    /// when training) where it applies; `None` elsewhere.
     fn cpu_block(&self, hs: &Tensor, x: &Tensor) -> Result<Option<Tensor>> {
         let layers = [&self.to_q, &self.to_k, &self.to_v, &self.to_out];
         let (Some(bq), Some(bk), Some(bv), Some(bo)) = (
@@ -110,7 +111,7 @@ impl Attention {
         let weights = layers.map(|l| l.weight());
         let biases = [bq, bk, bv, bo];
         let params: Vec<&Tensor> = weights.iter().chain(&biases).copied().collect();
-        if !kernels::attention_block::applies(hs, &params) || x.track_op() {
+        if !kernels::attention_block::applies(hs, &params) || x.dtype() != hs.dtype() {
             return Ok(None);
         }
         Ok(Some(kernels::attention_block::attention_block(
