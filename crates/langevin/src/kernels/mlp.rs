@@ -215,7 +215,8 @@ struct Saved<T> {
 }
 
 impl MlpOp {
-    fn forward<T: Sigmoid>(&self, x: &[T], emb: &[T], p: &[T]) -> (Vec<T>, Saved<T>) {
+    /// The output, and what the backward pass needs (its row activations only when `keep`).
+    fn forward<T: Sigmoid>(&self, x: &[T], emb: &[T], p: &[T], keep: bool) -> (Vec<T>, Saved<T>) {
         let lay = self.dims.layout();
         let (d, de) = (self.dims.in_dim, self.dims.temb_dim);
         let b = x.len() / d;
@@ -231,13 +232,13 @@ impl MlpOp {
                 q: &time.q,
                 idx: &levels.idx[r.clone()],
             };
-            mlp_rows::forward(&lay, p, &x[r.start * d..r.end * d], e, par)
+            mlp_rows::forward(&lay, p, &x[r.start * d..r.end * d], e, par, keep)
         });
         let mut out = Vec::with_capacity(b * d);
         let mut acts = Vec::with_capacity(n);
         for (o, a) in blocks {
             out.extend_from_slice(&o);
-            acts.push(a);
+            acts.extend(a);
         }
         (out, Saved { levels, time, acts })
     }
@@ -358,8 +359,12 @@ impl CustomOp3 for MlpOp {
             (s3, l3): (&CpuStorage, &Layout),
         ) -> candle_core::Result<CpuStorage> {
             let n = op.name();
-            let (out, saved) =
-                op.forward(data::<T>(s1, l1, n)?, data(s2, l2, n)?, data(s3, l3, n)?);
+            let (out, saved) = op.forward(
+                data::<T>(s1, l1, n)?,
+                data(s2, l2, n)?,
+                data(s3, l3, n)?,
+                op.save,
+            );
             if op.save {
                 *op.saved.lock().expect("not poisoned") = Some(Box::new(saved));
             }
@@ -403,7 +408,7 @@ impl CustomOp3 for MlpOp {
                             match saved.as_ref().and_then(|a| a.downcast_ref::<Saved<T>>()) {
                                 Some(s) => Ok(op.backward(xs, ps, s, gs)),
                                 None => {
-                                    let (_, s) = op.forward(xs, es, ps);
+                                    let (_, s) = op.forward(xs, es, ps, true);
                                     Ok(op.backward(xs, ps, &s, gs))
                                 }
                             }

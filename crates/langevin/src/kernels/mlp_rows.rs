@@ -159,14 +159,19 @@ pub(super) struct Emb<'a, T> {
     pub(super) idx: &'a [usize],
 }
 
-/// The forward pass of rows `x` [rows, in_dim] with the time path's values `emb`.
+/// The forward pass of rows `x` [rows, in_dim] with the time path's values `emb`; the
+/// activations for the backward pass when `keep`.
 pub(super) fn forward<T: Sigmoid>(
     lay: &Packing,
     p: &[T],
     x: &[T],
     emb: Emb<'_, T>,
     par: Parallelism,
-) -> (Vec<T>, Acts<T>) {
+    keep: bool,
+) -> (Vec<T>, Option<Acts<T>>) {
+    if !keep {
+        return (infer(lay, p, x, emb, par), None);
+    }
     let rows = x.len() / lay.in_proj.inp;
     let h = lay.in_proj.out;
     let qw = lay.blocks.len() * h;
@@ -192,7 +197,56 @@ pub(super) fn forward<T: Sigmoid>(
     let last = Site::new(&hs);
     let mut out = Vec::with_capacity(rows * lay.out_proj.out);
     linear(&lay.out_proj, p, &last.act, &mut out, false, par);
-    (out, Acts { blocks, last })
+    (out, Some(Acts { blocks, last }))
+}
+
+/// [`forward`] keeping nothing (sampling): silu(h_i) into one reused buffer, and silu(u_i)
+/// in place together with u_i's time-path add — one pass where the training form takes three
+/// (the add, then σ and silu stored apart). The same values, bit for bit.
+fn infer<T: Sigmoid>(lay: &Packing, p: &[T], x: &[T], emb: Emb<'_, T>, par: Parallelism) -> Vec<T> {
+    let rows = x.len() / lay.in_proj.inp;
+    let h = lay.in_proj.out;
+    let qw = lay.blocks.len() * h;
+    let buf = || Vec::with_capacity(rows * h);
+    let (mut hs, mut a, mut u) = (buf(), buf(), buf());
+    linear(&lay.in_proj, p, x, &mut hs, false, par);
+    for (i, [lin1, temb, lin2]) in lay.blocks.iter().enumerate() {
+        silu_into(&hs, &mut a);
+        linear(lin1, p, &a, &mut u, false, par);
+        vectorized(
+            #[inline(always)]
+            || {
+                for (r, &l) in u.chunks_mut(h).zip(emb.idx) {
+                    let q = &emb.q[l * qw + i * h..l * qw + (i + 1) * h];
+                    for ((v, &b), &q) in r.iter_mut().zip(temb.b(p)).zip(q) {
+                        let z = (*v + b) + q;
+                        *v = z * z.sig();
+                    }
+                }
+            },
+        );
+        linear(lin2, p, &u, &mut hs, true, par);
+    }
+    silu_into(&hs, &mut a);
+    let mut out = Vec::with_capacity(rows * lay.out_proj.out);
+    linear(&lay.out_proj, p, &a, &mut out, false, par);
+    out
+}
+
+/// `out ← silu(z)` (replacing its contents), as [`Site::new`] computes it.
+fn silu_into<T: Sigmoid>(z: &[T], out: &mut Vec<T>) {
+    out.clear();
+    out.reserve(z.len());
+    vectorized(
+        #[inline(always)]
+        || {
+            for (o, &v) in out.spare_capacity_mut().iter_mut().zip(z) {
+                o.write(v * v.sig());
+            }
+        },
+    );
+    // SAFETY: the loop above wrote the first z.len() elements (capacity reserved).
+    unsafe { out.set_len(z.len()) };
 }
 
 /// The activation gradients of one block of rows from the output gradient `g` [rows, in_dim].
