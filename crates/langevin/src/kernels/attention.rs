@@ -85,8 +85,20 @@ impl Exp for f64 {
 /// forward pass at batch 64 (CPU round 9 in docs/benchmarks.md).
 #[inline(always)]
 pub(super) fn softmax_row<T: Exp>(r: &mut [T], scale: T) {
-    let mut max = r[0];
-    for &x in r.iter() {
+    // The maximum in 16 lanes, then over the lanes: the one running maximum of a plain loop
+    // is a chain of compares that stays scalar (without fast-math LLVM does not reorder a
+    // float max); this way it vectorises — the row's softmax 3.7 → 1.5 ns per value at 256
+    // keys, the same values (a maximum does not depend on the order it is taken in).
+    let mut lanes = [r[0]; 16];
+    let chunks = r.chunks_exact(16);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (m, &x) in lanes.iter_mut().zip(c) {
+            *m = if x > *m { x } else { *m };
+        }
+    }
+    let mut max = lanes[0];
+    for &x in lanes.iter().chain(tail) {
         max = if x > max { x } else { max };
     }
     for x in r.iter_mut() {
