@@ -111,13 +111,16 @@ impl Block {
     }
 }
 
-/// ([B, C, H, W], heads, rescale): one and several heads (d = 1 included), 81 and 100 query
-/// rows (two blocks of the kernel's 64), one image (fewer than the threads).
+/// ([B, C, H, W], heads, rescale): one and several heads (d from 1 to 34), 81 and 100 query
+/// rows (two blocks of the kernel's 64), key counts that are not a multiple of 16, one image
+/// (fewer than the threads).
 const CASES: &[([usize; 4], usize, f64)] = &[
     ([2, 8, 4, 4], 2, 1.0),
     ([3, 16, 9, 9], 1, std::f64::consts::SQRT_2),
     ([1, 12, 10, 10], 3, 1.0),
     ([4, 8, 3, 5], 8, 2.0),
+    ([2, 40, 9, 9], 2, 1.0),
+    ([1, 34, 6, 6], 1, 1.0),
 ];
 
 #[test]
@@ -165,27 +168,31 @@ fn attention_block_and_its_gradients_match_composed_ops() {
 
 #[test]
 fn attention_block_gradients_are_bit_identical_across_thread_counts() {
-    // Batch 2: one image per task on 1 and 2 threads, the GEMMs split on 3.
-    let blk = Block::new([2, 16, 9, 9], 2, 1.0, DType::F32, 7);
-    let mut rng = ChaCha8Rng::seed_from_u64(8);
-    let r = randn_scaled(&[2, 16, 9, 9], 1.0, DType::F32, &mut rng);
-    let run = |threads: usize| {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        pool.install(|| {
-            let y = blk.fused();
-            let mut all = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            for g in blk.grads(&y, &r) {
-                all.extend(g.flatten_all().unwrap().to_vec1::<f32>().unwrap());
-            }
-            all.into_iter().map(f32::to_bits).collect::<Vec<_>>()
-        })
-    };
-    let one = run(1);
-    assert_eq!(one, run(2));
-    assert_eq!(one, run(3));
+    // Batch 2: one image per task on 1 and 2 threads, the GEMMs split on 3; heads of 8 and of
+    // 40 channels.
+    for (c, heads) in [(16, 2), (40, 1)] {
+        let dims = [2, c, 9, 9];
+        let blk = Block::new(dims, heads, 1.0, DType::F32, 7);
+        let mut rng = ChaCha8Rng::seed_from_u64(8);
+        let r = randn_scaled(&dims, 1.0, DType::F32, &mut rng);
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let y = blk.fused();
+                let mut all = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                for g in blk.grads(&y, &r) {
+                    all.extend(g.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+                }
+                all.into_iter().map(f32::to_bits).collect::<Vec<_>>()
+            })
+        };
+        let one = run(1);
+        assert_eq!(one, run(2), "{c} channels, {heads} heads");
+        assert_eq!(one, run(3), "{c} channels, {heads} heads");
+    }
 }
 
 #[test]
