@@ -180,6 +180,11 @@ impl Sigmoid for f32 {
 /// |r| ≤ ln 2 / 2, a degree-6 polynomial for e^r, 2^n from the exponent bits), written
 /// without branches or calls so that loops over it vectorise. Measured: libm's scalar `expf`
 /// and the loop around it were 19% of the demo's training step; this makes it about 3%.
+/// The reduction and the polynomial in fused multiply-adds (`mul_add`, one rounding each and
+/// half the instructions: 0.73–0.84 → 0.46 ns per value in AVX-512, CPU round 15; worst
+/// relative error 7.5e-8 over [−15, 5]). A fused multiply-add gives the same bits on every
+/// path: an FMA instruction in [`super::simd::vectorized`]'s AVX-512 and AVX2 + FMA code, libm's
+/// `fmaf` elsewhere (correct, slower; every caller runs inside `vectorized`).
 #[inline(always)]
 pub fn exp_f32(x: f32) -> f32 {
     // Comparisons rather than f32::max / min, whose NaN rules keep the loop scalar.
@@ -187,16 +192,18 @@ pub fn exp_f32(x: f32) -> f32 {
     let x = if x > 88.0 { 88.0 } else { x };
     // 1.5·2^23: adding it rounds to the nearest integer n, which then sits in the low bits.
     const ROUND: f32 = 12_582_912.0;
-    let big = x * std::f32::consts::LOG2_E + ROUND;
+    let big = x.mul_add(std::f32::consts::LOG2_E, ROUND);
     let n = big - ROUND;
-    let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
+    // r = x − n·ln 2 with ln 2 in two parts (Cody–Waite).
+    let r = n.mul_add(-0.693_359_4, x);
+    let r = n.mul_add(2.121_944_4e-4, r);
     let mut y = 1.987_569_1e-4f32;
-    y = y * r + 1.398_199_9e-3;
-    y = y * r + 8.333_452e-3;
-    y = y * r + 4.166_579_6e-2;
-    y = y * r + 0.166_666_65;
-    y = y * r + 0.5;
-    let y = y * (r * r) + r + 1.0;
+    y = y.mul_add(r, 1.398_199_9e-3);
+    y = y.mul_add(r, 8.333_452e-3);
+    y = y.mul_add(r, 4.166_579_6e-2);
+    y = y.mul_add(r, 0.166_666_65);
+    y = y.mul_add(r, 0.5);
+    let y = y.mul_add(r * r, r) + 1.0;
     // 2^n from the exponent bits: n + 127 shifted into place (integer ops, no conversion).
     let two_n = big
         .to_bits()
