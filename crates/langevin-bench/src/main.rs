@@ -10,6 +10,7 @@ mod gpu_nhwc_checks;
 mod gpu_train_checks;
 mod kernels;
 mod parity;
+mod steal;
 mod torch;
 mod workloads;
 
@@ -310,6 +311,8 @@ struct Row {
     extra: Vec<(String, f64)>,
     /// PyTorch / langevin per round of `--rounds` (empty with one round).
     ratios: Vec<f64>,
+    /// Percent of the CPU time stolen by the hypervisor while the row was timed.
+    stolen: Option<f64>,
 }
 
 fn run(a: Args) -> Result<()> {
@@ -350,7 +353,12 @@ fn run(a: Args) -> Result<()> {
     for w in workloads(&a)? {
         eprintln!("langevin: {}", w.name());
         let mut p = prepare(&w, &dir, 0, &dev)?;
+        let t0 = steal::CpuTimes::now();
         let ours = p.time(warmup, if a.quick { 1 } else { w.reps })?;
+        let stolen = || {
+            t0.zip(steal::CpuTimes::now())
+                .and_then(|(a, b)| a.stolen_since(b))
+        };
         if let Some(server) = server.as_mut() {
             // Rounds in alternation: (langevin, PyTorch) pairs minutes apart at most.
             let mut pairs = vec![];
@@ -387,6 +395,7 @@ fn run(a: Args) -> Result<()> {
                 gflop: r.gflop,
                 extra: r.extra,
                 ratios,
+                stolen: stolen(),
             });
             continue;
         }
@@ -416,6 +425,7 @@ fn run(a: Args) -> Result<()> {
             gflop: None,
             extra: vec![],
             ratios: vec![],
+            stolen: stolen(),
         });
     }
     let torch_version = if let Some(server) = &server {
@@ -517,13 +527,13 @@ fn ms(t: f64) -> String {
 fn print_table(rows: &[Row], candle: bool) {
     let c_head = if candle { " candle ops, ms |" } else { "" };
     let c_rule = if candle { "---:|" } else { "" };
-    println!("| workload | langevin, ms | PyTorch, ms | speed vs PyTorch | langevin, items/s | PyTorch, items/s | output rel. diff |{c_head}");
-    println!("|---|---:|---:|---:|---:|---:|---:|{c_rule}");
+    println!("| workload | langevin, ms | PyTorch, ms | speed vs PyTorch | langevin, items/s | PyTorch, items/s | output rel. diff | CPU stolen |{c_head}");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|{c_rule}");
     let dash = || "–".to_string();
     for r in rows {
         let ips = |ms: f64| format!("{:.1}", r.batch as f64 / ms * 1e3);
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} |{}",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |{}",
             r.name,
             ms(r.ours),
             r.torch.map_or_else(dash, |t| format!("{t:.1}")),
@@ -539,6 +549,7 @@ fn print_table(rows: &[Row], candle: bool) {
             ips(r.ours),
             r.torch.map_or_else(dash, ips),
             r.diff.map_or_else(dash, |d| format!("{d:.1e}")),
+            r.stolen.map_or_else(dash, |s| format!("{s:.0}%")),
             if candle {
                 format!(" {} |", r.candle.map_or_else(dash, |c| format!("{c:.1}")))
             } else {
