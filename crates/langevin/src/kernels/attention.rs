@@ -104,6 +104,16 @@ pub(super) fn softmax_row<T: Exp>(r: &mut [T], scale: T) {
     for x in r.iter_mut() {
         *x = ((*x - max) * scale).exp_();
     }
+    let inv = T::from_f64(1.0 / lane_sum(r).to_f64());
+    for x in r.iter_mut() {
+        *x = *x * inv;
+    }
+}
+
+/// Σ r in eight interleaved partial sums added pairwise, then the tail: a fixed order that
+/// vectorises (the softmax's normaliser, the attention block's bias gradients).
+#[inline(always)]
+pub(super) fn lane_sum<T: Real>(r: &[T]) -> T {
     let mut acc = [T::ZERO; 8];
     let chunks = r.chunks_exact(8);
     let tail = chunks.remainder();
@@ -116,10 +126,7 @@ pub(super) fn softmax_row<T: Exp>(r: &mut [T], scale: T) {
     for &v in tail {
         sum += v;
     }
-    let inv = T::from_f64(1.0 / sum.to_f64());
-    for x in r.iter_mut() {
-        *x = *x * inv;
-    }
+    sum
 }
 
 impl AttentionOp {

@@ -17,7 +17,6 @@
 use std::any::Any;
 use std::sync::{Mutex, OnceLock};
 
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor, WithDType};
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -26,7 +25,7 @@ use super::attention::{softmax_row, Exp};
 use super::attention_grad::{backward, Saved};
 use super::conv::{enabled, gemm_into, mm};
 use super::cpu_conv::uninit;
-use super::real::{data, min_len, own_kernel, threads, with_data};
+use super::real::{dispatch, min_len, own_kernel, threads, with_data};
 use super::simd::vectorized;
 
 /// The block's weights packed for [`attention_block`]: [W_q; W_k; W_v; W_o] ([4C, C]) then
@@ -201,6 +200,15 @@ impl BlockOp {
         (out, saved)
     }
 
+    /// [`Self::forward`], its saved values (when `save`) kept in the op for `bwd`.
+    fn forward_keeping<T: Exp>(&self, hs: &[T], x: &[T], p: &[T], dims: &[usize]) -> Vec<T> {
+        let (out, saved) = self.forward(hs, x, p, dims, self.save);
+        if let Some(saved) = saved {
+            *self.saved.lock().expect("not poisoned") = Some(Box::new(saved));
+        }
+        out
+    }
+
     /// One image on the calling thread: projections, every head's attention, the output.
     #[allow(clippy::too_many_arguments)]
     fn image<T: Exp>(
@@ -373,29 +381,13 @@ impl CustomOp3 for BlockOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        fn run<T: Exp>(
-            op: &BlockOp,
-            [(s1, l1), (s2, l2), (s3, l3)]: [(&CpuStorage, &Layout); 3],
-        ) -> candle_core::Result<CpuStorage> {
-            let n = op.name();
-            let (hs, x, p) = (data::<T>(s1, l1, n)?, data(s2, l2, n)?, data(s3, l3, n)?);
-            let (out, saved) = op.forward(hs, x, p, l1.dims(), op.save);
-            if let Some(saved) = saved {
-                *op.saved.lock().expect("not poisoned") = Some(Box::new(saved));
-            }
-            Ok(T::storage(out))
-        }
-        let args = [(s1, l1), (s2, l2), (s3, l3)];
-        let st = match s1.dtype() {
-            DType::F32 => run::<f32>(self, args)?,
-            DType::F64 => run::<f64>(self, args)?,
-            d => {
-                return Err(candle_core::Error::Msg(format!(
-                    "{}: unsupported dtype {d:?}",
-                    self.name()
-                )))
-            }
-        };
+        let dims = l1.dims();
+        let st = dispatch(
+            self.name(),
+            [(s1, l1), (s2, l2), (s3, l3)],
+            |[hs, x, p]| self.forward_keeping(hs, x, p, dims),
+            |[hs, x, p]| self.forward_keeping(hs, x, p, dims),
+        )?;
         Ok((st, l1.shape().clone()))
     }
 

@@ -12,7 +12,7 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::attention::Exp;
+use super::attention::{lane_sum, Exp};
 use super::attention_block::{BlockOp, ROWS};
 use super::conv::{gemm_into, mm};
 use super::cpu_conv::uninit;
@@ -236,30 +236,15 @@ fn side_by_side<T: Exp>(src: &[T], rows: usize, b: usize) -> Vec<T> {
     out
 }
 
-/// `out[r] = Σ_j m[r][j]` for rows of `len` values, eight interleaved partial sums each.
+/// `out[r] = Σ_j m[r][j]` for rows of `len` values ([`lane_sum`] each).
 fn row_sums<T: Exp>(m: &[T], len: usize, out: &mut [T]) {
     out.par_iter_mut()
         .zip(m.par_chunks(len.max(1)))
         .with_min_len(min_len(threads()))
         .for_each(|(o, r)| {
-            vectorized(
+            *o = vectorized(
                 #[inline(always)]
-                || {
-                    let mut acc = [T::ZERO; 8];
-                    let chunks = r.chunks_exact(8);
-                    let tail = chunks.remainder();
-                    for c in chunks {
-                        for (s, &v) in acc.iter_mut().zip(c) {
-                            *s += v;
-                        }
-                    }
-                    let mut t = ((acc[0] + acc[1]) + (acc[2] + acc[3]))
-                        + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-                    for &v in tail {
-                        t += v;
-                    }
-                    *o = t;
-                },
+                || lane_sum(r),
             )
         });
 }
