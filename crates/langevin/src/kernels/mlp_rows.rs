@@ -57,6 +57,40 @@ impl<T: Sigmoid> Site<T> {
         Self { sig, act }
     }
 
+    /// [`Site::new`] of `z + b` (each row plus `b`, when given), written back into `z` in the
+    /// same pass: the residual stream takes the last layer's bias where it is read for SiLU.
+    pub(super) fn biased(z: &mut [T], b: Option<&[T]>) -> Self {
+        let Some(b) = b else {
+            return Self::new(z);
+        };
+        let n = z.len();
+        let (mut sig, mut act) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        vectorized(
+            #[inline(always)]
+            || {
+                let outs = sig
+                    .spare_capacity_mut()
+                    .chunks_mut(b.len())
+                    .zip(act.spare_capacity_mut().chunks_mut(b.len()));
+                for ((s, a), z) in outs.zip(z.chunks_mut(b.len())) {
+                    for (((s, a), z), &b) in s.iter_mut().zip(a).zip(z).zip(b) {
+                        let v = *z + b;
+                        *z = v;
+                        let sv = v.sig();
+                        s.write(sv);
+                        a.write(v * sv);
+                    }
+                }
+            },
+        );
+        // SAFETY: the loop above wrote the first n elements of both (z has n).
+        unsafe {
+            sig.set_len(n);
+            act.set_len(n);
+        }
+        Self { sig, act }
+    }
+
     /// `g ← g · silu'(z)`, silu'(z) = σ(z)·(1 + z·(1 − σ(z))) = σ + silu(z)·(1 − σ).
     pub(super) fn backward(&self, g: &mut [T]) {
         vectorized(
@@ -102,10 +136,11 @@ pub(super) struct Grads<T> {
     pub(super) dx: Vec<T>,
 }
 
-/// `y = a·Wᵀ + b` (`y` replaced) or `y += a·Wᵀ + b` (when `acc`), a [rows, inp], y [rows, out].
+/// `y = a·Wᵀ + b` (`y` replaced) or `y += a·Wᵀ + b` (when `acc`), a [rows, inp], y [rows, out],
+/// with `pt` the packed parameters with transposed weights ([`Packing::transposed`]).
 pub(super) fn linear<T: Sigmoid>(
     l: &Lin,
-    p: &[T],
+    pt: &[T],
     a: &[T],
     y: &mut Vec<T>,
     acc: bool,
@@ -115,11 +150,11 @@ pub(super) fn linear<T: Sigmoid>(
     if !acc {
         y.clear();
         for _ in 0..rows {
-            y.extend_from_slice(l.b(p));
+            y.extend_from_slice(l.b(pt));
         }
     } else {
         for r in y.chunks_mut(l.out) {
-            for (v, &b) in r.iter_mut().zip(l.b(p)) {
+            for (v, &b) in r.iter_mut().zip(l.b(pt)) {
                 *v += b;
             }
         }
@@ -130,8 +165,24 @@ pub(super) fn linear<T: Sigmoid>(
         true,
         a,
         (l.inp, 1),
-        l.w(p),
-        (1, l.inp),
+        l.w(pt),
+        (l.out, 1),
+        par,
+    );
+}
+
+/// `y = a·Wᵀ` (`y` overwritten) or `y += a·Wᵀ` (when `acc`), no bias: for the layers whose
+/// bias joins a later pass over `y` (one pass over the rows fewer than [`linear`]'s).
+fn product<T: Sigmoid>(l: &Lin, pt: &[T], a: &[T], y: &mut [T], acc: bool, par: Parallelism) {
+    let rows = a.len() / l.inp;
+    mm(
+        (rows, l.out, l.inp),
+        y,
+        acc,
+        a,
+        (l.inp, 1),
+        l.w(pt),
+        (l.out, 1),
         par,
     );
 }
@@ -159,8 +210,9 @@ pub(super) struct Emb<'a, T> {
     pub(super) idx: &'a [usize],
 }
 
-/// The forward pass of rows `x` [rows, in_dim] with the time path's values `emb`; the
-/// activations for the backward pass when `keep`.
+/// The forward pass of rows `x` [rows, in_dim] with the time path's values `emb` and the
+/// parameters with transposed weights `p` ([`Packing::transposed`]); the activations for
+/// the backward pass when `keep`.
 pub(super) fn forward<T: Sigmoid>(
     lay: &Packing,
     p: &[T],
@@ -179,69 +231,99 @@ pub(super) fn forward<T: Sigmoid>(
     let mut hs = buf();
     linear(&lay.in_proj, p, x, &mut hs, false, par);
     let mut blocks = Vec::with_capacity(lay.blocks.len());
+    // The last second layer's bias, added to h_i in the pass that takes its SiLU.
+    let mut pending = None;
     for (i, [lin1, temb, lin2]) in lay.blocks.iter().enumerate() {
-        let a = Site::new(&hs);
-        let mut u = buf();
-        linear(lin1, p, &a.act, &mut u, false, par);
-        // The same sums as `linear`'s accumulation: (u + b) + W_t·silu(e).
-        for (r, &l) in u.chunks_mut(h).zip(emb.idx) {
-            let q = &emb.q[l * qw + i * h..l * qw + (i + 1) * h];
-            for ((v, &b), &q) in r.iter_mut().zip(temb.b(p)).zip(q) {
-                *v = (*v + b) + q;
-            }
-        }
+        let a = Site::biased(&mut hs, pending);
+        let mut u = uninit(rows * h);
+        product(lin1, p, &a.act, &mut u, false, par);
+        time_add(&mut u, (lin1.b(p), temb.b(p)), emb, (i, h, qw), false);
         let v = Site::new(&u);
-        linear(lin2, p, &v.act, &mut hs, true, par);
+        product(lin2, p, &v.act, &mut hs, true, par);
+        pending = Some(lin2.b(p));
         blocks.push([a, v]);
     }
-    let last = Site::new(&hs);
+    let last = Site::biased(&mut hs, pending);
     let mut out = Vec::with_capacity(rows * lay.out_proj.out);
     linear(&lay.out_proj, p, &last.act, &mut out, false, par);
     (out, Some(Acts { blocks, last }))
 }
 
+/// u_i = ((a·W₁ᵀ + b₁) + b_t) + Q_i of each row's level — the first layer's bias, the time
+/// layer's bias and its product, in that order — then silu(u_i) in place when `silu`.
+fn time_add<T: Sigmoid>(
+    u: &mut [T],
+    (b1, bt): (&[T], &[T]),
+    emb: Emb<'_, T>,
+    (i, h, qw): (usize, usize, usize),
+    silu: bool,
+) {
+    vectorized(
+        #[inline(always)]
+        || {
+            for (r, &l) in u.chunks_mut(h).zip(emb.idx) {
+                let q = &emb.q[l * qw + i * h..l * qw + (i + 1) * h];
+                for (((v, &b1), &bt), &q) in r.iter_mut().zip(b1).zip(bt).zip(q) {
+                    let z = ((*v + b1) + bt) + q;
+                    *v = if silu { z * z.sig() } else { z };
+                }
+            }
+        },
+    );
+}
+
 /// [`forward`] keeping nothing (sampling): silu(h_i) into one reused buffer, and silu(u_i)
-/// in place together with u_i's time-path add — one pass where the training form takes three
-/// (the add, then σ and silu stored apart). The same values, bit for bit.
+/// in place together with u_i's biases and time-path add — one pass where the training form
+/// takes two (the add, then σ and silu stored apart). The same values, bit for bit.
 fn infer<T: Sigmoid>(lay: &Packing, p: &[T], x: &[T], emb: Emb<'_, T>, par: Parallelism) -> Vec<T> {
     let rows = x.len() / lay.in_proj.inp;
     let h = lay.in_proj.out;
     let qw = lay.blocks.len() * h;
-    let buf = || Vec::with_capacity(rows * h);
-    let (mut hs, mut a, mut u) = (buf(), buf(), buf());
+    let mut hs = Vec::with_capacity(rows * h);
+    // Overwritten in full before each read (silu_into, the first layer's product).
+    let (mut a, mut u) = (Vec::with_capacity(rows * h), uninit(rows * h));
     linear(&lay.in_proj, p, x, &mut hs, false, par);
+    let mut pending = None;
     for (i, [lin1, temb, lin2]) in lay.blocks.iter().enumerate() {
-        silu_into(&hs, &mut a);
-        linear(lin1, p, &a, &mut u, false, par);
-        vectorized(
-            #[inline(always)]
-            || {
-                for (r, &l) in u.chunks_mut(h).zip(emb.idx) {
-                    let q = &emb.q[l * qw + i * h..l * qw + (i + 1) * h];
-                    for ((v, &b), &q) in r.iter_mut().zip(temb.b(p)).zip(q) {
-                        let z = (*v + b) + q;
-                        *v = z * z.sig();
-                    }
-                }
-            },
-        );
-        linear(lin2, p, &u, &mut hs, true, par);
+        silu_into(&mut hs, pending, &mut a);
+        product(lin1, p, &a, &mut u, false, par);
+        time_add(&mut u, (lin1.b(p), temb.b(p)), emb, (i, h, qw), true);
+        product(lin2, p, &u, &mut hs, true, par);
+        pending = Some(lin2.b(p));
     }
-    silu_into(&hs, &mut a);
+    silu_into(&mut hs, pending, &mut a);
     let mut out = Vec::with_capacity(rows * lay.out_proj.out);
     linear(&lay.out_proj, p, &a, &mut out, false, par);
     out
 }
 
-/// `out ← silu(z)` (replacing its contents), as [`Site::new`] computes it.
-fn silu_into<T: Sigmoid>(z: &[T], out: &mut Vec<T>) {
+/// `z ← z + b` (each row, when given) and `out ← silu(z)` (replacing its contents) in one
+/// pass, as [`Site::biased`] computes them.
+fn silu_into<T: Sigmoid>(z: &mut [T], b: Option<&[T]>, out: &mut Vec<T>) {
     out.clear();
     out.reserve(z.len());
+    let w = b.map_or(z.len().max(1), <[T]>::len);
     vectorized(
         #[inline(always)]
         || {
-            for (o, &v) in out.spare_capacity_mut().iter_mut().zip(z) {
-                o.write(v * v.sig());
+            let rows = out.spare_capacity_mut().chunks_mut(w).zip(z.chunks_mut(w));
+            match b {
+                Some(b) => {
+                    for (o, z) in rows {
+                        for ((o, z), &b) in o.iter_mut().zip(z).zip(b) {
+                            let v = *z + b;
+                            *z = v;
+                            o.write(v * v.sig());
+                        }
+                    }
+                }
+                None => {
+                    for (o, z) in rows {
+                        for (o, &v) in o.iter_mut().zip(&*z) {
+                            o.write(v * v.sig());
+                        }
+                    }
+                }
             }
         },
     );

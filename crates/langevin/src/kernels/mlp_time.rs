@@ -113,6 +113,19 @@ fn stacked_temb<T: Real>(lay: &Packing, p: &[T]) -> Vec<T> {
     w
 }
 
+/// The same weights transposed, [hidden, 3·hidden], from the transposed parameters `pt`
+/// ([`super::mlp::Packing::transposed`]): the operand `gemm` reads without a strided gather.
+fn stacked_temb_t<T: Real>(lay: &Packing, pt: &[T]) -> Vec<T> {
+    let h = lay.in_proj.out;
+    let mut w = Vec::with_capacity(lay.blocks.len() * h * h);
+    for i in 0..h {
+        for [_, temb, _] in &lay.blocks {
+            w.extend_from_slice(&temb.w(pt)[i * h..(i + 1) * h]);
+        }
+    }
+    w
+}
+
 /// `f(item)` over `items`, on the calling thread or over the pool.
 fn each<I: Send, R: Send>(
     threads: usize,
@@ -146,13 +159,14 @@ fn pieces<'a, T>(
 /// The time path at the levels of `emb` [rows, temb_dim]; `(threads, par)` as the row blocks'.
 pub(super) fn forward<T: Sigmoid>(
     lay: &Packing,
-    p: &[T],
+    (p, pt): (&[T], &[T]),
     emb: &[T],
     lv: &Levels,
     (threads, par): (usize, Parallelism),
 ) -> TimePath<T> {
     let (de, h, nb) = (lay.time1.inp, lay.in_proj.out, lay.blocks.len());
     let w = stacked_temb(lay, p);
+    let wt = stacked_temb_t(lay, pt);
     let ranges = lv.chunks();
     // Overwritten in full by each chunk's GEMM (zeroing it was ~0.7% of the demo's step, on
     // the serial thread).
@@ -168,14 +182,23 @@ pub(super) fn forward<T: Sigmoid>(
             e.extend_from_slice(&emb[r * de..(r + 1) * de]);
         }
         let mut z = vec![];
-        linear(&lay.time1, p, &e, &mut z, false, par);
+        linear(&lay.time1, pt, &e, &mut z, false, par);
         let t1 = Site::new(&z);
         let mut z = vec![];
-        linear(&lay.time2, p, &t1.act, &mut z, false, par);
+        linear(&lay.time2, pt, &t1.act, &mut z, false, par);
         let t2 = Site::new(&z);
         if nb > 0 {
             let n = range.len();
-            mm((n, nb * h, h), q, false, &t2.act, (h, 1), &w, (1, h), par);
+            mm(
+                (n, nb * h, h),
+                q,
+                false,
+                &t2.act,
+                (h, 1),
+                &wt,
+                (nb * h, 1),
+                par,
+            );
         }
         Chunk {
             range,
