@@ -40,7 +40,7 @@ mod winograd_grad;
 
 pub use conv::conv2d;
 pub use group_norm::group_norm_act;
-pub use prepared::{conv2d_prepared, PreparedWeights};
+pub use prepared::{conv2d_prepared, conv2d_prepared_residual, PreparedWeights};
 pub(crate) use real::own_kernel;
 
 /// Keep freed activation buffers in the process instead of returning them to the kernel: by

@@ -10,7 +10,9 @@
 //! arithmetic, tested).
 use std::sync::OnceLock;
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Tensor};
+use candle_core::{
+    CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Storage, Tensor,
+};
 
 use super::conv::{conv2d, enabled};
 use super::cpu_conv::Geom;
@@ -45,6 +47,43 @@ pub fn conv2d_prepared(
     padding: usize,
     prepared: &PreparedWeights,
 ) -> candle_core::Result<Tensor> {
+    match prepared_op(x, w, bias, stride, padding, prepared, None)? {
+        Some((op, u)) => apply(x, &u, bias, op),
+        None => conv2d(x, w, bias, stride, padding),
+    }
+}
+
+/// `(conv2d_prepared(x, w, bias) + residual)`, the residual added as each image's output is
+/// written on the prepared path (the same values as the separate add, tested).
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_prepared_residual(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+    prepared: &PreparedWeights,
+    residual: &Tensor,
+) -> candle_core::Result<Tensor> {
+    match prepared_op(x, w, bias, stride, padding, prepared, Some(residual))? {
+        Some((op, u)) => apply(x, &u, bias, op),
+        None => conv2d_prepared(x, w, bias, stride, padding, prepared)? + residual,
+    }
+}
+
+/// The prepared op and filters, where the prepared path applies (else `None`: the caller
+/// takes `conv2d`). A residual is taken along only where it has the output's shape and
+/// dtype and nobody differentiates it.
+#[allow(clippy::too_many_arguments)]
+fn prepared_op(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+    prepared: &PreparedWeights,
+    residual: Option<&Tensor>,
+) -> candle_core::Result<Option<(PreparedConv, Tensor)>> {
     let same = |t: &Tensor| t.dtype() == x.dtype();
     let eligible = enabled()
         && own_kernel(x)
@@ -54,11 +93,17 @@ pub fn conv2d_prepared(
         && !w.track_op()
         && bias.is_none_or(|b| !b.track_op());
     if !eligible {
-        return conv2d(x, w, bias, stride, padding);
+        return Ok(None);
     }
     let g = Geom::new(x.dims(), w.dims(), stride, padding)?;
     if !winograd::forward_applies(&g) {
-        return conv2d(x, w, bias, stride, padding);
+        return Ok(None);
+    }
+    let out_dims = [g.b, g.o, g.ho, g.wo];
+    let residual_fits =
+        |r: &&Tensor| same(r) && own_kernel(r) && !r.track_op() && r.dims() == out_dims.as_slice();
+    if residual.is_some_and(|r| !residual_fits(&r)) {
+        return Ok(None);
     }
     let cell = if winograd::four(&g) {
         &prepared.f4
@@ -72,11 +117,20 @@ pub fn conv2d_prepared(
             cell.get_or_init(|| u).clone()
         }
     };
-    let op = PreparedConv { g };
+    let residual = residual.map(Tensor::contiguous).transpose()?;
+    Ok(Some((PreparedConv { g, residual }, u)))
+}
+
+fn apply(
+    x: &Tensor,
+    u: &Tensor,
+    bias: Option<&Tensor>,
+    op: PreparedConv,
+) -> candle_core::Result<Tensor> {
     let x = x.contiguous()?;
     match bias {
-        Some(b) => x.apply_op3_no_bwd(&u, &b.contiguous()?, &op),
-        None => x.apply_op2_no_bwd(&u, &op),
+        Some(b) => x.apply_op3_no_bwd(u, &b.contiguous()?, &op),
+        None => x.apply_op2_no_bwd(u, &op),
     }
 }
 
@@ -98,9 +152,11 @@ fn transform(w: &Tensor, g: &Geom) -> candle_core::Result<Tensor> {
     }
 }
 
-/// The Winograd convolution of (x, U[, bias]) for the geometry `g` (its batch taken from x).
+/// The Winograd convolution of (x, U[, bias]) for the geometry `g` (its batch taken from x),
+/// plus `residual` (contiguous, the output's shape) when given.
 struct PreparedConv {
     g: Geom,
+    residual: Option<Tensor>,
 }
 
 impl PreparedConv {
@@ -109,6 +165,22 @@ impl PreparedConv {
         let g = Geom::new(x.dims(), &[self.g.o, self.g.c, 3, 3], 1, self.g.p)?;
         Ok((g, Shape::from((g.b, g.o, g.ho, g.wo))))
     }
+}
+
+impl PreparedConv {
+    /// The residual, checked against the output shape of this call.
+    fn residual_storage(&self, op: &str) -> candle_core::Result<Option<&Tensor>> {
+        match &self.residual {
+            Some(r) if r.dims() != [self.g.b, self.g.o, self.g.ho, self.g.wo] => Err(
+                candle_core::Error::Msg(format!("{op}: residual {:?}", r.dims())),
+            ),
+            r => Ok(r.as_ref()),
+        }
+    }
+}
+
+fn not_cpu(op: &str) -> candle_core::Error {
+    candle_core::Error::Msg(format!("{op}: residual is not a CPU tensor"))
 }
 
 impl CustomOp2 for PreparedConv {
@@ -124,12 +196,27 @@ impl CustomOp2 for PreparedConv {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (g, shape) = self.geom(l1)?;
-        let st = dispatch(
-            CustomOp2::name(self),
-            [(s1, l1), (s2, l2)],
-            |[x, u]| winograd::forward_prepared(x, u, None, &g),
-            |[x, u]| winograd::forward_prepared(x, u, None, &g),
-        )?;
+        let name = CustomOp2::name(self);
+        let st = match self.residual_storage(name)? {
+            None => dispatch(
+                name,
+                [(s1, l1), (s2, l2)],
+                |[x, u]| winograd::forward_prepared(x, u, None, None, &g),
+                |[x, u]| winograd::forward_prepared(x, u, None, None, &g),
+            )?,
+            Some(r) => {
+                let (rs, rl) = r.storage_and_layout();
+                let Storage::Cpu(rs) = &*rs else {
+                    return Err(not_cpu(name));
+                };
+                dispatch(
+                    name,
+                    [(s1, l1), (s2, l2), (rs, rl)],
+                    |[x, u, r]| winograd::forward_prepared(x, u, None, Some(r), &g),
+                    |[x, u, r]| winograd::forward_prepared(x, u, None, Some(r), &g),
+                )?
+            }
+        };
         Ok((st, shape))
     }
 }
@@ -149,12 +236,27 @@ impl CustomOp3 for PreparedConv {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (g, shape) = self.geom(l1)?;
-        let st = dispatch(
-            CustomOp3::name(self),
-            [(s1, l1), (s2, l2), (s3, l3)],
-            |[x, u, b]| winograd::forward_prepared(x, u, Some(b), &g),
-            |[x, u, b]| winograd::forward_prepared(x, u, Some(b), &g),
-        )?;
+        let name = CustomOp3::name(self);
+        let st = match self.residual_storage(name)? {
+            None => dispatch(
+                name,
+                [(s1, l1), (s2, l2), (s3, l3)],
+                |[x, u, b]| winograd::forward_prepared(x, u, Some(b), None, &g),
+                |[x, u, b]| winograd::forward_prepared(x, u, Some(b), None, &g),
+            )?,
+            Some(r) => {
+                let (rs, rl) = r.storage_and_layout();
+                let Storage::Cpu(rs) = &*rs else {
+                    return Err(not_cpu(name));
+                };
+                dispatch(
+                    name,
+                    [(s1, l1), (s2, l2), (s3, l3), (rs, rl)],
+                    |[x, u, b, r]| winograd::forward_prepared(x, u, Some(b), Some(r), &g),
+                    |[x, u, b, r]| winograd::forward_prepared(x, u, Some(b), Some(r), &g),
+                )?
+            }
+        };
         Ok((st, shape))
     }
 }
@@ -190,6 +292,41 @@ mod tests {
             }
         }
         assert_eq!(prepared.prepared(), 2);
+    }
+
+    /// The residual joined to the output pass gives the bits of the separate add, for both
+    /// tilings, with and without bias, on one and three threads (at batch 1 the three
+    /// threads split one image by channels; at batch 3 they take images).
+    #[test]
+    fn residual_in_the_output_pass_is_the_separate_add() {
+        let w = randn(&[24, 16, 3, 3], 5);
+        let b = randn(&[24], 6);
+        let prepared = PreparedWeights::default();
+        for threads in [1, 3] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                for (n, (hw, batch)) in [(16, 1), (32, 3), (16, 3), (32, 1)].into_iter().enumerate()
+                {
+                    let x = randn(&[batch, 16, hw, hw], 20 + n as u64);
+                    let r = randn(&[batch, 24, hw, hw], 30 + n as u64);
+                    for bias in [Some(&b), None] {
+                        let want = (conv2d(&x, &w, bias, 1, 1).unwrap() + &r).unwrap();
+                        let got =
+                            conv2d_prepared_residual(&x, &w, bias, 1, 1, &prepared, &r).unwrap();
+                        let d = (got - want).unwrap().abs().unwrap().max_all().unwrap();
+                        let d = d.to_scalar::<f32>().unwrap();
+                        assert_eq!(d, 0.0, "{hw}×{hw} b{batch} {threads} threads");
+                    }
+                }
+            });
+        }
+        // A residual of another shape is not taken into the op: the add reports it.
+        let x = randn(&[1, 16, 16, 16], 40);
+        let r = randn(&[1, 24, 8, 8], 41);
+        assert!(conv2d_prepared_residual(&x, &w, Some(&b), 1, 1, &prepared, &r).is_err());
     }
 
     /// Training weights (a `Var`) and differentiated inputs never use a cached transform, so

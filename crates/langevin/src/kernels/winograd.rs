@@ -364,7 +364,7 @@ struct Scratch<T> {
 /// larger tiles of F(4×4, 3×3) where [`super::winograd4::applies`] (4× fewer multiply-adds
 /// than im2col), else F(2×2, 3×3) (2.25×).
 pub(super) fn forward<T: Real>(x: &[T], wt: &[T], bias: Option<&[T]>, g: &Geom) -> Vec<T> {
-    forward_prepared(x, &prepare(wt, g), bias, g)
+    forward_prepared(x, &prepare(wt, g), bias, None, g)
 }
 
 /// Whether [`forward`] takes F(4×4, 3×3) for `g` (36 matrices per filter), else F(2×2, 3×3)
@@ -385,12 +385,36 @@ pub(super) fn prepare<T: Real>(wt: &[T], g: &Geom) -> Vec<T> {
     }
 }
 
-/// [`forward`] from the transformed filters `u` of [`prepare`] (the same tiling for `g`).
-pub(super) fn forward_prepared<T: Real>(x: &[T], u: &[T], bias: Option<&[T]>, g: &Geom) -> Vec<T> {
+/// [`forward`] from the transformed filters `u` of [`prepare`] (the same tiling for `g`), plus
+/// `residual` (the output's shape) when given: `(conv(x) + bias) + residual`.
+pub(super) fn forward_prepared<T: Real>(
+    x: &[T],
+    u: &[T],
+    bias: Option<&[T]>,
+    residual: Option<&[T]>,
+    g: &Geom,
+) -> Vec<T> {
     if four(g) {
-        forward_with::<super::winograd4::F4, T>(x, u, bias, g)
+        forward_with::<super::winograd4::F4, T>(x, u, bias, residual, g)
     } else {
-        forward_with::<F2, T>(x, u, bias, g)
+        forward_with::<F2, T>(x, u, bias, residual, g)
+    }
+}
+
+/// `out += r`, where the output transform has just written `out` (still in cache): the
+/// residual add of a UNet block without a pass of its own over the activations (CPU round 16:
+/// that add, a fresh buffer read and written from memory, was 2% of the small UNet's b64
+/// forward). The same sum as the separate add.
+fn add_residual<T: Real>(out: &mut [T], r: Option<&[T]>) {
+    if let Some(r) = r {
+        vectorized(
+            #[inline(always)]
+            || {
+                for (o, &r) in out.iter_mut().zip(r) {
+                    *o = *o + r;
+                }
+            },
+        )
     }
 }
 
@@ -413,6 +437,7 @@ pub(super) fn forward_with<W: Tiling, T: Real>(
     x: &[T],
     u: &[T],
     bias: Option<&[T]>,
+    residual: Option<&[T]>,
     g: &Geom,
 ) -> Vec<T> {
     let t = g.h.div_ceil(W::M) * g.w.div_ceil(W::M);
@@ -442,28 +467,32 @@ pub(super) fn forward_with<W: Tiling, T: Real>(
             Parallelism::None,
         );
     };
-    let image = |s: &mut Scratch<T>, xb: &[T], ob: &mut [T]| {
+    let (xs, ys) = (g.c * hw, g.o * hw);
+    // The residual's values from output index `at` on, `n` of them.
+    let res = |at: usize, n: usize| residual.map(|r| &r[at..at + n]);
+    let image = |s: &mut Scratch<T>, i: usize, xb: &[T], ob: &mut [T]| {
         W::input(xb, g, &mut s.v, 0, cs, ld);
         for (xi, mx) in s.m.chunks_exact_mut(mb).enumerate() {
             product(xi, mx, &s.v);
         }
         W::output(&s.m, g, bias, ob, (0, os));
+        add_residual(ob, res(i * ys, ys));
     };
-    let (xs, ys) = (g.c * hw, g.o * hw);
     if nt <= 1 {
         let mut s = new();
-        for (xb, ob) in x.chunks(xs).zip(out.chunks_mut(ys)) {
-            image(&mut s, xb, ob);
+        for (i, (xb, ob)) in x.chunks(xs).zip(out.chunks_mut(ys)).enumerate() {
+            image(&mut s, i, xb, ob);
         }
     } else if g.b >= nt {
         x.par_chunks(xs)
             .zip(out.par_chunks_mut(ys))
-            .for_each_init(new, |s, (xb, ob)| image(s, xb, ob));
+            .enumerate()
+            .for_each_init(new, |s, (i, (xb, ob))| image(s, i, xb, ob));
     } else {
         // Fewer images than threads: each stage of one image split over the threads, in
         // pieces that do not depend on the thread count (channels, the products).
         let mut s = new();
-        for (xb, ob) in x.chunks(xs).zip(out.chunks_mut(ys)) {
+        for (i, (xb, ob)) in x.chunks(xs).zip(out.chunks_mut(ys)).enumerate() {
             // Channels in runs of 8: each run writes its rows of every V_ξ.
             let runs: Vec<(usize, &[T])> = xb.chunks(8 * hw).enumerate().collect();
             let v_ptr = SendPtr(s.v.as_mut_ptr());
@@ -479,9 +508,10 @@ pub(super) fn forward_with<W: Tiling, T: Real>(
                 .enumerate()
                 .for_each(|(xi, mx)| product(xi, mx, v));
             let m = &s.m;
-            ob.par_chunks_mut(8 * hw)
-                .enumerate()
-                .for_each(|(r, oc)| W::output(m, g, bias, oc, (8 * r, os)));
+            ob.par_chunks_mut(8 * hw).enumerate().for_each(|(r, oc)| {
+                W::output(m, g, bias, oc, (8 * r, os));
+                add_residual(oc, res(i * ys + 8 * r * hw, oc.len()));
+            });
         }
     }
     out

@@ -7,7 +7,7 @@ use rand::{Rng, SeedableRng};
 
 /// The forward convolution with the tiling `W`, its filters transformed for this call.
 fn conv_with<W: Tiling, T: Real>(x: &[T], wt: &[T], bias: Option<&[T]>, g: &Geom) -> Vec<T> {
-    forward_with::<W, T>(x, &W::filter(wt, g.o, g.c), bias, g)
+    forward_with::<W, T>(x, &W::filter(wt, g.o, g.c), bias, None, g)
 }
 
 /// `f(x index, y index, w index)` for every tap of a padding-1 3×3 convolution that

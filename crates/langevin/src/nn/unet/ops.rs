@@ -112,8 +112,9 @@ impl Conv2d {
     }
 
     /// `(conv(x) + bias + residual) / divisor`: on the fused path the bias, residual and
-    /// division are one pass after cuDNN's convolution; elsewhere they are the plain ops in
-    /// that order.
+    /// division are one pass after cuDNN's convolution; on the CPU's prepared (inference)
+    /// path the residual joins the convolution's output pass; elsewhere they are the plain
+    /// ops in that order.
     pub fn forward_residual(
         &self,
         x: &Tensor,
@@ -140,10 +141,19 @@ impl Conv2d {
                 1.0 / divisor,
             )?);
         }
-        let y = fwd(self, x)?;
         let y = match residual {
-            Some(r) => (y + r)?,
-            None => y,
+            // On the CPU's prepared path the residual is added as each image's output is
+            // written (the same values as the add).
+            Some(r) => kernels::conv2d_prepared_residual(
+                x,
+                &self.weight,
+                Some(&self.bias),
+                self.stride,
+                self.padding,
+                &self.prepared,
+                r,
+            )?,
+            None => fwd(self, x)?,
         };
         Ok(if divisor == 1.0 { y } else { (y / divisor)? })
     }
