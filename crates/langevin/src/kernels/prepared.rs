@@ -323,6 +323,23 @@ mod tests {
                 }
             });
         }
+        // 8×8 from 288 channels (F(2×2), 16 tiles per image: images side by side in groups
+        // of 4, then 1 at batch 5).
+        let w8 = randn(&[16, 288, 3, 3], 7);
+        let x8 = randn(&[5, 288, 8, 8], 8);
+        let r8 = randn(&[5, 16, 8, 8], 9);
+        let prepared8 = PreparedWeights::default();
+        let want =
+            (conv2d(&x8, &w8, Some(&b.narrow(0, 0, 16).unwrap()), 1, 1).unwrap() + &r8).unwrap();
+        let b16 = b.narrow(0, 0, 16).unwrap();
+        let got = conv2d_prepared_residual(&x8, &w8, Some(&b16), 1, 1, &prepared8, &r8).unwrap();
+        let d = (got - want).unwrap().abs().unwrap().max_all().unwrap();
+        assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0, "8×8 b5");
+        assert_eq!(
+            prepared8.prepared(),
+            1,
+            "8×8 from 288 channels takes Winograd"
+        );
         // A residual of another shape is not taken into the op: the add reports it.
         let x = randn(&[1, 16, 16, 16], 40);
         let r = randn(&[1, 24, 8, 8], 41);

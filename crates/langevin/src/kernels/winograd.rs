@@ -13,7 +13,7 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::conv::mm;
+use super::conv::gemm_into;
 use super::cpu_conv::{uninit, Geom};
 use super::lanes::{interleave2, map2, map3};
 use super::real::{threads, Real};
@@ -130,14 +130,24 @@ pub(super) trait Tiling {
     /// The transformed filters, as (m + 2)² matrices [O, C]: `wt` is [O, C, 3, 3].
     fn filter<T: Real>(wt: &[T], o: usize, c: usize) -> Vec<T>;
     /// The transformed tiles of the channels `x` ([n, H, W]) into `v`: (m + 2)² blocks
-    /// [`cstride`, T] (T tiles per image) of row stride `ld` ≥ T, this run's channels at rows
-    /// `c0..c0 + n`.
-    fn input<T: Real>(x: &[T], g: &Geom, v: &mut [T], c0: usize, cstride: usize, ld: usize);
+    /// [`cstride`, ·] of rows of length `ld`, this image's T tiles from column `col0` on
+    /// (`at` = (ld, col0)), this run's channels at rows `c0..c0 + n`.
+    fn input<T: Real>(x: &[T], g: &Geom, v: &mut [T], c0: usize, cstride: usize, at: Cols);
     /// The output channels `out` ([n, H, W], channels `o0..`) from the (m + 2)² products
-    /// `m` ([ξ][O, T]), plus the bias.
-    /// `m` holds (m + 2)² blocks of `ostride` ≥ O rows.
-    fn output<T: Real>(m: &[T], g: &Geom, bias: Option<&[T]>, out: &mut [T], os: (usize, usize));
+    /// `m` ([ξ][O, ·], rows of length `mt.0`, this image's T tiles from column `mt.1` on),
+    /// plus the bias. `m` holds (m + 2)² blocks of `ostride` ≥ O rows.
+    fn output<T: Real>(
+        m: &[T],
+        g: &Geom,
+        bias: Option<&[T]>,
+        out: &mut [T],
+        os: (usize, usize),
+        mt: Cols,
+    );
 }
+
+/// (row length, first column) of one image's tiles in a block of several images side by side.
+pub(super) type Cols = (usize, usize);
 
 /// F(2×2, 3×3): the transforms below.
 pub(super) struct F2;
@@ -147,11 +157,18 @@ impl Tiling for F2 {
     fn filter<T: Real>(wt: &[T], o: usize, c: usize) -> Vec<T> {
         filter_blocks(wt, o, c, &G2)
     }
-    fn input<T: Real>(x: &[T], g: &Geom, v: &mut [T], c0: usize, cstride: usize, ld: usize) {
-        input_transform_at(x, g, v, (c0, cstride), (ld, 0))
+    fn input<T: Real>(x: &[T], g: &Geom, v: &mut [T], c0: usize, cstride: usize, at: Cols) {
+        input_transform_at(x, g, v, (c0, cstride), at)
     }
-    fn output<T: Real>(m: &[T], g: &Geom, bias: Option<&[T]>, out: &mut [T], os: (usize, usize)) {
-        output_transform(m, g, bias, out, os)
+    fn output<T: Real>(
+        m: &[T],
+        g: &Geom,
+        bias: Option<&[T]>,
+        out: &mut [T],
+        os: (usize, usize),
+        mt: Cols,
+    ) {
+        output_transform(m, g, bias, out, os, mt)
     }
 }
 
@@ -248,11 +265,12 @@ fn output_transform<T: Real>(
     bias: Option<&[T]>,
     out: &mut [T],
     os: (usize, usize),
+    mt: Cols,
 ) {
     // Compiled with AVX2 where the CPU has it (same bits: no fused multiply-adds).
     vectorized(
         #[inline(always)]
-        || output_transform_impl(m, g, bias, out, os),
+        || output_transform_impl(m, g, bias, out, os, mt),
     )
 }
 
@@ -263,6 +281,7 @@ fn output_transform_impl<T: Real>(
     bias: Option<&[T]>,
     out: &mut [T],
     (o0, ostride): (usize, usize),
+    (mld, col0): Cols,
 ) {
     let (th, tw) = tiles(g);
     let t = th * tw;
@@ -272,7 +291,7 @@ fn output_transform_impl<T: Real>(
     for (oi, yo) in out.chunks_exact_mut(g.h * g.w).enumerate() {
         let o = o0 + oi;
         let b = bias.map_or(T::ZERO, |b| b[o]);
-        let mv = |i: usize, j: usize| &m[((4 * i + j) * ostride + o) * t..][..t];
+        let mv = |i: usize, j: usize| &m[((4 * i + j) * ostride + o) * mld + col0..][..t];
         for j in 0..4 {
             let (m0, m1, m2, m3) = (mv(0, j), mv(1, j), mv(2, j), mv(3, j));
             let (s0, s1) = s[2 * j * t..(2 * j + 2) * t].split_at_mut(t);
@@ -442,10 +461,17 @@ pub(super) fn forward_with<W: Tiling, T: Real>(
 ) -> Vec<T> {
     let t = g.h.div_ceil(W::M) * g.w.div_ceil(W::M);
     let xis = (W::M + 2) * (W::M + 2);
-    let ld = padded(t);
+    // Images per product: `gemm` puts the tiles along its micro-kernel's 64 rows, and 16 tiles
+    // (F(2×2) at 8×8) took its 16×6 kernel (6.4% of cifar10's b16 forward, CPU round 16), so
+    // images with fewer than 64 tiles go side by side. An image's sums do not depend on its
+    // neighbours (`gemm` blocks the depth by the depth alone): the same bits on any batch and
+    // thread count (tested).
+    let per = (64 / t).clamp(1, g.b.max(1));
+    let mt = per * t;
+    let ld = padded(mt);
     // Each block of V and M one row longer than its channels: see [`padded`].
     let (cs, os) = (g.c + 1, g.o + 1);
-    let (oc, vb, mb) = (g.o * g.c, cs * ld, os * t);
+    let (oc, vb, mb) = (g.o * g.c, cs * ld, os * mt);
     assert_eq!(u.len(), xis * oc, "Winograd filters for another tiling");
     let (hw, nt) = (g.h * g.w, threads());
     let mut out = uninit(g.b * g.o * hw);
@@ -453,12 +479,13 @@ pub(super) fn forward_with<W: Tiling, T: Real>(
         v: uninit(xis * vb),
         m: uninit(xis * mb),
     };
-    // Product ξ of one image: M_ξ [O, T] = U_ξ [O, C] · V_ξ [C, T].
-    let product = |xi: usize, mx: &mut [T], v: &[T]| {
+    // Product ξ of `n` images: M_ξ [O, n·T] = U_ξ [O, C] · V_ξ [C, n·T] (M's rows `mt` long).
+    let product = |xi: usize, mx: &mut [T], v: &[T], n: usize| {
         let (ux, vx) = (&u[xi * oc..(xi + 1) * oc], &v[xi * vb..][..g.c * ld]);
-        mm(
-            (g.o, t, g.c),
-            &mut mx[..g.o * t],
+        gemm_into(
+            (g.o, n * t, g.c),
+            &mut mx[..g.o * mt],
+            (mt, 1),
             false,
             ux,
             (g.c, 1),
@@ -470,27 +497,34 @@ pub(super) fn forward_with<W: Tiling, T: Real>(
     let (xs, ys) = (g.c * hw, g.o * hw);
     // The residual's values from output index `at` on, `n` of them.
     let res = |at: usize, n: usize| residual.map(|r| &r[at..at + n]);
-    let image = |s: &mut Scratch<T>, i: usize, xb: &[T], ob: &mut [T]| {
-        W::input(xb, g, &mut s.v, 0, cs, ld);
-        for (xi, mx) in s.m.chunks_exact_mut(mb).enumerate() {
-            product(xi, mx, &s.v);
+    // Group `k` of up to `per` images: their tiles side by side, one product per ξ.
+    let group = |s: &mut Scratch<T>, k: usize, xg: &[T], og: &mut [T]| {
+        let n = xg.len() / xs;
+        for (i, xb) in xg.chunks(xs).enumerate() {
+            W::input(xb, g, &mut s.v, 0, cs, (ld, i * t));
         }
-        W::output(&s.m, g, bias, ob, (0, os));
-        add_residual(ob, res(i * ys, ys));
+        for (xi, mx) in s.m.chunks_exact_mut(mb).enumerate() {
+            product(xi, mx, &s.v, n);
+        }
+        for (i, ob) in og.chunks_mut(ys).enumerate() {
+            W::output(&s.m, g, bias, ob, (0, os), (mt, i * t));
+            add_residual(ob, res((k * per + i) * ys, ys));
+        }
     };
     if nt <= 1 {
         let mut s = new();
-        for (i, (xb, ob)) in x.chunks(xs).zip(out.chunks_mut(ys)).enumerate() {
-            image(&mut s, i, xb, ob);
+        for (k, (xg, og)) in x.chunks(per * xs).zip(out.chunks_mut(per * ys)).enumerate() {
+            group(&mut s, k, xg, og);
         }
-    } else if g.b >= nt {
-        x.par_chunks(xs)
-            .zip(out.par_chunks_mut(ys))
+    } else if g.b.div_ceil(per) >= nt {
+        x.par_chunks(per * xs)
+            .zip(out.par_chunks_mut(per * ys))
             .enumerate()
-            .for_each_init(new, |s, (i, (xb, ob))| image(s, i, xb, ob));
+            .for_each_init(new, |s, (k, (xg, og))| group(s, k, xg, og));
     } else {
         // Fewer images than threads: each stage of one image split over the threads, in
-        // pieces that do not depend on the thread count (channels, the products).
+        // pieces that do not depend on the thread count (channels, the products). One image
+        // per product here (its columns 0..T of M).
         let mut s = new();
         for (i, (xb, ob)) in x.chunks(xs).zip(out.chunks_mut(ys)).enumerate() {
             // Channels in runs of 8: each run writes its rows of every V_ξ.
@@ -501,15 +535,15 @@ pub(super) fn forward_with<W: Tiling, T: Real>(
                 // SAFETY: run r writes only rows 8r..8r+n of each V_ξ block, disjoint from
                 // the other runs' rows; `v` outlives the loop.
                 let v = unsafe { std::slice::from_raw_parts_mut(v_ptr.get(), vlen) };
-                W::input(xr, g, v, 8 * r, cs, ld);
+                W::input(xr, g, v, 8 * r, cs, (ld, 0));
             });
             let v = &s.v;
             s.m.par_chunks_mut(mb)
                 .enumerate()
-                .for_each(|(xi, mx)| product(xi, mx, v));
+                .for_each(|(xi, mx)| product(xi, mx, v, 1));
             let m = &s.m;
             ob.par_chunks_mut(8 * hw).enumerate().for_each(|(r, oc)| {
-                W::output(m, g, bias, oc, (8 * r, os));
+                W::output(m, g, bias, oc, (8 * r, os), (mt, 0));
                 add_residual(oc, res(i * ys + 8 * r * hw, oc.len()));
             });
         }

@@ -16,7 +16,7 @@ use super::cpu_conv::Geom;
 use super::lanes::interleave4;
 use super::real::Real;
 use super::simd::vectorized;
-use super::winograd::{filter_blocks, Tiling};
+use super::winograd::{filter_blocks, Cols, Tiling};
 use super::winograd4_simd::{lanes, six_rows, x8};
 
 /// Whether F(4×4, 3×3) takes a convolution that [`super::winograd::forward_applies`] to: at
@@ -36,11 +36,18 @@ impl Tiling for F4 {
     fn filter<T: Real>(wt: &[T], o: usize, c: usize) -> Vec<T> {
         filter_blocks(wt, o, c, &G)
     }
-    fn input<T: Real>(x: &[T], g: &Geom, v: &mut [T], c0: usize, cstride: usize, ld: usize) {
-        input_transform(x, g, v, (c0, cstride), (ld, 0))
+    fn input<T: Real>(x: &[T], g: &Geom, v: &mut [T], c0: usize, cstride: usize, at: Cols) {
+        input_transform(x, g, v, (c0, cstride), at)
     }
-    fn output<T: Real>(m: &[T], g: &Geom, bias: Option<&[T]>, out: &mut [T], os: (usize, usize)) {
-        output_transform(m, g, bias, out, os)
+    fn output<T: Real>(
+        m: &[T],
+        g: &Geom,
+        bias: Option<&[T]>,
+        out: &mut [T],
+        os: (usize, usize),
+        mt: Cols,
+    ) {
+        output_transform(m, g, bias, out, os, mt)
     }
 }
 
@@ -306,11 +313,12 @@ fn output_transform<T: Real>(
     bias: Option<&[T]>,
     out: &mut [T],
     os: (usize, usize),
+    mt: Cols,
 ) {
     // Compiled with AVX2 where the CPU has it (same bits: no fused multiply-adds).
     vectorized(
         #[inline(always)]
-        || output_impl(m, g, bias, out, os),
+        || output_impl(m, g, bias, out, os, mt),
     )
 }
 
@@ -335,6 +343,7 @@ fn output_impl<T: Real>(
     bias: Option<&[T]>,
     out: &mut [T],
     (o0, ostride): (usize, usize),
+    (mld, col0): Cols,
 ) {
     let (th, tw) = tiles(g);
     let t = th * tw;
@@ -345,7 +354,7 @@ fn output_impl<T: Real>(
         let o = o0 + oi;
         let b = bias.map_or(T::ZERO, |b| b[o]);
         for j in 0..6 {
-            let mv = |i: usize| &m[((6 * i + j) * ostride + o) * t..][..t];
+            let mv = |i: usize| &m[((6 * i + j) * ostride + o) * mld + col0..][..t];
             let (m0, m1, m2, m3, m4, m5) = (mv(0), mv(1), mv(2), mv(3), mv(4), mv(5));
             let mut row = rows_mut(&mut s, j * t, 6 * t, t);
             let (s0, s1, s2, s3) = (row(), row(), row(), row());
