@@ -136,39 +136,15 @@ pub(super) struct Grads<T> {
     pub(super) dx: Vec<T>,
 }
 
-/// `y = a·Wᵀ + b` (`y` replaced) or `y += a·Wᵀ + b` (when `acc`), a [rows, inp], y [rows, out],
-/// with `pt` the packed parameters with transposed weights ([`Packing::transposed`]).
-pub(super) fn linear<T: Sigmoid>(
-    l: &Lin,
-    pt: &[T],
-    a: &[T],
-    y: &mut Vec<T>,
-    acc: bool,
-    par: Parallelism,
-) {
-    let rows = a.len() / l.inp;
-    if !acc {
-        y.clear();
-        for _ in 0..rows {
-            y.extend_from_slice(l.b(pt));
-        }
-    } else {
-        for r in y.chunks_mut(l.out) {
-            for (v, &b) in r.iter_mut().zip(l.b(pt)) {
-                *v += b;
-            }
-        }
+/// `y = a·Wᵀ + b` (`y` replaced), a [rows, inp], y [rows, out], with `pt` the packed
+/// parameters with transposed weights ([`Packing::transposed`]): the bias as the product's
+/// initial value.
+pub(super) fn linear<T: Sigmoid>(l: &Lin, pt: &[T], a: &[T], y: &mut Vec<T>, par: Parallelism) {
+    y.clear();
+    for _ in 0..a.len() / l.inp {
+        y.extend_from_slice(l.b(pt));
     }
-    mm(
-        (rows, l.out, l.inp),
-        y,
-        true,
-        a,
-        (l.inp, 1),
-        l.w(pt),
-        (l.out, 1),
-        par,
-    );
+    product(l, pt, a, y, true, par);
 }
 
 /// `y = a·Wᵀ` (`y` overwritten) or `y += a·Wᵀ` (when `acc`), no bias: for the layers whose
@@ -229,7 +205,7 @@ pub(super) fn forward<T: Sigmoid>(
     let qw = lay.blocks.len() * h;
     let buf = || Vec::with_capacity(rows * h);
     let mut hs = buf();
-    linear(&lay.in_proj, p, x, &mut hs, false, par);
+    linear(&lay.in_proj, p, x, &mut hs, par);
     let mut blocks = Vec::with_capacity(lay.blocks.len());
     // The last second layer's bias, added to h_i in the pass that takes its SiLU.
     let mut pending = None;
@@ -245,7 +221,7 @@ pub(super) fn forward<T: Sigmoid>(
     }
     let last = Site::biased(&mut hs, pending);
     let mut out = Vec::with_capacity(rows * lay.out_proj.out);
-    linear(&lay.out_proj, p, &last.act, &mut out, false, par);
+    linear(&lay.out_proj, p, &last.act, &mut out, par);
     (out, Some(Acts { blocks, last }))
 }
 
@@ -282,7 +258,7 @@ fn infer<T: Sigmoid>(lay: &Packing, p: &[T], x: &[T], emb: Emb<'_, T>, par: Para
     let mut hs = Vec::with_capacity(rows * h);
     // Overwritten in full before each read (silu_into, the first layer's product).
     let (mut a, mut u) = (Vec::with_capacity(rows * h), uninit(rows * h));
-    linear(&lay.in_proj, p, x, &mut hs, false, par);
+    linear(&lay.in_proj, p, x, &mut hs, par);
     let mut pending = None;
     for (i, [lin1, temb, lin2]) in lay.blocks.iter().enumerate() {
         silu_into(&mut hs, pending, &mut a);
@@ -293,7 +269,7 @@ fn infer<T: Sigmoid>(lay: &Packing, p: &[T], x: &[T], emb: Emb<'_, T>, par: Para
     }
     silu_into(&mut hs, pending, &mut a);
     let mut out = Vec::with_capacity(rows * lay.out_proj.out);
-    linear(&lay.out_proj, p, &a, &mut out, false, par);
+    linear(&lay.out_proj, p, &a, &mut out, par);
     out
 }
 

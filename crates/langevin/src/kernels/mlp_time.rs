@@ -182,10 +182,10 @@ pub(super) fn forward<T: Sigmoid>(
             e.extend_from_slice(&emb[r * de..(r + 1) * de]);
         }
         let mut z = vec![];
-        linear(&lay.time1, pt, &e, &mut z, false, par);
+        linear(&lay.time1, pt, &e, &mut z, par);
         let t1 = Site::new(&z);
         let mut z = vec![];
-        linear(&lay.time2, pt, &t1.act, &mut z, false, par);
+        linear(&lay.time2, pt, &t1.act, &mut z, par);
         let t2 = Site::new(&z);
         if nb > 0 {
             let n = range.len();

@@ -430,7 +430,7 @@ fn add_residual<T: Real>(out: &mut [T], r: Option<&[T]>) {
             #[inline(always)]
             || {
                 for (o, &r) in out.iter_mut().zip(r) {
-                    *o = *o + r;
+                    *o += r;
                 }
             },
         )
