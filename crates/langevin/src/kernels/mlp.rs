@@ -267,13 +267,7 @@ impl MlpOp {
         // The time path once per distinct noise level (all rows share one in a sampler step).
         let levels = Levels::of(emb, de, !self.need_demb);
         let pt = lay.transposed(p);
-        let time = mlp_time::forward(
-            &lay,
-            (p, &pt),
-            emb,
-            &levels,
-            plan(levels.count().div_ceil(rpb)),
-        );
+        let time = mlp_time::forward(&lay, &pt, emb, &levels, plan(levels.count().div_ceil(rpb)));
         let (nt, par) = plan(n);
         let blocks = map_blocks(n, nt, |k| {
             let r = k * rpb..((k + 1) * rpb).min(b);

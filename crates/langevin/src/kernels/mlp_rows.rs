@@ -30,55 +30,39 @@ pub(super) struct Site<T> {
 }
 
 impl<T: Sigmoid> Site<T> {
-    pub(super) fn new(z: &[T]) -> Self {
+    /// The site of `z`, or of `z + b` (each row plus `b`) written back into `z` in the same
+    /// pass: the residual stream takes the last layer's bias where it is read for SiLU.
+    pub(super) fn new(z: &mut [T], b: Option<&[T]>) -> Self {
         let n = z.len();
+        let w = b.map_or(n.max(1), <[T]>::len);
         let (mut sig, mut act) = (Vec::with_capacity(n), Vec::with_capacity(n));
         // Written in place of fresh buffers (copying or zeroing them first was 22% of a
         // sampler step), in a plain loop: `extend` / `collect` stay out-of-line and miss AVX2.
         vectorized(
             #[inline(always)]
             || {
-                let outs = sig
-                    .spare_capacity_mut()
-                    .iter_mut()
-                    .zip(act.spare_capacity_mut());
-                for ((s, a), &v) in outs.zip(z) {
-                    let sv = v.sig();
-                    s.write(sv);
-                    a.write(v * sv);
-                }
-            },
-        );
-        // SAFETY: the loop above wrote the first n elements of both (z has n).
-        unsafe {
-            sig.set_len(n);
-            act.set_len(n);
-        }
-        Self { sig, act }
-    }
-
-    /// [`Site::new`] of `z + b` (each row plus `b`, when given), written back into `z` in the
-    /// same pass: the residual stream takes the last layer's bias where it is read for SiLU.
-    pub(super) fn biased(z: &mut [T], b: Option<&[T]>) -> Self {
-        let Some(b) = b else {
-            return Self::new(z);
-        };
-        let n = z.len();
-        let (mut sig, mut act) = (Vec::with_capacity(n), Vec::with_capacity(n));
-        vectorized(
-            #[inline(always)]
-            || {
-                let outs = sig
-                    .spare_capacity_mut()
-                    .chunks_mut(b.len())
-                    .zip(act.spare_capacity_mut().chunks_mut(b.len()));
-                for ((s, a), z) in outs.zip(z.chunks_mut(b.len())) {
-                    for (((s, a), z), &b) in s.iter_mut().zip(a).zip(z).zip(b) {
-                        let v = *z + b;
-                        *z = v;
-                        let sv = v.sig();
-                        s.write(sv);
-                        a.write(v * sv);
+                let rows = (sig.spare_capacity_mut().chunks_mut(w))
+                    .zip(act.spare_capacity_mut().chunks_mut(w))
+                    .zip(z.chunks_mut(w));
+                for ((s, a), z) in rows {
+                    let outs = s.iter_mut().zip(a);
+                    match b {
+                        Some(b) => {
+                            for (((s, a), z), &b) in outs.zip(z).zip(b) {
+                                let v = *z + b;
+                                *z = v;
+                                let sv = v.sig();
+                                s.write(sv);
+                                a.write(v * sv);
+                            }
+                        }
+                        None => {
+                            for ((s, a), &v) in outs.zip(&*z) {
+                                let sv = v.sig();
+                                s.write(sv);
+                                a.write(v * sv);
+                            }
+                        }
                     }
                 }
             },
@@ -210,16 +194,16 @@ pub(super) fn forward<T: Sigmoid>(
     // The last second layer's bias, added to h_i in the pass that takes its SiLU.
     let mut pending = None;
     for (i, [lin1, temb, lin2]) in lay.blocks.iter().enumerate() {
-        let a = Site::biased(&mut hs, pending);
+        let a = Site::new(&mut hs, pending);
         let mut u = uninit(rows * h);
         product(lin1, p, &a.act, &mut u, false, par);
         time_add(&mut u, (lin1.b(p), temb.b(p)), emb, (i, h, qw), false);
-        let v = Site::new(&u);
+        let v = Site::new(&mut u, None);
         product(lin2, p, &v.act, &mut hs, true, par);
         pending = Some(lin2.b(p));
         blocks.push([a, v]);
     }
-    let last = Site::biased(&mut hs, pending);
+    let last = Site::new(&mut hs, pending);
     let mut out = Vec::with_capacity(rows * lay.out_proj.out);
     linear(&lay.out_proj, p, &last.act, &mut out, par);
     (out, Some(Acts { blocks, last }))
@@ -274,7 +258,7 @@ fn infer<T: Sigmoid>(lay: &Packing, p: &[T], x: &[T], emb: Emb<'_, T>, par: Para
 }
 
 /// `z ← z + b` (each row, when given) and `out ← silu(z)` (replacing its contents) in one
-/// pass, as [`Site::biased`] computes them.
+/// pass, as [`Site::new`] computes them.
 fn silu_into<T: Sigmoid>(z: &mut [T], b: Option<&[T]>, out: &mut Vec<T>) {
     out.clear();
     out.reserve(z.len());

@@ -100,8 +100,6 @@ pub(super) struct Chunk<T> {
 pub(super) struct TimePath<T> {
     pub(super) chunks: Vec<Chunk<T>>,
     pub(super) q: Vec<T>,
-    /// The stacked W_t ([`stacked_temb`]), for the backward pass.
-    w: Vec<T>,
 }
 
 /// The blocks' W_t weights stacked [3·hidden, hidden] (blocks × hidden rows).
@@ -156,16 +154,16 @@ fn pieces<'a, T>(
         .collect()
 }
 
-/// The time path at the levels of `emb` [rows, temb_dim]; `(threads, par)` as the row blocks'.
+/// The time path at the levels of `emb` [rows, temb_dim], with the transposed parameters `pt`
+/// ([`super::mlp::Packing::transposed`]); `(threads, par)` as the row blocks'.
 pub(super) fn forward<T: Sigmoid>(
     lay: &Packing,
-    (p, pt): (&[T], &[T]),
+    pt: &[T],
     emb: &[T],
     lv: &Levels,
     (threads, par): (usize, Parallelism),
 ) -> TimePath<T> {
     let (de, h, nb) = (lay.time1.inp, lay.in_proj.out, lay.blocks.len());
-    let w = stacked_temb(lay, p);
     let wt = stacked_temb_t(lay, pt);
     let ranges = lv.chunks();
     // Overwritten in full by each chunk's GEMM (zeroing it was ~0.7% of the demo's step, on
@@ -183,10 +181,10 @@ pub(super) fn forward<T: Sigmoid>(
         }
         let mut z = vec![];
         linear(&lay.time1, pt, &e, &mut z, par);
-        let t1 = Site::new(&z);
+        let t1 = Site::new(&mut z, None);
         let mut z = vec![];
         linear(&lay.time2, pt, &t1.act, &mut z, par);
-        let t2 = Site::new(&z);
+        let t2 = Site::new(&mut z, None);
         if nb > 0 {
             let n = range.len();
             mm(
@@ -207,7 +205,7 @@ pub(super) fn forward<T: Sigmoid>(
             t2,
         }
     });
-    TimePath { chunks, q, w }
+    TimePath { chunks, q }
 }
 
 /// The time path's gradients per chunk: ∂Q, ∂ of the second and first layers' outputs, and
@@ -268,7 +266,7 @@ pub(super) fn backward<T: Sigmoid>(
     (threads, par): (usize, Parallelism),
 ) -> TimeGrads<T> {
     let (h, nb) = (lay.in_proj.out, lay.blocks.len());
-    let w = &tp.w;
+    let w = &stacked_temb(lay, p);
     let per = each(threads, tp.chunks.iter().collect(), |c| {
         let n = c.range.len();
         let dq = level_grads(grads, idx, &c.range, h);

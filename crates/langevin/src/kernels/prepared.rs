@@ -10,13 +10,14 @@
 //! arithmetic, tested).
 use std::sync::OnceLock;
 
+use candle_core::backend::BackendStorage;
 use candle_core::{
     CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Storage, Tensor,
 };
 
 use super::conv::{conv2d, enabled};
 use super::cpu_conv::Geom;
-use super::real::{dispatch, own_kernel, with_data};
+use super::real::{data, own_kernel, with_data, Real};
 use super::winograd;
 
 /// The transformed filters of one convolution layer, per tiling (a layer normally sees one
@@ -165,22 +166,54 @@ impl PreparedConv {
         let g = Geom::new(x.dims(), &[self.g.o, self.g.c, 3, 3], 1, self.g.p)?;
         Ok((g, Shape::from((g.b, g.o, g.ho, g.wo))))
     }
-}
 
-impl PreparedConv {
-    /// The residual, checked against the output shape of this call.
-    fn residual_storage(&self, op: &str) -> candle_core::Result<Option<&Tensor>> {
-        match &self.residual {
-            Some(r) if r.dims() != [self.g.b, self.g.o, self.g.ho, self.g.wo] => Err(
-                candle_core::Error::Msg(format!("{op}: residual {:?}", r.dims())),
-            ),
-            r => Ok(r.as_ref()),
+    /// The output of x [B, C, H, W] and U [ξ, O, C], with the bias when given, plus the
+    /// residual the op carries: the body of both `cpu_fwd`s.
+    fn run(
+        &self,
+        name: &str,
+        x: (&CpuStorage, &Layout),
+        u: (&CpuStorage, &Layout),
+        bias: Option<(&CpuStorage, &Layout)>,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (g, shape) = self.geom(x.1)?;
+        let guard = self.residual.as_ref().map(Tensor::storage_and_layout);
+        let residual = match &guard {
+            None => None,
+            Some((s, l)) => match &**s {
+                Storage::Cpu(c) if l.dims() == shape.dims() => Some((c, *l)),
+                _ => {
+                    return Err(candle_core::Error::Msg(format!(
+                        "{name}: the residual is not a CPU tensor of shape {shape:?}"
+                    )))
+                }
+            },
+        };
+        fn go<'a, T: Real>(
+            name: &str,
+            g: &Geom,
+            [x, u]: [(&'a CpuStorage, &Layout); 2],
+            [b, r]: [Option<(&'a CpuStorage, &Layout)>; 2],
+        ) -> candle_core::Result<CpuStorage> {
+            let opt = |v: Option<(&'a CpuStorage, &Layout)>| {
+                v.map(|(s, l)| data::<T>(s, l, name)).transpose()
+            };
+            let (x, u) = (data::<T>(x.0, x.1, name)?, data::<T>(u.0, u.1, name)?);
+            let y = winograd::forward_prepared(x, u, opt(b)?, opt(r)?, g);
+            Ok(T::storage(y))
         }
+        let args = ([x, u], [bias, residual]);
+        let st = match x.0.dtype() {
+            DType::F32 => go::<f32>(name, &g, args.0, args.1)?,
+            DType::F64 => go::<f64>(name, &g, args.0, args.1)?,
+            d => {
+                return Err(candle_core::Error::Msg(format!(
+                    "{name}: unsupported dtype {d:?}"
+                )))
+            }
+        };
+        Ok((st, shape))
     }
-}
-
-fn not_cpu(op: &str) -> candle_core::Error {
-    candle_core::Error::Msg(format!("{op}: residual is not a CPU tensor"))
 }
 
 impl CustomOp2 for PreparedConv {
@@ -195,29 +228,7 @@ impl CustomOp2 for PreparedConv {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (g, shape) = self.geom(l1)?;
-        let name = CustomOp2::name(self);
-        let st = match self.residual_storage(name)? {
-            None => dispatch(
-                name,
-                [(s1, l1), (s2, l2)],
-                |[x, u]| winograd::forward_prepared(x, u, None, None, &g),
-                |[x, u]| winograd::forward_prepared(x, u, None, None, &g),
-            )?,
-            Some(r) => {
-                let (rs, rl) = r.storage_and_layout();
-                let Storage::Cpu(rs) = &*rs else {
-                    return Err(not_cpu(name));
-                };
-                dispatch(
-                    name,
-                    [(s1, l1), (s2, l2), (rs, rl)],
-                    |[x, u, r]| winograd::forward_prepared(x, u, None, Some(r), &g),
-                    |[x, u, r]| winograd::forward_prepared(x, u, None, Some(r), &g),
-                )?
-            }
-        };
-        Ok((st, shape))
+        self.run(CustomOp2::name(self), (s1, l1), (s2, l2), None)
     }
 }
 
@@ -235,29 +246,7 @@ impl CustomOp3 for PreparedConv {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (g, shape) = self.geom(l1)?;
-        let name = CustomOp3::name(self);
-        let st = match self.residual_storage(name)? {
-            None => dispatch(
-                name,
-                [(s1, l1), (s2, l2), (s3, l3)],
-                |[x, u, b]| winograd::forward_prepared(x, u, Some(b), None, &g),
-                |[x, u, b]| winograd::forward_prepared(x, u, Some(b), None, &g),
-            )?,
-            Some(r) => {
-                let (rs, rl) = r.storage_and_layout();
-                let Storage::Cpu(rs) = &*rs else {
-                    return Err(not_cpu(name));
-                };
-                dispatch(
-                    name,
-                    [(s1, l1), (s2, l2), (s3, l3), (rs, rl)],
-                    |[x, u, b, r]| winograd::forward_prepared(x, u, Some(b), Some(r), &g),
-                    |[x, u, b, r]| winograd::forward_prepared(x, u, Some(b), Some(r), &g),
-                )?
-            }
-        };
-        Ok((st, shape))
+        self.run(CustomOp3::name(self), (s1, l1), (s2, l2), Some((s3, l3)))
     }
 }
 
