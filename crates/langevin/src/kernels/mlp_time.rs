@@ -19,7 +19,7 @@ use gemm::Parallelism;
 use super::conv::mm;
 use super::cpu_conv::uninit;
 use super::mlp::{Packing, Sigmoid};
-use super::mlp_rows::{linear, Grads, Site, ROWS};
+use super::mlp_rows::{product, Grads, Site, ROWS};
 use super::real::Real;
 use super::simd::vectorized;
 
@@ -44,9 +44,12 @@ impl Levels {
         }
         // Rows keyed by a hash of their bits (hashing and allocating a key per row with the
         // default hasher was ~1.4% of the demo's step, on the serial path); rows of one key are
-        // compared in full, and a row that only collides starts a level of its own.
+        // compared in full, and a row that only collides starts a level of its own. The hash
+        // reads eight values spread over the row (a chain over all 64 was still ~1% of the
+        // step, serial; sinusoidal embeddings of different levels differ in each of them).
+        let stride = width.div_ceil(8);
         let hash = |e: &[T]| {
-            e.iter().fold(0u64, |h, v| {
+            e.iter().step_by(stride).fold(0u64, |h, v| {
                 (h.rotate_left(5) ^ v.to_f64().to_bits()).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95)
             })
         };
@@ -179,12 +182,14 @@ pub(super) fn forward<T: Sigmoid>(
         for &r in &lv.first[range.clone()] {
             e.extend_from_slice(&emb[r * de..(r + 1) * de]);
         }
-        let mut z = vec![];
-        linear(&lay.time1, pt, &e, &mut z, par);
-        let t1 = Site::new(&mut z, None);
-        let mut z = vec![];
-        linear(&lay.time2, pt, &t1.act, &mut z, par);
-        let t2 = Site::new(&mut z, None);
+        // Each layer's bias joins the pass that takes its SiLU.
+        let (t1, t2) = (&lay.time1, &lay.time2);
+        let mut z = uninit(range.len() * t1.out);
+        product(t1, pt, &e, &mut z, false, par);
+        let t1 = Site::new(&mut z, Some(t1.b(pt)));
+        let mut z = uninit(range.len() * t2.out);
+        product(t2, pt, &t1.act, &mut z, false, par);
+        let t2 = Site::new(&mut z, Some(t2.b(pt)));
         if nb > 0 {
             let n = range.len();
             mm(
