@@ -5,11 +5,13 @@
 //! Written because the composed AdamW is about a dozen candle ops per parameter tensor, each a
 //! pass with a fresh buffer and a thread-pool dispatch: a visible share of the demo MLP's
 //! training step (profile in docs/benchmarks.md, CPU round 2).
-use candle_core::{DType, Device, Tensor, Var};
+use std::sync::Mutex;
+
+use candle_core::{CpuStorage, DType, Device, InplaceOp3, Layout, Tensor, Var};
 
 use crate::kernels::cpu_conv::uninit;
 use crate::kernels::gpu_optim::AdamStep;
-use crate::kernels::real::with_data;
+use crate::kernels::real::{data, with_data};
 use crate::kernels::simd::vectorized;
 use crate::Result;
 
@@ -77,14 +79,15 @@ struct AdamConsts {
     lr: f32,
 }
 
-/// θ', m', v' from θ, m, v, g. Zipped slices rather than indices (no bounds checks, so the
-/// loop vectorises: it was scalar, ~2 ms of the demo's 15 ms step), and always inlined so that
-/// [`vectorized`] compiles it with AVX2.
+/// θ (updated in place), m', v' from θ, m, v, g. Zipped slices rather than indices (no bounds
+/// checks, so the loop vectorises: it was scalar, ~2 ms of the demo's 15 ms step), and always
+/// inlined so that [`vectorized`] compiles it with AVX2.
 #[inline(always)]
-fn adam_pass(c: &AdamConsts, [th, m, v, g]: [&[f32]; 4], [th2, m2, v2]: [&mut [f32]; 3]) {
-    let outs = th2.iter_mut().zip(m2.iter_mut()).zip(v2.iter_mut());
-    let ins = th.iter().zip(m).zip(v).zip(g);
-    for (((th2, m2), v2), (((&th, &m), &v), &g)) in outs.zip(ins) {
+fn adam_pass(c: &AdamConsts, th: &mut [f32], [m, v, g]: [&[f32]; 3], [m2, v2]: [&mut [f32]; 2]) {
+    let outs = th.iter_mut().zip(m2.iter_mut()).zip(v2.iter_mut());
+    let ins = m.iter().zip(v).zip(g);
+    for (((th2, m2), v2), ((&m, &v), &g)) in outs.zip(ins) {
+        let th = *th2;
         // candle's affine is x·mul + add: the `+ 0.0` of each scalar product is kept so that
         // −0 rounds as it does there.
         let gi = g * c.scale + 0.0;
@@ -122,39 +125,91 @@ pub fn adamw(
         decay: f(1.0 - k.lr * k.weight_decay),
         lr: f(k.lr),
     };
-    let n = theta.elem_count();
-    // Each pass below writes every element.
-    let (mut th2, mut m2, mut v2) = (uninit(n), uninit(n), uninit(n));
-    with_f32(theta.as_tensor(), |th| {
-        with_f32(m, |m| {
-            with_f32(v, |v| {
-                with_f32(g, |g| {
-                    vectorized(
-                        #[inline(always)]
-                        || adam_pass(&c, [th, m, v, g], [&mut th2, &mut m2, &mut v2]),
-                    )
-                })
-            })
-        })
-    })????;
-    let e2 = match ema {
-        Some((e, d)) => Some(with_f32(e, |e| {
-            let mut out = uninit(n);
-            vectorized(
-                #[inline(always)]
-                || ema_pass(e, &th2, d, &mut out),
-            );
-            out
-        })?),
-        None => None,
+    // θ in place (candle's in-place op: no fresh θ' and no copy of it into the variable, a
+    // pass over ~700 KB of the demo's step fewer); m', v' and the average into fresh buffers.
+    let op = AdamInPlace {
+        c,
+        g,
+        ema,
+        out: Mutex::new(None),
     };
+    theta.as_tensor().inplace_op3(m, v, &op)?;
+    let (m2, v2, e2) = op
+        .out
+        .into_inner()
+        .expect("not poisoned")
+        .expect("the op ran on the CPU")?;
     let (shape, cpu) = (theta.shape().clone(), Device::Cpu);
-    theta.set(&Tensor::from_vec(th2, shape.clone(), &cpu)?)?;
     Ok((
         Tensor::from_vec(m2, shape.clone(), &cpu)?,
         Tensor::from_vec(v2, shape.clone(), &cpu)?,
         e2.map(|e| Tensor::from_vec(e, shape, &cpu)).transpose()?,
     ))
+}
+
+/// One AdamW step as an in-place op on θ: the moments and the average it makes are left in
+/// `out`.
+struct AdamInPlace<'a> {
+    c: AdamConsts,
+    /// The gradient (read under its own lock: the op takes two inputs besides θ).
+    g: &'a Tensor,
+    ema: Option<(&'a Tensor, f64)>,
+    #[allow(clippy::type_complexity)]
+    out: Mutex<Option<Result<(Vec<f32>, Vec<f32>, Option<Vec<f32>>)>>>,
+}
+
+impl InplaceOp3 for AdamInPlace<'_> {
+    fn name(&self) -> &'static str {
+        "langevin-adamw"
+    }
+
+    fn cpu_fwd(
+        &self,
+        dst: &mut CpuStorage,
+        dst_l: &Layout,
+        m: &CpuStorage,
+        ml: &Layout,
+        v: &CpuStorage,
+        vl: &Layout,
+    ) -> candle_core::Result<()> {
+        let name = self.name();
+        let th = match (dst, dst_l.contiguous_offsets()) {
+            (CpuStorage::F32(t), Some((a, b))) => &mut t[a..b],
+            _ => candle_core::bail!("{name}: θ must be contiguous f32"),
+        };
+        let (m, v) = (data::<f32>(m, ml, name)?, data::<f32>(v, vl, name)?);
+        with_data::<f32, _>(self.g, name, |g| self.step(th, m, v, g))
+    }
+}
+
+impl AdamInPlace<'_> {
+    fn step(&self, th: &mut [f32], m: &[f32], v: &[f32], g: &[f32]) -> candle_core::Result<()> {
+        let name = "langevin-adamw";
+        let n = th.len();
+        if m.len() != n || v.len() != n || g.len() != n {
+            candle_core::bail!("{name}: θ, m, v and g differ in size");
+        }
+        // Each pass below writes every element.
+        let (mut m2, mut v2) = (uninit(n), uninit(n));
+        vectorized(
+            #[inline(always)]
+            || adam_pass(&self.c, th, [m, v, g], [&mut m2, &mut v2]),
+        );
+        let e2 = match self.ema {
+            Some((e, d)) => Some(with_f32(e, |e| {
+                let mut out = uninit(n);
+                vectorized(
+                    #[inline(always)]
+                    || ema_pass(e, th, d, &mut out),
+                );
+                out
+            })),
+            None => None,
+        }
+        .transpose();
+        *self.out.lock().expect("not poisoned") = Some(e2.map(|e2| (m2, v2, e2)));
+        Ok(())
+    }
 }
 
 /// out = e·d + θ·(1 − d), as the composed EMA update. Always inlined so that [`vectorized`]
