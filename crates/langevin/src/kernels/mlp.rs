@@ -5,9 +5,9 @@
 //! batch 512) had 28% in the GEMM micro-kernel and the rest in candle's elementwise ops
 //! (SiLU's `exp` twice per element, once more in its backward), their thread barriers, fresh
 //! buffers and copies. Here the whole network is one autograd node: GEMMs straight into
-//! preallocated buffers with the bias as the GEMM's initial value, SiLU's sigmoid saved in the
-//! forward pass for the backward one, and every parameter's gradient written into one packed
-//! vector. The batch is cut into fixed blocks of rows that threads take whole
+//! preallocated buffers, each bias added in the pass that takes the SiLU of its layer's output
+//! (the output layer's as the GEMM's initial value), SiLU's derivative saved in the forward
+//! pass for the backward one, and every parameter's gradient written into one packed vector. The batch is cut into fixed blocks of rows that threads take whole
 //! ([`super::mlp_rows`]), the time path runs once per distinct noise level
 //! ([`super::mlp_time`]), and each weight gradient sums its blocks in order, so results do not
 //! depend on the thread count.

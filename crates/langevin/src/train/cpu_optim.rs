@@ -184,10 +184,9 @@ impl InplaceOp3 for AdamInPlace<'_> {
 
 impl AdamInPlace<'_> {
     fn step(&self, th: &mut [f32], m: &[f32], v: &[f32], g: &[f32]) -> candle_core::Result<()> {
-        let name = "langevin-adamw";
         let n = th.len();
         if m.len() != n || v.len() != n || g.len() != n {
-            candle_core::bail!("{name}: θ, m, v and g differ in size");
+            candle_core::bail!("{}: θ, m, v and g differ in size", self.name());
         }
         // Each pass below writes every element.
         let (mut m2, mut v2) = (uninit(n), uninit(n));
