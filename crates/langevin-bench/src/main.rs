@@ -45,6 +45,11 @@ struct Args {
     /// langevin workload, then every PyTorch one.
     #[arg(long, default_value_t = 1)]
     rounds: usize,
+    /// With --rounds: a round during which the hypervisor stole more than this share of the
+    /// CPU (percent, from /proc/stat) is timed again, up to three times as many rounds in all;
+    /// the speed column then uses the rounds under it (or the least stolen ones).
+    #[arg(long, default_value_t = 3.0)]
+    max_steal: f64,
     /// Also time candle's own ops (the own kernels switched off: convolution, group norm, the
     /// fused MLP) on the residual-block and MLP workloads.
     #[arg(long)]
@@ -360,13 +365,19 @@ fn run(a: Args) -> Result<()> {
                 .and_then(|(a, b)| a.stolen_since(b))
         };
         if let Some(server) = server.as_mut() {
-            // Rounds in alternation: (langevin, PyTorch) pairs minutes apart at most.
-            let mut pairs = vec![];
+            // Rounds in alternation: (langevin, PyTorch) pairs minutes apart at most. A round
+            // under more steal than --max-steal is timed again (the VM's stolen minutes moved
+            // ratios by up to 2×), within three times the rounds asked for.
+            let (mut pairs, mut stolen) = (vec![], vec![]);
             let mut last = None;
-            for round in 0..a.rounds {
-                let o = match round {
+            let mut start = t0;
+            while steal::round_again(&stolen, a.rounds, a.max_steal, 3 * a.rounds) {
+                let o = match pairs.len() {
                     0 => ours,
-                    _ => p.time(warmup, if a.quick { 1 } else { w.reps })?,
+                    _ => {
+                        start = steal::CpuTimes::now();
+                        p.time(warmup, if a.quick { 1 } else { w.reps })?
+                    }
                 };
                 // Each side starts on a quiet machine: PyTorch's OpenMP threads spin for a
                 // while after its job, and langevin's kernels would see a busy machine and give
@@ -375,8 +386,30 @@ fn run(a: Args) -> Result<()> {
                 let r = server.job(&p.job)?;
                 settle();
                 pairs.push((o, r.ms));
+                stolen.push(
+                    start
+                        .zip(steal::CpuTimes::now())
+                        .and_then(|(a, b)| a.stolen_since(b))
+                        .unwrap_or(0.0),
+                );
                 last = Some(r);
             }
+            let kept = steal::kept_rounds(&stolen, a.rounds, a.max_steal);
+            if pairs.len() > a.rounds {
+                eprintln!(
+                    "  {} rounds timed for {} (stolen: {}); kept {:?}",
+                    pairs.len(),
+                    a.rounds,
+                    stolen
+                        .iter()
+                        .map(|s| format!("{s:.0}%"))
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                    kept
+                );
+            }
+            let pairs: Vec<_> = kept.iter().map(|&i| pairs[i]).collect();
+            let kept_steal = kept.iter().map(|&i| stolen[i]).fold(0.0, f64::max);
             let r = last.context("no rounds")?;
             let med = |mut v: Vec<f64>| {
                 v.sort_by(f64::total_cmp);
@@ -395,7 +428,7 @@ fn run(a: Args) -> Result<()> {
                 gflop: r.gflop,
                 extra: r.extra,
                 ratios,
-                stolen: stolen(),
+                stolen: t0.map(|_| kept_steal),
             });
             continue;
         }

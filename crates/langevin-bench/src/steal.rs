@@ -35,9 +35,48 @@ fn parse(stat: &str) -> Option<CpuTimes> {
     (v.len() == 8).then(|| CpuTimes(v.iter().sum(), v[7]))
 }
 
+/// Which of the timed rounds count, given each round's stolen share (percent): the first
+/// `wanted` under `max_steal` if there are that many, else the `wanted` least stolen (the
+/// earlier on ties), in their timing order.
+pub fn kept_rounds(stolen: &[f64], wanted: usize, max_steal: f64) -> Vec<usize> {
+    let clean: Vec<usize> = (0..stolen.len())
+        .filter(|&i| stolen[i] <= max_steal)
+        .take(wanted)
+        .collect();
+    if clean.len() == wanted {
+        return clean;
+    }
+    let mut by_steal: Vec<usize> = (0..stolen.len()).collect();
+    by_steal.sort_by(|&a, &b| stolen[a].total_cmp(&stolen[b]).then(a.cmp(&b)));
+    by_steal.truncate(wanted);
+    by_steal.sort_unstable();
+    by_steal
+}
+
+/// Whether another round should be timed: fewer than `wanted` rounds so far under `max_steal`,
+/// and fewer than `budget` rounds timed.
+pub fn round_again(stolen: &[f64], wanted: usize, max_steal: f64, budget: usize) -> bool {
+    stolen.len() < budget && stolen.iter().filter(|&&s| s <= max_steal).count() < wanted
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rounds_under_steal_are_kept_and_stolen_ones_retimed() {
+        // Three wanted, at most 3% stolen: rounds 1 and 3 are retimed, 0, 2, 4 kept.
+        let s = [0.5, 12.0, 2.0, 8.0, 1.0];
+        assert_eq!(kept_rounds(&s, 3, 3.0), vec![0, 2, 4]);
+        assert!(round_again(&s[..4], 3, 3.0, 9));
+        assert!(!round_again(&s, 3, 3.0, 9));
+        // The budget spent with two clean rounds: the three least stolen, in timing order.
+        let s = [20.0, 1.0, 9.0, 15.0, 0.0, 30.0];
+        assert!(!round_again(&s, 3, 3.0, 6));
+        assert_eq!(kept_rounds(&s, 3, 3.0), vec![1, 2, 4]);
+        // Ties go to the earlier round.
+        assert_eq!(kept_rounds(&[5.0, 5.0, 5.0], 2, 3.0), vec![0, 1]);
+    }
 
     #[test]
     fn steal_share_is_read_from_the_cpu_line() {
