@@ -429,3 +429,50 @@ fn candle_elementwise_ops_on_a_pool_worker_match_the_calling_thread() {
     let i = v.len() - 1;
     assert_eq!(outside[0][i], v[i].exp());
 }
+
+/// candle-core-copy.patch: large copies (a channel concatenation, a strided `contiguous`, a
+/// whole contiguous copy) split over the pool on its workers: every element where the serial
+/// copy puts it, on pools of 1, 2, 3 and 5 threads, and each checked against its source.
+#[test]
+fn candle_copies_on_a_pool_worker_put_every_element_in_place() {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    // Batch 3 (fewer rows than some pools' threads: pieces of rows) and batch 9 (rows).
+    let cases = [[3usize, 7, 61, 67], [9, 5, 33, 31]];
+    for dims in cases {
+        let a = randn(&dims, DType::F32, &mut rng);
+        let mut d2 = dims;
+        d2[1] = 4;
+        let b = randn(&d2, DType::F32, &mut rng);
+        let ops = || {
+            [
+                Tensor::cat(&[&a, &b], 1).unwrap(),
+                a.transpose(2, 3).unwrap().contiguous().unwrap(),
+                a.narrow(1, 1, dims[1] - 2).unwrap().contiguous().unwrap(),
+                a.copy().unwrap(),
+            ]
+            .map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+        };
+        let outside = ops();
+        // The concatenation against its parts, element by element.
+        let (av, bv) = (
+            a.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            b.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        );
+        let (ca, cb) = (av.len() / dims[0], bv.len() / dims[0]);
+        for i in 0..dims[0] {
+            assert_eq!(&outside[0][i * (ca + cb)..][..ca], &av[i * ca..][..ca]);
+            assert_eq!(&outside[0][i * (ca + cb) + ca..][..cb], &bv[i * cb..][..cb]);
+        }
+        assert_eq!(outside[3], av);
+        for n in [1, 2, 3, 5] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build()
+                .unwrap();
+            let inside = pool.install(ops);
+            for (k, (x, y)) in outside.iter().zip(&inside).enumerate() {
+                assert!(x == y, "{dims:?} copy {k} on a pool of {n}: values differ");
+            }
+        }
+    }
+}

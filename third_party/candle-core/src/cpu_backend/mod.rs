@@ -960,7 +960,7 @@ impl<I: IntDType> Map2 for IndexAdd<'_, I> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn copy2d_<T: Copy>(
+fn copy2d_<T: Copy + Send + Sync>(
     src: &[T],
     dst: &mut [T],
     d1: usize,
@@ -970,6 +970,41 @@ fn copy2d_<T: Copy>(
     src_offset: usize,
     dst_offset: usize,
 ) {
+    // langevin patch: a large copy called from a worker of a rayon pool (langevin runs every
+    // network evaluation and training step on one) is split over that pool, by rows or, for
+    // few rows, by pieces of them; each element is written once with the same value, so the
+    // result is the same as the serial copy's.
+    const PAR_MIN: usize = 1 << 15;
+    if d1 * d2 >= PAR_MIN
+        && rayon::current_thread_index().is_some()
+        && rayon::current_num_threads() > 1
+    {
+        if (src_stride1 == d2 && dst_stride1 == d2) || d1 < rayon::current_num_threads() {
+            // Piece by piece within each row (a contiguous copy is one row of d1 * d2).
+            let (rows, len) = match src_stride1 == d2 && dst_stride1 == d2 {
+                true => (1, d1 * d2),
+                false => (d1, d2),
+            };
+            let piece = PAR_MIN / 2;
+            for r in 0..rows {
+                let s = &src[src_offset + r * src_stride1..][..len];
+                let d = &mut dst[dst_offset + r * dst_stride1..][..len];
+                d.par_chunks_mut(piece)
+                    .zip(s.par_chunks(piece))
+                    .for_each(|(d, s)| d.copy_from_slice(s));
+            }
+        } else {
+            dst[dst_offset..]
+                .par_chunks_mut(dst_stride1)
+                .take(d1)
+                .enumerate()
+                .for_each(|(r, d)| {
+                    let s = &src[src_offset + r * src_stride1..][..d2];
+                    d[..d2].copy_from_slice(s);
+                });
+        }
+        return;
+    }
     // Both are contiguous - one memcpy covers everything.
     if src_stride1 == d2 && dst_stride1 == d2 {
         let src_start = src_offset;
@@ -986,7 +1021,7 @@ fn copy2d_<T: Copy>(
     }
 }
 
-fn copy_strided_src_<T: Copy>(src: &[T], dst: &mut [T], dst_offset: usize, src_l: &Layout) {
+fn copy_strided_src_<T: Copy + Send + Sync>(src: &[T], dst: &mut [T], dst_offset: usize, src_l: &Layout) {
     match src_l.strided_blocks() {
         crate::StridedBlocks::SingleBlock { start_offset, len } => dst
             [dst_offset..dst_offset + len]
