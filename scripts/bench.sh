@@ -3,8 +3,9 @@
 # count, in one run (docs/benchmarks.md). `--install-torch` first makes .venv-bench with torch,
 # diffusers and safetensors from PyPI; without a Python that has them the PyTorch side is
 # skipped (the table says so). Other arguments go to langevin-bench (--threads, --reps, --rounds,
-# --only, --candle, --quick); `--rounds 3` times the two sides in alternation, for a machine whose
-# speed drifts. The binary is built and run from $CARGO_TARGET_DIR when that is set.
+# --only, --candle, --quick, --max-steal); `--rounds 3` times the two sides in alternation, for a
+# machine whose speed drifts, and times a round again when the hypervisor stole more than
+# --max-steal percent (default 3) of the CPU during it. The binary is built and run from $CARGO_TARGET_DIR when that is set.
 set -eu
 cd "$(dirname "$0")/.."
 PY=${LANGEVIN_BENCH_PYTHON:-}
