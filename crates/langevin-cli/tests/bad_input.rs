@@ -37,7 +37,7 @@ const TINY: [&str; 8] = [
 ];
 
 /// The folder every case runs in.
-fn fixture() -> PathBuf {
+fn fixture() -> common::Tmp {
     let d = tmp("bad-input");
     ok(&langevin(
         &[

@@ -3,11 +3,37 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-pub fn tmp(tag: &str) -> PathBuf {
+/// A fresh folder under the system temp dir for one test, removed when the test passes (kept
+/// after a failure, for a look at what the commands left).
+pub fn tmp(tag: &str) -> Tmp {
     let d = std::env::temp_dir().join(format!("langevin-cli-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    d
+    Tmp(d)
+}
+
+/// The folder of [`tmp`]; derefs to its path.
+pub struct Tmp(PathBuf);
+
+impl std::ops::Deref for Tmp {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for Tmp {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Tmp {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
 }
 
 pub fn langevin(args: &[&str], dir: &Path) -> Output {
