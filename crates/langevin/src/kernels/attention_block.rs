@@ -323,7 +323,8 @@ impl BlockOp {
     }
 
     /// The attention probabilities of head h's query rows i0.. (at most [`ROWS`]):
-    /// `s` = softmax(q_hᵀ[i0.., :]·k_h / √d) by rows, [rows, N].
+    /// `s` = softmax(q_hᵀ[i0.., :]·k_h / √d) by rows, [rows, N], as the backward pass
+    /// ([`super::attention_grad`]) multiplies them (the forward keeps them transposed, [`Self::core`]).
     pub(super) fn probabilities<T: Exp>(
         &self,
         qkv: &[T],
