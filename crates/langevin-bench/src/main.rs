@@ -411,10 +411,7 @@ fn run(a: Args) -> Result<()> {
             let pairs: Vec<_> = kept.iter().map(|&i| pairs[i]).collect();
             let kept_steal = kept.iter().map(|&i| stolen[i]).fold(0.0, f64::max);
             let r = last.context("no rounds")?;
-            let med = |mut v: Vec<f64>| {
-                v.sort_by(f64::total_cmp);
-                v[v.len() / 2]
-            };
+            let med = |v: Vec<f64>| workloads::median(&v);
             let ratios: Vec<f64> = pairs.iter().filter_map(|&(o, t)| Some(t? / o)).collect();
             rows.push(Row {
                 name: w.name(),
@@ -576,7 +573,8 @@ fn print_table(rows: &[Row], candle: bool) {
                 (Some(_), _) => {
                     let mut v = r.ratios.clone();
                     v.sort_by(f64::total_cmp);
-                    format!("{:.2}× ({:.2}–{:.2})", v[v.len() / 2], v[0], v[v.len() - 1])
+                    let m = workloads::median(&v);
+                    format!("{m:.2}× ({:.2}–{:.2})", v[0], v[v.len() - 1])
                 }
             },
             ips(r.ours),

@@ -165,15 +165,26 @@ pub fn median_ms_profiled(
         f()?;
     }
     let _profile = profile.then(Profile::start);
-    let mut t = (0..reps.max(1))
+    let t = (0..reps.max(1))
         .map(|_| {
             let t0 = Instant::now();
             f()?;
             Ok(t0.elapsed().as_secs_f64() * 1e3)
         })
         .collect::<Result<Vec<f64>>>()?;
-    t.sort_by(f64::total_cmp);
-    Ok(t[t.len() / 2])
+    Ok(median(&t))
+}
+
+/// The median of `v` (not empty): the middle value, or the mean of the two middle ones for an
+/// even count (an upper middle value would report the better of two rounds).
+pub fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n % 2 {
+        1 => v[n / 2],
+        _ => 0.5 * (v[n / 2 - 1] + v[n / 2]),
+    }
 }
 
 /// The CUDA profiler running while this lives (see [`median_ms`]).
@@ -350,4 +361,17 @@ pub fn prepare(w: &Workload, dir: &Path, seed: u64, dev: &Device) -> Result<Prep
     save_tensors(&ipath, &inputs, None)?;
     job["inputs"] = ipath.display().to_string().into();
     Ok(Prepared { job, step })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(&[1.5, 3.0]), 2.25);
+        assert_eq!(median(&[7.0]), 7.0);
+    }
 }
