@@ -360,18 +360,14 @@ fn run(a: Args) -> Result<()> {
         let mut p = prepare(&w, &dir, 0, &dev)?;
         let t0 = steal::CpuTimes::now();
         let ours = p.time(warmup, if a.quick { 1 } else { w.reps })?;
-        let stolen = || {
-            t0.zip(steal::CpuTimes::now())
-                .and_then(|(a, b)| a.stolen_since(b))
-        };
         if let Some(server) = server.as_mut() {
             // Rounds in alternation: (langevin, PyTorch) pairs minutes apart at most. A round
             // under more steal than --max-steal is timed again (the VM's stolen minutes moved
             // ratios by up to 2×), within three times the rounds asked for.
-            let (mut pairs, mut stolen) = (vec![], vec![]);
+            let (mut pairs, mut round_steal) = (vec![], vec![]);
             let mut last = None;
             let mut start = t0;
-            while steal::round_again(&stolen, a.rounds, a.max_steal, 3 * a.rounds) {
+            while steal::round_again(&round_steal, a.rounds, a.max_steal, 3 * a.rounds) {
                 let o = match pairs.len() {
                     0 => ours,
                     _ => {
@@ -386,21 +382,16 @@ fn run(a: Args) -> Result<()> {
                 let r = server.job(&p.job)?;
                 settle();
                 pairs.push((o, r.ms));
-                stolen.push(
-                    start
-                        .zip(steal::CpuTimes::now())
-                        .and_then(|(a, b)| a.stolen_since(b))
-                        .unwrap_or(0.0),
-                );
+                round_steal.push(steal::since(start).unwrap_or(0.0));
                 last = Some(r);
             }
-            let kept = steal::kept_rounds(&stolen, a.rounds, a.max_steal);
+            let kept = steal::kept_rounds(&round_steal, a.rounds, a.max_steal);
             if pairs.len() > a.rounds {
                 eprintln!(
                     "  {} rounds timed for {} (stolen: {}); kept {:?}",
                     pairs.len(),
                     a.rounds,
-                    stolen
+                    round_steal
                         .iter()
                         .map(|s| format!("{s:.0}%"))
                         .collect::<Vec<_>>()
@@ -409,7 +400,7 @@ fn run(a: Args) -> Result<()> {
                 );
             }
             let pairs: Vec<_> = kept.iter().map(|&i| pairs[i]).collect();
-            let kept_steal = kept.iter().map(|&i| stolen[i]).fold(0.0, f64::max);
+            let kept_steal = kept.iter().map(|&i| round_steal[i]).fold(0.0, f64::max);
             let r = last.context("no rounds")?;
             let med = |v: Vec<f64>| workloads::median(&v);
             let ratios: Vec<f64> = pairs.iter().filter_map(|&(o, t)| Some(t? / o)).collect();
@@ -455,7 +446,7 @@ fn run(a: Args) -> Result<()> {
             gflop: None,
             extra: vec![],
             ratios: vec![],
-            stolen: stolen(),
+            stolen: steal::since(t0),
         });
     }
     let torch_version = if let Some(server) = &server {

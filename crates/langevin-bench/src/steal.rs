@@ -35,6 +35,14 @@ fn parse(stat: &str) -> Option<CpuTimes> {
     (v.len() == 8).then(|| CpuTimes(v.iter().sum(), v[7]))
 }
 
+/// The share of the CPU time stolen since `start` until now, in percent (`None` where the
+/// kernel does not say).
+pub fn since(start: Option<CpuTimes>) -> Option<f64> {
+    start
+        .zip(CpuTimes::now())
+        .and_then(|(a, b)| a.stolen_since(b))
+}
+
 /// Which of the timed rounds count, given each round's stolen share (percent): the first
 /// `wanted` under `max_steal` if there are that many, else the `wanted` least stolen (the
 /// earlier on ties), in their timing order.

@@ -979,16 +979,12 @@ fn copy2d_<T: Copy + Send + Sync>(
         && rayon::current_thread_index().is_some()
         && rayon::current_num_threads() > 1
     {
-        if (src_stride1 == d2 && dst_stride1 == d2) || d1 < rayon::current_num_threads() {
-            // Piece by piece within each row (a contiguous copy is one row of d1 * d2).
-            let (rows, len) = match src_stride1 == d2 && dst_stride1 == d2 {
-                true => (1, d1 * d2),
-                false => (d1, d2),
-            };
+        if d1 < rayon::current_num_threads() {
+            // Fewer rows than threads: piece by piece within each row.
             let piece = PAR_MIN / 2;
-            for r in 0..rows {
-                let s = &src[src_offset + r * src_stride1..][..len];
-                let d = &mut dst[dst_offset + r * dst_stride1..][..len];
+            for r in 0..d1 {
+                let s = &src[src_offset + r * src_stride1..][..d2];
+                let d = &mut dst[dst_offset + r * dst_stride1..][..d2];
                 d.par_chunks_mut(piece)
                     .zip(s.par_chunks(piece))
                     .for_each(|(d, s)| d.copy_from_slice(s));
